@@ -1,0 +1,287 @@
+package filemap
+
+import (
+	"encoding/binary"
+)
+
+// Encodings. Both start with a four-byte magic whose last byte is the
+// version, so a reader can refuse what it does not know.
+//
+//	tree := "TMT1" uvarint(count) node*
+//	node := uvarint(len) name  byte(type)  uvarint(mode) uvarint(uid) uvarint(gid)
+//	        uvarint(size) varint(mtime) uvarint(inode)  body
+//	body := dir:     subtree[32]
+//	        symlink: uvarint(len) target
+//	        file:    byte(0) uvarint(n) chunk[32]*n   (content chunks)
+//	               | byte(1) map[32]                  (page map)
+//
+//	map    := "TMM1" uvarint(blocksize) uvarint(pages) uvarint(count) extent*
+//	extent := uvarint(count) blob[32] uvarint(blobpage) varint(written)
+//
+// An extent's first page is not stored: extents are contiguous from page 0.
+var (
+	treeMagic = [4]byte{'T', 'M', 'T', '1'}
+	mapMagic  = [4]byte{'T', 'M', 'M', '1'}
+)
+
+const (
+	fileContent byte = 0
+	fileMap     byte = 1
+)
+
+// EncodeTree returns the canonical encoding of a valid tree.
+func EncodeTree(t *Tree) ([]byte, error) {
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	b := append([]byte(nil), treeMagic[:]...)
+	b = binary.AppendUvarint(b, uint64(len(t.Nodes)))
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		b = appendString(b, n.Name)
+		b = append(b, byte(n.Type))
+		b = binary.AppendUvarint(b, uint64(n.Mode))
+		b = binary.AppendUvarint(b, uint64(n.UID))
+		b = binary.AppendUvarint(b, uint64(n.GID))
+		b = binary.AppendUvarint(b, uint64(n.Size))
+		b = binary.AppendVarint(b, n.ModTime)
+		b = binary.AppendUvarint(b, n.Inode)
+		switch n.Type {
+		case TypeDir:
+			b = append(b, n.Subtree[:]...)
+		case TypeSymlink:
+			b = appendString(b, n.Target)
+		case TypeFile:
+			if !n.Map.IsZero() {
+				b = append(b, fileMap)
+				b = append(b, n.Map[:]...)
+			} else {
+				b = append(b, fileContent)
+				b = binary.AppendUvarint(b, uint64(len(n.Content)))
+				for _, c := range n.Content {
+					b = append(b, c[:]...)
+				}
+			}
+		}
+	}
+	return b, nil
+}
+
+// DecodeTree decodes and validates a tree.
+func DecodeTree(data []byte) (*Tree, error) {
+	d := decoder{b: data}
+	d.magic(treeMagic)
+	count := d.uvarint(MaxNodes, "node count")
+	t := &Tree{}
+	if d.err == nil {
+		// Each node needs at least 8 bytes; refuse counts the data cannot hold
+		// before allocating for them.
+		if count > uint64(len(d.b))/8+1 {
+			d.fail("node count %d in %d bytes", count, len(d.b))
+		} else {
+			t.Nodes = make([]Node, 0, count)
+		}
+	}
+	for i := uint64(0); i < count && d.err == nil; i++ {
+		var n Node
+		n.Name = d.str("name")
+		n.Type = NodeType(d.byte())
+		n.Mode = uint32(d.uvarint(0o7777, "mode"))
+		n.UID = uint32(d.uvarint(1<<32-1, "uid"))
+		n.GID = uint32(d.uvarint(1<<32-1, "gid"))
+		n.Size = int64(d.uvarint(1<<62, "size"))
+		n.ModTime = d.varint()
+		n.Inode = d.uvarint(1<<64-1, "inode")
+		switch n.Type {
+		case TypeDir:
+			n.Subtree = d.id()
+		case TypeSymlink:
+			n.Target = d.str("target")
+		case TypeFile:
+			switch form := d.byte(); form {
+			case fileMap:
+				n.Map = d.id()
+			case fileContent:
+				c := d.uvarint(MaxChunks, "chunk count")
+				if c > uint64(len(d.b))/32 {
+					d.fail("%d chunks in %d bytes", c, len(d.b))
+					break
+				}
+				if c > 0 {
+					n.Content = make([]ID, c)
+				}
+				for j := range n.Content {
+					n.Content[j] = d.id()
+				}
+			default:
+				d.fail("file form %d", form)
+			}
+		default:
+			d.fail("node type %d", n.Type)
+		}
+		t.Nodes = append(t.Nodes, n)
+	}
+	if err := d.finish(); err != nil {
+		return nil, err
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// EncodeMap returns the canonical encoding of a valid page map.
+func EncodeMap(m *Map) ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, 16+len(m.Extents)*44)
+	b = append(b, mapMagic[:]...)
+	b = binary.AppendUvarint(b, uint64(m.BlockSize))
+	b = binary.AppendUvarint(b, uint64(m.Pages))
+	b = binary.AppendUvarint(b, uint64(len(m.Extents)))
+	for _, e := range m.Extents {
+		b = binary.AppendUvarint(b, uint64(e.Count))
+		b = append(b, e.Blob[:]...)
+		b = binary.AppendUvarint(b, uint64(e.BlobPage))
+		b = binary.AppendVarint(b, e.Written)
+	}
+	return b, nil
+}
+
+// DecodeMap decodes and validates a page map.
+func DecodeMap(data []byte) (*Map, error) {
+	d := decoder{b: data}
+	d.magic(mapMagic)
+	m := &Map{
+		BlockSize: uint32(d.uvarint(MaxBlockSize, "block size")),
+		Pages:     uint32(d.uvarint(1<<32-1, "pages")),
+	}
+	count := d.uvarint(MaxExtents, "extent count")
+	if d.err == nil {
+		// An extent takes at least 35 bytes.
+		if count > uint64(len(d.b))/35 {
+			d.fail("%d extents in %d bytes", count, len(d.b))
+		} else if count > 0 {
+			m.Extents = make([]Extent, 0, count)
+		}
+	}
+	var page uint64
+	for i := uint64(0); i < count && d.err == nil; i++ {
+		e := Extent{Page: uint32(page)}
+		e.Count = uint32(d.uvarint(1<<32-1, "extent length"))
+		e.Blob = d.id()
+		e.BlobPage = uint32(d.uvarint(1<<32-1, "blob page"))
+		e.Written = d.varint()
+		page += uint64(e.Count)
+		if page > uint64(m.Pages) {
+			d.fail("extents run past %d pages", m.Pages)
+		}
+		m.Extents = append(m.Extents, e)
+	}
+	if err := d.finish(); err != nil {
+		return nil, err
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// decoder reads a byte slice, remembering the first error so that decoding
+// code reads straight through and checks once.
+type decoder struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = invalidf("at byte %d: "+format, append([]any{d.off}, args...)...)
+	}
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > len(d.b) {
+		d.fail("need %d bytes, have %d", n, len(d.b))
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	d.off += n
+	return p
+}
+
+func (d *decoder) magic(want [4]byte) {
+	got := d.take(4)
+	if d.err == nil && [4]byte(got) != want {
+		d.fail("magic %q, want %q (is this tidemark format version %d?)", got, want[:], want[3]-'0')
+	}
+}
+
+func (d *decoder) byte() byte {
+	p := d.take(1)
+	if p == nil {
+		return 0
+	}
+	return p[0]
+}
+
+func (d *decoder) uvarint(max uint64, what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 || (n > 1 && d.b[n-1] == 0) {
+		// A trailing zero byte is a non-minimal encoding: refusing it keeps
+		// one value to one encoding.
+		d.fail("bad %s", what)
+		return 0
+	}
+	if v > max {
+		d.fail("%s %d exceeds %d", what, v, max)
+		return 0
+	}
+	d.take(n)
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 || (n > 1 && d.b[n-1] == 0) {
+		d.fail("bad varint")
+		return 0
+	}
+	d.take(n)
+	return v
+}
+
+func (d *decoder) str(what string) string {
+	n := d.uvarint(MaxNameLen, what+" length")
+	return string(d.take(int(n)))
+}
+
+func (d *decoder) id() ID {
+	var id ID
+	copy(id[:], d.take(32))
+	return id
+}
+
+func (d *decoder) finish() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
