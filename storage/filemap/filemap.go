@@ -18,14 +18,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/tidemarkdb/tidemark/storage/blob"
 )
 
-// ID is a blob ID (the keyed hash the repository names blobs by). The zero
-// ID in an Extent means "all-zero pages", which are never stored.
-type ID [32]byte
-
-// IsZero reports whether id is the zero sentinel.
-func (id ID) IsZero() bool { return id == ID{} }
+// ID is a blob ID. The zero ID in an Extent means "all-zero pages", which
+// are never stored.
+type ID = blob.ID
 
 // Limits that decoders enforce, so that a corrupt blob cannot make a reader
 // allocate without bound.
