@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The test command: every test of the module, then a short fuzz run of every
+# fuzz target. Fails if any step fails. Run as root, it first installs what is
+# missing with scripts/deps.sh (idempotent, a fraction of a second when
+# everything is there), so it works on a fresh machine; otherwise run
+# `sudo bash scripts/deps.sh` once yourself. TIDEMARK_NO_DEPS=1 skips that step.
+#
+#   bash scripts/test.sh              # all packages
+#   bash scripts/test.sh ./storage/... # some packages
+#   FUZZTIME=1m bash scripts/test.sh   # longer fuzzing (default 10s per target)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+command -v go >/dev/null || { [ -x /usr/local/go/bin/go ] && export PATH=/usr/local/go/bin:$PATH; }
+
+if [ "$(id -u)" = 0 ] && [ -z "${TIDEMARK_NO_DEPS:-}" ]; then
+	bash scripts/deps.sh
+fi
+# deps.sh puts MinIO, versitygw and staticcheck in Go's bin directory.
+gobin=$(go env GOBIN)
+export PATH="${gobin:-$(go env GOPATH)/bin}:$PATH"
+
+fuzztime=${FUZZTIME:-10s}
+pkgs=("$@")
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
+
+since() { awk -v now="$EPOCHREALTIME" -v t="$1" 'BEGIN { printf "%.1fs", now - t }'; }
+
+t=$EPOCHREALTIME
+echo "test: go test -count=1 -timeout 25m ${pkgs[*]}"
+go test -count=1 -timeout 25m "${pkgs[@]}"
+echo "test: go test done in $(since "$t")"
+
+# go test -list prints each package's matching names, then its "ok" line
+# naming the package; a package without tests prints "?" and nothing else.
+t=$EPOCHREALTIME
+list=$(go test -list '^Fuzz' "${pkgs[@]}")
+targets=$(awk '
+	/^Fuzz/ { names[n++] = $1; next }
+	/^ok[ \t]/ { for (i = 0; i < n; i++) print $2, names[i]; n = 0; next }
+	{ n = 0 }
+' <<<"$list")
+
+if [ -z "$targets" ]; then
+	echo "test: no fuzz targets"
+	exit 0
+fi
+count=$(wc -l <<<"$targets")
+echo "test: fuzzing $count targets for $fuzztime each"
+while read -r pkg name; do
+	echo "test: fuzz $pkg $name"
+	# One target per run: go test -fuzz accepts a single target and package.
+	go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg"
+done <<<"$targets"
+echo "test: fuzzing done in $(since "$t")"
