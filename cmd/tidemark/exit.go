@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/repo"
 	"github.com/urfave/cli/v2"
 )
 
@@ -47,6 +48,21 @@ var exitClassifiers = []classifier{
 	func(err error) int {
 		if errors.Is(err, context.Canceled) {
 			return exitInterrupted
+		}
+		return 0
+	},
+	func(err error) int {
+		var locked *repo.LockedError
+		switch {
+		case errors.Is(err, repo.ErrNoIdentity):
+			return exitAccess
+		case errors.Is(err, repo.ErrNotRepository), errors.Is(err, repo.ErrRepositoryExists),
+			errors.Is(err, repo.ErrUnsupportedVersion):
+			return exitRepository
+		case errors.As(err, &locked):
+			return exitLocked
+		case errors.Is(err, repo.ErrCorrupt), errors.Is(err, repo.ErrBlobNotFound):
+			return exitIntegrity
 		}
 		return 0
 	},

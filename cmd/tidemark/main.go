@@ -70,6 +70,8 @@ func oneLine(s string) string {
 // commands lists every command tidemark has, in help order.
 func commands() []*cli.Command {
 	return []*cli.Command{
+		initCommand(), keyCommand(),
+		repairCommand(),
 		versionCommand(),
 	}
 }

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"filippo.io/age"
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+func initCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "init",
+		Usage: "create a repository",
+		Description: "Writes the config object (create-only: a second init on the same URL fails), a random master\n" +
+			"secret and one key file for the first recipient: --recipient (an age public key, age1... or age1pq1...),\n" +
+			"--passphrase-file, or, when neither is given, a newly generated age identity written to --identity-out\n" +
+			"(mode 0600). Losing every key loses the backups.",
+		Flags: []cli.Flag{
+			stringFlag("repo", "repository URL: file:///path or s3://bucket/prefix?endpoint=...&region=...&path-style=true&ca-file=..."),
+			stringFlag("recipient", "age public key (age1... or age1pq1...) that receives the first key"),
+			stringFlag("passphrase-file", "file whose first line is the passphrase of the first key"),
+			stringFlag("identity-out", "where to write the generated identity when neither --recipient nor --passphrase-file is given (default "+defaultIdentityOut+")"),
+			&cli.StringSliceFlag{Name: "escrow-recipient", Usage: "age public key every object is also encrypted to, for decryption with the age CLI (repeatable)", EnvVars: []string{envName("escrow-recipient")}},
+			stringFlag("label", "label of the first key, shown by key list"),
+			&cli.Int64Flag{Name: "pack-size", Usage: "target pack size in bytes", Value: repo.DefaultPackSize, EnvVars: []string{envName("pack-size")}},
+			&cli.IntFlag{Name: "compression-level", Usage: "zstd level: 1 fastest, 2 default, 3 better, 4 best", Value: repo.DefaultCompressionLevel, EnvVars: []string{envName("compression-level")}},
+		},
+		Action: runInit,
+	}
+}
+
+// defaultIdentityOut is where init writes a generated identity, relative to
+// the home directory.
+const defaultIdentityOut = "~/.config/tidemark/identity.txt"
+
+func expandHome(p string) (string, error) {
+	if len(p) >= 2 && p[:2] == "~/" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", err
+		}
+		return filepath.Join(home, p[2:]), nil
+	}
+	return p, nil
+}
+
+func runInit(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	rcpt, pass := c.String("recipient"), c.String("passphrase-file")
+	if rcpt != "" && pass != "" {
+		return usageErrorf("give either --recipient or --passphrase-file, not both")
+	}
+	label := c.String("label")
+	var spec repo.KeySpec
+	var idPath string
+	var generated *age.HybridIdentity
+	switch {
+	case rcpt != "":
+		if spec, err = repo.ParseRecipient(rcpt, label); err != nil {
+			return usageErrorf("--recipient: %v", err)
+		}
+	case pass != "":
+		p, err := readPassphrase(pass)
+		if err != nil {
+			return err
+		}
+		if spec, err = repo.PassphraseKey(p, label, 0); err != nil {
+			return usageErrorf("--passphrase-file: %v", err)
+		}
+	default:
+		// Check the repository first, so that a second init does not leave
+		// a fresh identity file behind.
+		if idPath, err = expandHome(c.String("identity-out")); err != nil {
+			return usageErrorf("--identity-out: %v", err)
+		}
+		if idPath == "" {
+			idPath, _ = expandHome(defaultIdentityOut)
+		}
+		if generated, err = age.GenerateHybridIdentity(); err != nil {
+			return err
+		}
+		if spec, err = repo.ParseRecipient(generated.Recipient().String(), label); err != nil {
+			return err
+		}
+	}
+	st, err := openStore(c, log)
+	if err != nil {
+		return err
+	}
+	if generated != nil {
+		if err := writeIdentityFile(idPath, generated); err != nil {
+			return err
+		}
+	}
+	r, res, err := repo.Init(c.Context, st, repo.InitOptions{
+		Options:          repo.Options{Logger: log},
+		Key:              spec,
+		EscrowRecipients: c.StringSlice("escrow-recipient"),
+		PackSize:         c.Int64("pack-size"),
+		CompressionLevel: c.Int("compression-level"),
+	})
+	if err != nil {
+		if generated != nil {
+			os.Remove(idPath) // it unlocks nothing
+		}
+		var ee *repo.ExistsError
+		if errors.As(err, &ee) {
+			return err
+		}
+		return fmt.Errorf("init %s: %w", st, err)
+	}
+	defer r.Close()
+	out := c.App.Writer
+	fmt.Fprintf(out, "created repository %s at %s\n", res.Config.ID, st)
+	fmt.Fprintf(out, "key %s (%s)\n", res.KeyID, spec.Type)
+	for _, w := range res.Warnings {
+		fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
+	}
+	if generated != nil {
+		printIdentityWarning(out, idPath, generated.Recipient().String())
+	}
+	return nil
+}
+
+// writeIdentityFile writes an age identity file with mode 0600, refusing to
+// overwrite one.
+func writeIdentityFile(path string, id *age.HybridIdentity) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("write identity %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return usageErrorf("--identity-out %s already exists; refusing to overwrite an identity (choose another path)", path)
+		}
+		return fmt.Errorf("write identity %s: %w", path, err)
+	}
+	_, err = fmt.Fprintf(f, "# tidemark repository identity, created %s\n# public key: %s\n%s\n",
+		time.Now().UTC().Format(time.RFC3339), id.Recipient(), id)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write identity %s: %w", path, err)
+	}
+	return nil
+}
+
+func printIdentityWarning(w io.Writer, path, recipient string) {
+	fmt.Fprintf(w, "\n"+
+		"!!! The only key to this repository is the identity file\n"+
+		"!!!     %s\n"+
+		"!!! (public key %s).\n"+
+		"!!! LOSING IT LOSES THE BACKUPS: nobody can decrypt them without it.\n"+
+		"!!! Copy it somewhere safe now (a password manager, another machine), or add a second key:\n"+
+		"!!!     tidemark key add --repo ... --identity %s --recipient age1...\n\n",
+		path, recipient, path)
+}

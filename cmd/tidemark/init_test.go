@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+// runRepoCmd runs the repository commands (init, key, repair) through the
+// real app wiring and returns stdout, stderr and the error.
+func runRepoCmd(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	app := newApp(&stdout, &stderr, []*cli.Command{initCommand(), keyCommand(), repairCommand()})
+	err := app.RunContext(context.Background(), append([]string{"tidemark"}, args...))
+	return stdout.String(), stderr.String(), err
+}
+
+func TestInitGeneratesIdentity(t *testing.T) {
+	dir := t.TempDir()
+	url := "file://" + filepath.Join(dir, "repo")
+	idPath := filepath.Join(dir, "keys", "id.txt")
+	out, _, err := runRepoCmd(t, "init", "--repo", url, "--identity-out", idPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(idPath)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file: %v %v", fi, err)
+	}
+	if !strings.Contains(out, idPath) || !strings.Contains(out, "LOSING IT LOSES THE BACKUPS") {
+		t.Fatalf("init output lacks the path or the warning:\n%s", out)
+	}
+	b, _ := os.ReadFile(idPath)
+	if ids, err := age.ParseIdentities(bytes.NewReader(b)); err != nil || len(ids) != 1 {
+		t.Fatalf("identity file does not parse: %v", err)
+	}
+
+	// A second init on the same URL fails clearly and leaves no identity.
+	idPath2 := filepath.Join(dir, "id2.txt")
+	_, _, err = runRepoCmd(t, "init", "--repo", url, "--identity-out", idPath2)
+	if !errors.Is(err, repo.ErrRepositoryExists) || !strings.Contains(err.Error(), "repository already exists at") {
+		t.Fatalf("second init: %v", err)
+	}
+	if _, err := os.Stat(idPath2); !os.IsNotExist(err) {
+		t.Fatal("refused init left an identity file")
+	}
+	// Refuses to overwrite an identity file.
+	if _, _, err := runRepoCmd(t, "init", "--repo", "file://"+filepath.Join(dir, "other"), "--identity-out", idPath); exitCode(err) != exitUsage {
+		t.Fatalf("overwriting an identity: %v", err)
+	}
+
+	// key list / add / remove with the generated identity.
+	out, _, err = runRepoCmd(t, "key", "list", "--repo", url, "--identity", idPath)
+	if err != nil || strings.Count(out, "mlkem768x25519") != 1 {
+		t.Fatalf("key list: %v\n%s", err, out)
+	}
+	other, _ := age.GenerateX25519Identity()
+	out, _, err = runRepoCmd(t, "key", "add", "--repo", url, "--identity", idPath, "--recipient", other.Recipient().String(), "--label", "ops")
+	if err != nil || !strings.Contains(out, "added key") {
+		t.Fatalf("key add: %v %s", err, out)
+	}
+	newID := strings.Fields(out)[2]
+	otherPath := filepath.Join(dir, "other.txt")
+	os.WriteFile(otherPath, []byte(other.String()+"\n"), 0o600)
+	if _, _, err := runRepoCmd(t, "key", "remove", "--repo", url, "--identity", otherPath, newID); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = runRepoCmd(t, "key", "list", "--repo", url, "--identity", idPath, "--json")
+	if strings.Contains(out, newID) {
+		t.Fatalf("removed key still listed:\n%s", out)
+	}
+	lastID := strings.Split(strings.Split(out, `"id": "`)[1], `"`)[0]
+	if _, _, err := runRepoCmd(t, "key", "remove", "--repo", url, "--identity", idPath, lastID); !errors.Is(err, repo.ErrLastKey) {
+		t.Fatalf("removing the last key: %v", err)
+	}
+	// A wrong identity is refused with the typed error.
+	if _, _, err := runRepoCmd(t, "key", "list", "--repo", url, "--identity", otherPath); !errors.Is(err, repo.ErrNoIdentity) {
+		t.Fatalf("wrong identity: %v", err)
+	}
+	out, _, err = runRepoCmd(t, "repair", "index", "--repo", url, "--identity", idPath)
+	if err != nil || !strings.Contains(out, "0 packs found") {
+		t.Fatalf("repair index: %v %s", err, out)
+	}
+}
+
+func TestInitRecipientAndPassphrase(t *testing.T) {
+	dir := t.TempDir()
+	id, _ := age.GenerateHybridIdentity()
+	out, _, err := runRepoCmd(t, "init", "--repo", "file://"+filepath.Join(dir, "a"), "--recipient", id.Recipient().String())
+	if err != nil || strings.Contains(out, "LOSING") || !strings.Contains(out, "mlkem768x25519") {
+		t.Fatalf("init with recipient: %v\n%s", err, out)
+	}
+	pf := filepath.Join(dir, "pass")
+	os.WriteFile(pf, []byte("s3cret\n"), 0o600)
+	if _, _, err := runRepoCmd(t, "init", "--repo", "file://"+filepath.Join(dir, "b"), "--passphrase-file", pf); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runRepoCmd(t, "key", "list", "--repo", "file://"+filepath.Join(dir, "b"), "--passphrase-file", pf); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runRepoCmd(t, "init", "--repo", "file://"+filepath.Join(dir, "c"), "--recipient", "nope"); exitCode(err) != exitUsage {
+		t.Fatalf("bad recipient: %v", err)
+	}
+}
