@@ -77,19 +77,49 @@ func (r *Repo) readIndexFile(ctx context.Context, key string) (*index.File, erro
 	return f, nil
 }
 
-// index returns the repository's index, loading it on first use.
+// index returns the index writers deduplicate against: every pack but the
+// quarantined ones. It loads it on first use.
 func (r *Repo) index(ctx context.Context) (*index.Index, error) {
+	v, err := r.view(ctx)
+	return v.main, err
+}
+
+// indexView is what readers look blobs up in: the locations outside
+// quarantined packs first, then those only in quarantined packs.
+type indexView struct{ main, quarantined *index.Index }
+
+func (v indexView) Lookup(id blob.ID) (index.Location, bool) {
+	if loc, ok := v.main.Lookup(id); ok || v.quarantined == nil {
+		return loc, ok
+	}
+	return v.quarantined.Lookup(id)
+}
+
+func (v indexView) Has(id blob.ID) bool {
+	_, ok := v.Lookup(id)
+	return ok
+}
+
+// view returns the index as readers see it, loading it on first use.
+func (r *Repo) view(ctx context.Context) (indexView, error) {
 	r.idxMu.Lock()
 	defer r.idxMu.Unlock()
 	if r.idxLoaded {
-		return r.idx, nil
+		return indexView{r.idx, r.qidx}, nil
 	}
-	idx, _, err := r.loadIndex(ctx)
+	if !r.quarantinesRead {
+		qs, err := r.Quarantines(ctx)
+		if err != nil {
+			return indexView{}, err
+		}
+		r.addExcludedLocked(QuarantinedPacks(qs))
+	}
+	idx, qidx, _, err := r.loadIndexFiltered(ctx, r.exclude)
 	if err != nil {
-		return nil, err
+		return indexView{}, err
 	}
-	r.idx, r.idxLoaded = idx, true
-	return idx, nil
+	r.idx, r.qidx, r.idxLoaded = idx, qidx, true
+	return indexView{idx, qidx}, nil
 }
 
 // indexState is what loadIndex read.
@@ -106,14 +136,28 @@ type indexState struct {
 // ReloadIndex reloads the index from storage (after another process wrote
 // to the repository).
 func (r *Repo) ReloadIndex(ctx context.Context) error {
-	idx, _, err := r.loadIndex(ctx)
+	r.idxMu.Lock()
+	exclude := r.exclude
+	r.idxMu.Unlock()
+	idx, qidx, _, err := r.loadIndexFiltered(ctx, exclude)
 	if err != nil {
 		return err
 	}
 	r.idxMu.Lock()
-	r.idx, r.idxLoaded = idx, true
+	r.idx, r.qidx, r.idxLoaded = idx, qidx, true
 	r.idxMu.Unlock()
 	return nil
+}
+
+// installUnfiltered makes idx, which holds every pack, this Repo's index,
+// unless this process leaves quarantined packs out: then the next use
+// reloads. The caller holds idxMu.
+func (r *Repo) installUnfiltered(idx *index.Index) {
+	if len(r.exclude) > 0 {
+		r.idx, r.qidx, r.idxLoaded = nil, nil, false
+		return
+	}
+	r.idx, r.qidx, r.idxLoaded = idx, nil, true
 }
 
 // IndexStats describes the loaded index.
@@ -131,31 +175,46 @@ func (r *Repo) IndexStats(ctx context.Context) (IndexStats, error) {
 	return IndexStats{Blobs: idx.Len(), Packs: idx.PackCount(), MemBytes: idx.MemBytes()}, nil
 }
 
-// loadIndex reads the newest complete generation and every delta it does
-// not cover. Racing a compaction that deletes what it listed, it starts over.
-func (r *Repo) loadIndex(ctx context.Context) (*index.Index, *indexState, error) {
+// loadIndexFiltered reads the newest complete generation and every delta
+// it does not cover, racing a compaction that deletes what it listed by
+// starting over. The packs in drop (and their blobs) go to the second index
+// instead of the first, so that another location of a blob stored twice
+// takes their place in the first; the second is nil when drop is empty.
+func (r *Repo) loadIndexFiltered(ctx context.Context, drop map[pack.ID]struct{}) (*index.Index, *index.Index, *indexState, error) {
 	var err error
 	for range loadAttempts {
-		var idx *index.Index
+		idx := index.New()
+		var qidx *index.Index
+		if len(drop) > 0 {
+			qidx = index.New()
+		}
 		var st *indexState
-		idx, st, err = r.loadIndexOnce(ctx)
+		st, err = r.loadIndexOnce(ctx, func(f *index.File) {
+			kept, dropped := splitFile(f, drop)
+			idx.AddFile(kept)
+			if dropped != nil {
+				qidx.AddFile(dropped)
+			}
+		})
 		if err == nil {
-			return idx, st, nil
+			return idx, qidx, st, nil
 		}
 		if !errors.Is(err, storage.ErrNotFound) {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		r.log.Debug("index object vanished while loading (compaction); reloading", "err", err)
 	}
-	return nil, nil, fmt.Errorf("load index: objects keep vanishing (compaction running?): %w", err)
+	return nil, nil, nil, fmt.Errorf("load index: objects keep vanishing (compaction running?): %w", err)
 }
 
-func (r *Repo) loadIndexOnce(ctx context.Context) (*index.Index, *indexState, error) {
+// loadIndexOnce reads the newest complete generation and the deltas it does
+// not cover, and hands each index file to add.
+func (r *Repo) loadIndexOnce(ctx context.Context, add func(*index.File)) (*indexState, error) {
 	st := &indexState{}
 	var all []string
 	for oi, err := range r.store.List(ctx, indexPrefix, "") {
 		if err != nil {
-			return nil, nil, fmt.Errorf("list %s: %w", indexPrefix, err)
+			return nil, fmt.Errorf("list %s: %w", indexPrefix, err)
 		}
 		all = append(all, oi.Key)
 	}
@@ -168,32 +227,31 @@ func (r *Repo) loadIndexOnce(ctx context.Context) (*index.Index, *indexState, er
 		}
 		b, err := r.getSealed(ctx, k, maxMarker)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		var m genMarker
 		if err := json.Unmarshal(b, &m); err != nil {
-			return nil, nil, corrupt(k, "%v", err)
+			return nil, corrupt(k, "%v", err)
 		}
 		if m.Format > FormatVersion {
-			return nil, nil, &VersionError{Key: k, Version: m.Format, Supported: FormatVersion}
+			return nil, &VersionError{Key: k, Version: m.Format, Supported: FormatVersion}
 		}
 		if m.Seq != seq {
-			return nil, nil, corrupt(k, "marker of generation %d", m.Seq)
+			return nil, corrupt(k, "marker of generation %d", m.Seq)
 		}
 		st.gen, marker = seq, &m
 	}
-	idx := index.New()
 	covered := make(map[string]bool)
 	if marker != nil {
 		for _, part := range marker.Parts {
 			if !strings.HasPrefix(part, genDir(st.gen)) {
-				return nil, nil, corrupt(genDir(st.gen)+genComplete, "part %q outside its generation", part)
+				return nil, corrupt(genDir(st.gen)+genComplete, "part %q outside its generation", part)
 			}
 			f, err := r.readIndexFile(ctx, part)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			idx.AddFile(f)
+			add(f)
 		}
 		for _, c := range marker.Covers {
 			covered[c] = true
@@ -207,9 +265,9 @@ func (r *Repo) loadIndexOnce(ctx context.Context) (*index.Index, *indexState, er
 			}
 			f, err := r.readIndexFile(ctx, k)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			idx.AddFile(f)
+			add(f)
 			st.deltas = append(st.deltas, k)
 			continue
 		}
@@ -217,7 +275,7 @@ func (r *Repo) loadIndexOnce(ctx context.Context) (*index.Index, *indexState, er
 			st.stale = append(st.stale, k)
 		}
 	}
-	return idx, st, nil
+	return st, nil
 }
 
 func parseGenKey(k string) (seq uint64, name string, ok bool) {
@@ -253,7 +311,7 @@ func (r *Repo) CompactIndex(ctx context.Context) (CompactStats, error) {
 		return CompactStats{}, err
 	}
 	defer l.Release(context.WithoutCancel(ctx))
-	idx, st, err := r.loadIndex(ctx)
+	idx, _, st, err := r.loadIndexFiltered(ctx, nil) // all packs: the stored index is for everyone
 	if err != nil {
 		return CompactStats{}, err
 	}
@@ -262,7 +320,7 @@ func (r *Repo) CompactIndex(ctx context.Context) (CompactStats, error) {
 		return stats, err
 	}
 	r.idxMu.Lock()
-	r.idx, r.idxLoaded = idx, true
+	r.installUnfiltered(idx)
 	r.idxMu.Unlock()
 	return stats, nil
 }
@@ -323,7 +381,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, full bool) (RebuildStats, error
 		return stats, err
 	}
 	defer l.Release(context.WithoutCancel(ctx))
-	old, st, err := r.loadIndex(ctx)
+	old, _, st, err := r.loadIndexFiltered(ctx, nil)
 	if err != nil {
 		return stats, err
 	}
@@ -372,7 +430,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, full bool) (RebuildStats, error
 			return stats, err
 		}
 		r.idxMu.Lock()
-		r.idx, r.idxLoaded = fresh, true
+		r.installUnfiltered(fresh)
 		r.idxMu.Unlock()
 		return stats, nil
 	}
@@ -383,7 +441,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, full bool) (RebuildStats, error
 		old.AddFile(delta)
 	}
 	r.idxMu.Lock()
-	r.idx, r.idxLoaded = old, true
+	r.installUnfiltered(old)
 	r.idxMu.Unlock()
 	return stats, nil
 }

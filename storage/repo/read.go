@@ -20,7 +20,7 @@ func (r *Repo) Has(ctx context.Context, id blob.ID) (bool, error) {
 	if id.IsZero() {
 		return true, nil
 	}
-	idx, err := r.index(ctx)
+	idx, err := r.view(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -29,7 +29,7 @@ func (r *Repo) Has(ctx context.Context, id blob.ID) (bool, error) {
 
 // Lookup returns where a blob is stored.
 func (r *Repo) Lookup(ctx context.Context, id blob.ID) (index.Location, error) {
-	idx, err := r.index(ctx)
+	idx, err := r.view(ctx)
 	if err != nil {
 		return index.Location{}, err
 	}
@@ -151,7 +151,7 @@ func (r *Repo) decodeBlob(key string, e index.Entry, stored, buf []byte) ([]byte
 // read, so a missing blob fails fast with a *BlobNotFoundError. The first
 // error (from a read or from fn) cancels the rest and is returned.
 func (r *Repo) ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error {
-	idx, err := r.index(ctx)
+	idx, err := r.view(ctx)
 	if err != nil {
 		return err
 	}

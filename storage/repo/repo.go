@@ -126,6 +126,15 @@ type Repo struct {
 	idxMu     sync.Mutex
 	idx       *index.Index
 	idxLoaded bool
+	// exclude are the packs garbage collection had quarantined when this
+	// process loaded its index (see excludeQuarantined): idx leaves them
+	// out, so that writers never deduplicate against them and readers
+	// prefer another copy of a blob; qidx holds the blobs found only in
+	// them, which readers still reach (a snapshot that refers to one keeps
+	// its pack from being deleted).
+	exclude         map[pack.ID]struct{}
+	qidx            *index.Index
+	quarantinesRead bool
 }
 
 // KeySpec describes the recipient of a new key file.

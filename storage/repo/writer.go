@@ -98,9 +98,15 @@ type uploadedPack struct {
 type packBuf struct{ b []byte }
 
 // NewWriter starts a writer. name identifies the run in logs. The index is
-// loaded first (deduplication needs it). Call Close (or Commit, then Close)
-// when done, or Abort.
+// loaded first (deduplication needs it), without the packs garbage
+// collection has quarantined: the writer stores its own copy of a blob found
+// only there. Take the lease that garbage collection waits for (the
+// backup's) before calling it. Call Close (or Commit, then Close) when done,
+// or Abort.
 func (r *Repo) NewWriter(ctx context.Context, name string) (*Writer, error) {
+	if err := r.excludeQuarantined(ctx); err != nil {
+		return nil, fmt.Errorf("start writer: %w", err)
+	}
 	idx, err := r.index(ctx)
 	if err != nil {
 		return nil, err
