@@ -1,0 +1,671 @@
+package walarchive
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+// Crypter encrypts and decrypts whole objects as age streams to the
+// repository's recipients. *repo.Repo is one.
+type Crypter interface {
+	Encrypt(dst io.Writer) (io.WriteCloser, error)
+	Decrypt(src io.Reader) (io.Reader, error)
+}
+
+// Options tune an Archive. Zero values take the defaults.
+type Options struct {
+	Logger *slog.Logger // nil discards
+	// CompressionLevel is klauspost/compress zstd's EncoderLevel, 1
+	// (fastest) to 4 (best); 0 means 1. WAL is written once and read
+	// rarely, and the push is on PostgreSQL's critical path: fastest wins.
+	CompressionLevel int
+}
+
+// Archive reads and writes one repository's WAL archive. It is safe for
+// concurrent use.
+type Archive struct {
+	store  storage.Store
+	crypt  Crypter
+	mac    MACKey
+	log    *slog.Logger
+	enc    *zstd.Encoder
+	dec    sync.Pool // *zstd.Decoder, each used by one stream at a time
+	bufs   sync.Pool // *bytes.Buffer for objects being uploaded
+	frames sync.Pool // *[]byte for compressed frames
+
+	mu       sync.Mutex
+	clusters map[uint64]ClusterInfo // markers checked by this process
+}
+
+// New returns the archive in store, encrypted with c and authenticated with
+// mac (repo.Repo.WALMACKey).
+func New(store storage.Store, c Crypter, mac MACKey, opts Options) *Archive {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	level := opts.CompressionLevel
+	if level < 1 || level > 4 {
+		level = 1
+	}
+	// EncodeAll is safe for concurrent calls, each taking one of the
+	// encoder's GOMAXPROCS block encoders. No zstd content checksum: the
+	// MAC covers every byte of the file and age authenticates every byte of
+	// the object, so it would only cost time (about 5% of a push).
+	// A 1 MiB window keeps the decoder that checks each frame (and every
+	// reader) small; WAL's repeats are closer than that (zstd -1 uses
+	// 512 KiB).
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevel(level)),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(false),
+		zstd.WithWindowSize(windowSize))
+	if err != nil {
+		panic("walarchive: zstd encoder: " + err.Error()) // only bad options fail
+	}
+	return &Archive{store: store, crypt: c, mac: mac, log: log, enc: enc, clusters: map[uint64]ClusterInfo{}}
+}
+
+// FromRepo returns the WAL archive of an open repository, compressed at the
+// repository's level unless opts says otherwise.
+func FromRepo(r *repo.Repo, opts Options) *Archive {
+	if opts.CompressionLevel == 0 {
+		opts.CompressionLevel = r.Config().CompressionLevel
+	}
+	return New(r.Store(), r, r.WALMACKey(), opts)
+}
+
+// Store returns the object store the archive lives in.
+func (a *Archive) Store() storage.Store { return a.store }
+
+// ClusterInfo is what the cluster marker records: the facts that every WAL
+// file of the cluster must agree with. It is written once, by the first push,
+// and is the same object format as a WAL file (Kind KindCluster, JSON).
+type ClusterInfo struct {
+	SystemID  uint64    `json:"system_identifier,string"`
+	SegSize   uint32    `json:"wal_segment_size"`
+	BlockSize uint32    `json:"wal_block_size"`
+	Created   time.Time `json:"created"`
+}
+
+// maxMarkerSize bounds the marker's JSON.
+const maxMarkerSize = 64 << 10
+
+// Cluster reads a cluster's marker. A cluster that never archived anything
+// is a *NotArchivedError.
+func (a *Archive) Cluster(ctx context.Context, cluster uint64) (ClusterInfo, error) {
+	a.mu.Lock()
+	ci, ok := a.clusters[cluster]
+	a.mu.Unlock()
+	if ok {
+		return ci, nil
+	}
+	key := MarkerKey(cluster)
+	var buf bytes.Buffer
+	_, err := a.get(ctx, key, expect{name: MarkerName, kind: KindCluster, cluster: cluster}, &limitedWriter{w: &buf, n: maxMarkerSize})
+	if err != nil {
+		return ClusterInfo{}, err
+	}
+	if err := json.Unmarshal(buf.Bytes(), &ci); err != nil {
+		return ClusterInfo{}, corruptf(key, "marker: %v", err)
+	}
+	if ci.SystemID != cluster {
+		return ClusterInfo{}, corruptf(key, "marker is of system %d", ci.SystemID)
+	}
+	if err := pg.ValidateWALSegSize(uint64(ci.SegSize)); err != nil {
+		return ClusterInfo{}, corruptf(key, "marker: %v", err)
+	}
+	a.remember(ci)
+	return ci, nil
+}
+
+func (a *Archive) remember(ci ClusterInfo) {
+	a.mu.Lock()
+	a.clusters[ci.SystemID] = ci
+	a.mu.Unlock()
+}
+
+// EnsureCluster checks that the archive of want.SystemID was written with
+// the same segment and page size, writing the marker if this is the
+// cluster's first push. Put calls it; it costs one GET per Archive.
+func (a *Archive) EnsureCluster(ctx context.Context, want ClusterInfo) (ClusterInfo, error) {
+	if err := pg.ValidateWALSegSize(uint64(want.SegSize)); err != nil {
+		return ClusterInfo{}, err
+	}
+	for attempt := 0; ; attempt++ {
+		have, err := a.Cluster(ctx, want.SystemID)
+		if err == nil {
+			if have.SegSize != want.SegSize || (want.BlockSize != 0 && have.BlockSize != 0 && have.BlockSize != want.BlockSize) {
+				return ClusterInfo{}, &ForeignError{Name: MarkerKey(want.SystemID), Reason: fmt.Sprintf(
+					"the archive of system %d holds WAL with %d-byte segments and %d-byte pages, this cluster writes %d and %d "+
+						"(was it changed with pg_resetwal? then archive to a new repository)",
+					want.SystemID, have.SegSize, have.BlockSize, want.SegSize, want.BlockSize)}
+			}
+			return have, nil
+		}
+		if !errors.Is(err, ErrNotArchived) || attempt > 0 {
+			return ClusterInfo{}, err
+		}
+		ci := want
+		if ci.Created.IsZero() {
+			ci.Created = time.Now().UTC().Truncate(time.Second)
+		}
+		body, err := json.Marshal(ci)
+		if err != nil {
+			return ClusterInfo{}, err
+		}
+		m := Meta{Name: MarkerName, Kind: KindCluster, SystemID: ci.SystemID, SegSize: ci.SegSize, Size: int64(len(body))}
+		_, err = a.create(ctx, MarkerKey(ci.SystemID), &m, body)
+		if err != nil && !errors.Is(err, storage.ErrExists) {
+			return ClusterInfo{}, fmt.Errorf("write cluster marker: %w", err)
+		}
+		// Created, or a concurrent first push won: read back what is there.
+	}
+}
+
+// PutResult says what Put did.
+type PutResult struct {
+	Key string
+	// Created is false when an identical file was already archived.
+	Created bool
+	// Size is the file's size; Stored the object's.
+	Size, Stored int64
+}
+
+// Put archives the WAL file called name with contents data for the cluster
+// ci describes (ci.SystemID, ci.SegSize and ci.BlockSize from pg_control).
+// It returns only once the object is durable (the store acknowledged it with
+// a checksum) or was already archived with identical contents. Segments are
+// checked first: full size, a first page header that belongs in the file
+// called name, and the cluster's system identifier, segment size and page
+// size. History and backup history files must parse.
+func (a *Archive) Put(ctx context.Context, ci ClusterInfo, name string, data []byte) (PutResult, error) {
+	f, err := checkName(name)
+	if err != nil {
+		return PutResult{}, err
+	}
+	if err := CheckFile(ci, f, data); err != nil {
+		return PutResult{}, err
+	}
+	if _, err := a.EnsureCluster(ctx, ci); err != nil {
+		return PutResult{}, err
+	}
+	m := Meta{Name: name, Kind: kindOf(f.Kind), SystemID: ci.SystemID, SegSize: ci.SegSize, Size: int64(len(data))}
+	key := fileKey(ci.SystemID, f)
+	res, err := a.create(ctx, key, &m, data)
+	if err == nil || !errors.Is(err, storage.ErrExists) {
+		return res, err
+	}
+	// Already there: PostgreSQL pushes again after a crash, or the agent was
+	// first. Identical contents are a success; anything else is refused
+	// and the archived object stays as it is.
+	have, err := a.get(ctx, key, expect{name: name, kind: m.Kind, cluster: ci.SystemID}, io.Discard)
+	if err != nil {
+		return res, err
+	}
+	if subtle.ConstantTimeCompare(have.MAC[:], m.MAC[:]) != 1 || have.Size != m.Size {
+		return res, &ConflictError{Key: key, Name: name}
+	}
+	res.Created = false
+	a.log.Debug("already archived with identical contents", "key", key)
+	return res, nil
+}
+
+// CheckFile checks a file to archive against its name and the cluster:
+// what Put refuses. A segment's first page must be a long header from the
+// cluster (system identifier, segment size, page size) at the address its
+// name denotes.
+func CheckFile(ci ClusterInfo, f pg.WALFile, data []byte) error {
+	name := f.Name()
+	if int64(len(data)) > MaxFileSize {
+		return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes is larger than any WAL file", len(data))}
+	}
+	switch f.Kind {
+	case pg.WALSegment, pg.WALPartialSegment:
+		if f.Kind == pg.WALSegment && len(data) != int(ci.SegSize) {
+			return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes, but the cluster's segments are %d", len(data), ci.SegSize)}
+		}
+		if f.Kind == pg.WALPartialSegment && len(data) > int(ci.SegSize) {
+			return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes, more than a segment of %d", len(data), ci.SegSize)}
+		}
+		h, err := pg.ParseSegmentHeader(data)
+		if err != nil {
+			return &InvalidFileError{Name: name, Err: err}
+		}
+		if err := h.CheckSystem(ci.SystemID); err != nil {
+			return &ForeignError{Name: name, Reason: err.Error()}
+		}
+		if h.SegSize != ci.SegSize {
+			return &ForeignError{Name: name, Reason: fmt.Sprintf("its header says %d-byte segments, the cluster has %d", h.SegSize, ci.SegSize)}
+		}
+		if ci.BlockSize != 0 && h.BlockSize != ci.BlockSize {
+			return &ForeignError{Name: name, Reason: fmt.Sprintf("its header says %d-byte pages, the cluster has %d", h.BlockSize, ci.BlockSize)}
+		}
+		if err := h.CheckName(name); err != nil {
+			return &InvalidFileError{Name: name, Err: err}
+		}
+	case pg.WALTimelineHistory:
+		if err := checkHistory(f.Timeline, data); err != nil {
+			return &InvalidFileError{Name: name, Err: err}
+		}
+	case pg.WALBackupHistory:
+		if _, err := pg.ParseBackupLabel(data); err != nil {
+			return &InvalidFileError{Name: name, Err: err}
+		}
+	default:
+		return &InvalidFileError{Name: name, Err: errors.New("not a WAL archive file")}
+	}
+	return nil
+}
+
+// checkHistory applies the checks PostgreSQL itself makes when it reads
+// the history file of timeline tli (readTimeLineHistory): each line that is
+// not blank or a comment starts with a timeline and a switch point,
+// timelines increase and stay below tli. It is deliberately no stricter:
+// PostgreSQL writes histories whose switch points go backwards (a recovery
+// along the newest timeline that stops before that timeline's branch
+// point), and a history file PostgreSQL wrote must be archived as it is.
+func checkHistory(tli pg.TimelineID, b []byte) error {
+	var last uint64
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		fields := strings.Fields(line)
+		n, err := strconv.ParseUint(fields[0], 10, 32)
+		if err != nil {
+			return fmt.Errorf("line %d: syntax error: %q is not a timeline", i+1, fields[0])
+		}
+		if len(fields) < 2 {
+			return fmt.Errorf("line %d: expected a switch point after timeline %d", i+1, n)
+		}
+		if _, err := pg.ParseLSN(fields[1]); err != nil {
+			return fmt.Errorf("line %d: %w", i+1, err)
+		}
+		if n <= last {
+			return fmt.Errorf("line %d: timeline %d after %d: timelines must increase", i+1, n, last)
+		}
+		last = n
+	}
+	if last >= uint64(tli) {
+		return fmt.Errorf("timeline %d in the history of timeline %d", last, tli)
+	}
+	return nil
+}
+
+// create encodes and creates one object, setting m.MAC.
+func (a *Archive) create(ctx context.Context, key string, m *Meta, data []byte) (PutResult, error) {
+	res := PutResult{Key: key, Size: m.Size}
+	body, err := a.encode(m, data)
+	if err != nil {
+		return res, fmt.Errorf("encode %s: %w", key, err)
+	}
+	defer a.bufs.Put(body)
+	res.Stored = int64(body.Len())
+	if err := a.store.Create(ctx, key, bytes.NewReader(body.Bytes()), int64(body.Len())); err != nil {
+		return res, err
+	}
+	res.Created = true
+	return res, nil
+}
+
+// chunkSize is how much of a file one zstd frame holds: frames are
+// compressed (and checked) in parallel, and a segment is on the critical
+// path of archive_command.
+const chunkSize = 4 << 20
+
+// windowSize is the zstd window the encoder uses.
+const windowSize = 1 << 20
+
+// encode computes m.MAC and returns the object for a file (in a pooled
+// buffer the caller puts back): the record frame and the compressed file,
+// encrypted. The MAC and the frames are computed concurrently. Each
+// compressed frame is decompressed and compared with the file before
+// anything is encrypted, so an encoder fault can never be archived as a
+// success.
+func (a *Archive) encode(m *Meta, data []byte) (*bytes.Buffer, error) {
+	n := max(1, (len(data)+chunkSize-1)/chunkSize)
+	frames := make([]*[]byte, n)
+	defer func() {
+		for _, f := range frames {
+			if f != nil {
+				a.frames.Put(f)
+			}
+		}
+	}()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.MAC = ComputeMAC(&a.mac, *m, data)
+	}()
+	for i := range n {
+		chunk := data[i*chunkSize : min(len(data), (i+1)*chunkSize)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fp := a.frameBuf()
+			*fp = a.enc.EncodeAll(chunk, (*fp)[:0])
+			frames[i] = fp
+			errs[i] = a.verifyCompressed(*fp, chunk)
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for i := range n {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		total += len(*frames[i])
+	}
+	out := a.getBuf()
+	out.Grow(total + 4096)
+	w, err := a.crypt.Encrypt(out)
+	if err == nil {
+		_, err = w.Write(encodeFrame(m))
+	}
+	for i := 0; err == nil && i < n; i++ {
+		_, err = w.Write(*frames[i])
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err != nil {
+		a.bufs.Put(out)
+		return nil, err
+	}
+	return out, nil
+}
+
+func (a *Archive) frameBuf() *[]byte {
+	if b, ok := a.frames.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, chunkSize/2)
+	return &b
+}
+
+func (a *Archive) getBuf() *bytes.Buffer {
+	if b, ok := a.bufs.Get().(*bytes.Buffer); ok {
+		b.Reset()
+		return b
+	}
+	return new(bytes.Buffer)
+}
+
+// verifyCompressed decompresses comp as a stream and compares it with data,
+// without holding a second copy of the file.
+func (a *Archive) verifyCompressed(comp, data []byte) error {
+	d := a.decoder()
+	defer a.dec.Put(d)
+	if err := d.ResetWithOptions(bytes.NewReader(comp), maxDecoded(int64(len(data)))); err != nil {
+		return err
+	}
+	var buf [64 << 10]byte
+	off := 0
+	for {
+		n, err := d.Read(buf[:])
+		if n > 0 {
+			if off+n > len(data) || !bytes.Equal(buf[:n], data[off:off+n]) {
+				return fmt.Errorf("compressed file does not decompress to the original at byte %d: not archived", off)
+			}
+			off += n
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("compressed file does not decompress: %w", err)
+		}
+	}
+	if off != len(data) {
+		return fmt.Errorf("compressed file decompresses to %d bytes, not %d: not archived", off, len(data))
+	}
+	return nil
+}
+
+// maxDecoded bounds a decoder's memory for a file of size bytes.
+func maxDecoded(size int64) zstd.DOption {
+	return zstd.WithDecoderMaxMemory(uint64(max(size, 1<<16)) + 1)
+}
+
+func (a *Archive) decoder() *zstd.Decoder {
+	if d, ok := a.dec.Get().(*zstd.Decoder); ok {
+		return d
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderMaxMemory(MaxFileSize+1))
+	if err != nil {
+		panic("walarchive: zstd decoder: " + err.Error()) // only bad options fail
+	}
+	return d
+}
+
+// Get reads the archived file called name of cluster, verifies it and writes
+// its contents to w. w sees the bytes before the last check (the MAC over
+// all of them) has passed: publish nothing written to it unless Get returns
+// nil. A file not in the archive is a *NotArchivedError, a damaged or
+// swapped object a *CorruptError.
+func (a *Archive) Get(ctx context.Context, cluster uint64, name string, w io.Writer) (Meta, error) {
+	f, err := checkName(name)
+	if err != nil {
+		return Meta{}, err
+	}
+	return a.get(ctx, fileKey(cluster, f), expect{name: name, kind: kindOf(f.Kind), cluster: cluster}, w)
+}
+
+// ReadFile is Get into memory.
+func (a *Archive) ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, Meta, error) {
+	var buf bytes.Buffer
+	m, err := a.Get(ctx, cluster, name, &buf)
+	if err != nil {
+		return nil, m, err
+	}
+	return buf.Bytes(), m, nil
+}
+
+// expect is what an object must say about itself to be served under a key.
+type expect struct {
+	name    string
+	kind    Kind
+	cluster uint64
+}
+
+func (a *Archive) get(ctx context.Context, key string, want expect, w io.Writer) (Meta, error) {
+	rc, err := a.store.Get(ctx, key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return Meta{}, &NotArchivedError{Key: key, Name: want.name}
+	}
+	if err != nil {
+		return Meta{}, err
+	}
+	defer rc.Close()
+	return a.Decode(ctx, key, rc, want.name, want.cluster, w)
+}
+
+// Decode reads one object's bytes from body (fetched from key), checks that
+// it holds the file called name of cluster, and writes the file to w (see
+// Get for when w's bytes may be used). Failures of body are returned as
+// they are; anything wrong with the bytes is a *CorruptError naming key.
+func (a *Archive) Decode(ctx context.Context, key string, body io.Reader, name string, cluster uint64, w io.Writer) (Meta, error) {
+	want := expect{name: name, cluster: cluster}
+	if name == MarkerName {
+		want.kind = KindCluster
+	} else {
+		f, err := checkName(name)
+		if err != nil {
+			return Meta{}, err
+		}
+		want.kind = kindOf(f.Kind)
+	}
+	src := &trackingReader{r: body}
+	m, err := a.decode(key, src, want, w)
+	if err != nil {
+		// A broken connection or a cancelled context is not corruption.
+		if src.err != nil {
+			return m, fmt.Errorf("read %s: %w", key, src.err)
+		}
+		if ctx.Err() != nil {
+			return m, fmt.Errorf("read %s: %w", key, ctx.Err())
+		}
+	}
+	return m, err
+}
+
+func (a *Archive) decode(key string, src io.Reader, want expect, w io.Writer) (Meta, error) {
+	pr, err := a.crypt.Decrypt(src)
+	if err != nil {
+		var nm *age.NoIdentityMatchError
+		if errors.As(err, &nm) {
+			return Meta{}, corruptf(key, "not encrypted to this repository's identity")
+		}
+		return Meta{}, corruptf(key, "age header: %v", err)
+	}
+	br := bufio.NewReaderSize(pr, 64<<10)
+	var hdr [frameHeaderSize]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return Meta{}, corruptf(key, "reading the record frame: %v", err)
+	}
+	n, err := frameSize(hdr[:])
+	if err != nil {
+		return Meta{}, corruptf(key, "%v", err)
+	}
+	rec := make([]byte, n)
+	if _, err := io.ReadFull(br, rec); err != nil {
+		return Meta{}, corruptf(key, "reading the record: %v", err)
+	}
+	m, err := decodeRecord(rec)
+	if err != nil {
+		return Meta{}, corruptf(key, "%v", err)
+	}
+	// An object moved or copied to another key, or another cluster's object,
+	// would otherwise be replayed under this name.
+	if m.Name != want.name || m.Kind != want.kind {
+		return m, corruptf(key, "holds %s (%s), not %s", m.Name, m.Kind, want.name)
+	}
+	if m.SystemID != want.cluster {
+		return m, corruptf(key, "holds WAL of system %d, not %d", m.SystemID, want.cluster)
+	}
+	d := a.decoder()
+	defer func() {
+		d.Reset(nil)
+		a.dec.Put(d)
+	}()
+	// The record says how large the file is: the decoder must not allocate
+	// for more, whatever a frame header claims.
+	if err := d.ResetWithOptions(br, maxDecoded(m.Size)); err != nil {
+		return m, corruptf(key, "zstd: %v", err)
+	}
+	h := macState(&a.mac, &m)
+	buf := make([]byte, 256<<10)
+	var got int64
+	for {
+		k, rerr := d.Read(buf)
+		if k > 0 {
+			got += int64(k)
+			if got > m.Size {
+				return m, corruptf(key, "holds more than the %d bytes its record says", m.Size)
+			}
+			h.Write(buf[:k])
+			if _, err := w.Write(buf[:k]); err != nil {
+				return m, fmt.Errorf("write %s from %s: %w", m.Name, key, err)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return m, corruptf(key, "decompress: %v", rerr)
+		}
+	}
+	if got != m.Size {
+		return m, corruptf(key, "holds %d bytes, its record says %d (truncated?)", got, m.Size)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	if subtle.ConstantTimeCompare(sum[:], m.MAC[:]) != 1 {
+		return m, corruptf(key, "contents fail authentication (MAC mismatch)")
+	}
+	return m, nil
+}
+
+// trackingReader remembers the first error of the raw object body, so that
+// a failed read of storage is told apart from bytes that fail a check.
+type trackingReader struct {
+	r   io.Reader
+	err error
+}
+
+func (t *trackingReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF && t.err == nil {
+		t.err = err
+	}
+	return n, err
+}
+
+// limitedWriter fails once more than n bytes are written.
+type limitedWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.n {
+		return 0, errors.New("object larger than expected")
+	}
+	l.n -= int64(len(p))
+	return l.w.Write(p)
+}
+
+// Verifier checks a file's bytes against the MAC in its record, for copies
+// kept outside the archive (a restore's spool) after Get verified them once:
+// whoever can write the copy cannot forge the MAC.
+type Verifier struct {
+	h    hashWriter
+	want [32]byte
+	size int64
+	n    int64
+}
+
+type hashWriter interface {
+	Write([]byte) (int, error)
+	Sum([]byte) []byte
+}
+
+// NewVerifier starts checking a copy of the file m describes.
+func (a *Archive) NewVerifier(m Meta) *Verifier {
+	return &Verifier{h: macState(&a.mac, &m), want: m.MAC, size: m.Size}
+}
+
+// Write adds bytes of the copy.
+func (v *Verifier) Write(p []byte) (int, error) {
+	v.n += int64(len(p))
+	return v.h.Write(p)
+}
+
+// OK reports whether the bytes written are exactly the file.
+func (v *Verifier) OK() bool {
+	var sum [32]byte
+	v.h.Sum(sum[:0])
+	return v.n == v.size && subtle.ConstantTimeCompare(sum[:], v.want[:]) == 1
+}

@@ -1,0 +1,341 @@
+package walarchive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+)
+
+// SegRange is a run of consecutive segments, First to Last inclusive.
+type SegRange struct {
+	First, Last pg.SegNo
+}
+
+// Count returns the number of segments in the range.
+func (r SegRange) Count() uint64 { return uint64(r.Last-r.First) + 1 }
+
+// TimelineInfo is what the archive holds of one timeline.
+type TimelineInfo struct {
+	Timeline pg.TimelineID
+	// Segments are the archived complete segments as ascending, disjoint,
+	// non-adjacent runs: the holes between two runs are the gaps.
+	Segments []SegRange
+	Partial  []string // .partial files
+	Backup   []string // .backup files
+	// History is set when the timeline's history file is archived
+	// (timeline 1 has none).
+	History bool
+}
+
+// Count returns the number of archived complete segments.
+func (t *TimelineInfo) Count() uint64 {
+	var n uint64
+	for _, r := range t.Segments {
+		n += r.Count()
+	}
+	return n
+}
+
+// Has reports whether segment seg is archived.
+func (t *TimelineInfo) Has(seg pg.SegNo) bool {
+	_, found := slices.BinarySearchFunc(t.Segments, seg, func(r SegRange, s pg.SegNo) int {
+		switch {
+		case r.Last < s:
+			return -1
+		case r.First > s:
+			return 1
+		}
+		return 0
+	})
+	return found
+}
+
+// Gaps returns the missing runs between the first and the last archived
+// segment.
+func (t *TimelineInfo) Gaps() []SegRange {
+	var gaps []SegRange
+	for i := 1; i < len(t.Segments); i++ {
+		gaps = append(gaps, SegRange{t.Segments[i-1].Last + 1, t.Segments[i].First - 1})
+	}
+	return gaps
+}
+
+func (t *TimelineInfo) add(seg pg.SegNo) {
+	if n := len(t.Segments); n > 0 && t.Segments[n-1].Last+1 == seg {
+		t.Segments[n-1].Last = seg
+		return
+	}
+	t.Segments = append(t.Segments, SegRange{seg, seg})
+}
+
+// Listing is what the archive holds of one cluster.
+type Listing struct {
+	Cluster   ClusterInfo
+	Timelines []*TimelineInfo // ascending by timeline
+	// Foreign are keys under the cluster's prefix that are no archived WAL
+	// file in its right place (a stray upload, a copy under a wrong name).
+	Foreign []string
+}
+
+// Timeline returns the timeline's entry, or nil.
+func (l *Listing) Timeline(tli pg.TimelineID) *TimelineInfo {
+	for _, t := range l.Timelines {
+		if t.Timeline == tli {
+			return t
+		}
+	}
+	return nil
+}
+
+func (l *Listing) timeline(tli pg.TimelineID) *TimelineInfo {
+	if t := l.Timeline(tli); t != nil {
+		return t
+	}
+	t := &TimelineInfo{Timeline: tli}
+	l.Timelines = append(l.Timelines, t)
+	slices.SortFunc(l.Timelines, func(a, b *TimelineInfo) int { return int(a.Timeline) - int(b.Timeline) })
+	return t
+}
+
+// Head returns the newest archived segment: the last one of the highest
+// timeline that has any.
+func (l *Listing) Head() (tli pg.TimelineID, seg pg.SegNo, ok bool) {
+	for i := len(l.Timelines) - 1; i >= 0; i-- {
+		t := l.Timelines[i]
+		if n := len(t.Segments); n > 0 {
+			return t.Timeline, t.Segments[n-1].Last, true
+		}
+	}
+	return 0, 0, false
+}
+
+// SegmentName returns the file name of segment seg on timeline tli in this
+// cluster.
+func (l *Listing) SegmentName(tli pg.TimelineID, seg pg.SegNo) string {
+	return pg.SegmentName(tli, seg, l.Cluster.SegSize)
+}
+
+// MissingHistory returns the timelines above 1 that have archived WAL but no
+// archived history file: recovery cannot follow them to their parent.
+func (l *Listing) MissingHistory() []pg.TimelineID {
+	var out []pg.TimelineID
+	for _, t := range l.Timelines {
+		if t.Timeline > 1 && !t.History && (len(t.Segments) > 0 || len(t.Partial) > 0 || len(t.Backup) > 0) {
+			out = append(out, t.Timeline)
+		}
+	}
+	return out
+}
+
+// has reports whether segment seg of timeline tli is archived.
+func (l *Listing) has(tli pg.TimelineID, seg pg.SegNo) bool {
+	t := l.Timeline(tli)
+	return t != nil && t.Has(seg)
+}
+
+// Missing returns the names of the segments that recovery along history h
+// needs to replay the WAL from start up to stop (every segment holding a
+// byte of [start, stop)) and that the listing lacks. Segments are looked for
+// on the timeline recovery reads them from (pg.History.SegmentTimeline).
+func (l *Listing) Missing(h pg.History, start, stop pg.LSN) []string {
+	var out []string
+	forRange(h, l.Cluster.SegSize, start, stop, func(tli pg.TimelineID, seg pg.SegNo) {
+		if !l.has(tli, seg) {
+			out = append(out, l.SegmentName(tli, seg))
+		}
+	})
+	return out
+}
+
+// Reach returns the last segment up to which the WAL is continuous from
+// segment from along history h: recovery that starts in from can replay up
+// to the end of last. ok is false when from itself is missing.
+func (l *Listing) Reach(h pg.History, from pg.SegNo) (last pg.SegNo, ok bool) {
+	seg := from
+	for l.has(h.SegmentTimeline(seg, l.Cluster.SegSize), seg) {
+		last, ok = seg, true
+		seg++
+	}
+	return last, ok
+}
+
+// forRange calls fn for each segment holding a byte of [start, stop), with
+// the timeline recovery along h reads it from.
+func forRange(h pg.History, segSize uint32, start, stop pg.LSN, fn func(pg.TimelineID, pg.SegNo)) {
+	if stop <= start {
+		return
+	}
+	for seg := start.Segment(segSize); seg <= stop.PrevSegment(segSize); seg++ {
+		fn(h.SegmentTimeline(seg, segSize), seg)
+	}
+}
+
+// DirEntry is one object of a listed archive directory.
+type DirEntry struct {
+	Name    string
+	Size    int64
+	ModTime time.Time
+}
+
+// ListDir lists one directory of a cluster's archive: a log directory
+// (TTTTTTTTXXXXXXXX, see DirKey) or HistoryDir. It is one LIST request for
+// up to 1000 objects: what a restore asks before it fetches, so that a file
+// that is not there costs no GET.
+func (a *Archive) ListDir(ctx context.Context, cluster uint64, dir string) ([]DirEntry, error) {
+	prefix := ClusterPrefix(cluster) + dir + "/"
+	var out []DirEntry
+	for oi, err := range a.store.List(ctx, prefix, "") {
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		name := strings.TrimPrefix(oi.Key, prefix)
+		if _, _, ok := parseKey(oi.Key); !ok {
+			continue
+		}
+		out = append(out, DirEntry{Name: name, Size: oi.Size, ModTime: oi.ModTime})
+	}
+	return out, nil
+}
+
+// List lists everything archived for cluster. It pages through every key of
+// the cluster (one LIST per 1000 objects) and keeps only runs, so memory
+// grows with the number of gaps, not of segments. A cluster with nothing
+// archived is an empty Listing with a zero Cluster.
+func (a *Archive) List(ctx context.Context, cluster uint64) (*Listing, error) {
+	l := &Listing{Cluster: ClusterInfo{SystemID: cluster}}
+	ci, err := a.Cluster(ctx, cluster)
+	switch {
+	case err == nil:
+		l.Cluster = ci
+	case errors.Is(err, ErrNotArchived):
+	default:
+		return nil, err
+	}
+	prefix := ClusterPrefix(cluster)
+	for oi, err := range a.store.List(ctx, prefix, "") {
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if oi.Key == MarkerKey(cluster) {
+			continue
+		}
+		_, f, ok := parseKey(oi.Key)
+		if !ok {
+			l.Foreign = append(l.Foreign, oi.Key)
+			continue
+		}
+		if l.Cluster.SegSize == 0 {
+			return nil, corruptf(MarkerKey(cluster), "missing, but %s is archived: the cluster's segment size is unknown", oi.Key)
+		}
+		t := l.timeline(f.Timeline)
+		switch f.Kind {
+		case pg.WALSegment:
+			seg, err := f.SegNo(l.Cluster.SegSize)
+			if err != nil {
+				l.Foreign = append(l.Foreign, oi.Key)
+				continue
+			}
+			t.add(seg)
+		case pg.WALPartialSegment:
+			t.Partial = append(t.Partial, f.Name())
+		case pg.WALBackupHistory:
+			t.Backup = append(t.Backup, f.Name())
+		case pg.WALTimelineHistory:
+			t.History = true
+		}
+	}
+	return l, nil
+}
+
+// Clusters lists the system identifiers that have WAL in the archive. It
+// skips from one cluster to the next with StartAfter, so it costs one LIST
+// per cluster.
+func (a *Archive) Clusters(ctx context.Context) ([]uint64, error) {
+	var out []uint64
+	after := ""
+	for {
+		var next string
+		for oi, err := range a.store.List(ctx, Prefix, after) {
+			if err != nil {
+				return nil, fmt.Errorf("list %s: %w", Prefix, err)
+			}
+			next = oi.Key
+			break
+		}
+		if next == "" {
+			return out, nil
+		}
+		c, ok := ParseCluster(next)
+		if !ok {
+			// A stray key right under wal/: skip past it.
+			after = next
+			continue
+		}
+		out = append(out, c)
+		// "0" sorts after "/": everything of this cluster is before it.
+		after = strings.TrimSuffix(ClusterPrefix(c), "/") + "0"
+	}
+}
+
+// CheckRange returns the names of the segments that recovery along history
+// h needs to replay [start, stop) and that are not archived (nil when all
+// are). It lists only the directories those segments live in, one LIST each.
+func (a *Archive) CheckRange(ctx context.Context, cluster uint64, h pg.History, start, stop pg.LSN) ([]string, error) {
+	ci, err := a.Cluster(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	dirs := map[string]map[string]bool{}
+	var missing []string
+	var ferr error
+	forRange(h, ci.SegSize, start, stop, func(tli pg.TimelineID, seg pg.SegNo) {
+		if ferr != nil {
+			return
+		}
+		name := pg.SegmentName(tli, seg, ci.SegSize)
+		dir := name[:16]
+		names, ok := dirs[dir]
+		if !ok {
+			ents, err := a.ListDir(ctx, cluster, dir)
+			if err != nil {
+				ferr = err
+				return
+			}
+			names = map[string]bool{}
+			for _, e := range ents {
+				names[e.Name] = true
+			}
+			dirs[dir] = names
+		}
+		if !names[name] {
+			missing = append(missing, name)
+		}
+	})
+	return missing, ferr
+}
+
+// History reads and parses the history file of timeline tli. Timeline 1
+// has none and an empty history.
+func (a *Archive) History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error) {
+	if tli <= 1 {
+		return pg.History{Timeline: 1}, nil
+	}
+	name := pg.HistoryFileName(tli)
+	b, _, err := a.ReadFile(ctx, cluster, name)
+	if err != nil {
+		return pg.History{}, err
+	}
+	// Not a CorruptError: the object passed its MAC, so these are the bytes
+	// PostgreSQL wrote, and pg.ParseHistory is stricter than PostgreSQL
+	// (see checkHistory).
+	h, err := pg.ParseHistory(tli, b)
+	if err != nil {
+		return pg.History{}, fmt.Errorf("timeline history %s of cluster %d: %w", name, cluster, err)
+	}
+	return h, nil
+}

@@ -1,0 +1,603 @@
+package wal
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tidemarkdb/tidemark/pg"
+)
+
+// AgentOptions configure an Agent. Zero values take the defaults.
+type AgentOptions struct {
+	PGData string // the data directory whose pg_wal the agent archives
+	Socket string // default DefaultSocket(PGData)
+	// Parallel is how many files are uploaded at once (default 4). Memory
+	// is bounded by Parallel times about 1.5 segments.
+	Parallel int
+	// Rescan is how often archive_status is listed even without a change
+	// notification, and failed uploads are reconsidered (default 1s).
+	Rescan time.Duration
+	// ShutdownTimeout is how long uploads in flight may finish after the
+	// agent is told to stop (default 30s); then they are abandoned, which
+	// is safe: an object is either complete in the store or absent.
+	ShutdownTimeout time.Duration
+	// MaxBackoff caps the wait before a failed upload is retried in the
+	// background (default 1 min). A push request retries at once.
+	MaxBackoff time.Duration
+	Logger     *slog.Logger
+}
+
+func (o *AgentOptions) fill() {
+	if o.Socket == "" {
+		o.Socket = DefaultSocket(o.PGData)
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 4
+	}
+	if o.Rescan <= 0 {
+		o.Rescan = time.Second
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 30 * time.Second
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Agent uploads the files PostgreSQL marked ready for archiving
+// (pg_wal/archive_status/*.ready) ahead of PostgreSQL, in parallel, oldest
+// first, and answers wal-push over a Unix socket as soon as the file asked
+// for is durable. It never renames or deletes status files: PostgreSQL
+// still calls archive_command for every file and marks it done itself, so
+// nothing the agent does can make PostgreSQL skip a file.
+//
+// What it knows to be durable it keeps in memory only; after a restart it
+// uploads what is ready again, and create-only writes turn the second upload
+// of an identical file into a success.
+type Agent struct {
+	p         *Pusher
+	opts      AgentOptions
+	log       *slog.Logger
+	walDir    string
+	statusDir string
+	pgdataFI  os.FileInfo
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	entries  map[string]*entry
+	stopping bool
+
+	stats agentStats
+}
+
+type agentStats struct {
+	files, created, bytes, stored int64
+	failures                      int64
+}
+
+type entryState int
+
+const (
+	statePending entryState = iota
+	stateRunning
+	stateDurable
+	stateFailed
+)
+
+// entry is one file the agent knows of. done is open while the file is
+// pending or running and is closed when the attempt ends.
+type entry struct {
+	name      string
+	history   bool // a .history file: archived first, never held back
+	state     entryState
+	urgent    bool // a client waits: goes first, ignores backoff and blocks
+	waiters   int
+	done      chan struct{}
+	res       PushResult
+	err       error
+	permanent bool // the failure will repeat until someone intervenes
+	attempts  int
+	retryAt   time.Time
+}
+
+// NewAgent returns an agent that archives with p for the data directory
+// opts.PGData.
+func NewAgent(p *Pusher, opts AgentOptions) (*Agent, error) {
+	opts.fill()
+	fi, err := os.Stat(opts.PGData)
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	a := &Agent{p: p, opts: opts, log: opts.Logger, pgdataFI: fi,
+		walDir:    filepath.Join(opts.PGData, "pg_wal"),
+		statusDir: filepath.Join(opts.PGData, "pg_wal", "archive_status"),
+		entries:   map[string]*entry{}}
+	a.cond = sync.NewCond(&a.mu)
+	if _, err := os.Stat(a.statusDir); err != nil {
+		return nil, fmt.Errorf("agent: %w (is %s a data directory?)", err, opts.PGData)
+	}
+	return a, nil
+}
+
+// Run serves until ctx ends, then stops: no new uploads start, uploads in
+// flight get ShutdownTimeout to finish, clients still waiting are told the
+// agent is stopping (they upload themselves), and the socket is removed.
+func (a *Agent) Run(ctx context.Context) error {
+	unlock, err := a.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ln, err := net.Listen("unix", a.opts.Socket)
+	if err != nil {
+		return fmt.Errorf("agent: listen on %s: %w (set --socket to a shorter path if it is longer than 107 bytes)", a.opts.Socket, err)
+	}
+	defer os.Remove(a.opts.Socket)
+	if err := os.Chmod(a.opts.Socket, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.log.Info("agent started", "pgdata", a.opts.PGData, "socket", a.opts.Socket,
+		"cluster", a.p.cluster.SystemID, "parallel", a.opts.Parallel, "store", a.p.arch.Store().String())
+
+	// Uploads outlive ctx by up to ShutdownTimeout.
+	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer upCancel()
+	if _, err := a.p.arch.EnsureCluster(upCtx, a.p.cluster); err != nil {
+		// Not fatal: the store may come back; every upload checks again.
+		a.log.Warn("cannot check the cluster's archive yet", "err", err)
+	}
+
+	var workers sync.WaitGroup
+	for range a.opts.Parallel {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			a.work(upCtx)
+		}()
+	}
+	var serving sync.WaitGroup
+	go a.accept(ctx, ln, &serving)
+	wake := a.watch(ctx)
+	a.scan()
+	tick := time.NewTicker(a.opts.Rescan)
+	defer tick.Stop()
+	summary := time.NewTicker(time.Minute)
+	defer summary.Stop()
+	var last agentStats
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-wake:
+			a.scan()
+		case <-tick.C:
+			a.scan()
+		case <-summary.C:
+			last = a.logSummary(last)
+		}
+	}
+
+	a.log.Info("agent stopping", "in_flight_timeout", a.opts.ShutdownTimeout)
+	ln.Close()
+	a.mu.Lock()
+	a.stopping = true
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	finished := make(chan struct{})
+	go func() { workers.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(a.opts.ShutdownTimeout):
+		a.log.Warn("abandoning uploads in flight; they are complete in the store or absent, and PostgreSQL keeps the files")
+		upCancel()
+		<-finished
+	}
+	a.mu.Lock()
+	for _, e := range a.entries {
+		if e.state == statePending {
+			e.state, e.err = stateFailed, errShutdown
+			close(e.done)
+		}
+	}
+	a.mu.Unlock()
+	serving.Wait()
+	a.logSummary(last)
+	a.log.Info("agent stopped")
+	return nil
+}
+
+var errShutdown = fmt.Errorf("agent is stopping: %w", context.Canceled)
+
+// lock makes sure one agent serves a data directory: a second one would
+// compete for the socket.
+func (a *Agent) lock() (func(), error) {
+	path := a.opts.Socket + ".lock"
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("agent lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another agent is running for %s (it holds %s); stop it first", a.opts.PGData, path)
+	}
+	// We hold the lock: a socket file left by an agent killed with -9 is
+	// stale.
+	if err := os.Remove(a.opts.Socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		f.Close()
+		return nil, fmt.Errorf("agent: remove stale socket: %w", err)
+	}
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return func() { os.Remove(path); f.Close() }, nil
+}
+
+// watch returns a channel that receives when archive_status changes. Without
+// inotify the periodic rescan is all there is.
+func (a *Agent) watch(ctx context.Context) <-chan struct{} {
+	wake := make(chan struct{}, 1)
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		a.log.Warn("inotify unavailable; polling archive_status", "every", a.opts.Rescan, "err", err)
+		return wake
+	}
+	if _, err := unix.InotifyAddWatch(fd, a.statusDir, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		a.log.Warn("inotify unavailable; polling archive_status", "every", a.opts.Rescan, "err", err)
+		return wake
+	}
+	// A non-blocking descriptor in an *os.File reads through the runtime's
+	// poller, and Close wakes a pending Read.
+	f := os.NewFile(uintptr(fd), "inotify")
+	context.AfterFunc(ctx, func() { f.Close() })
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return
+			}
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return wake
+}
+
+// scan lists archive_status and queues every ready file the agent does not
+// know yet; it forgets files that are no longer ready (PostgreSQL archived
+// them).
+func (a *Agent) scan() {
+	ents, err := os.ReadDir(a.statusDir)
+	if err != nil {
+		a.log.Warn("list archive_status", "err", err)
+		return
+	}
+	ready := make(map[string]bool, len(ents))
+	for _, de := range ents {
+		name, ok := strings.CutSuffix(de.Name(), ".ready")
+		if !ok {
+			continue
+		}
+		if _, err := pg.ParseWALFileName(name); err != nil {
+			continue
+		}
+		ready[name] = true
+	}
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	changed := false
+	for name := range ready {
+		e := a.entries[name]
+		switch {
+		case e == nil:
+			a.entries[name] = newEntry(name)
+			changed = true
+		case e.state == stateFailed && !e.retryAt.After(now):
+			e.requeue()
+			changed = true
+		}
+	}
+	for name, e := range a.entries {
+		if !ready[name] && e.waiters == 0 && !e.urgent && e.state != stateRunning && e.state != statePending {
+			delete(a.entries, name)
+		}
+	}
+	if changed {
+		a.cond.Broadcast()
+	}
+}
+
+func newEntry(name string) *entry {
+	return &entry{name: name, history: strings.HasSuffix(name, ".history"), state: statePending, done: make(chan struct{})}
+}
+
+// requeue makes a finished entry pending again.
+func (e *entry) requeue() {
+	e.state = statePending
+	e.err = nil
+	e.done = make(chan struct{})
+}
+
+// next picks the file to upload next, under a.mu: a file a client waits for
+// first, then history files, then the oldest name, skipping files whose
+// retry time has not come and everything after a file that failed for good
+// (uploading past it would only make a hole in the archive that PostgreSQL,
+// stuck on that file, cannot fill).
+func (a *Agent) next() *entry {
+	now := time.Now()
+	block := ""
+	for _, e := range a.entries {
+		// permanent stays set while the file is retried, until it succeeds.
+		if e.permanent && e.state != stateDurable && !e.history && (block == "" || e.name < block) {
+			block = e.name
+		}
+	}
+	var best *entry
+	better := func(e *entry) bool {
+		switch {
+		case best == nil:
+			return true
+		case e.urgent != best.urgent:
+			return e.urgent
+		case e.history != best.history:
+			return e.history
+		}
+		return e.name < best.name
+	}
+	for _, e := range a.entries {
+		if e.state != statePending {
+			continue
+		}
+		if !e.urgent && (e.retryAt.After(now) || (!e.history && block != "" && e.name > block)) {
+			continue
+		}
+		if better(e) {
+			best = e
+		}
+	}
+	return best
+}
+
+func (a *Agent) work(ctx context.Context) {
+	for {
+		a.mu.Lock()
+		var e *entry
+		for {
+			if a.stopping {
+				a.mu.Unlock()
+				return
+			}
+			if e = a.next(); e != nil {
+				break
+			}
+			a.cond.Wait()
+		}
+		e.state = stateRunning
+		e.attempts++
+		a.mu.Unlock()
+
+		res, err := a.p.Push(ctx, filepath.Join(a.walDir, e.name))
+
+		a.mu.Lock()
+		e.res, e.err = res, err
+		e.urgent = false
+		if err == nil {
+			e.state = stateDurable
+			e.attempts = 0
+			e.permanent = false
+			a.stats.files++
+			a.stats.bytes += res.Size
+			if res.Created {
+				a.stats.created++
+				a.stats.stored += res.Stored
+			}
+		} else {
+			e.state = stateFailed
+			kind := errorKind(err)
+			e.permanent = kind == KindConflict || kind == KindForeign || kind == KindInvalid || kind == KindCorrupt
+			e.retryAt = time.Now().Add(backoff(e.attempts, a.opts.MaxBackoff))
+			a.stats.failures++
+		}
+		close(e.done)
+		a.cond.Broadcast()
+		a.mu.Unlock()
+
+		switch {
+		case err == nil:
+			a.log.Debug("archived", "file", e.name, "created", res.Created, "bytes", res.Size,
+				"stored", res.Stored, "elapsed", res.Elapsed)
+		case errors.Is(err, context.Canceled):
+		case e.permanent:
+			a.log.Error("cannot archive; later files wait until this is resolved", "file", e.name, "err", err)
+		default:
+			a.log.Warn("upload failed; will retry", "file", e.name, "attempt", e.attempts, "err", err)
+		}
+	}
+}
+
+// backoff is the wait before the n-th background retry.
+func backoff(n int, ceiling time.Duration) time.Duration {
+	d := time.Second << min(n-1, 10)
+	return min(d, ceiling)
+}
+
+func (a *Agent) logSummary(last agentStats) agentStats {
+	a.mu.Lock()
+	s := a.stats
+	queued := 0
+	for _, e := range a.entries {
+		if e.state == statePending || e.state == stateRunning {
+			queued++
+		}
+	}
+	a.mu.Unlock()
+	if s != last || queued > 0 {
+		a.log.Info("archive progress", "files", s.files-last.files, "uploaded", s.created-last.created,
+			"bytes", s.bytes-last.bytes, "stored_bytes", s.stored-last.stored, "failures", s.failures-last.failures,
+			"queued", queued)
+	}
+	return s
+}
+
+func (a *Agent) accept(ctx context.Context, ln net.Listener, serving *sync.WaitGroup) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				a.log.Warn("agent socket accept", "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			defer conn.Close()
+			a.serve(conn)
+		}()
+	}
+}
+
+func (a *Agent) serve(conn net.Conn) {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReaderSize(conn, maxMessage).ReadSlice('\n')
+	if err != nil {
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	var req Request
+	resp := Response{}
+	if err := json.Unmarshal(line, &req); err != nil || req.V != ProtocolVersion {
+		resp = Response{Kind: KindInvalid, Error: fmt.Sprintf("bad request (protocol version %d, this agent speaks %d)", req.V, ProtocolVersion)}
+	} else {
+		resp = a.handle(req)
+	}
+	b, _ := json.Marshal(resp)
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	conn.Write(append(b, '\n'))
+}
+
+func (a *Agent) handle(req Request) Response {
+	switch req.Op {
+	case "ping":
+		return Response{OK: true, PGData: a.opts.PGData, Cluster: a.p.cluster.SystemID}
+	case "push":
+	default:
+		return Response{Kind: KindInvalid, Error: fmt.Sprintf("unknown op %q", req.Op)}
+	}
+	if fi, err := os.Stat(req.PGData); err != nil || !os.SameFile(fi, a.pgdataFI) {
+		return Response{Kind: KindPGData, Error: fmt.Sprintf("this agent archives %s, not %s", a.opts.PGData, req.PGData)}
+	}
+	if req.Name != filepath.Base(req.Name) {
+		return Response{Kind: KindInvalid, Error: fmt.Sprintf("%q is not a file name", req.Name)}
+	}
+	if _, err := pg.ParseWALFileName(req.Name); err != nil {
+		return Response{Kind: KindInvalid, Error: err.Error()}
+	}
+	resp := a.push(req.Name)
+	a.log.Debug("answered wal-push", "file", req.Name, "ok", resp.OK, "result", resp.Result, "kind", resp.Kind)
+	return resp
+}
+
+// push answers one request: at once if the file is durable and unchanged,
+// else once an upload (started now if need be, ahead of everything else) is
+// done.
+func (a *Agent) push(name string) Response {
+	path := filepath.Join(a.walDir, name)
+	a.mu.Lock()
+	e := a.entries[name]
+	if e == nil {
+		e = newEntry(name)
+		a.entries[name] = e
+	}
+	e.waiters++
+	defer func() {
+		a.mu.Lock()
+		e.waiters--
+		a.mu.Unlock()
+	}()
+	triggered := false
+	for attempt := 0; ; attempt++ {
+		if a.stopping && e.state != stateRunning && e.state != stateDurable {
+			a.mu.Unlock()
+			return Response{Kind: KindShutdown, Error: errShutdown.Error()}
+		}
+		switch e.state {
+		case stateDurable:
+			res := e.res
+			a.mu.Unlock()
+			id, err := statID(path)
+			if err == nil && id == res.file {
+				result := "durable"
+				if triggered {
+					result = "exists"
+					if res.Created {
+						result = "created"
+					}
+				}
+				return Response{OK: true, Result: result}
+			}
+			if err != nil {
+				return Response{Kind: errorKind(err), Error: fmt.Sprintf("%s: %v", path, err)}
+			}
+			if attempt >= 3 {
+				return Response{Kind: KindInvalid, Error: fmt.Sprintf("%s: %v", path, ErrFileChanged)}
+			}
+			// Another file under the name than the one archived: check it.
+			a.mu.Lock()
+			if e.state == stateDurable {
+				e.requeue()
+				e.urgent = true
+				triggered = true
+				a.cond.Broadcast()
+			}
+			continue
+		case stateFailed:
+			if !triggered {
+				// A request retries at once: the store may be back, or
+				// someone fixed the cause.
+				e.requeue()
+				e.urgent = true
+				triggered = true
+				a.cond.Broadcast()
+				continue
+			}
+			err := e.err
+			a.mu.Unlock()
+			return Response{Kind: errorKind(err), Error: oneLine(err.Error())}
+		case statePending:
+			e.urgent = true
+			triggered = true
+			a.cond.Broadcast()
+		case stateRunning:
+			triggered = true
+		}
+		done := e.done
+		a.mu.Unlock()
+		<-done
+		a.mu.Lock()
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

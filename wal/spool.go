@@ -1,0 +1,318 @@
+package wal
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+)
+
+// The spool is a cache beside the data directory that wal-fetch and its
+// background prefetcher share across restore_command calls (each a new
+// process):
+//
+//	identity.json      whose spool this is: repository, store, cluster, data
+//	                   directory and restore (see restoreID)
+//	state.json         the last segment recovery asked for, and when
+//	lock               held (flock) by the running prefetcher
+//	list/<dir>.json    a listing of one archive directory and when it was made
+//	seg/<name>         a prefetched file, verified, decrypted
+//	seg/<name>.meta    the record of the object it came from (with its MAC),
+//	                   the object's key, size and time, and the restore
+//	prefetch.log       the prefetcher's log
+//
+// Nothing in it is trusted: a spool whose identity differs from the current
+// restore is emptied before use, and a spooled file is served only if its
+// meta names the object the current listing shows under that name and its
+// bytes pass the object's MAC on the way into pg_wal.
+type spool struct {
+	dir string
+	id  spoolIdentity
+	log *slog.Logger
+}
+
+type spoolIdentity struct {
+	Format  int    `json:"format"`
+	RepoID  string `json:"repo_id"`
+	Store   string `json:"store"`
+	Cluster uint64 `json:"cluster,string"`
+	PGData  string `json:"pgdata"`
+	Restore string `json:"restore"`
+}
+
+const spoolFormat = 1
+
+// restoreID identifies one restore of a data directory: the file that holds
+// its pg_control. A restore writes a new pg_control (pg_basebackup, tidemark
+// restore), while PostgreSQL rewrites it in place during recovery, so the
+// file's device, inode and birth time stay the same for the whole recovery,
+// across server restarts, and differ for the next restore into the same path.
+func restoreID(pgdata string) (string, error) {
+	path := filepath.Join(pgdata, "global", "pg_control")
+	var st unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_INO|unix.STATX_BTIME, &st)
+	if err != nil {
+		return "", fmt.Errorf("stat %s: %w", path, err)
+	}
+	dev := unix.Mkdev(st.Dev_major, st.Dev_minor)
+	if st.Mask&unix.STATX_BTIME != 0 {
+		return fmt.Sprintf("%d:%d:%d.%09d", dev, st.Ino, st.Btime.Sec, st.Btime.Nsec), nil
+	}
+	// No birth time on this file system: the inode alone. Not the change
+	// time, which PostgreSQL's in-place writes move. A reused inode number
+	// is still caught per file: a spooled file must match the object the
+	// current listing shows, and its MAC.
+	return fmt.Sprintf("%d:%d", dev, st.Ino), nil
+}
+
+// openSpool opens (creating) the spool in dir for id, emptying it if it
+// belonged to anything else.
+func openSpool(dir string, id spoolIdentity, log *slog.Logger) (*spool, error) {
+	s := &spool{dir: dir, id: id, log: log}
+	for _, d := range []string{dir, s.path("seg"), s.path("list")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
+	var have spoolIdentity
+	b, err := os.ReadFile(s.path("identity.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &have)
+	}
+	if err == nil && have == id {
+		return s, nil
+	}
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		log.Info("emptying a restore spool that belongs to another restore or repository", "spool", dir)
+	}
+	s.wipe()
+	if err := writeJSON(s.path("identity.json"), id); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	return s, nil
+}
+
+// current reports whether the spool still belongs to this restore (a newer
+// restore may have taken it over since it was opened).
+func (s *spool) current() bool {
+	var have spoolIdentity
+	b, err := os.ReadFile(s.path("identity.json"))
+	return err == nil && json.Unmarshal(b, &have) == nil && have == s.id
+}
+
+func (s *spool) path(elem ...string) string {
+	return filepath.Join(append([]string{s.dir}, elem...)...)
+}
+
+// wipe removes every cached file, listing and state; identity and lock stay.
+func (s *spool) wipe() {
+	for _, d := range []string{"seg", "list"} {
+		ents, _ := os.ReadDir(s.path(d))
+		for _, e := range ents {
+			os.Remove(s.path(d, e.Name()))
+		}
+	}
+	os.Remove(s.path("state.json"))
+}
+
+// writeJSON writes v to path through a temporary file and a rename, so a
+// reader sees the old or the new file, never a torn one.
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp-" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// dirListing is a cached listing of one archive directory.
+type dirListing struct {
+	Listed  time.Time          `json:"listed"`
+	Entries map[string]objInfo `json:"entries"`
+}
+
+type objInfo struct {
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"mtime"`
+}
+
+func (s *spool) listing(dir string) *dirListing {
+	var l dirListing
+	if err := readJSON(s.path("list", dir+".json"), &l); err != nil || l.Entries == nil {
+		return nil
+	}
+	return &l
+}
+
+func (s *spool) saveListing(dir string, l *dirListing) {
+	if err := writeJSON(s.path("list", dir+".json"), l); err != nil {
+		s.log.Warn("spool: cannot cache a listing", "dir", dir, "err", err)
+	}
+}
+
+// fetchState is what the last restore_command call asked for.
+type fetchState struct {
+	Name string    `json:"name"`
+	Time time.Time `json:"time"`
+}
+
+func (s *spool) setState(name string) {
+	if err := writeJSON(s.path("state.json"), fetchState{Name: name, Time: time.Now()}); err != nil {
+		s.log.Warn("spool: cannot record the request", "err", err)
+	}
+}
+
+func (s *spool) state() (fetchState, bool) {
+	var st fetchState
+	return st, readJSON(s.path("state.json"), &st) == nil
+}
+
+// spoolMeta describes a spooled file.
+type spoolMeta struct {
+	Key     string          `json:"key"`
+	Object  objInfo         `json:"object"`
+	Restore string          `json:"restore"`
+	Record  walarchive.Meta `json:"record"`
+}
+
+// entry returns a spooled file's meta, if it is there, for this restore and
+// the object obj under key.
+func (s *spool) entry(name, key string, obj objInfo) (spoolMeta, bool) {
+	var m spoolMeta
+	if err := readJSON(s.path("seg", name+".meta"), &m); err != nil {
+		return m, false
+	}
+	ok := m.Key == key && m.Restore == s.id.Restore && m.Object.Size == obj.Size &&
+		m.Object.ModTime.Equal(obj.ModTime) && m.Record.Name == name && m.Record.SystemID == s.id.Cluster
+	return m, ok
+}
+
+// has reports whether a file is spooled (without checking it).
+func (s *spool) has(name string) bool {
+	_, err1 := os.Stat(s.path("seg", name))
+	_, err2 := os.Stat(s.path("seg", name+".meta"))
+	return err1 == nil && err2 == nil
+}
+
+func (s *spool) remove(name string) {
+	os.Remove(s.path("seg", name))
+	os.Remove(s.path("seg", name+".meta"))
+}
+
+// files returns the names of the spooled files.
+func (s *spool) files() []string {
+	ents, _ := os.ReadDir(s.path("seg"))
+	var out []string
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".meta") {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// put spools a file: write streams it into a temporary file; on success the
+// meta goes into place first and the file last, so a file without its meta
+// (never served) is the only torn state.
+func (s *spool) put(name string, write func(w io.Writer) (spoolMeta, error)) error {
+	tmp := s.path("seg", "."+name+".tmp-"+strconv.Itoa(os.Getpid()))
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	m, err := write(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = writeJSON(s.path("seg", name+".meta"), m)
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path("seg", name))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// tryLock takes the prefetcher's lock if no prefetcher holds it.
+func (s *spool) tryLock() (unlock func(), ok bool) {
+	f, err := os.OpenFile(s.path("lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, false
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		f.Close()
+		return nil, false
+	}
+	return func() { f.Close() }, true
+}
+
+// lockPID records the prefetcher's process id in the lock file it holds,
+// for operators (and tests) who want to stop it.
+func (s *spool) lockPID() {
+	os.WriteFile(s.path("lock"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+}
+
+// StopPrefetcher ends the background prefetcher of the spool at dir, if one
+// runs (its pid is in the spool's lock file), and waits up to wait for its
+// lock to be free, so that it no longer writes into dir. It reports whether
+// no prefetcher holds the spool any more.
+func StopPrefetcher(dir string, wait time.Duration) bool {
+	lock := filepath.Join(dir, "lock")
+	b, err := os.ReadFile(lock)
+	if err != nil {
+		return true
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		f, err := os.OpenFile(lock, os.O_RDWR, 0)
+		if err != nil {
+			return true
+		}
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		f.Close()
+		if err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,546 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"iter"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/fs"
+	"github.com/tidemarkdb/tidemark/storage/mem"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/storage/walarchive/walarchivetest"
+)
+
+const (
+	sys     = 7300000000000000002
+	segSize = 1 << 20
+)
+
+var cluster = walarchive.ClusterInfo{SystemID: sys, SegSize: segSize, BlockSize: pg.DefaultWALBlockSize}
+
+func segName(tli pg.TimelineID, seg pg.SegNo) string { return pg.SegmentName(tli, seg, segSize) }
+
+func segment(tli pg.TimelineID, seg pg.SegNo, seed uint64) []byte {
+	return walarchivetest.Segment(sys, tli, seg, segSize, seed)
+}
+
+// counting counts requests to a store.
+type counting struct {
+	storage.Store
+	gets, lists, creates atomic.Int64
+}
+
+func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, key)
+}
+
+func (c *counting) List(ctx context.Context, prefix, after string) iter.Seq2[storage.ObjectInfo, error] {
+	c.lists.Add(1)
+	return c.Store.List(ctx, prefix, after)
+}
+
+func (c *counting) Create(ctx context.Context, key string, r io.ReaderAt, size int64) error {
+	c.creates.Add(1)
+	return c.Store.Create(ctx, key, r, size)
+}
+
+type env struct {
+	store  *counting
+	repo   *repo.Repo
+	arch   *walarchive.Archive
+	pgdata string
+}
+
+// newEnv makes a repository and a fake data directory: pg_wal with
+// archive_status, a global/pg_control (any bytes: only its identity is
+// used here) and a postmaster.pid naming this process.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	st := &counting{Store: mem.New()}
+	r, _ := walarchivetest.Repo(t, st)
+	pgdata := filepath.Join(t.TempDir(), "data")
+	for _, d := range []string{"pg_wal/archive_status", "global"} {
+		if err := os.MkdirAll(filepath.Join(pgdata, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(t, filepath.Join(pgdata, "global", "pg_control"), []byte("control"))
+	writeFile(t, filepath.Join(pgdata, "postmaster.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"))
+	return &env{store: st, repo: r, arch: walarchive.FromRepo(r, walarchive.Options{}), pgdata: pgdata}
+}
+
+func writeFile(t testing.TB, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ready puts a file into pg_wal and marks it ready, as PostgreSQL does.
+func (e *env) ready(t testing.TB, name string, data []byte) {
+	t.Helper()
+	writeFile(t, filepath.Join(e.pgdata, "pg_wal", name), data)
+	writeFile(t, filepath.Join(e.pgdata, "pg_wal", "archive_status", name+".ready"), nil)
+}
+
+func (e *env) archived(t testing.TB, name string) []byte {
+	t.Helper()
+	b, _, err := e.arch.ReadFile(context.Background(), sys, name)
+	if err != nil {
+		t.Fatalf("read %s from the archive: %v", name, err)
+	}
+	return b
+}
+
+func TestPush(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	p := NewPusher(e.arch, cluster, nil)
+	name := segName(1, 3)
+	seg := segment(1, 3, 1)
+	e.ready(t, name, seg)
+	path := filepath.Join(e.pgdata, "pg_wal", name)
+	res, err := p.Push(ctx, path)
+	if err != nil || !res.Created {
+		t.Fatalf("push: %+v %v", res, err)
+	}
+	if !bytes.Equal(e.archived(t, name), seg) {
+		t.Fatal("archived bytes differ")
+	}
+	// Again (PostgreSQL after a crash): success, nothing new.
+	if res, err := p.Push(ctx, path); err != nil || res.Created {
+		t.Fatalf("re-push: %+v %v", res, err)
+	}
+	// A different segment under the name: refused, archive unchanged.
+	writeFile(t, path, segment(1, 3, 2))
+	if _, err := p.Push(ctx, path); !errors.Is(err, walarchive.ErrConflict) {
+		t.Fatalf("different: %v", err)
+	}
+	if !bytes.Equal(e.archived(t, name), seg) {
+		t.Fatal("the archived segment was overwritten")
+	}
+	// Another cluster's segment: refused before any upload.
+	other := segName(1, 4)
+	writeFile(t, filepath.Join(e.pgdata, "pg_wal", other), walarchivetest.Segment(sys+1, 1, 4, segSize, 1))
+	before := e.store.creates.Load()
+	if _, err := p.Push(ctx, filepath.Join(e.pgdata, "pg_wal", other)); !errors.Is(err, walarchive.ErrForeign) {
+		t.Fatalf("foreign: %v", err)
+	}
+	if e.store.creates.Load() != before {
+		t.Fatal("a refused file was uploaded")
+	}
+	// History files.
+	h := filepath.Join(e.pgdata, "pg_wal", "00000002.history")
+	writeFile(t, h, []byte("1\t0/400000\tno recovery target specified\n"))
+	if _, err := p.Push(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Push(ctx, filepath.Join(e.pgdata, "pg_wal", "missing")); err == nil {
+		t.Fatal("pushing a missing file succeeded")
+	}
+}
+
+// runAgent starts an agent and returns a function that stops it and waits.
+func runAgent(t *testing.T, e *env, opts AgentOptions) (*Agent, func()) {
+	t.Helper()
+	opts.PGData = e.pgdata
+	if opts.Socket == "" {
+		// t.TempDir paths can be too long for a socket.
+		d, err := os.MkdirTemp("", "agent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		opts.Socket = filepath.Join(d, "s")
+	}
+	if opts.Rescan == 0 {
+		opts.Rescan = 20 * time.Millisecond
+	}
+	a, err := NewAgent(NewPusher(e.arch, cluster, nil), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "the agent's socket", func() bool {
+		_, err := AskAgent(context.Background(), opts.Socket, Request{Op: "ping"}, time.Second)
+		return err == nil
+	})
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}
+	return a, stop
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func push(t testing.TB, a *Agent, e *env, name string) (Response, error) {
+	t.Helper()
+	return AskAgent(context.Background(), a.opts.Socket, Request{Op: "push", Name: name, PGData: e.pgdata}, 30*time.Second)
+}
+
+func TestAgent(t *testing.T) {
+	e := newEnv(t)
+	segs := map[string][]byte{}
+	for i := pg.SegNo(1); i <= 6; i++ {
+		segs[segName(1, i)] = segment(1, i, uint64(i))
+		e.ready(t, segName(1, i), segs[segName(1, i)])
+	}
+	a, stop := runAgent(t, e, AgentOptions{Parallel: 3})
+	defer stop()
+	// Uploaded ahead, without being asked.
+	waitFor(t, "uploads ahead", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		n := 0
+		for _, en := range a.entries {
+			if en.state == stateDurable {
+				n++
+			}
+		}
+		return n == len(segs)
+	})
+	for name, data := range segs {
+		resp, err := push(t, a, e, name)
+		if err != nil || resp.Result != "durable" {
+			t.Fatalf("push %s: %+v %v", name, resp, err)
+		}
+		if !bytes.Equal(e.archived(t, name), data) {
+			t.Fatalf("%s: archived bytes differ", name)
+		}
+	}
+	// A file the agent has not seen yet (no .ready scanned): done on request.
+	late := segName(1, 7)
+	writeFile(t, filepath.Join(e.pgdata, "pg_wal", late), segment(1, 7, 7))
+	if resp, err := push(t, a, e, late); err != nil || resp.Result != "created" {
+		t.Fatalf("push %s: %+v %v", late, resp, err)
+	}
+	// PostgreSQL's status files are untouched: still .ready, no .done.
+	for name := range segs {
+		if _, err := os.Stat(filepath.Join(e.pgdata, "pg_wal", "archive_status", name+".ready")); err != nil {
+			t.Fatalf("status file of %s: %v", name, err)
+		}
+		if _, err := os.Stat(filepath.Join(e.pgdata, "pg_wal", "archive_status", name+".done")); err == nil {
+			t.Fatalf("the agent made %s.done", name)
+		}
+	}
+	// Requests it must refuse.
+	if _, err := AskAgent(context.Background(), a.opts.Socket, Request{Op: "push", Name: late, PGData: t.TempDir()}, time.Second); !isKind(err, KindPGData) {
+		t.Errorf("other data directory: %v", err)
+	}
+	if _, err := push(t, a, e, "../../etc/passwd"); !isKind(err, KindInvalid) {
+		t.Errorf("path: %v", err)
+	}
+	if _, err := push(t, a, e, segName(1, 99)); !isKind(err, KindMissing) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func isKind(err error, kind string) bool {
+	var ae *AgentError
+	return errors.As(err, &ae) && ae.Kind == kind
+}
+
+// A file that cannot be archived (a different one is there) holds back the
+// files after it: uploading them would leave a hole PostgreSQL, stuck on
+// that file, cannot fill. A client's request still gets an answer.
+func TestAgentStopsAtPermanentFailure(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.arch.Put(ctx, cluster, segName(1, 3), segment(1, 3, 99)); err != nil {
+		t.Fatal(err)
+	}
+	for i := pg.SegNo(3); i <= 5; i++ {
+		e.ready(t, segName(1, i), segment(1, i, uint64(i)))
+	}
+	a, stop := runAgent(t, e, AgentOptions{Parallel: 1})
+	defer stop()
+	if _, err := push(t, a, e, segName(1, 3)); !isKind(err, KindConflict) {
+		t.Fatalf("push of the conflicting file: %v", err)
+	}
+	// Nothing after it may be picked, however often the agent looks.
+	a.mu.Lock()
+	if e := a.next(); e != nil {
+		a.mu.Unlock()
+		t.Fatalf("the agent would upload %s past the failed file", e.name)
+	}
+	a.mu.Unlock()
+	for _, name := range []string{segName(1, 4), segName(1, 5)} {
+		key, _ := walarchive.Key(sys, name)
+		if _, err := e.store.Head(ctx, key); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("%s was uploaded past the failed file: %v", name, err)
+		}
+	}
+	// Asked for, it is archived.
+	if _, err := push(t, a, e, segName(1, 4)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAgentSecondInstanceRefused(t *testing.T) {
+	e := newEnv(t)
+	a, stop := runAgent(t, e, AgentOptions{})
+	defer stop()
+	b, err := NewAgent(NewPusher(e.arch, cluster, nil), AgentOptions{PGData: e.pgdata, Socket: a.opts.Socket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Run(context.Background()); err == nil {
+		t.Fatal("a second agent started")
+	}
+}
+
+func newFetcher(t *testing.T, e *env, opts FetchOptions) *Fetcher {
+	t.Helper()
+	opts.PGData = e.pgdata
+	opts.Cluster = cluster
+	opts.RepoID = e.repo.Config().ID
+	if opts.SpoolDir == "" && !opts.NoSpool {
+		opts.SpoolDir = filepath.Join(filepath.Dir(e.pgdata), "spool")
+	}
+	f, err := NewFetcher(e.arch, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (e *env) put(t testing.TB, name string, data []byte) {
+	t.Helper()
+	if _, err := e.arch.Put(context.Background(), cluster, name, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFetch(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	seg := segment(1, 3, 1)
+	e.put(t, segName(1, 3), seg)
+	e.put(t, "00000002.history", []byte("1\t0/400000\tx\n"))
+	f := newFetcher(t, e, FetchOptions{})
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	res, err := f.Fetch(ctx, segName(1, 3), dest)
+	if err != nil || res.Source != "archive" {
+		t.Fatalf("fetch: %+v %v", res, err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, seg) {
+		t.Fatal("fetched bytes differ")
+	}
+	// Nothing else was written into pg_wal.
+	ents, _ := os.ReadDir(filepath.Join(e.pgdata, "pg_wal"))
+	if len(ents) != 2 { // archive_status and RECOVERYXLOG
+		t.Fatalf("pg_wal holds %d entries", len(ents))
+	}
+	if _, err := f.Fetch(ctx, "00000002.history", filepath.Join(e.pgdata, "pg_wal", "RECOVERYHISTORY")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Not there: answered from a listing, never a GET. A fresh listing from
+	// the spool answers without any request at all.
+	gets, lists := e.store.gets.Load(), e.store.lists.Load()
+	f2 := newFetcher(t, e, FetchOptions{ListMaxAge: time.Hour})
+	for _, name := range []string{segName(1, 4), segName(2, 3), "00000003.history"} {
+		_, err := f2.Fetch(ctx, name, dest)
+		var na *walarchive.NotArchivedError
+		if !errors.As(err, &na) {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if g := e.store.gets.Load() - gets; g != 0 {
+		t.Errorf("%d GETs for files that are not there", g)
+	}
+	if l := e.store.lists.Load() - lists; l != 1 { // only 0000000200000000/ was not cached
+		t.Errorf("%d LISTs, want 1", l)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, seg) {
+		t.Fatal("a failed fetch touched the destination")
+	}
+	// An old listing does not answer "not there": the segment archived
+	// since is found.
+	e.put(t, segName(1, 4), segment(1, 4, 1))
+	f3 := newFetcher(t, e, FetchOptions{ListMaxAge: time.Nanosecond})
+	if _, err := f3.Fetch(ctx, segName(1, 4), dest); err != nil {
+		t.Fatalf("segment archived after the listing: %v", err)
+	}
+}
+
+func TestFetchPartial(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	part := segment(1, 5, 1)
+	e.put(t, segName(1, 5)+".partial", part)
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	var na *walarchive.NotArchivedError
+	if _, err := newFetcher(t, e, FetchOptions{}).Fetch(ctx, segName(1, 5), dest); !errors.As(err, &na) {
+		t.Fatalf("partial served by default: %v", err)
+	}
+	if _, err := newFetcher(t, e, FetchOptions{}).Fetch(ctx, segName(1, 5)+".partial", dest); !errors.As(err, &na) {
+		t.Fatalf("partial served by name by default: %v", err)
+	}
+	res, err := newFetcher(t, e, FetchOptions{Partial: true}).Fetch(ctx, segName(1, 5), dest)
+	if err != nil || res.Name != segName(1, 5)+".partial" {
+		t.Fatalf("with Partial: %+v %v", res, err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, part) {
+		t.Fatal("partial bytes differ")
+	}
+}
+
+func TestFetchCorrupt(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	name := segName(1, 3)
+	e.put(t, name, segment(1, 3, 1))
+	key, _ := walarchive.Key(sys, name)
+	rc, _ := e.store.Get(ctx, key)
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	b[len(b)-50] ^= 1
+	e.store.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	_, err := newFetcher(t, e, FetchOptions{}).Fetch(ctx, name, dest)
+	if !errors.Is(err, walarchive.ErrCorrupt) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := os.Stat(dest); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a corrupt object reached the destination")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.pgdata, "pg_wal")); len(ents) != 1 {
+		t.Fatalf("pg_wal holds %d entries (a temporary file left?)", len(ents))
+	}
+}
+
+func TestPrefetch(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := pg.SegNo(1); i <= 10; i++ {
+		e.put(t, segName(1, i), segment(1, i, uint64(i)))
+	}
+	f := newFetcher(t, e, FetchOptions{Prefetch: 4, Poll: time.Millisecond})
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
+		t.Fatal(err)
+	}
+	if !f.PrefetcherNeeded() {
+		t.Fatal("no prefetcher needed?")
+	}
+	done := make(chan error, 1)
+	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 4, Poll: time.Millisecond}).Prefetch(ctx) }()
+	waitFor(t, "the prefetcher's lock", func() bool { return !f.PrefetcherNeeded() })
+	for i := pg.SegNo(2); i <= 10; i++ {
+		name := segName(1, i)
+		waitFor(t, name+" in the spool", func() bool { return f.sp.has(name) })
+		res, err := f.Fetch(ctx, name, dest)
+		if err != nil || res.Source != "spool" {
+			t.Fatalf("%s: %+v %v", name, res, err)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, segment(1, i, uint64(i))) {
+			t.Fatalf("%s: bytes differ", name)
+		}
+		if n := len(f.sp.files()); n > 4 {
+			t.Fatalf("spool holds %d files, more than the 4 asked for", n)
+		}
+	}
+	// The server goes away: the prefetcher empties the spool and exits.
+	os.Remove(filepath.Join(e.pgdata, "postmaster.pid"))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.sp.files()); n != 0 {
+		t.Fatalf("%d files left in the spool", n)
+	}
+}
+
+// A spool left by an earlier restore never serves its files: here the data
+// directory was restored again (a new pg_control) from another repository
+// whose segment of the same name holds other bytes.
+func TestSpoolFromEarlierRestore(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	name := segName(1, 3)
+	old := segment(1, 3, 1)
+	e.put(t, name, old)
+	f := newFetcher(t, e, FetchOptions{})
+	ents, _ := e.arch.ListDir(ctx, sys, name[:16])
+	if err := f.spoolOne(ctx, wanted{name: name, obj: objInfo{Size: ents[0].Size, ModTime: ents[0].ModTime}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.listing(ctx, name[:16], true); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	if res, err := f.Fetch(ctx, name, dest); err != nil || res.Source != "spool" {
+		t.Fatalf("same restore: %+v %v", res, err)
+	}
+
+	// A new restore into the same path, from a new repository.
+	os.Remove(filepath.Join(e.pgdata, "global", "pg_control"))
+	writeFile(t, filepath.Join(e.pgdata, "global", "pg_control"), []byte("control 2"))
+	e2 := *e
+	st, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2.store = &counting{Store: st}
+	e2.repo, _ = walarchivetest.Repo(t, e2.store)
+	e2.arch = walarchive.FromRepo(e2.repo, walarchive.Options{})
+	fresh := segment(1, 3, 2)
+	e2.put(t, name, fresh)
+	f2 := newFetcher(t, &e2, FetchOptions{SpoolDir: f.sp.dir})
+	res, err := f2.Fetch(ctx, name, dest)
+	if err != nil || res.Source != "archive" {
+		t.Fatalf("new restore: %+v %v", res, err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, fresh) {
+		t.Fatal("served the earlier restore's file")
+	}
+
+	// Same restore, same repository, but the spooled bytes were damaged
+	// (a crash mid-write, a full disk): fetched again, never served.
+	if err := f2.spoolOne(ctx, wanted{name: name, obj: f2.sp.listing(name[:16]).Entries[name]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, damage := range []func(string){
+		func(p string) { os.Truncate(p, 0) },
+		func(p string) { b, _ := os.ReadFile(p); b[100] ^= 1; os.WriteFile(p, b, 0o600) },
+	} {
+		damage(f2.sp.path("seg", name))
+		res, err := f2.Fetch(ctx, name, dest)
+		if err != nil || res.Source != "archive" {
+			t.Fatalf("damaged spool: %+v %v", res, err)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, fresh) {
+			t.Fatal("served damaged spooled bytes")
+		}
+		if err := f2.spoolOne(ctx, wanted{name: name, obj: f2.sp.listing(name[:16]).Entries[name]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
