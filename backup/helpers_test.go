@@ -1,0 +1,318 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/storage/fs"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("TIDEMARK_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// testWriter sends log lines to t.Log, so they show only for failed tests.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// testRepo is a repository on a local directory with small packs, so that
+// little data still makes several packs and index deltas.
+type testRepo struct {
+	*repo.Repo
+	store storage.Store
+	dir   string
+	id    *age.X25519Identity
+}
+
+func newTestRepo(t testing.TB, packSize int64) *testRepo {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := fs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return initTestRepo(t, st, dir, packSize)
+}
+
+func initTestRepo(t testing.TB, st storage.Store, dir string, packSize int64) *testRepo {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := repo.ParseRecipient(id.Recipient().String(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := repo.InitOptions{Key: spec, PackSize: packSize}
+	opts.Logger = testLogger(t)
+	opts.IndexEveryPacks = 2 // interrupted tests leave indexed uploads behind
+	r, _, err := repo.Init(t.Context(), st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return &testRepo{Repo: r, store: st, dir: dir, id: id}
+}
+
+// walArchive is a WAL archive made by a plain cp archive_command, which
+// restores read back with cp.
+type walArchive struct{ dir string }
+
+func newWALArchive(t testing.TB) *walArchive {
+	dir := filepath.Join(testenv.SharedDir(t), "wal")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	testenv.ChownToServer(t, dir)
+	return &walArchive{dir: dir}
+}
+
+func (a *walArchive) archiveCommand() string {
+	return fmt.Sprintf("test ! -f %[1]s/%%f && cp %%p %[1]s/%%f", a.dir)
+}
+
+func (a *walArchive) restoreCommand() string {
+	return fmt.Sprintf("cp %s/%%f %%p", a.dir)
+}
+
+// CheckRange makes walArchive a WALArchive: the segments from start to
+// stop that are not in the directory.
+func (a *walArchive) CheckRange(_ context.Context, _ uint64, h pg.History, start, stop pg.LSN) ([]string, error) {
+	const segSize = 16 << 20
+	var missing []string
+	for seg := start.Segment(segSize); seg <= stop.PrevSegment(segSize); seg++ {
+		name := pg.SegmentName(h.SegmentTimeline(seg, segSize), seg, segSize)
+		if _, err := os.Stat(filepath.Join(a.dir, name)); err != nil {
+			missing = append(missing, name)
+		}
+	}
+	return missing, nil
+}
+
+// newCluster starts a cluster that archives to a fresh walArchive.
+func newCluster(t testing.TB, version int, settings map[string]string) (*testenv.Cluster, *walArchive) {
+	t.Helper()
+	a := newWALArchive(t)
+	s := map[string]string{"archive_mode": "on", "archive_command": a.archiveCommand()}
+	for k, v := range settings {
+		s[k] = v
+	}
+	return testenv.NewCluster(t, testenv.PGConfig{Version: version, Settings: s}), a
+}
+
+// backupOpts are the options tests back up with.
+func backupOpts(t testing.TB, c *testenv.Cluster, a *walArchive) Options {
+	return Options{PGData: c.DataDir, ConnString: c.ConnString(), WAL: a, Logger: testLogger(t), Parallel: 3}
+}
+
+func mustBackup(t testing.TB, r *testRepo, opts Options) *Result {
+	t.Helper()
+	res, err := Run(t.Context(), r.Repo, opts)
+	if err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+	t.Logf("backup %s: %s (%s) parent %s, %d files, logical %s, read %s, stored %s, patched pages %d, rebased slots %d, reused files %d",
+		res.Snapshot.ID, res.Snapshot.Type, res.Method, res.Snapshot.Parent, res.Stats.Files, FormatBytes(res.Stats.LogicalBytes),
+		FormatBytes(res.Stats.ReadBytes), FormatBytes(res.Stats.NewBytes), res.Stats.PatchedPages, res.Stats.RebasedSlots, res.Stats.ReusedFiles)
+	return res
+}
+
+// materialize writes a snapshot's files: PGDATA to dest, tablespace i to
+// spcDests[i]. It is a small stand-in for the restore engine, written from
+// docs/snapshot.md, so that the format is exercised by a second reader.
+func materialize(t testing.TB, r *repo.Repo, s *repo.Snapshot, dest string, spcDests []string) {
+	t.Helper()
+	ctx := t.Context()
+	m := &materializer{r: r, bs: s.BlockSize}
+	if err := os.MkdirAll(dest, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.tree(ctx, s.Roots[0], dest, ""); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range spcDests {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.tree(ctx, s.Roots[i+1], d, fmt.Sprintf("pg_tblspc/%d", s.Tablespaces[i].OID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type materializer struct {
+	r  *repo.Repo
+	bs int
+}
+
+func (m *materializer) tree(ctx context.Context, id blob.ID, dir, rel string) error {
+	b, err := m.r.ReadBlob(ctx, id, nil)
+	if err != nil {
+		return err
+	}
+	tr, err := filemap.DecodeTree(b)
+	if err != nil {
+		return err
+	}
+	for _, n := range tr.Nodes {
+		p := filepath.Join(dir, n.Name)
+		r := n.Name
+		if rel != "" {
+			r = rel + "/" + n.Name
+		}
+		switch n.Type {
+		case filemap.TypeDir:
+			if err := os.Mkdir(p, 0o700); err != nil {
+				return err
+			}
+			if err := m.tree(ctx, n.Subtree, p, r); err != nil {
+				return err
+			}
+		case filemap.TypeSymlink:
+			if _, ok := pg.ParseTablespaceLink(r); ok {
+				continue // tablespace_map makes it
+			}
+			if err := os.Symlink(n.Target, p); err != nil {
+				return err
+			}
+		case filemap.TypeFile:
+			if err := m.file(ctx, &n, p); err != nil {
+				return fmt.Errorf("%s: %w", r, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *materializer) file(ctx context.Context, n *filemap.Node, p string) error {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if n.Map.IsZero() {
+		for _, id := range n.Content {
+			b, err := m.r.ReadBlob(ctx, id, nil)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	mb, err := m.r.ReadBlob(ctx, n.Map, nil)
+	if err != nil {
+		return err
+	}
+	fm, err := filemap.DecodeMap(mb)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(int64(fm.Pages) * int64(fm.BlockSize)); err != nil {
+		return err
+	}
+	cache := map[blob.ID][]byte{}
+	for _, e := range fm.Extents {
+		if e.Blob.IsZero() {
+			continue
+		}
+		data, ok := cache[e.Blob]
+		if !ok {
+			if data, err = m.r.ReadBlob(ctx, e.Blob, nil); err != nil {
+				return err
+			}
+			cache[e.Blob] = data
+		}
+		bs := int64(fm.BlockSize)
+		src := data[int64(e.BlobPage)*bs : int64(e.BlobPage+e.Count)*bs]
+		if _, err := f.WriteAt(src, int64(e.Page)*bs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreSnapshot materialises s into new directories, writes backup_label,
+// tablespace_map (moved to the new tablespace directories) and recovery
+// settings, starts PostgreSQL on it, waits for recovery to end and returns
+// the running cluster. toEnd replays all the archived WAL; otherwise
+// recovery stops as soon as the backup is consistent (its stop LSN).
+func restoreSnapshot(t testing.TB, r *repo.Repo, s *repo.Snapshot, a *walArchive, version int, toEnd bool) *testenv.Cluster {
+	t.Helper()
+	var settings map[string]string
+	if !toEnd {
+		settings = map[string]string{"recovery_target": "immediate", "recovery_target_action": "promote"}
+	}
+	return restoreWith(t, r, s, a, version, settings)
+}
+
+// restoreWith is restoreSnapshot with recovery settings of the caller's:
+// they override the defaults (archive_mode off, restore_command from a).
+func restoreWith(t testing.TB, r *repo.Repo, s *repo.Snapshot, a *walArchive, version int, extra map[string]string) *testenv.Cluster {
+	t.Helper()
+	base := testenv.SharedDir(t)
+	dest := filepath.Join(base, "data")
+	var spcDests []string
+	var entries []pg.TablespaceMapEntry
+	for _, ts := range s.Tablespaces {
+		d := filepath.Join(base, "ts"+strconv.FormatUint(uint64(ts.OID), 10))
+		spcDests = append(spcDests, d)
+		entries = append(entries, pg.TablespaceMapEntry{OID: ts.OID, Path: d})
+	}
+	materialize(t, r, s, dest, spcDests)
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dest, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("backup_label", s.BackupLabel)
+	if len(s.TablespaceMap) > 0 {
+		write("tablespace_map", pg.EncodeTablespaceMap(entries))
+	}
+	write("recovery.signal", nil)
+	for _, d := range spcDests {
+		testenv.ChownToServer(t, d)
+	}
+	settings := map[string]string{
+		"restore_command": a.restoreCommand(),
+		"archive_mode":    "off",
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	c := testenv.AdoptDataDir(t, version, dest, testenv.PGConfig{Settings: settings})
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	if err := c.WaitRecoveryDone(ctx); err != nil {
+		t.Fatalf("recovery of snapshot %s: %v\n%s", s.ID, err, c.LogTail(30))
+	}
+	return c
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,212 @@
+package backup
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"strconv"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
+)
+
+// samplesPerItem is how many pages per item a summary-based backup reads
+// although the summaries say they did not change, to catch summaries that
+// are wrong (PITFALLS: summaries of an abandoned timeline, WAL the
+// summarizer never saw).
+const samplesPerItem = 2
+
+// incrementalSlot captures the pages of slot [s0, s1) that changed since
+// the reference snapshot started, as patch pages, or rewrites the whole slot
+// when the rebase rule says so. Pages it does not capture keep the
+// reference's extents (filemap.Overlay).
+func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
+	c := wk.c
+	clear(wk.have)
+	clear(wk.changed)
+	prevPages := f.prevMap.Pages
+	n := 0
+	switch c.method {
+	case MethodLSNScan:
+		if err := wk.read(f, s0, s0, s1); err != nil {
+			return err
+		}
+		for p := s0; p < s1; p++ {
+			page := wk.pageBuf(s0, p)
+			ch := p >= prevPages || pg.PageLSN(page) >= c.ref.start
+			if !ch && pg.PageIsZero(page) {
+				// A zero page carries no LSN. Where the reference held
+				// data, the file is a new relation under a reused
+				// name and inode: the zero page is the truth.
+				ch = !prevZero(f.prevMap, p)
+			}
+			if ch {
+				wk.changed[p-s0] = true
+				n++
+			}
+		}
+	case MethodSummaries:
+		for p := s0; p < s1; p++ {
+			if p >= prevPages || f.changes.changed(p) {
+				wk.changed[p-s0] = true
+				n++
+			}
+		}
+		for p := s0; p < s1; {
+			if !wk.changed[p-s0] {
+				p++
+				continue
+			}
+			q := p
+			for q < s1 && wk.changed[q-s0] {
+				q++
+			}
+			if err := wk.read(f, s0, p, q); err != nil {
+				return err
+			}
+			p = q
+		}
+	default:
+		return fmt.Errorf("incremental capture with method %q", c.method)
+	}
+	patched, old, err := wk.prevPatches(f, s0, s1)
+	if err != nil {
+		return err
+	}
+	patched += n
+	if patched > c.opts.RebasePages || patched > 0 && old && c.rebaseShare(f.rel, s0) {
+		if err := wk.readRest(f, s0, s1); err != nil {
+			return err
+		}
+		c.stats.rebased.Add(1)
+		return wk.storeSlot(f, s0, s1)
+	}
+	for p := s0; p < s1; p++ {
+		if !wk.changed[p-s0] {
+			continue
+		}
+		if err := wk.addPatchPage(f, p, wk.pageBuf(s0, p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prevZero reports whether the reference map holds page p as a zero page.
+func prevZero(m *filemap.Map, p uint32) bool {
+	i := m.Lookup(p)
+	return i < 0 || m.Extents[i].Blob.IsZero()
+}
+
+// prevPatches counts the pages of slot [s0, s1) that the reference holds in
+// patch blobs and that this backup does not capture again, and reports
+// whether the slot's base blob is older than the rebase age.
+func (wk *worker) prevPatches(f *file, s0, s1 uint32) (patched int, old bool, err error) {
+	c := wk.c
+	m := f.prevMap
+	i := m.Lookup(s0)
+	if i < 0 {
+		return 0, false, nil
+	}
+	oldBefore := c.now - int64(c.opts.RebaseAge.Seconds())
+	for ; i < len(m.Extents) && m.Extents[i].Page < s1; i++ {
+		e := m.Extents[i]
+		if e.Blob.IsZero() {
+			continue
+		}
+		loc, err := c.store.Lookup(c.ctx, e.Blob)
+		if err != nil {
+			return 0, false, fmt.Errorf("%s: snapshot %s refers to blob %s: %w", f.slot.abs, c.ref.snap.ID, e.Blob, err)
+		}
+		if loc.Kind != blob.KindPatch {
+			old = old || e.Written != 0 && e.Written < oldBefore
+			continue
+		}
+		for p := max(e.Page, s0); p < min(e.Page+e.Count, s1); p++ {
+			if !wk.changed[p-s0] {
+				patched++
+			}
+		}
+	}
+	return patched, old, nil
+}
+
+// rebaseShare spreads rewrites of old slots over RebaseSpread days: a slot
+// qualifies on the day its hash picks, so a cluster whose bases all grew
+// old at once does not rewrite them all in one backup.
+func (c *capture) rebaseShare(rel string, s0 uint32) bool {
+	h := fnv.New64a()
+	h.Write([]byte(rel))
+	h.Write([]byte(strconv.FormatUint(uint64(s0), 10)))
+	spread := uint64(c.opts.RebaseSpread)
+	return h.Sum64()%spread == uint64(c.day)%spread
+}
+
+// addPatchPage appends a changed page to the worker's open patch.
+func (wk *worker) addPatchPage(f *file, p uint32, page []byte) error {
+	if len(wk.patchPages) == wk.c.pagesPerSlot() {
+		if err := wk.flushPatch(f); err != nil {
+			return err
+		}
+	}
+	wk.patch = append(wk.patch, page...)
+	wk.patchPages = append(wk.patchPages, p)
+	return nil
+}
+
+// flushPatch stores the open patch as one blob and records where each of
+// its pages now lives.
+func (wk *worker) flushPatch(f *file) error {
+	if len(wk.patchPages) == 0 {
+		return nil
+	}
+	c := wk.c
+	id, err := c.add(blob.KindPatch, wk.patch)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.slot.abs, err)
+	}
+	c.stats.patched.Add(int64(len(wk.patchPages)))
+	for k, p := range wk.patchPages {
+		if n := len(wk.ext); n > 0 {
+			last := &wk.ext[n-1]
+			if last.Blob == id && last.Page+last.Count == p && last.BlobPage+last.Count == uint32(k) {
+				last.Count++
+				continue
+			}
+		}
+		wk.ext = append(wk.ext, filemap.Extent{Page: p, Count: 1, Blob: id, BlobPage: uint32(k), Written: c.now})
+	}
+	wk.patch = wk.patch[:0]
+	wk.patchPages = wk.patchPages[:0]
+	return nil
+}
+
+// sample reads a few pages of [p0, p1) that the WAL summaries say did not
+// change since the reference started, and stops the capture if one did.
+func (wk *worker) sample(f *file, p0, p1 uint32) error {
+	c := wk.c
+	limit := min(p1, f.prevMap.Pages)
+	if p0 >= limit {
+		return nil
+	}
+	for range samplesPerItem {
+		p := p0 + rand.Uint32N(limit-p0)
+		if f.changes.changed(p) {
+			continue
+		}
+		n, err := wk.readAt(f, wk.page, int64(p)*int64(c.blockSize))
+		if err != nil {
+			return err
+		}
+		c.stats.sampled.Add(1)
+		if n < len(wk.page) {
+			continue
+		}
+		if lsn := pg.PageLSN(wk.page); lsn >= c.ref.start && lsn < c.start {
+			c.summaryMismatch(f.rel, p, lsn)
+			return errSummaryMismatch
+		}
+	}
+	return nil
+}

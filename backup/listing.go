@@ -1,0 +1,150 @@
+package backup
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
+)
+
+// entry is one directory entry a backup keeps, with what lstat said. It is
+// kept small: a directory's entries are held until its tree is stored.
+type entry struct {
+	node filemap.Node
+	// emptyDir: a directory kept without its contents (pg.BackupEmptyDir).
+	emptyDir bool
+	// tablespace: pg_tblspc/<oid> as a symbolic link to the tablespace.
+	tablespace uint32
+}
+
+// listDir lists one directory as the backup sees it: entries sorted by
+// name, excluded ones left out (pg.ClassifyBackupPath, unlogged relations,
+// other clusters' directories in a tablespace), entries that vanished
+// between readdir and lstat skipped (PostgreSQL removes files all the time).
+// ownTablespaceDir, when set, is the only entry kept (a tablespace's root).
+func listDir(abs, rel, ownTablespaceDir string) ([]entry, error) {
+	des, err := os.ReadDir(abs)
+	if err != nil {
+		return nil, fmt.Errorf("read directory %s: %w", abs, err)
+	}
+	names := make([]string, len(des))
+	for i, de := range des {
+		names[i] = de.Name()
+	}
+	unlogged := pg.UnloggedRelations(names)
+	out := make([]entry, 0, len(des))
+	for _, de := range des {
+		name := de.Name()
+		if ownTablespaceDir != "" && name != ownTablespaceDir {
+			continue
+		}
+		e := entry{}
+		erel := path.Join(rel, name)
+		st, err := lstat(filepath.Join(abs, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		mode := st.Mode & syscall.S_IFMT
+		if rel == "" && name == "pg_wal" && mode == syscall.S_IFLNK {
+			// pg_wal on another disk: a backup holds it as a directory,
+			// as pg_basebackup does.
+			if st, err = stat(filepath.Join(abs, name)); err != nil {
+				return nil, err
+			}
+			mode = st.Mode & syscall.S_IFMT
+		}
+		e.node = nodeFromStat(name, st)
+		switch mode {
+		case syscall.S_IFDIR:
+			e.node.Type = filemap.TypeDir
+		case syscall.S_IFREG:
+			e.node.Type = filemap.TypeFile
+		case syscall.S_IFLNK:
+			e.node.Type = filemap.TypeSymlink
+			target, err := os.Readlink(filepath.Join(abs, name))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("read link %s: %w", filepath.Join(abs, name), err)
+			}
+			e.node.Target = target
+			if oid, ok := pg.ParseTablespaceLink(erel); ok {
+				e.tablespace = oid
+			}
+		default:
+			continue // sockets, FIFOs, devices: nothing PostgreSQL restores
+		}
+		isDir := e.node.Type == filemap.TypeDir
+		switch pg.ClassifyBackupPath(erel, isDir) {
+		case pg.BackupSkip:
+			continue
+		case pg.BackupEmptyDir:
+			if !isDir {
+				continue
+			}
+			e.emptyDir = true
+		}
+		if e.node.Type == filemap.TypeFile && pg.SkipUnlogged(name, unlogged) {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func nodeFromStat(name string, st *syscall.Stat_t) filemap.Node {
+	return filemap.Node{
+		Name:    name,
+		Mode:    st.Mode & 0o7777,
+		UID:     st.Uid,
+		GID:     st.Gid,
+		Size:    st.Size,
+		ModTime: st.Mtim.Nano(),
+		Inode:   st.Ino,
+	}
+}
+
+func lstat(p string) (*syscall.Stat_t, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
+		return nil, &fs.PathError{Op: "lstat", Path: p, Err: err}
+	}
+	return &st, nil
+}
+
+func stat(p string) (*syscall.Stat_t, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
+	}
+	return &st, nil
+}
+
+// scanSize adds up the bytes a backup will consider, for progress and ETA.
+// It is a quick pass over metadata only; errors just end it early.
+func scanSize(abs, rel, ownTablespaceDir string) int64 {
+	ents, err := listDir(abs, rel, ownTablespaceDir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range ents {
+		switch {
+		case e.node.Type == filemap.TypeFile:
+			n += e.node.Size
+		case e.node.Type == filemap.TypeDir && !e.emptyDir:
+			n += scanSize(filepath.Join(abs, e.node.Name), path.Join(rel, e.node.Name), "")
+		}
+	}
+	return n
+}

@@ -1,0 +1,164 @@
+package backup
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+func TestCoverRange(t *testing.T) {
+	// Timeline 2 branched from 1 at 0/5000000.
+	hist := pg.History{Timeline: 2, Entries: []pg.HistoryEntry{{Parent: 1, SwitchPoint: 0x5000000}}}
+	f := func(tli pg.TimelineID, a, b pg.LSN) summaryFile { return summaryFile{tli: tli, start: a, end: b} }
+	for _, tc := range []struct {
+		name     string
+		avail    []summaryFile
+		from, to pg.LSN
+		want     int // files picked; -1: not covered
+	}{
+		{"one timeline, contiguous", []summaryFile{f(2, 0x5000000, 0x6000000), f(2, 0x6000000, 0x7000000)}, 0x5800000, 0x7000000, 2},
+		{"gap", []summaryFile{f(2, 0x5000000, 0x6000000), f(2, 0x6100000, 0x7000000)}, 0x5800000, 0x7000000, -1},
+		{"short of the end", []summaryFile{f(2, 0x5000000, 0x6000000)}, 0x5800000, 0x7000000, -1},
+		{"across the branch", []summaryFile{f(1, 0x4000000, 0x5000000), f(2, 0x5000000, 0x7000000)}, 0x4800000, 0x6000000, 2},
+		// The abandoned timeline 1 went on past the branch: its summary
+		// of that stretch must not stand in for timeline 2's.
+		{"abandoned timeline", []summaryFile{f(1, 0x4000000, 0x7000000)}, 0x4800000, 0x6000000, -1},
+		{"overlapping files", []summaryFile{f(2, 0x5000000, 0x6800000), f(2, 0x6000000, 0x7000000)}, 0x5000000, 0x7000000, 2},
+		{"irrelevant files ignored", []summaryFile{f(2, 0x1000, 0x2000), f(2, 0x5000000, 0x7000000), f(3, 0x5000000, 0x7000000)}, 0x5000000, 0x7000000, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, reason := coverRange(tc.avail, hist, tc.from, tc.to)
+			switch {
+			case tc.want < 0 && reason == "":
+				t.Fatalf("covered by %v, want not covered", got)
+			case tc.want >= 0 && reason != "":
+				t.Fatalf("not covered: %s", reason)
+			case tc.want >= 0 && len(got) != tc.want:
+				t.Fatalf("picked %v, want %d files", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSummaryForFile(t *testing.T) {
+	const seg = 131072
+	s := &summary{rels: map[relKey]*relChanges{
+		{1663, 5, 100, pg.ForkMain}: {limit: noLimit, blocks: []uint32{1, 7, seg + 3}},
+		{1663, 5, 101, pg.ForkMain}: {limit: seg + 10, blocks: []uint32{4}},
+		{1663, 6, 0, pg.ForkMain}:   {limit: 0},
+	}}
+	rel := func(db, n, segno uint32) pg.RelFile {
+		return pg.RelFile{Tablespace: 1663, Database: db, RelNumber: n, Segment: segno}
+	}
+	fc := s.forFile(rel(5, 100, 0), seg)
+	if !slices.Equal(fc.pages, []uint32{1, 7}) || fc.limit != noLimit || !fc.changed(7) || fc.changed(2) {
+		t.Errorf("segment 0: %+v", fc)
+	}
+	if fc := s.forFile(rel(5, 100, 1), seg); !slices.Equal(fc.pages, []uint32{3}) {
+		t.Errorf("segment 1: %+v", fc)
+	}
+	if fc := s.forFile(rel(5, 101, 0), seg); fc.limit != noLimit || !fc.changed(4) || fc.changed(5) {
+		t.Errorf("truncated past segment 0: %+v", fc)
+	}
+	if fc := s.forFile(rel(5, 101, 1), seg); fc.limit != 10 || !fc.changed(10) || fc.changed(9) {
+		t.Errorf("truncated in segment 1: %+v", fc)
+	}
+	if fc := s.forFile(rel(5, 101, 2), seg); fc.limit != 0 {
+		t.Errorf("segment past the truncation: %+v", fc)
+	}
+	if fc := s.forFile(rel(6, 555, 0), seg); fc.limit != 0 || !fc.changed(0) {
+		t.Errorf("file of a database created in the range: %+v", fc)
+	}
+	if fc := s.forFile(rel(5, 999, 0), seg); fc.limit != noLimit || fc.changed(0) {
+		t.Errorf("untouched relation: %+v", fc)
+	}
+}
+
+func TestChooseParent(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	snap := func(id string, tli uint32, start, stop uint64, at time.Duration) *repo.Snapshot {
+		return &repo.Snapshot{ID: id, PGVersion: 170002, BlockSize: 8192, DataChecksums: true,
+			StartLSN: start, StopLSN: stop, StartTimeline: tli, StopTimeline: tli, StopTime: t0.Add(at)}
+	}
+	c := cluster{major: 17, blockSize: 8192, checksums: true}
+	hist := pg.History{Timeline: 2, Entries: []pg.HistoryEntry{{Parent: 1, SwitchPoint: 0x5000000}}}
+	for _, tc := range []struct {
+		name  string
+		snaps []*repo.Snapshot
+		want  string
+	}{
+		{"none", nil, ""},
+		{"newest by LSN, not by name or time", []*repo.Snapshot{
+			snap("b", 2, 0x6000000, 0x6100000, time.Hour), snap("a", 2, 0x6800000, 0x6900000, time.Minute)}, "a"},
+		{"ancestor timeline before the branch", []*repo.Snapshot{snap("old", 1, 0x4000000, 0x4100000, 0)}, "old"},
+		{"ancestor timeline after the branch", []*repo.Snapshot{snap("gone", 1, 0x5800000, 0x5900000, 0)}, ""},
+		{"other timeline", []*repo.Snapshot{snap("x", 3, 0x6000000, 0x6100000, 0)}, ""},
+		{"starts after this start", []*repo.Snapshot{snap("late", 2, 0x8100000, 0x8200000, 0)}, ""},
+		{"same start (a standby's restartpoint)", []*repo.Snapshot{snap("same", 2, 0x8000000, 0x8200000, 0)}, "same"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, why := chooseParent(tc.snaps, hist, c, 0x8000000)
+			if snapID(got) != tc.want {
+				t.Fatalf("parent %q (%s), want %q", snapID(got), why, tc.want)
+			}
+			if got == nil && why == "" {
+				t.Fatal("no parent and no reason")
+			}
+		})
+	}
+	other := snap("v16", 2, 0x6000000, 0x6100000, 0)
+	other.PGVersion = 160004
+	noSums := snap("nosum", 2, 0x6000000, 0x6100000, 0)
+	noSums.DataChecksums = false
+	for _, s := range []*repo.Snapshot{other, noSums} {
+		if got, why := chooseParent([]*repo.Snapshot{s}, hist, c, 0x8000000); got != nil || why == "" {
+			t.Errorf("%s chosen as parent (%s)", s.ID, why)
+		}
+	}
+}
+
+func TestRebaseShareSpreads(t *testing.T) {
+	c := &capture{opts: &Options{RebaseSpread: 7}}
+	days := map[int64]int{}
+	for day := range int64(7) {
+		c.day = day
+		for s := range uint32(700) {
+			if c.rebaseShare("base/5/16384", s*128) {
+				days[day]++
+			}
+		}
+	}
+	total := 0
+	for day, n := range days {
+		total += n
+		if n < 50 || n > 150 {
+			t.Errorf("day %d takes %d of 700 slots", day, n)
+		}
+	}
+	if total != 700 {
+		t.Errorf("%d slots picked over a week, want each once (700)", total)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"16MB": 16 << 20, "1GB": 1 << 30, "8kB": 8192, "4096": 4096} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
+		}
+	}
+}
+
+func TestProgressString(t *testing.T) {
+	p := Progress{Phase: PhaseCopy, Method: MethodLSNScan, TotalBytes: 4 << 30, DoneBytes: 1 << 30, ReadBytes: 1 << 30,
+		StoredBytes: 100 << 20, Rate: 200 << 20, ETA: 15 * time.Second}
+	s := p.String()
+	for _, want := range []string{"25.0%", "1.0 GiB of 4.0 GiB", "stored 100.0 MiB", "200.0 MiB/s", "eta 15s"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("%q lacks %q", s, want)
+		}
+	}
+}

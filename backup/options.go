@@ -1,0 +1,175 @@
+package backup
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+// Defaults of Options.
+const (
+	// DefaultRebasePages: a slot is rewritten whole when more of its pages
+	// than this (three quarters of the 128) would be held in patches.
+	// DESIGN.md's starting point was a quarter; the backup benchmark
+	// (e2e/bench, pgbench scale 100 plus 10 million md5 rows, 100,000
+	// transactions) changes about half the pages of the accounts table,
+	// evenly: with a quarter every slot of it was rewritten (1531 slots,
+	// 92 MiB stored, more than pgBackRest's 83), with three quarters 246
+	// (75 MiB), and a summary-based incremental reads only the changed
+	// pages instead of everything. Restores read at most 1.75 MiB per
+	// slot; the age rule below bounds how many patches a slot collects.
+	DefaultRebasePages = 96
+	// DefaultRebaseAge: a slot whose base blob is older than this and that
+	// has patched pages is rewritten whole, spread over DefaultRebaseSpread
+	// days (each slot on the day its hash picks).
+	DefaultRebaseAge    = 28 * 24 * time.Hour
+	DefaultRebaseSpread = 7
+	// DefaultSummaryWait bounds how long a backup waits for the WAL
+	// summarizer to reach the backup's start before it falls back to
+	// reading page LSNs.
+	DefaultSummaryWait = time.Minute
+	// DefaultProgressEvery is how often Options.Progress is called.
+	DefaultProgressEvery = time.Second
+	// DefaultArchiveWait bounds how long a backup waits for the WAL up to
+	// its stop to be archived: in pg_backup_stop, and then for the WAL
+	// archive to confirm it (a standby waits for the primary's archive).
+	DefaultArchiveWait = 5 * time.Minute
+)
+
+// WALArchive tells whether the WAL a backup needs for recovery is durable
+// in the repository: CheckRange returns the names of the segments that
+// recovery along history h needs to replay [start, stop) and that are not
+// archived. *walarchive.Archive has it. The commit of a snapshot waits for
+// an empty answer (storage/repo's Writer.Commit preCommit).
+type WALArchive interface {
+	CheckRange(ctx context.Context, cluster uint64, h pg.History, start, stop pg.LSN) ([]string, error)
+}
+
+// Options configure one backup run.
+type Options struct {
+	// PGData is the cluster's data directory, read directly.
+	PGData string
+	// ConnString is a libpq connection string or URL; "" takes the libpq
+	// environment variables (PGHOST, PGPORT, ...).
+	ConnString string
+	// Parallel is the number of files (and slot ranges of big files) read
+	// at once; 0 means the number of CPUs.
+	Parallel int
+	// Full reads and stores everything instead of only what changed since
+	// the parent snapshot.
+	Full bool
+	// SpreadCheckpoint lets pg_backup_start wait for a spread checkpoint
+	// instead of asking for an immediate one.
+	SpreadCheckpoint bool
+	// FailOnChecksumError fails the backup (no snapshot) when a page
+	// checksum fails; otherwise failures are recorded in the snapshot.
+	FailOnChecksumError bool
+	// Label is the backup label passed to pg_backup_start ("" for a default).
+	Label string
+	// WAL confirms the archived WAL before commit. Nil relies on
+	// pg_backup_stop waiting for archive_command to succeed for the last
+	// segment, which PostgreSQL does on a primary with archive_mode on.
+	WAL WALArchive
+	// MaxReadRate bounds the bytes per second read from the data
+	// directory (0: unlimited), to spare a busy server's disks.
+	MaxReadRate int64
+
+	// Progress, if set, is called every ProgressEvery from a separate
+	// goroutine and once at the end.
+	Progress      func(Progress)
+	ProgressEvery time.Duration
+
+	// Change detection and rebase tuning; zero values take the defaults.
+	RebasePages   int
+	RebaseAge     time.Duration
+	RebaseSpread  int
+	SummaryWait   time.Duration
+	ArchiveWait   time.Duration
+	NoWALSummary  bool // read page LSNs even when WAL summaries cover the range
+	ToolVersion   string
+	Logger        *slog.Logger
+	Now           func() time.Time
+	summaryForced func(*summary) // tests: tamper with a loaded summary
+}
+
+func (o *Options) setDefaults() {
+	if o.Parallel <= 0 {
+		o.Parallel = runtime.GOMAXPROCS(0)
+	}
+	if o.RebasePages <= 0 {
+		o.RebasePages = DefaultRebasePages
+	}
+	if o.RebaseAge <= 0 {
+		o.RebaseAge = DefaultRebaseAge
+	}
+	if o.RebaseSpread <= 0 {
+		o.RebaseSpread = DefaultRebaseSpread
+	}
+	if o.SummaryWait <= 0 {
+		o.SummaryWait = DefaultSummaryWait
+	}
+	if o.ArchiveWait <= 0 {
+		o.ArchiveWait = DefaultArchiveWait
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = DefaultProgressEvery
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Label == "" {
+		o.Label = "tidemark"
+	}
+}
+
+// Change detection methods, as reported in Result.Method.
+const (
+	MethodFull       = "full"          // everything read and stored
+	MethodSummaries  = "wal-summaries" // PostgreSQL 17+ WAL summaries
+	MethodLSNScan    = "lsn-scan"      // every page's LSN compared
+	methodWholeFiles = "whole"         // internal: capture every file whole
+)
+
+// Result is what a committed backup did.
+type Result struct {
+	Snapshot *repo.Snapshot
+	Key      string // the snapshot's object key
+	// Method is how changes were found: MethodFull, MethodSummaries or
+	// MethodLSNScan. Fallback says why a cheaper method was not used.
+	Method   string
+	Fallback string
+	Parent   *repo.Snapshot // nil for a full backup
+	Stats    Stats
+	Timing   Timing
+}
+
+// Timing is where a backup's time went.
+type Timing struct {
+	Start  time.Duration // connecting, pg_backup_start (its checkpoint), choosing the method
+	Copy   time.Duration // reading and storing the files
+	Stop   time.Duration // pg_backup_stop
+	Commit time.Duration // the last uploads, confirming the WAL, the snapshot
+}
+
+// Stats count a run's work.
+type Stats struct {
+	Files         int64 `json:"files"`          // files in the snapshot
+	RelFiles      int64 `json:"relation_files"` // relation files among them
+	ReusedFiles   int64 `json:"reused_files"`   // files whose parent entry was reused unread
+	LogicalBytes  int64 `json:"logical_bytes"`  // bytes of the files in the snapshot
+	ReadBytes     int64 `json:"read_bytes"`     // bytes read from the data directory
+	PatchedPages  int64 `json:"patched_pages"`  // pages stored in patches
+	RebasedSlots  int64 `json:"rebased_slots"`  // slots rewritten whole by the rebase rule
+	SampledPages  int64 `json:"sampled_pages"`  // pages read to cross-check WAL summaries
+	NewBytes      int64 `json:"new_bytes"`      // bytes newly stored (compressed), data and metadata
+	NewBlobs      int64 `json:"new_blobs"`
+	ReusedPacks   int   `json:"reused_packs"`   // packs of reused blobs re-checked before commit
+	ChecksumPages int64 `json:"verified_pages"` // pages whose checksum was verified
+}

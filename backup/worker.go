@@ -1,0 +1,242 @@
+package backup
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+// worker reads and stores items. Its buffers are reused for every item:
+// a slot read from the file, the pages of the patch being filled, and one
+// page for re-reads.
+type worker struct {
+	c          *capture
+	buf        []byte   // one slot (or chunk) of the file being read
+	patch      []byte   // changed pages waiting to be stored as one patch blob
+	patchPages []uint32 // the file page of each page in patch
+	page       []byte
+	changed    []bool // per page of the current slot
+	have       []bool // per page of the current slot: in buf and verified
+	ext        []filemap.Extent
+}
+
+func (c *capture) worker() {
+	wk := &worker{
+		c:       c,
+		buf:     make([]byte, blob.SlotSize),
+		patch:   make([]byte, 0, blob.SlotSize),
+		page:    make([]byte, c.blockSize),
+		changed: make([]bool, c.pagesPerSlot()),
+		have:    make([]bool, c.pagesPerSlot()),
+	}
+	for it := range c.jobs {
+		if c.ctx.Err() == nil {
+			var err error
+			if it.f.isRel {
+				err = wk.relItem(it)
+			} else {
+				err = wk.plainItem(it)
+			}
+			if err != nil {
+				c.fail(err)
+			} else {
+				c.itemDone(it.f)
+			}
+		}
+		c.items.Done()
+	}
+}
+
+// readAt reads len(b) bytes at off into b. What lies past the end of a
+// file that shrank meanwhile reads as zeros (as pg_basebackup pads it):
+// WAL replay truncates the file again.
+func (wk *worker) readAt(f *file, b []byte, off int64) (int, error) {
+	c := wk.c
+	if err := c.limiter.wait(c.ctx, len(b)); err != nil {
+		return 0, err
+	}
+	n, err := f.f.ReadAt(b, off)
+	c.stats.read.Add(int64(n))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, fmt.Errorf("read %s at %d: %w", f.slot.abs, off, err)
+	}
+	return n, nil
+}
+
+// plainItem stores chunks of a file that is not relation data.
+func (wk *worker) plainItem(it item) error {
+	c, f := wk.c, it.f
+	for ci := it.idx * itemSlots; ci < min((it.idx+1)*itemSlots, len(f.chunks)); ci++ {
+		off := int64(ci) * filemap.ChunkSize
+		size := min(int64(filemap.ChunkSize), f.node.Size-off)
+		n, err := wk.readAt(f, wk.buf[:size], off)
+		if err != nil {
+			return err
+		}
+		c.stats.done.Add(size)
+		if n == 0 {
+			continue
+		}
+		id, err := c.add(blob.KindFile, wk.buf[:n])
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.slot.abs, err)
+		}
+		f.chunks[ci] = chunk{id: id, n: n}
+	}
+	return nil
+}
+
+// relItem captures pages [p0, p1) of a relation file slot by slot.
+func (wk *worker) relItem(it item) error {
+	c, f := wk.c, it.f
+	pps := uint32(c.pagesPerSlot())
+	p0 := uint32(it.idx) * itemSlots * pps
+	p1 := min(p0+itemSlots*pps, f.pages)
+	wk.ext = wk.ext[:0]
+	if !f.whole && c.method == MethodSummaries {
+		if err := wk.sample(f, p0, p1); err != nil {
+			return err
+		}
+	}
+	for s0 := p0; s0 < p1; s0 += pps {
+		s1 := min(s0+pps, p1)
+		var err error
+		if f.whole {
+			err = wk.wholeSlot(f, s0, s1)
+		} else {
+			err = wk.incrementalSlot(f, s0, s1)
+		}
+		if err != nil {
+			return err
+		}
+		c.stats.done.Add(int64(s1-s0) * int64(c.blockSize))
+	}
+	if err := wk.flushPatch(f); err != nil {
+		return err
+	}
+	sortExtents(wk.ext)
+	f.parts[it.idx] = append([]filemap.Extent(nil), wk.ext...)
+	return nil
+}
+
+// pageBuf returns page p of the slot starting at s0 in buf.
+func (wk *worker) pageBuf(s0, p uint32) []byte {
+	bs := uint32(wk.c.blockSize)
+	return wk.buf[(p-s0)*bs : (p-s0+1)*bs]
+}
+
+// read reads pages [from, to) of the slot starting at s0 into buf and
+// verifies their checksums.
+func (wk *worker) read(f *file, s0, from, to uint32) error {
+	bs := int64(wk.c.blockSize)
+	b := wk.buf[int64(from-s0)*bs : int64(to-s0)*bs]
+	n, err := wk.readAt(f, b, int64(from)*bs)
+	if err != nil {
+		return err
+	}
+	clear(b[n:])
+	for p := from; p < to; p++ {
+		if err := wk.verify(f, s0, p); err != nil {
+			return err
+		}
+		wk.have[p-s0] = true
+	}
+	return nil
+}
+
+// readRest reads the pages of the slot not read yet.
+func (wk *worker) readRest(f *file, s0, s1 uint32) error {
+	for p := s0; p < s1; {
+		if wk.have[p-s0] {
+			p++
+			continue
+		}
+		q := p
+		for q < s1 && !wk.have[q-s0] {
+			q++
+		}
+		if err := wk.read(f, s0, p, q); err != nil {
+			return err
+		}
+		p = q
+	}
+	return nil
+}
+
+// verify checks page p's checksum if the page is older than the backup's
+// start (newer pages may be torn by a concurrent write, which WAL replay
+// repairs). A failure is re-read once before it is reported: a page
+// written between the two reads is fine.
+func (wk *worker) verify(f *file, s0, p uint32) error {
+	c := wk.c
+	if !c.checksums {
+		return nil
+	}
+	page := wk.pageBuf(s0, p)
+	if pg.PageLSN(page) >= c.start {
+		return nil
+	}
+	blk := pg.RelationBlock(f.relf.Segment, p, c.relSegSize)
+	c.stats.verified.Add(1)
+	if pg.VerifyPage(page, blk, true) == nil {
+		return nil
+	}
+	n, err := wk.readAt(f, wk.page, int64(p)*int64(c.blockSize))
+	if err != nil {
+		return err
+	}
+	clear(wk.page[n:])
+	copy(page, wk.page)
+	if pg.PageLSN(page) >= c.start {
+		return nil
+	}
+	err = pg.VerifyPage(page, blk, true)
+	if err == nil {
+		return nil
+	}
+	ce := repo.ChecksumError{File: f.rel, Block: blk}
+	var pce *pg.PageChecksumError
+	if errors.As(err, &pce) {
+		ce.Expected, ce.Found = pce.Computed, pce.Stored
+	}
+	c.addChecksumError(ce)
+	return nil
+}
+
+// wholeSlot reads pages [s0, s1) and stores them as one slot blob.
+func (wk *worker) wholeSlot(f *file, s0, s1 uint32) error {
+	clear(wk.have)
+	if err := wk.read(f, s0, s0, s1); err != nil {
+		return err
+	}
+	return wk.storeSlot(f, s0, s1)
+}
+
+// storeSlot stores the slot in buf (all of it read) as one slot blob, or
+// as a zero extent if every page is zero.
+func (wk *worker) storeSlot(f *file, s0, s1 uint32) error {
+	c := wk.c
+	data := wk.buf[:int(s1-s0)*c.blockSize]
+	e := filemap.Extent{Page: s0, Count: s1 - s0}
+	if !pg.PageIsZero(data) { // the whole slot, eight bytes at a time
+		id, err := c.add(blob.KindSlot, data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.slot.abs, err)
+		}
+		e.Blob, e.Written = id, c.now
+		// A slot stored before keeps its age (DESIGN.md: the rebase by
+		// age looks at when a base was first written).
+		if f.prevMap != nil {
+			if i := f.prevMap.Lookup(s0); i >= 0 && f.prevMap.Extents[i].Blob == id {
+				e.Written = f.prevMap.Extents[i].Written
+			}
+		}
+	}
+	wk.ext = append(wk.ext, e)
+	return nil
+}
