@@ -1,0 +1,91 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+)
+
+// walLister is what ArchiveOf uses of the repository's WAL archive
+// (*walarchive.Archive).
+type walLister interface {
+	List(ctx context.Context, cluster uint64) (*walarchive.Listing, error)
+	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
+	ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, walarchive.Meta, error)
+}
+
+// ArchiveOf adapts the repository's WAL archive to what a restore asks. It
+// lists each cluster once per restore: the listing keeps runs of segments,
+// so it stays small however much WAL there is.
+func ArchiveOf(a walLister) Archive {
+	return &walArchive{a: a, listings: map[uint64]*walarchive.Listing{}}
+}
+
+type walArchive struct {
+	a        walLister
+	mu       sync.Mutex
+	listings map[uint64]*walarchive.Listing
+}
+
+func (w *walArchive) listing(ctx context.Context, cluster uint64) (*walarchive.Listing, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if l, ok := w.listings[cluster]; ok {
+		return l, nil
+	}
+	l, err := w.a.List(ctx, cluster)
+	if err != nil {
+		return nil, fmt.Errorf("list the WAL archive of cluster %d: %w", cluster, err)
+	}
+	w.listings[cluster] = l
+	return l, nil
+}
+
+func (w *walArchive) Histories(ctx context.Context, cluster uint64) ([]pg.History, error) {
+	l, err := w.listing(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	var hs []pg.History
+	for _, t := range l.Timelines {
+		if !t.History || t.Timeline <= 1 {
+			continue
+		}
+		h, err := w.a.History(ctx, cluster, t.Timeline)
+		if err != nil {
+			return nil, fmt.Errorf("history of timeline %d: %w", t.Timeline, err)
+		}
+		hs = append(hs, h)
+	}
+	return hs, nil
+}
+
+func (w *walArchive) Segments(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) ([]pg.SegNo, error) {
+	l, err := w.listing(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	t := l.Timeline(tli)
+	if t == nil {
+		return nil, nil
+	}
+	var out []pg.SegNo
+	for _, r := range t.Segments {
+		for s := max(r.First, from); s <= r.Last && r.Last >= from; s++ {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func (w *walArchive) ReadSegment(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, error) {
+	l, err := w.listing(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	b, _, err := w.a.ReadFile(ctx, cluster, l.SegmentName(tli, seg))
+	return b, err
+}

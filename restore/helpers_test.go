@@ -1,0 +1,448 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/storage/mem"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+const (
+	testSegSize = 1 << 20 // 1 MiB WAL segments keep synthetic archives small
+	testBS      = 8192
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("TIDEMARK_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// newRepo makes an empty repository in memory.
+func newRepo(t testing.TB) *repo.Repo {
+	t.Helper()
+	ctx := context.Background()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := repo.ParseRecipient(id.Recipient().String(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := repo.InitOptions{Key: spec, PackSize: repo.MinPackSize}
+	opts.Logger = testLogger(t)
+	r, _, err := repo.Init(ctx, mem.New(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// fixture reads a file of pg's PostgreSQL 15 fixtures.
+func fixture(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "pg", "testdata", "pg15", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func testSysID(t testing.TB) uint64 {
+	cf, err := pg.ParseControlFile(fixture(t, "pg_control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cf.SystemIdentifier
+}
+
+// tfile is a file of a hand-built snapshot. A relation file (rel) is stored
+// as slots of base with the pages listed in patched taken from data as a
+// patch, the way an incremental backup stores it; any other file as chunks.
+type tfile struct {
+	data    []byte
+	rel     bool
+	base    []byte   // relation: the content the slots hold (data when nil)
+	patched []uint32 // relation: pages of data stored in a patch blob
+	mtime   int64
+	link    string // a symbolic link to this target instead of a file
+	dir     bool   // an empty directory
+}
+
+// buildTree stores files (slash paths) as trees and returns the root.
+func buildTree(t testing.TB, ctx context.Context, w *repo.Writer, files map[string]tfile) blob.ID {
+	t.Helper()
+	type dirNode struct {
+		children map[string]*dirNode
+		file     *tfile
+		name     string
+	}
+	root := &dirNode{children: map[string]*dirNode{}}
+	for p, f := range files {
+		cur := root
+		parts := strings.Split(p, "/")
+		for i, part := range parts {
+			next := cur.children[part]
+			if next == nil {
+				next = &dirNode{children: map[string]*dirNode{}, name: part}
+				cur.children[part] = next
+			}
+			if i == len(parts)-1 && !f.dir {
+				f := f
+				next.file = &f
+			}
+			cur = next
+		}
+	}
+	var store func(d *dirNode) blob.ID
+	store = func(d *dirNode) blob.ID {
+		var tr filemap.Tree
+		names := make([]string, 0, len(d.children))
+		for n := range d.children {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			c := d.children[n]
+			node := filemap.Node{Name: n, UID: 70, GID: 70, ModTime: 1e18}
+			switch {
+			case c.file != nil && c.file.link != "":
+				node.Type, node.Mode, node.Target = filemap.TypeSymlink, 0o777, c.file.link
+			case c.file != nil:
+				node.Type, node.Mode, node.Size = filemap.TypeFile, 0o600, int64(len(c.file.data))
+				if c.file.mtime != 0 {
+					node.ModTime = c.file.mtime
+				}
+				if c.file.rel {
+					node.Map = storeMap(t, ctx, w, c.file)
+				} else {
+					for off := 0; off < len(c.file.data); off += filemap.ChunkSize {
+						node.Content = append(node.Content, add(t, ctx, w, blob.KindFile, c.file.data[off:min(off+filemap.ChunkSize, len(c.file.data))]))
+					}
+				}
+			default:
+				node.Type, node.Mode = filemap.TypeDir, 0o700
+				node.Subtree = store(c)
+			}
+			tr.Nodes = append(tr.Nodes, node)
+		}
+		b, err := filemap.EncodeTree(&tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return add(t, ctx, w, blob.KindTree, b)
+	}
+	return store(root)
+}
+
+func add(t testing.TB, ctx context.Context, w *repo.Writer, k blob.Kind, data []byte) blob.ID {
+	t.Helper()
+	id, err := w.Add(ctx, k, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// storeMap stores a relation file as full slots of its base plus one patch
+// of the patched pages, and returns its page map blob.
+func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.ID {
+	base := f.base
+	if base == nil {
+		base = f.data
+	}
+	if len(f.data)%testBS != 0 || len(base) != len(f.data) {
+		t.Fatalf("relation file of %d bytes (base %d)", len(f.data), len(base))
+	}
+	pages := uint32(len(f.data) / testBS)
+	m := &filemap.Map{BlockSize: testBS, Pages: pages}
+	const slotPages = blob.SlotSize / testBS
+	for p := uint32(0); p < pages; p += slotPages {
+		n := min(slotPages, pages-p)
+		id := add(t, ctx, w, blob.KindSlot, base[int(p)*testBS:int(p+n)*testBS])
+		if n == slotPages && id.IsZero() {
+			m.Extents = append(m.Extents, filemap.Extent{Page: p, Count: n})
+		} else {
+			m.Extents = append(m.Extents, filemap.Extent{Page: p, Count: n, Blob: id})
+		}
+	}
+	if len(f.patched) > 0 {
+		var patch []byte
+		var ups []filemap.Extent
+		for i, pg := range f.patched {
+			patch = append(patch, f.data[int(pg)*testBS:int(pg+1)*testBS]...)
+			ups = append(ups, filemap.Extent{Page: pg, Count: 1, BlobPage: uint32(i)})
+		}
+		id := add(t, ctx, w, blob.KindPatch, patch)
+		for i := range ups {
+			ups[i].Blob = id
+		}
+		var err error
+		if m, err = filemap.Overlay(m, pages, ups); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := filemap.EncodeMap(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return add(t, ctx, w, blob.KindFileMap, b)
+}
+
+// snapSpec describes a hand-built snapshot.
+type snapSpec struct {
+	files       map[string]tfile
+	tablespaces map[uint32]map[string]tfile // by OID, paths inside the location
+	tsPaths     map[uint32]string
+	start, stop pg.LSN
+	tli         pg.TimelineID
+	stopTime    time.Time
+}
+
+// commitSnapshot stores a snapshot built from spec and returns it.
+func commitSnapshot(t testing.TB, r *repo.Repo, spec snapSpec) *repo.Snapshot {
+	t.Helper()
+	ctx := context.Background()
+	w, err := r.NewWriter(ctx, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(ctx)
+	files := map[string]tfile{}
+	for k, v := range spec.files {
+		files[k] = v
+	}
+	if _, ok := files[controlPath]; !ok {
+		files[controlPath] = tfile{data: fixture(t, "pg_control")}
+	}
+	if _, ok := files["PG_VERSION"]; !ok {
+		files["PG_VERSION"] = tfile{data: []byte("15\n")}
+	}
+	for _, d := range []string{"pg_wal", "pg_tblspc"} {
+		if _, ok := files[d]; !ok {
+			files[d] = tfile{dir: true}
+		}
+	}
+	s := &repo.Snapshot{
+		Cluster: testSysID(t), PGVersion: 150018, BlockSize: testBS, WALSegmentSize: testSegSize,
+		DataChecksums: true, Type: repo.SnapshotFull,
+		StartLSN: uint64(spec.start), StopLSN: uint64(spec.stop),
+		StartTimeline: uint32(max(1, spec.tli)), StopTimeline: uint32(max(1, spec.tli)),
+		StartTime: spec.stopTime.Add(-time.Second), StopTime: spec.stopTime,
+		BackupLabel: fixture(t, "backup_label"),
+	}
+	var oids []uint32
+	for oid := range spec.tablespaces {
+		oids = append(oids, oid)
+	}
+	slices.Sort(oids)
+	var tsRoots []blob.ID
+	var tsmap []pg.TablespaceMapEntry
+	for _, oid := range oids {
+		loc := spec.tsPaths[oid]
+		files[fmt.Sprintf("pg_tblspc/%d", oid)] = tfile{link: loc}
+		s.Tablespaces = append(s.Tablespaces, repo.Tablespace{OID: oid, Path: loc})
+		tsRoots = append(tsRoots, buildTree(t, ctx, w, spec.tablespaces[oid]))
+		tsmap = append(tsmap, pg.TablespaceMapEntry{OID: oid, Path: loc})
+	}
+	if len(tsmap) > 0 {
+		s.TablespaceMap = pg.EncodeTablespaceMap(tsmap)
+	}
+	s.Roots = append([]blob.ID{buildTree(t, ctx, w, files)}, tsRoots...)
+	if _, err := w.Commit(ctx, s, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// fakeArchive is an in-memory WAL archive.
+type fakeArchive struct {
+	mu    sync.Mutex
+	hists []pg.History
+	segs  map[pg.TimelineID]map[pg.SegNo][]byte // nil content: a segment with no commit
+	reads int
+}
+
+func newArchive() *fakeArchive {
+	return &fakeArchive{segs: map[pg.TimelineID]map[pg.SegNo][]byte{}}
+}
+
+func (a *fakeArchive) addRange(tli pg.TimelineID, from, to pg.SegNo) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.segs[tli] == nil {
+		a.segs[tli] = map[pg.SegNo][]byte{}
+	}
+	for s := from; s <= to; s++ {
+		if _, ok := a.segs[tli][s]; !ok {
+			a.segs[tli][s] = nil
+		}
+	}
+}
+
+func (a *fakeArchive) put(tli pg.TimelineID, seg pg.SegNo, data []byte) {
+	a.addRange(tli, seg, seg)
+	a.mu.Lock()
+	a.segs[tli][seg] = data
+	a.mu.Unlock()
+}
+
+func (a *fakeArchive) Histories(ctx context.Context, cluster uint64) ([]pg.History, error) {
+	return a.hists, nil
+}
+
+func (a *fakeArchive) Segments(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) ([]pg.SegNo, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []pg.SegNo
+	for s := range a.segs[tli] {
+		if s >= from {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (a *fakeArchive) ReadSegment(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.reads++
+	data, ok := a.segs[tli][seg]
+	if !ok {
+		return nil, fmt.Errorf("segment %s: not found", pg.SegmentName(tli, seg, testSegSize))
+	}
+	if data == nil {
+		data = walSegment(tli, seg, 0, nil)
+	}
+	return data, nil
+}
+
+// --- synthetic WAL ----------------------------------------------------------
+
+// walSegment builds a valid 1 MiB PostgreSQL 15 WAL segment holding a large
+// no-op record that spans pages, then one commit record per time.
+func walSegment(tli pg.TimelineID, seg pg.SegNo, sysid uint64, commits []time.Time) []byte {
+	w := &segWriter{buf: make([]byte, testSegSize), base: seg.Start(testSegSize), tli: tli, sysid: sysid}
+	w.record(0, 0x20, bytes.Repeat([]byte{7}, 3*testBS)) // XLOG_NOOP across pages
+	for _, c := range commits {
+		var main [8]byte
+		binary.LittleEndian.PutUint64(main[:], uint64(c.Sub(postgresEpoch)/time.Microsecond))
+		w.record(rmXact, xactCommit, main[:])
+	}
+	return w.buf
+}
+
+type segWriter struct {
+	buf   []byte
+	pos   int
+	base  pg.LSN
+	tli   pg.TimelineID
+	sysid uint64
+}
+
+func (w *segWriter) pageHeader(remLen int) {
+	magic, _ := pg.WALMagic(15)
+	h := w.buf[w.pos:]
+	binary.LittleEndian.PutUint16(h[0:], magic)
+	info := uint16(0)
+	if remLen > 0 {
+		info |= pg.XLPFirstIsContRecord
+	}
+	if w.pos == 0 {
+		info |= pg.XLPLongHeader
+	}
+	binary.LittleEndian.PutUint16(h[2:], info)
+	binary.LittleEndian.PutUint32(h[4:], uint32(w.tli))
+	binary.LittleEndian.PutUint64(h[8:], uint64(w.base)+uint64(w.pos))
+	binary.LittleEndian.PutUint32(h[16:], uint32(remLen))
+	if w.pos == 0 {
+		binary.LittleEndian.PutUint64(h[24:], w.sysid)
+		binary.LittleEndian.PutUint32(h[32:], testSegSize)
+		binary.LittleEndian.PutUint32(h[36:], testBS)
+		w.pos += pg.WALLongPageHeaderSize
+	} else {
+		w.pos += pg.WALShortPageHeaderSize
+	}
+}
+
+func (w *segWriter) record(rmid, info uint8, main []byte) {
+	var rec []byte
+	rec = append(rec, make([]byte, walRecordHeaderSize)...)
+	if len(main) < 256 {
+		rec = append(rec, blockIDDataShort, byte(len(main)))
+	} else {
+		rec = append(rec, blockIDDataLong)
+		rec = binary.LittleEndian.AppendUint32(rec, uint32(len(main)))
+	}
+	rec = append(rec, main...)
+	binary.LittleEndian.PutUint32(rec[0:], uint32(len(rec)))
+	rec[16], rec[17] = info, rmid
+	crc := crc32.Update(0, castagnoli, rec[walRecordHeaderSize:])
+	crc = crc32.Update(crc, castagnoli, rec[:20])
+	binary.LittleEndian.PutUint32(rec[20:], crc)
+	w.pos = int(align8(uint64(w.pos)))
+	for len(rec) > 0 {
+		if w.pos%testBS == 0 {
+			w.pageHeader(0)
+		}
+		n := copy(w.buf[w.pos:w.pos+testBS-w.pos%testBS], rec)
+		rec = rec[n:]
+		w.pos += n
+		if len(rec) > 0 {
+			w.pageHeader(len(rec))
+		}
+	}
+}
+
+// readTree returns every regular file and symlink below dir, by slash path.
+func readTree(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		switch {
+		case d.Type()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			out[rel] = "-> " + target
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			out[rel] = string(b)
+		case d.IsDir() && rel != ".":
+			out[rel+"/"] = ""
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -1,0 +1,218 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/index"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+)
+
+// Repository is what a restore reads from the repository. *repo.Repo has it.
+type Repository interface {
+	Snapshots(ctx context.Context, cluster uint64) ([]*repo.Snapshot, error)
+	ReadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error)
+	ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error
+	Lookup(ctx context.Context, id blob.ID) (index.Location, error)
+	BlobID(k blob.Kind, data []byte) blob.ID
+}
+
+// Archive is what a restore needs to know about the WAL archive of one
+// cluster: which timelines exist and how they branched, which segments are
+// there, and the contents of a segment (to find the last commit time).
+type Archive interface {
+	// Histories returns the parsed history file of every timeline the
+	// archive holds one for. Timeline 1 has none and need not be listed.
+	Histories(ctx context.Context, cluster uint64) ([]pg.History, error)
+	// Segments returns the complete segments archived on timeline tli with
+	// a number from from on, in ascending order. .partial files are not
+	// segments.
+	Segments(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) ([]pg.SegNo, error)
+	// ReadSegment returns the plaintext of one archived segment.
+	ReadSegment(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, error)
+}
+
+// TargetKind is what a recovery target names.
+type TargetKind int
+
+// The recovery targets PostgreSQL knows. TargetEnd is no target: recovery
+// replays all the archived WAL.
+const (
+	TargetEnd TargetKind = iota
+	TargetImmediate
+	TargetTime
+	TargetLSN
+	TargetXID
+	TargetName
+)
+
+func (k TargetKind) String() string {
+	switch k {
+	case TargetEnd:
+		return "end of the archive"
+	case TargetImmediate:
+		return "immediate"
+	case TargetTime:
+		return "time"
+	case TargetLSN:
+		return "lsn"
+	case TargetXID:
+		return "xid"
+	case TargetName:
+		return "name"
+	}
+	return "target(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Target is where recovery stops and what it does there.
+type Target struct {
+	Kind TargetKind
+	Time time.Time
+	LSN  pg.LSN
+	XID  uint64 // a transaction ID; a 64-bit one (epoch<<32 | xid) as txid_current returns is accepted
+	Name string // a restore point made by pg_create_restore_point
+	// Inclusive: stop just after the target (PostgreSQL's default) rather
+	// than just before it. nil leaves PostgreSQL's default.
+	Inclusive *bool
+	// Action is promote, pause or shutdown; "" takes pause, PostgreSQL's
+	// default, written out explicitly.
+	Action string
+	// Timeline is the timeline to recover along: 0 picks the newest
+	// timeline in the archive that the snapshot leads to, and writes its
+	// number rather than "latest".
+	Timeline pg.TimelineID
+}
+
+// Valid recovery_target_action values.
+const (
+	ActionPause    = "pause"
+	ActionPromote  = "promote"
+	ActionShutdown = "shutdown"
+)
+
+// ParseTargetTime parses a recovery target time. A time without a zone is
+// local time of the machine running the restore; it is written to the
+// recovery settings in UTC so that the server's timezone cannot shift it.
+func ParseTargetTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	withZone := []string{
+		time.RFC3339Nano,
+		"2006-01-02 15:04:05.999999999Z07:00",
+		"2006-01-02 15:04:05.999999999Z07",
+		"2006-01-02 15:04:05.999999999 Z07:00",
+		"2006-01-02 15:04:05.999999999 Z0700",
+		"2006-01-02 15:04:05.999999999 MST",
+	}
+	for _, l := range withZone {
+		if t, err := time.Parse(l, s); err == nil {
+			return t, nil
+		}
+	}
+	for _, l := range []string{"2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999", "2006-01-02"} {
+		if t, err := time.ParseInLocation(l, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("target time %q: want a timestamp such as 2026-05-01 10:00:00+00 or 2026-05-01T10:00:00Z", s)
+}
+
+// Options configure one restore.
+type Options struct {
+	// PGData is the data directory to write. Without Delta it must not exist
+	// or be empty.
+	PGData string
+	// Cluster is the system identifier; 0 when the repository holds one
+	// cluster.
+	Cluster uint64
+	// Backup is a snapshot id, "latest" or "" (the newest that fits the
+	// target).
+	Backup string
+	Target Target
+	// TablespaceMap moves tablespaces: original location -> new location.
+	TablespaceMap map[string]string
+	// Delta restores into an existing data directory, fetching only what
+	// differs.
+	Delta bool
+	// Parallel is the number of local file workers (hashing, fsync).
+	// Repository reads run at the Repository's own concurrency.
+	Parallel int
+	// Owner, when set, receives every file; otherwise a restore run as root
+	// gives them to the owner of the data directory (or of its parent when
+	// it does not exist yet) and a restore run as another user keeps them.
+	Owner *Owner
+	// RestoreCommand is written as restore_command (tidemark wal-fetch ...).
+	RestoreCommand string
+	// SpoolDir is where wal-fetch of this data directory keeps prefetched
+	// WAL. A spool left by an earlier recovery is removed before the
+	// restore writes: it could serve WAL of another history.
+	SpoolDir string
+	Logger   *slog.Logger
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+	// statfs is replaced by tests to simulate a small disk.
+	statfs func(path string) (avail uint64, fsid string, err error)
+}
+
+// Owner is a uid and gid to give restored files.
+type Owner struct{ UID, GID int }
+
+// Result says what a restore did.
+type Result struct {
+	Cluster  uint64
+	Snapshot *repo.Snapshot
+	Timeline pg.TimelineID
+	// TimelineReason says why Timeline was chosen.
+	TimelineReason string
+	// LastRecoverable is the end of the WAL that is continuously archived
+	// along Timeline from the snapshot on, and LastCommit the time of the
+	// last commit record found before it (zero if none was found).
+	LastRecoverable pg.LSN
+	LastCommit      time.Time
+	Files           int64
+	Bytes           int64 // logical bytes of the restored files
+	FetchedBytes    int64 // plaintext bytes read from the repository
+	FetchedBlobs    int64
+	WrittenBytes    int64
+	SkippedFiles    int64 // delta: files that were already right
+	RemovedPaths    int64 // delta: entries removed because the snapshot has none
+	Settings        []string
+}
+
+// ErrRefused is matched by every *RefusedError.
+var ErrRefused = errors.New("restore refused")
+
+// ErrWALMissing is matched when WAL that the chosen snapshot needs to become
+// consistent is not in the archive.
+var ErrWALMissing = errors.New("WAL missing from the archive")
+
+// RefusedError is a precondition the restore refused before writing
+// anything. Msg is one line that says what to do.
+type RefusedError struct{ Msg string }
+
+func (e *RefusedError) Error() string        { return e.Msg }
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+func refusef(format string, args ...any) error {
+	return &RefusedError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// WALMissingError names the first missing segment of the WAL a snapshot
+// needs.
+type WALMissingError struct {
+	Snapshot string
+	Segment  string
+	Need     string // what the WAL is needed for
+}
+
+func (e *WALMissingError) Error() string {
+	return fmt.Sprintf("WAL segment %s, needed %s, is not in the archive: check archive_command on the server and run tidemark verify, or restore another backup with --backup", e.Segment, e.Need)
+}
+
+func (e *WALMissingError) Is(target error) bool { return target == ErrWALMissing }

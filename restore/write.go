@@ -1,0 +1,740 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
+)
+
+// markerName is written into PGDATA while a restore runs and removed just
+// before pg_control is written: it tells the next run that the directory
+// holds an unfinished restore (which --delta completes), not a cluster.
+const markerName = ".tidemark-restore-incomplete"
+
+// dest is where (part of) a blob goes: n bytes from blobOff to file offset
+// fileOff. whole marks a content chunk, which must be exactly n bytes long.
+type dest struct {
+	file    int32
+	whole   bool
+	fileOff int64
+	blobOff int64
+	n       int64
+}
+
+// writer lays a plan out on disk.
+type writer struct {
+	r        Repository
+	p        *plan
+	log      *slog.Logger
+	owner    *Owner
+	parallel int
+	major    int
+
+	mu    sync.Mutex
+	dests map[blob.ID][]dest
+	// pending counts the bytes still to be written to each file; the write
+	// that brings it to zero hands the file to a syncer, so that flushing
+	// to disk overlaps fetching instead of all coming at the end.
+	pending []atomic.Int64
+	settled []atomic.Bool
+	syncq   chan int32
+
+	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
+}
+
+func (w *writer) addDest(id blob.ID, d dest) {
+	w.pending[d.file].Add(d.n)
+	w.mu.Lock()
+	w.dests[id] = append(w.dests[id], d)
+	w.mu.Unlock()
+}
+
+// isControl reports whether a file entry is pg_control, which is written
+// last by finish.
+func isControl(e *entry) bool { return e.root == 0 && e.rel == controlPath }
+
+// layoutFresh creates every directory, link and (sparse, full-length) file
+// of the plan in empty roots and records what to fetch.
+func (w *writer) layoutFresh() error {
+	for i := range w.p.roots {
+		if err := w.mkdirAll(w.p.roots[i]); err != nil {
+			return err
+		}
+	}
+	if err := writeMarker(w.p.roots[0]); err != nil {
+		return err
+	}
+	for i := range w.p.dirs {
+		p := w.p.path(&w.p.dirs[i])
+		if err := os.Mkdir(p, 0o700); err != nil {
+			return fmt.Errorf("create directory %s: %w", p, err)
+		}
+	}
+	for i := range w.p.links {
+		l := &w.p.links[i]
+		if err := os.Symlink(l.node.Target, w.p.path(l)); err != nil {
+			return fmt.Errorf("create symbolic link %s: %w", w.p.path(l), err)
+		}
+	}
+	for i := range w.p.files {
+		e := &w.p.files[i]
+		if isControl(e) {
+			continue
+		}
+		if err := w.createFile(e); err != nil {
+			return err
+		}
+		w.wantAll(int32(i), e)
+	}
+	return nil
+}
+
+// mkdirAll creates a root directory and any missing parents, giving the
+// parents it creates to the owner too so that the server can reach the root.
+func (w *writer) mkdirAll(p string) error {
+	var created []string
+	for d := p; ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		created = append(created, d)
+	}
+	if err := os.MkdirAll(p, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	if w.owner != nil {
+		for _, d := range created {
+			if err := os.Chown(d, w.owner.UID, w.owner.GID); err != nil {
+				return fmt.Errorf("chown %s: %w", d, err)
+			}
+		}
+	}
+	return nil
+}
+
+// createFile makes an empty file of the entry's final length: the pages
+// nobody writes stay holes.
+func (w *writer) createFile(e *entry) error {
+	p := w.p.path(e)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	if err := f.Truncate(e.size()); err != nil {
+		f.Close()
+		return fmt.Errorf("size %s: %w", p, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", p, err)
+	}
+	return nil
+}
+
+// wantAll records every non-zero piece of a file as to be fetched.
+func (w *writer) wantAll(i int32, e *entry) {
+	if m := e.fmap; m != nil {
+		bs := int64(m.BlockSize)
+		for _, x := range m.Extents {
+			if !x.Blob.IsZero() {
+				w.addDest(x.Blob, dest{file: i, fileOff: int64(x.Page) * bs, blobOff: int64(x.BlobPage) * bs, n: int64(x.Count) * bs})
+			}
+		}
+		return
+	}
+	for c, id := range e.node.Content {
+		off := int64(c) * filemap.ChunkSize
+		w.addDest(id, dest{file: i, whole: true, fileOff: off, n: min(filemap.ChunkSize, e.node.Size-off)})
+	}
+}
+
+// fetch reads every recorded blob once, planned by pack, and writes each
+// of its destinations with pwrite. ReadBlobs verifies every blob's keyed ID
+// and bounds the bytes in flight.
+func (w *writer) fetch(ctx context.Context) error {
+	ids := make([]blob.ID, 0, len(w.dests))
+	for id := range w.dests {
+		ids = append(ids, id)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	w.syncq = make(chan int32, len(w.p.files))
+	var wg sync.WaitGroup
+	for range max(1, w.parallel/2) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range w.syncq {
+				if err := w.settleFile(i); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+	err := w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
+		w.fetched.Add(int64(len(data)))
+		w.fetchedBlobs.Add(1)
+		for _, d := range w.dests[id] {
+			if err := w.put(id, data, d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	close(w.syncq)
+	wg.Wait()
+	if err == nil {
+		err = context.Cause(ctx)
+	}
+	return err
+}
+
+func (w *writer) put(id blob.ID, data []byte, d dest) error {
+	e := &w.p.files[d.file]
+	p := w.p.path(e)
+	if (d.whole && int64(len(data)) != d.n) || d.blobOff+d.n > int64(len(data)) {
+		return fmt.Errorf("%s: blob %s has %d bytes, the snapshot's map needs %d from %d: %w", p, id, len(data), d.n, d.blobOff, filemap.ErrInvalid)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	_, err = f.WriteAt(data[d.blobOff:d.blobOff+d.n], d.fileOff)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	w.written.Add(d.n)
+	if w.pending[d.file].Add(-d.n) == 0 {
+		w.syncq <- d.file
+	}
+	return nil
+}
+
+// each runs fn for every index below n on w.parallel goroutines and returns
+// the first error.
+func (w *writer) each(ctx context.Context, n int, fn func(i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(1, w.parallel) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// settle gives every restored entry its mode, owner and recorded mtime and
+// makes it durable: files first, then directories children before parents.
+func (w *writer) settle(ctx context.Context) error {
+	dirMode := fs.FileMode(w.p.dirMode())
+	err := w.each(ctx, len(w.p.files), func(i int) error {
+		if e := &w.p.files[i]; isControl(e) || w.settled[i].Load() {
+			return nil
+		}
+		return w.settleFile(int32(i))
+	})
+	if err != nil {
+		return err
+	}
+	for i := range w.p.links {
+		p := w.p.path(&w.p.links[i])
+		if w.owner != nil {
+			if err := os.Lchown(p, w.owner.UID, w.owner.GID); err != nil {
+				return fmt.Errorf("chown %s: %w", p, err)
+			}
+		}
+	}
+	for i := len(w.p.dirs) - 1; i >= 0; i-- {
+		if err := syncPath(w.p.path(&w.p.dirs[i]), dirMode|fs.ModeDir, w.owner); err != nil {
+			return err
+		}
+	}
+	for i := len(w.p.roots) - 1; i >= 0; i-- {
+		if err := syncPath(w.p.roots[i], dirMode|fs.ModeDir, w.owner); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// settleFile gives a restored file its mode, owner and recorded mtime and
+// fsyncs it.
+func (w *writer) settleFile(i int32) error {
+	e := &w.p.files[i]
+	p := w.p.path(e)
+	mt := time.Unix(0, e.node.ModTime)
+	if err := os.Chtimes(p, mt, mt); err != nil {
+		return fmt.Errorf("set mtime of %s: %w", p, err)
+	}
+	if err := syncPath(p, fs.FileMode(w.p.fileMode()), w.owner); err != nil {
+		return err
+	}
+	w.settled[i].Store(true)
+	return nil
+}
+
+// syncPath sets the mode and owner of a file or directory and fsyncs it.
+func syncPath(p string, mode fs.FileMode, owner *Owner) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	defer f.Close()
+	if err := f.Chmod(mode.Perm()); err != nil {
+		return fmt.Errorf("chmod %s: %w", p, err)
+	}
+	if owner != nil {
+		if err := f.Chown(owner.UID, owner.GID); err != nil {
+			return fmt.Errorf("chown %s: %w", p, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return nil
+}
+
+// writeDurable writes a whole small file and fsyncs it.
+func writeDurable(p string, data []byte, mode fs.FileMode, owner *Owner) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil && owner != nil {
+		err = f.Chown(owner.UID, owner.GID)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+func syncDir(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return nil
+}
+
+func writeMarker(pgdata string) error {
+	p := filepath.Join(pgdata, markerName)
+	if err := writeDurable(p, []byte("tidemark restore in progress: rerun tidemark restore --delta to finish it\n"), 0o600, nil); err != nil {
+		return err
+	}
+	return syncDir(pgdata)
+}
+
+// writeControl writes pg_control last: to a temporary name, fsynced, then
+// renamed, so that the directory never holds a partial one. Before it, the
+// marker goes: from here on the directory is a complete restore.
+func (w *writer) writeControl() error {
+	pgdata := w.p.roots[0]
+	global := filepath.Join(pgdata, "global")
+	if err := os.Remove(filepath.Join(pgdata, markerName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", markerName, err)
+	}
+	if err := syncDir(pgdata); err != nil {
+		return err
+	}
+	tmp := filepath.Join(global, "pg_control.tidemark-tmp")
+	if err := writeDurable(tmp, w.p.control, fs.FileMode(w.p.fileMode()), w.owner); err != nil {
+		return err
+	}
+	for i := range w.p.files {
+		if e := &w.p.files[i]; isControl(e) {
+			mt := time.Unix(0, e.node.ModTime)
+			if err := os.Chtimes(tmp, mt, mt); err != nil {
+				return fmt.Errorf("set mtime of %s: %w", tmp, err)
+			}
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(global, "pg_control")); err != nil {
+		return fmt.Errorf("rename %s: %w", tmp, err)
+	}
+	if err := syncDir(global); err != nil {
+		return err
+	}
+	return syncDir(pgdata)
+}
+
+// --- delta ---------------------------------------------------------------
+
+// layoutDelta makes an existing directory match the plan's shape: entries
+// the snapshot lacks are removed (in a tablespace location, only inside this
+// cluster's own directories, since other major versions may share it),
+// entries of the wrong type are replaced, missing ones created. Then every
+// file is compared with the snapshot, in parallel, and only what differs is
+// recorded for fetching.
+func (w *writer) layoutDelta(ctx context.Context) error {
+	children := map[[2]string]map[string]filemap.NodeType{}
+	key := func(root int, rel string) [2]string { return [2]string{itoa(uint64(root)), rel} }
+	add := func(e *entry) {
+		k := key(e.root, filepath.ToSlash(filepath.Dir(e.rel)))
+		if k[1] == "." {
+			k[1] = ""
+		}
+		if children[k] == nil {
+			children[k] = map[string]filemap.NodeType{}
+		}
+		children[k][e.node.Name] = e.node.Type
+	}
+	for _, list := range [][]entry{w.p.dirs, w.p.files, w.p.links} {
+		for i := range list {
+			add(&list[i])
+		}
+	}
+	type dir struct {
+		root int
+		rel  string
+	}
+	dirs := []dir{}
+	for i := range w.p.roots {
+		dirs = append(dirs, dir{i, ""})
+	}
+	for _, d := range w.p.dirs {
+		dirs = append(dirs, dir{d.root, d.rel})
+	}
+	for _, d := range dirs {
+		p := w.p.roots[d.root]
+		if d.rel != "" {
+			p = filepath.Join(p, filepath.FromSlash(d.rel))
+		}
+		mk := ensureDir
+		if d.rel == "" {
+			mk = w.mkdirAll
+		}
+		if err := mk(p); err != nil {
+			return err
+		}
+		ents, err := os.ReadDir(p)
+		if err != nil {
+			return fmt.Errorf("read directory %s: %w", p, err)
+		}
+		want := children[key(d.root, d.rel)]
+		for _, de := range ents {
+			name := de.Name()
+			typ, ok := want[name]
+			if !ok && d.root == 0 && d.rel == "" && name == markerName {
+				continue
+			}
+			if !ok && d.root > 0 && d.rel == "" {
+				continue // another cluster's directory in a shared tablespace
+			}
+			if ok && sameType(de.Type(), typ) {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(p, name)); err != nil {
+				return fmt.Errorf("remove %s: %w", filepath.Join(p, name), err)
+			}
+			w.removed.Add(1)
+		}
+	}
+	for i := range w.p.links {
+		l := &w.p.links[i]
+		p := w.p.path(l)
+		if t, err := os.Readlink(p); err == nil && t == l.node.Target {
+			continue
+		}
+		os.Remove(p)
+		if err := os.Symlink(l.node.Target, p); err != nil {
+			return fmt.Errorf("create symbolic link %s: %w", p, err)
+		}
+	}
+	return w.each(ctx, len(w.p.files), func(i int) error {
+		e := &w.p.files[i]
+		if isControl(e) {
+			return nil
+		}
+		return w.compare(ctx, int32(i), e)
+	})
+}
+
+func ensureDir(p string) error {
+	st, err := os.Lstat(p)
+	if err == nil && st.IsDir() {
+		return nil
+	}
+	if err == nil {
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("stat %s: %w", p, err)
+	}
+	if err := os.Mkdir(p, 0o700); err != nil {
+		return fmt.Errorf("create directory %s: %w", p, err)
+	}
+	return nil
+}
+
+func sameType(m fs.FileMode, t filemap.NodeType) bool {
+	switch t {
+	case filemap.TypeDir:
+		return m.IsDir()
+	case filemap.TypeSymlink:
+		return m&fs.ModeSymlink != 0
+	case filemap.TypeFile:
+		return m.IsRegular()
+	}
+	return false
+}
+
+// compare checks one existing file against the snapshot: relation pages by
+// the keyed ID of each whole blob they should equal (a slot or a patch),
+// other files by size and mtime and then by chunk. It records what differs,
+// then sets the file's length and punches holes where zero pages belong.
+func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
+	p := w.p.path(e)
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := w.createFile(e); err != nil {
+			return err
+		}
+		w.wantAll(i, e)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", p, err)
+	}
+	have := st.Size()
+	var punch [][2]int64
+	buf := make([]byte, 0, blob.SlotSize)
+	read := func(off, n int64) ([]byte, error) {
+		if off+n > have {
+			return nil, nil
+		}
+		b := buf[:0]
+		if int64(cap(b)) < n {
+			b = make([]byte, n)
+		}
+		b = b[:n]
+		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read %s: %w", p, err)
+		}
+		return b, nil
+	}
+	same := true
+	if m := e.fmap; m != nil {
+		bs := int64(m.BlockSize)
+		held, err := w.heldSlots(ctx, m, have, read)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		for xi, x := range m.Extents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if held[xi] {
+				continue
+			}
+			off, n := int64(x.Page)*bs, int64(x.Count)*bs
+			if x.Blob.IsZero() {
+				zero, err := zeroRange(f, p, off, min(n, max(0, have-off)), buf)
+				if err != nil {
+					return err
+				}
+				if !zero {
+					punch = append(punch, [2]int64{off, n})
+					same = false
+				}
+				continue
+			}
+			loc, err := w.r.Lookup(ctx, x.Blob)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			if x.BlobPage == 0 && n == int64(loc.RawLength) {
+				b, err := read(off, n)
+				if err != nil {
+					return err
+				}
+				if b != nil && w.r.BlobID(loc.Kind, b) == x.Blob {
+					continue
+				}
+			}
+			same = false
+			w.addDest(x.Blob, dest{file: i, fileOff: off, blobOff: int64(x.BlobPage) * bs, n: n})
+		}
+	} else if have != e.node.Size || st.ModTime().UnixNano() != e.node.ModTime {
+		for c, id := range e.node.Content {
+			off := int64(c) * filemap.ChunkSize
+			n := min(filemap.ChunkSize, e.node.Size-off)
+			b, err := read(off, n)
+			if err != nil {
+				return err
+			}
+			if b != nil && w.r.BlobID(blob.KindFile, b) == id {
+				continue
+			}
+			same = false
+			w.addDest(id, dest{file: i, whole: true, fileOff: off, n: n})
+		}
+		if have != e.node.Size {
+			same = false
+		}
+	}
+	if have != e.size() {
+		if err := f.Truncate(e.size()); err != nil {
+			return fmt.Errorf("size %s: %w", p, err)
+		}
+	}
+	for _, r := range punch {
+		if err := punchHole(f, r[0], r[1]); err != nil {
+			return fmt.Errorf("zero %s at %d: %w", p, r[0], err)
+		}
+	}
+	if same {
+		w.skipped.Add(1)
+	}
+	return nil
+}
+
+// heldSlots finds the extents whose pages the existing file already holds
+// although no extent covers its whole blob: a slot that a later backup
+// split with patches. When the existing slot-sized window hashes to that
+// slot's ID, the file still has the slot's pages (a stale copy from before
+// the patches), and only the patches need fetching.
+func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, read func(off, n int64) ([]byte, error)) (map[int]bool, error) {
+	bs := int64(m.BlockSize)
+	slotPages := uint32(blob.SlotSize / bs)
+	var held map[int]bool
+	ext := m.Extents
+	for j := 0; j < len(ext); {
+		wstart := ext[j].Page / slotPages * slotPages
+		wend := min(wstart+slotPages, m.Pages)
+		k := j
+		for k < len(ext) && ext[k].Page < wend {
+			k++
+		}
+		win := ext[j:k]
+		j = k
+		if len(win) < 2 || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
+			continue
+		}
+		var slot blob.ID
+		var slotLen uint32
+		ok := true
+		for _, x := range win {
+			if x.Blob.IsZero() {
+				continue
+			}
+			loc, err := w.r.Lookup(ctx, x.Blob)
+			if err != nil {
+				return nil, err
+			}
+			if loc.Kind != blob.KindSlot {
+				continue
+			}
+			if (!slot.IsZero() && x.Blob != slot) || x.BlobPage != x.Page-wstart {
+				ok = false
+				break
+			}
+			slot, slotLen = x.Blob, loc.RawLength
+		}
+		if !ok || slot.IsZero() || int64(slotLen) != int64(wend-wstart)*bs {
+			continue
+		}
+		b, err := read(int64(wstart)*bs, int64(slotLen))
+		if err != nil {
+			return nil, err
+		}
+		if b == nil || w.r.BlobID(blob.KindSlot, b) != slot {
+			continue
+		}
+		if held == nil {
+			held = map[int]bool{}
+		}
+		for i := range win {
+			if win[i].Blob == slot {
+				held[k-len(win)+i] = true
+			}
+		}
+	}
+	return held, nil
+}
+
+// zeroRange reports whether n bytes at off are all zero.
+func zeroRange(f *os.File, p string, off, n int64, buf []byte) (bool, error) {
+	buf = buf[:cap(buf)]
+	for n > 0 {
+		step := min(n, int64(len(buf)))
+		if _, err := f.ReadAt(buf[:step], off); err != nil && !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("read %s: %w", p, err)
+		}
+		for _, c := range buf[:step] {
+			if c != 0 {
+				return false, nil
+			}
+		}
+		off += step
+		n -= step
+	}
+	return true, nil
+}
+
+// punchHole turns a range into a hole (zeros that take no space), or
+// writes zeros where the file system cannot punch.
+func punchHole(f *os.File, off, n int64) error {
+	const punchHole, keepSize = 0x02, 0x01 // FALLOC_FL_PUNCH_HOLE, FALLOC_FL_KEEP_SIZE
+	if err := syscall.Fallocate(int(f.Fd()), punchHole|keepSize, off, n); err == nil {
+		return nil
+	}
+	zero := make([]byte, min(n, blob.SlotSize))
+	for n > 0 {
+		step := min(n, int64(len(zero)))
+		if _, err := f.WriteAt(zero[:step], off); err != nil {
+			return err
+		}
+		off += step
+		n -= step
+	}
+	return nil
+}
