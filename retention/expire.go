@@ -1,0 +1,396 @@
+package retention
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/lease"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+)
+
+// Repository is what expire uses of the repository. *repo.Repo has it.
+type Repository interface {
+	Store() storage.Store
+	Snapshots(ctx context.Context, cluster uint64) ([]*repo.Snapshot, error)
+	AcquireLease(ctx context.Context, scope string, opts lease.Options) (*lease.Lease, error)
+	Leases(ctx context.Context, scope string) ([]lease.Info, error)
+	Encrypt(dst io.Writer) (io.WriteCloser, error)
+	Decrypt(src io.Reader) (io.Reader, error)
+}
+
+// Archive is what expire reads of the WAL archive. *walarchive.Archive has
+// it.
+type Archive interface {
+	Clusters(ctx context.Context) ([]uint64, error)
+	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
+}
+
+// Options configure an expire run.
+type Options struct {
+	Policy Policy
+	// Cluster limits the run to one cluster (0: every cluster).
+	Cluster uint64
+	// DryRun decides and reports, and changes nothing.
+	DryRun bool
+	// BackupLease and RestoreLease name the lease scopes of a cluster's
+	// backups (taken exclusively while snapshots and WAL are removed, so
+	// that no backup of the cluster runs meanwhile: the one that would
+	// reuse a removed parent's files) and of its restores and drills (any
+	// live one makes expire leave the cluster alone: Barman #200).
+	BackupLease, RestoreLease func(cluster uint64) string
+	Logger                    *slog.Logger
+	Now                       func() time.Time
+}
+
+// ClusterResult is what expire decided and did for one cluster.
+type ClusterResult struct {
+	Cluster   uint64
+	Decisions []Decision
+	// WAL are the WAL files removed (or, in a dry run, that would be), and
+	// WALRanges the same as runs per timeline.
+	WAL       []WALFile
+	WALBytes  int64
+	WALRanges Ranges
+	// UnknownTimelines have WAL but no history file: all their WAL is
+	// kept, since what leads there cannot be told.
+	UnknownTimelines []pg.TimelineID
+	// Skipped says why nothing of the cluster was removed (a restore is
+	// reading it, or a backup holds its lease).
+	Skipped string
+	// Removed counts the snapshots removed.
+	Removed int
+}
+
+// Result is what an expire run did.
+type Result struct {
+	Clusters []*ClusterResult
+}
+
+// SkippedError says that some clusters were left alone because of a lease.
+type SkippedError struct{ Clusters []*ClusterResult }
+
+func (e *SkippedError) Error() string {
+	var parts []string
+	for _, c := range e.Clusters {
+		parts = append(parts, fmt.Sprintf("cluster %d: %s", c.Cluster, c.Skipped))
+	}
+	return "expire left clusters alone, run it again later: " + strings.Join(parts, "; ")
+}
+
+// Run applies the policy to every cluster (or opts.Cluster).
+func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, error) {
+	if opts.Policy.Empty() {
+		return nil, errors.New("no retention policy: give --keep-within, --keep-last, --keep-daily, --keep-weekly or --keep-monthly (or set them in the [expire] section of the config file)")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.BackupLease == nil {
+		opts.BackupLease = func(c uint64) string { return "backup/" + strconv.FormatUint(c, 10) }
+	}
+	if opts.RestoreLease == nil {
+		opts.RestoreLease = func(c uint64) string { return "restore/" + strconv.FormatUint(c, 10) }
+	}
+	snaps, err := r.Snapshots(ctx, opts.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	byCluster := map[uint64][]*repo.Snapshot{}
+	var clusters []uint64
+	for _, s := range snaps {
+		if byCluster[s.Cluster] == nil {
+			clusters = append(clusters, s.Cluster)
+		}
+		byCluster[s.Cluster] = append(byCluster[s.Cluster], s)
+	}
+	slices.Sort(clusters)
+	res := &Result{}
+	var skipped []*ClusterResult
+	for _, c := range clusters {
+		cr, err := expireCluster(ctx, r, a, opts, c, byCluster[c])
+		if cr != nil {
+			res.Clusters = append(res.Clusters, cr)
+			if cr.Skipped != "" {
+				skipped = append(skipped, cr)
+			}
+		}
+		if err != nil {
+			return res, fmt.Errorf("expire cluster %d: %w", c, err)
+		}
+	}
+	if len(skipped) > 0 {
+		return res, &SkippedError{Clusters: skipped}
+	}
+	return res, nil
+}
+
+func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, cluster uint64, snaps []*repo.Snapshot) (*ClusterResult, error) {
+	log := opts.Logger.With("cluster", cluster)
+	cr := &ClusterResult{Cluster: cluster}
+	if !opts.DryRun {
+		l, err := r.AcquireLease(ctx, opts.BackupLease(cluster), lease.Options{Exclusive: true, Command: "expire", Logger: log})
+		var le *lease.LockedError
+		if errors.As(err, &le) {
+			cr.Skipped = "held by " + le.Holder.String()
+			return cr, nil
+		}
+		if err != nil {
+			return cr, err
+		}
+		defer l.Release(context.WithoutCancel(ctx))
+		// Listed again under the lease: a backup may have committed since.
+		if snaps, err = r.Snapshots(ctx, cluster); err != nil {
+			return cr, err
+		}
+	}
+	ls, err := r.Leases(ctx, opts.RestoreLease(cluster))
+	if err != nil {
+		return cr, err
+	}
+	now := opts.Now()
+	for _, l := range ls {
+		if !l.Expired(now) {
+			cr.Skipped = "being read by " + l.String()
+			return cr, nil
+		}
+	}
+	segSize := uint32(snaps[len(snaps)-1].WALSegmentSize)
+	if err := pg.ValidateWALSegSize(uint64(segSize)); err != nil {
+		return cr, fmt.Errorf("snapshot %s: %w", snaps[len(snaps)-1].ID, err)
+	}
+	files, lin, err := listWAL(ctx, r.Store(), a, cluster, segSize, now.Add(-opts.Policy.Within))
+	if err != nil {
+		return cr, err
+	}
+	if opts.Policy.Within <= 0 {
+		lin.Active = nil
+	}
+	cr.UnknownTimelines = lin.Unknown
+	cr.Decisions = Plan(snaps, opts.Policy, lin, now)
+	cr.WAL = PlanWAL(cr.Decisions, lin, files, segSize)
+	cr.WALRanges = Ranges{}
+	for _, f := range cr.WAL {
+		cr.WALBytes += f.Size
+		if f.File.Kind == pg.WALSegment {
+			cr.WALRanges.add(f.File.Timeline, f.Seg, f.Seg)
+		}
+	}
+	cr.WALRanges = Merge(cr.WALRanges, nil)
+	for _, t := range lin.Unknown {
+		log.Warn("expire: timeline has WAL but no history file; all its WAL is kept", "timeline", t)
+	}
+	if opts.DryRun {
+		return cr, nil
+	}
+	// Snapshots first: a crash after this leaves WAL nothing needs, never a
+	// snapshot without its WAL.
+	var keys []string
+	for _, d := range cr.Decisions {
+		if !d.Keep {
+			keys = append(keys, repo.SnapshotKey(d.Snapshot.Cluster, d.Snapshot.ID))
+		}
+	}
+	if len(keys) > 0 {
+		if err := r.Store().Delete(ctx, keys...); err != nil {
+			return cr, fmt.Errorf("remove %d snapshots (first %s): %w", len(keys), keys[0], err)
+		}
+		cr.Removed = len(keys)
+		log.Info("expire: snapshots removed", "count", len(keys))
+	}
+	if len(cr.WAL) == 0 {
+		return cr, nil
+	}
+	// Record the runs before removing them, so that verify never takes a
+	// deliberate gap for a lost segment.
+	if err := RecordExpired(ctx, r, cluster, cr.WALRanges, now); err != nil {
+		return cr, err
+	}
+	keys = keys[:0]
+	for _, f := range cr.WAL {
+		keys = append(keys, f.Key)
+	}
+	for i := 0; i < len(keys); i += 1000 {
+		batch := keys[i:min(i+1000, len(keys))]
+		if err := r.Store().Delete(ctx, batch...); err != nil {
+			return cr, fmt.Errorf("remove %d WAL files (first %s): %w", len(batch), batch[0], err)
+		}
+	}
+	log.Info("expire: WAL removed", "files", len(keys), "bytes", cr.WALBytes)
+	return cr, nil
+}
+
+// listWAL lists a cluster's archived WAL files (one LIST per 1000 objects)
+// and reads its timeline histories. Timelines with WAL archived at or after
+// since are Active.
+func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, segSize uint32, since time.Time) ([]WALFile, Lineage, error) {
+	lin := Lineage{Histories: map[pg.TimelineID]pg.History{}}
+	prefix := walarchive.ClusterPrefix(cluster)
+	var files []WALFile
+	hasWAL := map[pg.TimelineID]bool{}
+	var historyTLIs []pg.TimelineID
+	active := map[pg.TimelineID]bool{}
+	for oi, err := range st.List(ctx, prefix, "") {
+		if err != nil {
+			return nil, lin, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		name := oi.Key[strings.LastIndexByte(oi.Key, '/')+1:]
+		f, err := pg.ParseWALFileName(name)
+		if err != nil {
+			continue // the marker, or something verify reports
+		}
+		if want, _ := walarchive.Key(cluster, name); want != oi.Key {
+			continue
+		}
+		if f.Kind == pg.WALTimelineHistory {
+			historyTLIs = append(historyTLIs, f.Timeline)
+			continue
+		}
+		seg, err := f.SegNo(segSize)
+		if err != nil {
+			continue
+		}
+		files = append(files, WALFile{Key: oi.Key, File: f, Seg: seg, Size: oi.Size})
+		hasWAL[f.Timeline] = true
+		if !oi.ModTime.Before(since) {
+			active[f.Timeline] = true
+		}
+	}
+	for _, t := range historyTLIs {
+		h, err := a.History(ctx, cluster, t)
+		if err != nil {
+			return nil, lin, fmt.Errorf("read the history of timeline %d: %w", t, err)
+		}
+		lin.Histories[t] = h
+	}
+	for t := range hasWAL {
+		if _, ok := lin.history(t); !ok {
+			lin.Unknown = append(lin.Unknown, t)
+		}
+	}
+	slices.Sort(lin.Unknown)
+	for t := range active {
+		lin.Active = append(lin.Active, t)
+	}
+	slices.Sort(lin.Active)
+	return files, lin, nil
+}
+
+// RecordPrefix is the key prefix of the records of WAL that expire removed
+// on purpose: retention/<cluster>.
+const RecordPrefix = "retention/"
+
+// maxRecord bounds a decoded record.
+const maxRecord = 64 << 20
+
+// recordJSON is the record of a cluster's WAL that expire removed on
+// purpose: per timeline, the segment runs. Verify reports a gap it covers as
+// expired, not as lost.
+type recordJSON struct {
+	Format  int          `json:"format"`
+	Cluster uint64       `json:"cluster,string"`
+	Updated time.Time    `json:"updated"`
+	SegSize uint32       `json:"wal_segment_size"`
+	Expired []recordSpan `json:"expired"`
+}
+
+type recordSpan struct {
+	Timeline pg.TimelineID `json:"timeline"`
+	First    pg.SegNo      `json:"first,string"`
+	Last     pg.SegNo      `json:"last,string"`
+}
+
+// RecordKey returns the key of a cluster's record.
+func RecordKey(cluster uint64) string { return RecordPrefix + strconv.FormatUint(cluster, 10) }
+
+// crypter encrypts and decrypts whole objects; *repo.Repo is one.
+type crypter interface {
+	Store() storage.Store
+	Encrypt(dst io.Writer) (io.WriteCloser, error)
+	Decrypt(src io.Reader) (io.Reader, error)
+}
+
+// LoadExpired reads the runs expire removed from a cluster's archive (none
+// when there is no record).
+func LoadExpired(ctx context.Context, r crypter, cluster uint64) (Ranges, error) {
+	key := RecordKey(cluster)
+	rc, err := r.Store().Get(ctx, key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return Ranges{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	defer rc.Close()
+	pr, err := r.Decrypt(rc)
+	if err != nil {
+		return nil, &repo.CorruptError{Key: key, Err: err}
+	}
+	b, err := io.ReadAll(io.LimitReader(pr, maxRecord+1))
+	if err != nil || len(b) > maxRecord {
+		return nil, &repo.CorruptError{Key: key, Err: fmt.Errorf("unreadable: %v", err)}
+	}
+	var rec recordJSON
+	if err := json.Unmarshal(b, &rec); err != nil || rec.Cluster != cluster {
+		return nil, &repo.CorruptError{Key: key, Err: fmt.Errorf("not the record of cluster %d: %v", cluster, err)}
+	}
+	out := Ranges{}
+	for _, s := range rec.Expired {
+		out.add(s.Timeline, s.First, s.Last)
+	}
+	return Merge(out, nil), nil
+}
+
+// RecordExpired adds runs to a cluster's record.
+func RecordExpired(ctx context.Context, r crypter, cluster uint64, add Ranges, now time.Time) error {
+	old, err := LoadExpired(ctx, r, cluster)
+	if err != nil {
+		return err
+	}
+	all := Merge(old, add)
+	rec := recordJSON{Format: 1, Cluster: cluster, Updated: now.UTC()}
+	tls := make([]pg.TimelineID, 0, len(all))
+	for t := range all {
+		tls = append(tls, t)
+	}
+	slices.Sort(tls)
+	for _, t := range tls {
+		for _, x := range all[t] {
+			rec.Expired = append(rec.Expired, recordSpan{t, x.First, x.Last})
+		}
+	}
+	body, err := json.Marshal(&rec)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	w, err := r.Encrypt(&buf)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	key := RecordKey(cluster)
+	if err := r.Store().Put(ctx, key, bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
