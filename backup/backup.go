@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage/lease"
 	"github.com/tidemarkdb/tidemark/storage/repo"
@@ -294,7 +295,7 @@ func (b *run) copyAndCommit(ctx context.Context, kaStop func(), snaps []*repo.Sn
 	}
 	b.setPhase(PhaseDone)
 	log.Info("snapshot committed", "snapshot", snap.ID, "key", key, "type", snap.Type, "method", ch.method,
-		"logical", FormatBytes(snap.Stats.LogicalBytes), "stored", FormatBytes(snap.Stats.NewBytes),
+		"logical", bytesize.Format(snap.Stats.LogicalBytes), "stored", bytesize.Format(snap.Stats.NewBytes),
 		"seconds", fmt.Sprintf("%.1f", snap.Stats.Seconds), "checksum_errors", csCount)
 	b.timing.Commit = opts.Now().Sub(stopTime)
 	return &Result{Snapshot: snap, Key: key, Method: ch.method, Fallback: ch.fallback, Parent: ch.parent,

@@ -13,6 +13,7 @@ import (
 
 	"filippo.io/age"
 
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage"
@@ -136,8 +137,8 @@ func mustBackup(t testing.TB, r *testRepo, opts Options) *Result {
 		t.Fatalf("backup: %v", err)
 	}
 	t.Logf("backup %s: %s (%s) parent %s, %d files, logical %s, read %s, stored %s, patched pages %d, rebased slots %d, reused files %d",
-		res.Snapshot.ID, res.Snapshot.Type, res.Method, res.Snapshot.Parent, res.Stats.Files, FormatBytes(res.Stats.LogicalBytes),
-		FormatBytes(res.Stats.ReadBytes), FormatBytes(res.Stats.NewBytes), res.Stats.PatchedPages, res.Stats.RebasedSlots, res.Stats.ReusedFiles)
+		res.Snapshot.ID, res.Snapshot.Type, res.Method, res.Snapshot.Parent, res.Stats.Files, bytesize.Format(res.Stats.LogicalBytes),
+		bytesize.Format(res.Stats.ReadBytes), bytesize.Format(res.Stats.NewBytes), res.Stats.PatchedPages, res.Stats.RebasedSlots, res.Stats.ReusedFiles)
 	return res
 }
 

@@ -3,6 +3,8 @@ package backup
 import (
 	"fmt"
 	"time"
+
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 )
 
 // Phases of a backup, as reported in Progress.Phase.
@@ -43,8 +45,8 @@ func (p Progress) String() string {
 			pct = 100 * float64(p.DoneBytes) / float64(p.TotalBytes)
 		}
 		s := fmt.Sprintf("%s %5.1f%% %s of %s, read %s, stored %s, %s/s",
-			p.Method, min(pct, 100), FormatBytes(p.DoneBytes), FormatBytes(p.TotalBytes),
-			FormatBytes(p.ReadBytes), FormatBytes(p.StoredBytes), FormatBytes(int64(p.Rate)))
+			p.Method, min(pct, 100), bytesize.Format(p.DoneBytes), bytesize.Format(p.TotalBytes),
+			bytesize.Format(p.ReadBytes), bytesize.Format(p.StoredBytes), bytesize.Format(int64(p.Rate)))
 		if p.ETA > 0 {
 			s += ", eta " + p.ETA.Round(time.Second).String()
 		}
@@ -54,23 +56,9 @@ func (p Progress) String() string {
 	case PhaseChanges:
 		return "reading WAL summaries"
 	case PhaseStop:
-		return fmt.Sprintf("stored %s; waiting for the WAL archive (pg_backup_stop)", FormatBytes(p.StoredBytes))
+		return fmt.Sprintf("stored %s; waiting for the WAL archive (pg_backup_stop)", bytesize.Format(p.StoredBytes))
 	case PhaseCommit:
-		return fmt.Sprintf("stored %s; committing", FormatBytes(p.StoredBytes))
+		return fmt.Sprintf("stored %s; committing", bytesize.Format(p.StoredBytes))
 	}
-	return fmt.Sprintf("done: %s stored in %s", FormatBytes(p.StoredBytes), p.Elapsed.Round(time.Millisecond))
-}
-
-// FormatBytes prints a byte count with a binary unit ("1.5 GiB").
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return fmt.Sprintf("done: %s stored in %s", bytesize.Format(p.StoredBytes), p.Elapsed.Round(time.Millisecond))
 }

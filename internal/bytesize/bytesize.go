@@ -4,16 +4,17 @@ package bytesize
 
 import "fmt"
 
-// Format returns n in the largest binary unit that keeps it at least 1:
-// "512 B", "1.5 KiB", "20.0 MiB", "1.25 GiB".
+// Format returns n in the largest binary unit that keeps it at least 1,
+// with one decimal: "512 B", "1.5 KiB", "20.0 MiB", "2.5 GiB", "3.0 TiB".
 func Format(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
 	}
-	return fmt.Sprintf("%d B", n)
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
