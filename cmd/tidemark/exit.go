@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/backup"
+	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/urfave/cli/v2"
+	"github.com/tidemarkdb/tidemark/verify"
+	"github.com/tidemarkdb/tidemark/verify/drill"
 )
 
 // Exit codes. They are part of the interface (README, "Exit codes"): scripts
@@ -48,6 +53,21 @@ var exitClassifiers = []classifier{
 	func(err error) int {
 		if errors.Is(err, context.Canceled) {
 			return exitInterrupted
+		}
+		return 0
+	},
+	walExitClassifier,
+	// What the commands found, before the storage errors they may wrap: a
+	// backup refused because its WAL never arrived is an integrity
+	// failure even when the last error underneath was a timeout.
+	func(err error) int {
+		switch {
+		case errors.Is(err, backup.ErrRefused), errors.Is(err, restore.ErrRefused):
+			return exitRefused
+		case errors.Is(err, backup.ErrChecksum), errors.Is(err, backup.ErrWALNotArchived),
+			errors.Is(err, restore.ErrWALMissing), errors.Is(err, verify.ErrProblems),
+			errors.Is(err, drill.ErrFailed):
+			return exitIntegrity
 		}
 		return 0
 	},

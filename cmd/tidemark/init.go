@@ -30,7 +30,7 @@ func initCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "escrow-recipient", Usage: "age public key every object is also encrypted to, for decryption with the age CLI (repeatable)", EnvVars: []string{envName("escrow-recipient")}},
 			stringFlag("label", "label of the first key, shown by key list"),
 			&cli.Int64Flag{Name: "pack-size", Usage: "target pack size in bytes", Value: repo.DefaultPackSize, EnvVars: []string{envName("pack-size")}},
-			&cli.IntFlag{Name: "compression-level", Usage: "zstd level: 1 fastest, 2 default, 3 better, 4 best", Value: repo.DefaultCompressionLevel, EnvVars: []string{envName("compression-level")}},
+			&cli.IntFlag{Name: "compression-level", Usage: "zstd level: 1 fastest, 2 zstd's default, 3 better, 4 best", Value: repo.DefaultCompressionLevel, EnvVars: []string{envName("compression-level")}},
 		},
 		Action: runInit,
 	}

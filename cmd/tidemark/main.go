@@ -71,6 +71,10 @@ func oneLine(s string) string {
 func commands() []*cli.Command {
 	return []*cli.Command{
 		initCommand(), keyCommand(),
+		backupCommand(), listCommand(), infoCommand(),
+		restoreCommand(),
+		walPushCommand(), walFetchCommand(), walPrefetchCommand(), agentCommand(), walCommand(),
+		verifyCommand(), drillCommand(), expireCommand(), gcCommand(), metricsCommand(),
 		repairCommand(),
 		versionCommand(),
 	}
@@ -105,14 +109,20 @@ func newApp(stdout, stderr io.Writer, cmds []*cli.Command) *cli.App {
 // name as a config section "[name]", so the config file can be checked for
 // typos whatever command runs.
 func collectNames(c *cli.Command, known map[string]bool) {
+	// Sections are top-level commands only: subcommands read their
+	// parent's, so "[add]" would be read by nothing.
 	known["["+c.Name+"]"] = true
+	collectFlagNames(c, known)
+}
+
+func collectFlagNames(c *cli.Command, known map[string]bool) {
 	for _, f := range c.Flags {
 		for _, n := range f.Names() {
 			known[n] = true
 		}
 	}
 	for _, sub := range c.Subcommands {
-		collectNames(sub, known)
+		collectFlagNames(sub, known)
 	}
 }
 

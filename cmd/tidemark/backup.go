@@ -1,0 +1,395 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/backup"
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+)
+
+// backupRepoOptions bound what a backup holds in memory (peak RSS stays
+// under 256 MiB whatever the database size) and make an interrupted backup
+// index what it uploaded often enough for the next run to reuse most of it.
+func backupRepoOptions() repo.Options {
+	return repo.Options{
+		PackMemory:        96 << 20,
+		IndexEveryPacks:   4,
+		IndexEvery:        time.Minute,
+		UploadConcurrency: max(2, runtime.GOMAXPROCS(0)/2),
+	}
+}
+
+// logProgressEvery is how often a backup without a terminal logs progress.
+const logProgressEvery = 30 * time.Second
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "take a base backup of a running cluster (incremental when an earlier one exists)",
+		Description: "Runs pg_backup_start, reads PGDATA and the tablespaces directly, pg_control last, then pg_backup_stop,\n" +
+			"and commits the snapshot once the WAL from start to stop is in the repository. Incremental against the\n" +
+			"newest snapshot of the cluster on the same timeline unless --full. Run it on the database host.",
+		Flags: flagSet(repoFlags(), pgFlags(), []cli.Flag{
+			&cli.BoolFlag{Name: "full", Usage: "read and store everything instead of only what changed", EnvVars: []string{envName("full")}},
+			&cli.IntFlag{Name: "parallel", Usage: "files (and ranges of big files) read at once", DefaultText: "the number of CPUs", EnvVars: []string{envName("parallel")}},
+			&cli.BoolFlag{Name: "no-fast-checkpoint", Usage: "let pg_backup_start wait for a spread checkpoint", EnvVars: []string{envName("no-fast-checkpoint")}},
+			&cli.BoolFlag{Name: "fail-on-checksum-error", Usage: "fail (no snapshot) if a page checksum fails, instead of recording it", EnvVars: []string{envName("fail-on-checksum-error")}},
+			&cli.BoolFlag{Name: "no-wal-summaries", Usage: "find changed pages by their LSN even when WAL summaries (PostgreSQL 17+) cover the range", EnvVars: []string{envName("no-wal-summaries")}},
+			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
+			&cli.DurationFlag{Name: "archive-timeout", Value: backup.DefaultArchiveWait, EnvVars: []string{envName("archive-timeout")},
+				Usage: "how long to wait for the WAL up to the backup's stop to be archived before failing"},
+			&cli.IntFlag{Name: "rebase-pages", Hidden: true, EnvVars: []string{envName("rebase-pages")},
+				Usage: "rewrite a slot whole when more of its pages than this would be in patches (default 96 of 128)"},
+			stringFlag("label", "label passed to pg_backup_start, written into backup_label (the snapshot id is appended)"),
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}},
+			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile (pprof) of the backup to this file"},
+			metricsFileFlag(),
+		}),
+		Action: runBackup,
+	}
+}
+
+func runBackup(c *cli.Context) error {
+	var status *statusLine
+	logTo := c.App.ErrWriter
+	if isTerminal(c.App.ErrWriter) {
+		status = &statusLine{w: c.App.ErrWriter}
+		logTo = status
+	}
+	log, err := newLogger(c, logTo)
+	if err != nil {
+		return err
+	}
+	pgdata, err := requireString(c, "pgdata")
+	if err != nil {
+		return err
+	}
+	opts := backup.Options{
+		PGData: pgdata, ConnString: c.String("pg-conn"), Parallel: c.Int("parallel"), Full: c.Bool("full"),
+		SpreadCheckpoint: c.Bool("no-fast-checkpoint"), FailOnChecksumError: c.Bool("fail-on-checksum-error"),
+		NoWALSummary: c.Bool("no-wal-summaries"), Label: c.String("label"), Logger: log, ToolVersion: versionString(),
+		ArchiveWait: c.Duration("archive-timeout"), RebasePages: c.Int("rebase-pages"),
+	}
+	if opts.Parallel < 0 {
+		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)
+	}
+	if v := c.String("max-read-rate"); v != "" {
+		if opts.MaxReadRate, err = parseByteSize(v); err != nil || opts.MaxReadRate <= 0 {
+			return usageErrorf("--max-read-rate %q: want bytes per second, e.g. 200MiB", v)
+		}
+	}
+	if status != nil {
+		opts.Progress = status.progress
+	} else {
+		opts.Progress, opts.ProgressEvery = logProgress(log), logProgressEvery
+	}
+	r, err := openRepo(c, log, backupRepoOptions())
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	opts.WAL = walarchive.FromRepo(r, walarchive.Options{Logger: log})
+	if path := c.String("cpuprofile"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return usageErrorf("--cpuprofile: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	res, err := backup.Run(c.Context, r, opts)
+	if err != nil {
+		return err
+	}
+	if err := writeBackupMetrics(c, res); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, backupJSON(res))
+	}
+	printBackup(c.App.Writer, res)
+	return nil
+}
+
+// parseByteSize reads "200MiB", "1G", "512k" or a plain number of bytes.
+func parseByteSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mul    int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
+		{"k", 1 << 10}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	s = strings.TrimSpace(s)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(n), 64)
+			return int64(v * float64(u.mul)), err
+		}
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+// statusLine keeps one progress line at the bottom of a terminal: log
+// lines written through it appear above the line, which is redrawn.
+type statusLine struct {
+	mu   sync.Mutex
+	w    io.Writer
+	line string
+}
+
+// Write writes a log line above the status line.
+func (s *statusLine) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.line != "" {
+		io.WriteString(s.w, "\r\x1b[K")
+	}
+	n, err := s.w.Write(p)
+	if s.line != "" {
+		io.WriteString(s.w, s.line)
+	}
+	return n, err
+}
+
+// progress redraws the status line; the final report ends it.
+func (s *statusLine) progress(p backup.Progress) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.line = p.String()
+	fmt.Fprintf(s.w, "\r\x1b[K%s", s.line)
+	if p.Final {
+		io.WriteString(s.w, "\n")
+		s.line = ""
+	}
+}
+
+// logProgress logs progress as structured lines.
+func logProgress(log *slog.Logger) func(backup.Progress) {
+	return func(p backup.Progress) {
+		if p.Final {
+			return // the backup logs its own outcome
+		}
+		log.Info("backup progress", "phase", p.Phase, "method", p.Method, "done_bytes", p.DoneBytes, "total_bytes", p.TotalBytes,
+			"read_bytes", p.ReadBytes, "stored_bytes", p.StoredBytes, "files", p.Files,
+			"rate", bytesize.Format(int64(p.Rate))+"/s", "eta", p.ETA.Round(time.Second).String())
+	}
+}
+
+func printBackup(w io.Writer, res *backup.Result) {
+	s := res.Snapshot
+	kind := "full"
+	if s.Type == repo.SnapshotIncremental {
+		kind = fmt.Sprintf("incremental of %s, changes found by %s", s.Parent, res.Method)
+	}
+	fmt.Fprintf(w, "snapshot %s committed (%s): %s in %d files, read %s, stored %s, %s to %s on timeline %d, %.1fs\n",
+		s.ID, kind, bytesize.Format(s.Stats.LogicalBytes), s.Stats.Files, bytesize.Format(res.Stats.ReadBytes),
+		bytesize.Format(s.Stats.NewBytes), pg.LSN(s.StartLSN), pg.LSN(s.StopLSN), s.StopTimeline, s.Stats.Seconds)
+	if res.Fallback != "" && res.Method != backup.MethodSummaries {
+		fmt.Fprintf(w, "change detection: %s (%s)\n", res.Method, res.Fallback)
+	}
+	for _, e := range s.ChecksumErrors {
+		fmt.Fprintf(w, "checksum failure: %s block %d (stored %#04x, computed %#04x)\n", e.File, e.Block, e.Found, e.Expected)
+	}
+	if n := len(s.ChecksumErrors); n > 0 {
+		fmt.Fprintf(w, "%d page checksum failure(s) recorded in the snapshot; check the storage under the data directory\n", n)
+	}
+}
+
+type backupResultJSON struct {
+	Snapshot backup.SnapshotInfo  `json:"snapshot"`
+	Key      string               `json:"key"`
+	Method   string               `json:"method"`
+	Fallback string               `json:"fallback,omitempty"`
+	Stats    backup.Stats         `json:"stats"`
+	Timing   timingJSON           `json:"timing_seconds"`
+	Errors   []repo.ChecksumError `json:"checksum_errors,omitempty"`
+}
+
+type timingJSON struct {
+	Start  float64 `json:"start"`
+	Copy   float64 `json:"copy"`
+	Stop   float64 `json:"stop"`
+	Commit float64 `json:"commit"`
+}
+
+func backupJSON(res *backup.Result) backupResultJSON {
+	tm := res.Timing
+	return backupResultJSON{Snapshot: backup.Describe(res.Snapshot), Key: res.Key, Method: res.Method,
+		Timing:   timingJSON{tm.Start.Seconds(), tm.Copy.Seconds(), tm.Stop.Seconds(), tm.Commit.Seconds()},
+		Fallback: res.Fallback, Stats: res.Stats, Errors: res.Snapshot.ChecksumErrors}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func listCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "list the snapshots in the repository",
+		Flags: flagSet(repoFlags(), []cli.Flag{
+			stringFlag("cluster", "only this cluster's snapshots (system identifier)"),
+			&cli.BoolFlag{Name: "json", Usage: "print JSON", EnvVars: []string{envName("json")}},
+		}),
+		Action: runList,
+	}
+}
+
+// openForListing opens the repository for list and info, with the
+// --cluster they filter by (0: every cluster). The caller closes it.
+func openForListing(c *cli.Context) (*repo.Repo, uint64, error) {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return nil, 0, err
+	}
+	var cluster uint64
+	if v := c.String("cluster"); v != "" {
+		if cluster, err = strconv.ParseUint(v, 10, 64); err != nil || cluster == 0 {
+			return nil, 0, usageErrorf("--cluster %q: want the system identifier, a decimal number (pg_controldata shows it)", v)
+		}
+	}
+	r, err := openRepo(c, log, repo.Options{})
+	return r, cluster, err
+}
+
+func runList(c *cli.Context) error {
+	r, cluster, err := openForListing(c)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	list, err := backup.List(c.Context, r, cluster)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		if list == nil {
+			list = []backup.SnapshotInfo{}
+		}
+		return writeJSON(c.App.Writer, list)
+	}
+	printList(c.App.Writer, list)
+	return nil
+}
+
+func printList(w io.Writer, list []backup.SnapshotInfo) {
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no snapshots")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SNAPSHOT\tCLUSTER\tTYPE\tSTARTED\tDURATION\tLSN\tTL\tSIZE\tSTORED\tCHECKSUM ERRORS")
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s-%s\t%d\t%s\t%s\t%d\n", s.ID, s.Cluster, s.Type,
+			s.StartTime.Local().Format("2006-01-02 15:04:05"), (time.Duration(s.Seconds * float64(time.Second))).Round(100*time.Millisecond),
+			s.StartLSN, s.StopLSN, s.Timeline, bytesize.Format(s.LogicalBytes), bytesize.Format(s.NewBytes), s.ChecksumErrors)
+	}
+	tw.Flush()
+}
+
+func infoCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "info",
+		Usage:     "describe the repository, or one snapshot",
+		ArgsUsage: "[snapshot-id]",
+		Flags: flagSet(repoFlags(), []cli.Flag{
+			stringFlag("cluster", "the cluster of the snapshot, when the repository holds several"),
+			&cli.BoolFlag{Name: "json", Usage: "print JSON", EnvVars: []string{envName("json")}},
+		}),
+		Action: runInfo,
+	}
+}
+
+func runInfo(c *cli.Context) error {
+	if c.NArg() > 1 {
+		return usageErrorf("info takes at most one snapshot id, got %d arguments", c.NArg())
+	}
+	r, cluster, err := openForListing(c)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if id := c.Args().First(); id != "" {
+		d, err := backup.Inspect(c.Context, r, cluster, id)
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, d)
+		}
+		printSnapshotDetail(c.App.Writer, d)
+		return nil
+	}
+	info, err := backup.Info(c.Context, r)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, info)
+	}
+	printInfo(c.App.Writer, info)
+	return nil
+}
+
+func printInfo(w io.Writer, in *backup.RepositoryInfo) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "repository\t%s\n", in.URL)
+	fmt.Fprintf(tw, "id\t%s (format %d, created %s)\n", in.ID, in.Format, in.Created.Local().Format(time.RFC3339))
+	fmt.Fprintf(tw, "compression\t%s level %d, packs of %s\n", in.Compression, in.CompressionLevel, bytesize.Format(in.PackSize))
+	fmt.Fprintf(tw, "snapshots\t%d\n", in.Snapshots)
+	for _, cl := range in.Clusters {
+		fmt.Fprintf(tw, "cluster %d\t%d snapshot(s), %s to %s, newest %s\n", cl.Cluster, cl.Snapshots,
+			cl.Oldest.Local().Format("2006-01-02 15:04"), cl.Newest.Local().Format("2006-01-02 15:04"), cl.Latest)
+	}
+	fmt.Fprintf(tw, "stored\t%s in %d packs (data %s, metadata %s), WAL %s in %d objects\n", bytesize.Format(in.StoredBytes), in.Packs,
+		bytesize.Format(in.DataBytes), bytesize.Format(in.MetaBytes), bytesize.Format(in.WALBytes), in.WALObjects)
+	fmt.Fprintf(tw, "logical\t%s over all snapshots\n", bytesize.Format(in.LogicalBytes))
+	fmt.Fprintf(tw, "dedup ratio\t%.1fx\n", in.DedupRatio)
+	tw.Flush()
+}
+
+func printSnapshotDetail(w io.Writer, d *backup.SnapshotDetail) {
+	s := d.SnapshotInfo
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "snapshot\t%s\n", s.ID)
+	fmt.Fprintf(tw, "cluster\t%d (PostgreSQL %d)\n", s.Cluster, s.PGVersion)
+	fmt.Fprintf(tw, "type\t%s\n", s.Type)
+	if s.Parent != "" {
+		fmt.Fprintf(tw, "parent\t%s\n", s.Parent)
+	}
+	fmt.Fprintf(tw, "started\t%s\n", s.StartTime.Local().Format(time.RFC3339))
+	fmt.Fprintf(tw, "stopped\t%s (%.1fs)\n", s.StopTime.Local().Format(time.RFC3339), s.Seconds)
+	fmt.Fprintf(tw, "WAL\t%s to %s, timeline %d\n", s.StartLSN, s.StopLSN, s.Timeline)
+	fmt.Fprintf(tw, "size\t%s in %d files\n", bytesize.Format(s.LogicalBytes), s.Files)
+	fmt.Fprintf(tw, "stored\t%s new\n", bytesize.Format(s.NewBytes))
+	fmt.Fprintf(tw, "host\t%s (%s)\n", s.Host, s.ToolVersion)
+	for _, ts := range d.Tablespaces {
+		fmt.Fprintf(tw, "tablespace\t%d at %s\n", ts.OID, ts.Path)
+	}
+	fmt.Fprintf(tw, "checksum errors\t%d\n", s.ChecksumErrors)
+	tw.Flush()
+	for _, e := range d.ChecksumErrors {
+		fmt.Fprintf(w, "  %s block %d (stored %#04x, computed %#04x)\n", e.File, e.Block, e.Found, e.Expected)
+	}
+	fmt.Fprintf(w, "backup_label:\n%s", d.BackupLabel)
+}

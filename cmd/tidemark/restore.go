@@ -1,0 +1,281 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/restore"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/wal"
+)
+
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "restore",
+		Usage: "restore a backup into a data directory, ready for point-in-time recovery",
+		Description: "Chooses the newest backup that ends before the target on a timeline leading to it, checks that the\n" +
+			"archive holds the WAL recovery needs, writes the files, backup_label, the recovery settings (restore_command\n" +
+			"= tidemark wal-fetch) and recovery.signal, and global/pg_control last. Start the server afterwards.",
+		Flags: flagSet(repoFlags(), []cli.Flag{
+			stringFlag("pgdata", "data directory to restore into (must be empty, or an existing one with --delta)", "PGDATA"),
+			stringFlag("backup", "backup id to restore, or latest (default: the newest that ends before the target)"),
+			stringFlag("cluster", "system identifier of the cluster, when the repository holds several"),
+			stringFlag("target-time", "recover to this time (2026-05-01 10:00:00+00)"),
+			stringFlag("target-lsn", "recover to this WAL position (16/B374D848)"),
+			stringFlag("target-xid", "recover to this transaction ID"),
+			stringFlag("target-name", "recover to this restore point (pg_create_restore_point)"),
+			stringFlag("target", "immediate: stop as soon as the backup is consistent"),
+			&cli.BoolFlag{Name: "target-inclusive", Usage: "stop just after the target, or with --target-inclusive=false just before it", DefaultText: "true, as PostgreSQL", EnvVars: []string{envName("target-inclusive")}},
+			stringFlag("target-action", "at the target: pause (default, as PostgreSQL), promote or shutdown"),
+			stringFlag("target-timeline", "timeline to recover along: a number, or latest (default: the timeline of the newest backup, stated explicitly)"),
+			&cli.StringSliceFlag{Name: "tablespace-map", Usage: "move a tablespace: OLD=NEW (repeatable)", EnvVars: []string{envName("tablespace-map")}},
+			&cli.IntFlag{Name: "parallel", Usage: "parallel reads and file workers", Value: 4, EnvVars: []string{envName("parallel")}},
+			&cli.BoolFlag{Name: "delta", Usage: "restore into an existing data directory: remove what the backup lacks, fetch only what differs", EnvVars: []string{envName("delta")}},
+			stringFlag("owner", "OS user to own the files when run as root (default: the data directory's owner)"),
+		}),
+		Action: runRestore,
+	}
+}
+
+// restoreReadMemoryPerGET is the read memory a restore allows per parallel
+// GET (see runRestore).
+const restoreReadMemoryPerGET = 34 << 20
+
+func runRestore(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	pgdata, err := requireString(c, "pgdata")
+	if err != nil {
+		return err
+	}
+	if pgdata, err = filepath.Abs(pgdata); err != nil {
+		return usageErrorf("--pgdata: %v", err)
+	}
+	opts := restore.Options{PGData: pgdata, Backup: c.String("backup"), Delta: c.Bool("delta"), Parallel: c.Int("parallel"), Logger: log,
+		SpoolDir: wal.DefaultSpoolDir(pgdata)}
+	if opts.Parallel < 1 {
+		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)
+	}
+	if v := c.String("cluster"); v != "" {
+		if opts.Cluster, err = strconv.ParseUint(v, 10, 64); err != nil || opts.Cluster == 0 {
+			return usageErrorf("--cluster %q: want the system identifier, a decimal number (pg_controldata shows it)", v)
+		}
+	}
+	if opts.Target, err = parseTarget(c); err != nil {
+		return err
+	}
+	if opts.TablespaceMap, err = parseTablespaceMap(c.StringSlice("tablespace-map")); err != nil {
+		return err
+	}
+	if name := c.String("owner"); name != "" {
+		if opts.Owner, err = lookupOwner(name); err != nil {
+			return err
+		}
+	}
+	if opts.RestoreCommand, err = restoreCommandLine(c); err != nil {
+		return err
+	}
+
+	// A coalesced read of a pack holds up to about 2 x 16 MiB (ciphertext
+	// and plaintext) while it is decoded: the memory bound must let
+	// --parallel of them be in flight, or reads run one at a time.
+	r, err := openRepo(c, log, repo.Options{ReadConcurrency: opts.Parallel, ReadMemory: int64(opts.Parallel) * restoreReadMemoryPerGET})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	res, err := restore.Run(c.Context, r, restore.ArchiveOf(walarchive.FromRepo(r, walarchive.Options{Logger: log})), opts)
+	if err != nil {
+		return fmt.Errorf("restore into %s: %w", pgdata, err)
+	}
+	printRestore(c.App.Writer, pgdata, res)
+	return nil
+}
+
+// parseTarget reads the recovery target flags; at most one target.
+func parseTarget(c *cli.Context) (restore.Target, error) {
+	var t restore.Target
+	var set []string
+	for _, name := range []string{"target-time", "target-lsn", "target-xid", "target-name", "target"} {
+		if c.String(name) != "" {
+			set = append(set, "--"+name)
+		}
+	}
+	if len(set) > 1 {
+		return t, usageErrorf("%s: give one recovery target", strings.Join(set, " and "))
+	}
+	var err error
+	switch {
+	case c.String("target-time") != "":
+		t.Kind = restore.TargetTime
+		if t.Time, err = restore.ParseTargetTime(c.String("target-time")); err != nil {
+			return t, usageErrorf("--target-time: %v", err)
+		}
+	case c.String("target-lsn") != "":
+		t.Kind = restore.TargetLSN
+		if t.LSN, err = pg.ParseLSN(c.String("target-lsn")); err != nil {
+			return t, usageErrorf("--target-lsn %q: want a WAL position such as 16/B374D848", c.String("target-lsn"))
+		}
+	case c.String("target-xid") != "":
+		t.Kind = restore.TargetXID
+		if t.XID, err = strconv.ParseUint(c.String("target-xid"), 10, 64); err != nil || t.XID < 3 {
+			return t, usageErrorf("--target-xid %q: want a transaction ID (txid_current() shows one)", c.String("target-xid"))
+		}
+	case c.String("target-name") != "":
+		t.Kind, t.Name = restore.TargetName, c.String("target-name")
+	case c.String("target") != "":
+		if c.String("target") != "immediate" {
+			return t, usageErrorf("--target %q: the only named target is immediate", c.String("target"))
+		}
+		t.Kind = restore.TargetImmediate
+	}
+	if c.IsSet("target-inclusive") {
+		v := c.Bool("target-inclusive")
+		t.Inclusive = &v
+	}
+	t.Action = c.String("target-action")
+	if t.Kind == restore.TargetEnd && (t.Inclusive != nil || t.Action != "") {
+		return t, usageErrorf("--target-inclusive and --target-action need a recovery target (--target-time, --target-lsn, --target-xid, --target-name or --target immediate); without one, recovery replays all archived WAL and promotes")
+	}
+	switch t.Action {
+	case "", restore.ActionPause, restore.ActionPromote, restore.ActionShutdown:
+	default:
+		return t, usageErrorf("--target-action %q: want promote, pause or shutdown", t.Action)
+	}
+	switch tl := c.String("target-timeline"); tl {
+	case "":
+	case "latest":
+		t.Timeline = restore.LatestTimeline
+	default:
+		n, err := strconv.ParseUint(tl, 10, 32)
+		if err != nil || n == 0 || n == uint64(restore.LatestTimeline) {
+			return t, usageErrorf("--target-timeline %q: want a timeline number or latest", tl)
+		}
+		t.Timeline = pg.TimelineID(n)
+	}
+	return t, nil
+}
+
+func parseTablespaceMap(specs []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, s := range specs {
+		from, to, ok := strings.Cut(s, "=")
+		if !ok || !filepath.IsAbs(from) || !filepath.IsAbs(to) {
+			return nil, usageErrorf("--tablespace-map %q: want OLD=NEW, both absolute paths", s)
+		}
+		m[filepath.Clean(from)] = filepath.Clean(to)
+	}
+	return m, nil
+}
+
+func lookupOwner(name string) (*restore.Owner, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil, usageErrorf("--owner %q: no such user", name)
+		}
+	}
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return nil, usageErrorf("--owner %q: uid %s, gid %s are not numbers", name, u.Uid, u.Gid)
+	}
+	return &restore.Owner{UID: uid, GID: gid}, nil
+}
+
+// restoreCommandLine is the restore_command the server will run: this very
+// binary by absolute path, with the repository settings this restore used
+// (the server's environment has none of ours). Secrets never go there: S3
+// credentials come from the server's environment, keys from the files
+// named.
+func restoreCommandLine(c *cli.Context) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the tidemark binary for restore_command: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return "", fmt.Errorf("find the tidemark binary for restore_command: %w", err)
+	}
+	// --pgdata . (PostgreSQL runs restore_command in the data directory)
+	// so that a pgdata from the config file or TIDEMARK_PGDATA, naming the
+	// production cluster, never makes wal-fetch read that cluster's
+	// pg_control or spool.
+	args := []string{exe, "wal-fetch", "--pgdata", "."}
+	if cfg := c.String("config"); cfg != "" {
+		abs, err := filepath.Abs(cfg)
+		if err != nil {
+			return "", usageErrorf("--config: %v", err)
+		}
+		args = append(args, "--config", abs)
+	}
+	if v := c.String("repo"); v != "" {
+		args = append(args, "--repo", v)
+	}
+	for _, id := range c.StringSlice("identity") {
+		abs, err := filepath.Abs(id)
+		if err != nil {
+			return "", usageErrorf("--identity: %v", err)
+		}
+		args = append(args, "--identity", abs)
+	}
+	if v := c.String("passphrase-file"); v != "" {
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			return "", usageErrorf("--passphrase-file: %v", err)
+		}
+		args = append(args, "--passphrase-file", abs)
+	}
+	var q []string
+	for _, a := range args {
+		// PostgreSQL replaces %f, %p, %r and %% in restore_command: a
+		// percent-encoded URL must reach the shell as it is.
+		q = append(q, strings.ReplaceAll(shellQuote(a), "%", "%%"))
+	}
+	return strings.Join(q, " ") + " %f %p", nil
+}
+
+// shellQuote quotes a word for /bin/sh, which runs restore_command, unless
+// it needs none.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_./:=@+,-", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func printRestore(w io.Writer, pgdata string, res *restore.Result) {
+	s := res.Snapshot
+	fmt.Fprintf(w, "restored backup %s (stopped %s, LSN %s) of cluster %d into %s\n",
+		s.ID, s.StopTime.UTC().Format(time.RFC3339), pg.LSN(s.StopLSN), res.Cluster, pgdata)
+	fmt.Fprintf(w, "  %d files, %s; fetched %s in %d blobs", res.Files, bytesize.Format(res.Bytes), bytesize.Format(res.FetchedBytes), res.FetchedBlobs)
+	if res.SkippedFiles > 0 || res.RemovedPaths > 0 {
+		fmt.Fprintf(w, "; %d files already right, %d entries removed", res.SkippedFiles, res.RemovedPaths)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  recovery along %s\n", res.TimelineReason)
+	if !res.LastCommit.IsZero() {
+		fmt.Fprintf(w, "  archived WAL reaches LSN %s, last commit at %s\n", res.LastRecoverable, res.LastCommit.UTC().Format(time.RFC3339Nano))
+	} else {
+		fmt.Fprintf(w, "  archived WAL reaches LSN %s\n", res.LastRecoverable)
+	}
+	fmt.Fprintln(w, "  postgresql.auto.conf:")
+	for _, st := range res.Settings {
+		fmt.Fprintf(w, "    %s\n", st)
+	}
+	fmt.Fprintf(w, "start the server to recover: pg_ctl -D %s start\n", shellQuote(pgdata))
+}

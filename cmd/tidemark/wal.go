@@ -1,0 +1,611 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/location"
+	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/wal"
+)
+
+// WAL commands: wal-push (archive_command), wal-fetch (restore_command) and
+// its hidden background wal-prefetch, agent, and wal list. docs/wal.md is
+// their manual.
+
+// walExitClassifier maps the WAL archive's errors to exit codes (one of
+// exitClassifiers, ahead of the storage classifier).
+func walExitClassifier(err error) int {
+	switch {
+	case errors.Is(err, walarchive.ErrConflict), errors.Is(err, walarchive.ErrForeign),
+		errors.Is(err, walarchive.ErrInvalidFile):
+		return exitRefused
+	case errors.Is(err, walarchive.ErrCorrupt), errors.Is(err, repo.ErrCorrupt):
+		return exitIntegrity
+	case errors.Is(err, repo.ErrNoIdentity):
+		return exitAccess
+	case errors.Is(err, repo.ErrNotRepository), errors.Is(err, repo.ErrUnsupportedVersion):
+		return exitRepository
+	}
+	return 0
+}
+
+// walPGDataFlag is --pgdata for the commands PostgreSQL runs in the data
+// directory. It deliberately ignores $PGDATA: pg_ctl may leave a relative
+// path there, which would resolve against the data directory itself.
+func walPGDataFlag() cli.Flag {
+	return stringFlag("pgdata", "PostgreSQL data directory (default: the working directory, which is the data directory when PostgreSQL runs the command)")
+}
+
+func retryForFlag(def time.Duration) cli.Flag {
+	return &cli.DurationFlag{Name: "retry-for", Value: def, EnvVars: []string{envName("retry-for")},
+		Usage: "retry transient storage failures of one operation for up to this long, then fail"}
+}
+
+func walPushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wal-push",
+		Usage:     "archive one WAL file (archive_command = 'tidemark wal-push %p')",
+		ArgsUsage: "<path>",
+		Description: "Archives the file at <path> (relative to the data directory, as PostgreSQL's %p) and exits 0 only " +
+			"once it is durable in the repository. When an agent serves the data directory, it asks the agent; " +
+			"otherwise, or if the agent fails, it uploads the file itself.",
+		Flags: flagSet(repoFlags(), []cli.Flag{
+			walPGDataFlag(),
+			stringFlag("socket", "the agent's socket (default PGDATA/tidemark-agent.sock)"),
+			&cli.BoolFlag{Name: "no-agent", Usage: "upload without asking an agent", EnvVars: []string{envName("no-agent")}},
+			&cli.DurationFlag{Name: "agent-wait", Value: 2 * time.Minute, EnvVars: []string{envName("agent-wait")},
+				Usage: "how long to wait for the agent's answer before uploading the file itself"},
+			retryForFlag(30 * time.Second),
+		}),
+		Action: walPush,
+	}
+}
+
+func walPush(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	if c.NArg() != 1 {
+		return usageErrorf("wal-push takes one argument, the path of the file (%%p), not %d", c.NArg())
+	}
+	path := c.Args().First()
+	pgdata, err := wal.DataDir(c.String("pgdata"))
+	if err != nil {
+		return err
+	}
+	name := filepath.Base(path)
+	if !c.Bool("no-agent") && inPGWal(pgdata, path) {
+		socket := c.String("socket")
+		if socket == "" {
+			socket = wal.DefaultSocket(pgdata)
+		}
+		resp, err := wal.AskAgent(c.Context, socket, wal.Request{Op: "push", Name: name, PGData: pgdata}, c.Duration("agent-wait"))
+		if err == nil {
+			log.Debug("archived by the agent", "file", name, "result", resp.Result)
+			return nil
+		}
+		var ae *wal.AgentError
+		switch {
+		case errors.As(err, &ae) && ae.Definitive():
+			return fmt.Errorf("archive %s: %w (PostgreSQL will call archive_command again)", name, err)
+		case errors.Is(err, wal.ErrAgentUnreachable):
+			log.Debug("no agent; uploading", "file", name, "err", err)
+		case c.Context.Err() != nil:
+			return c.Context.Err()
+		default:
+			log.Warn("the agent did not archive the file; uploading it", "file", name, "err", err)
+		}
+	}
+	ci, err := wal.ReadCluster(pgdata)
+	if err != nil {
+		return err
+	}
+	r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	res, err := wal.NewPusher(arch, ci, log).Push(c.Context, path)
+	if err != nil {
+		return err
+	}
+	log.Debug("archived", "file", name, "created", res.Created, "bytes", res.Size, "stored", res.Stored, "elapsed", res.Elapsed)
+	return nil
+}
+
+// inPGWal reports whether path is the file of that name in pgdata's pg_wal,
+// the only files the agent archives.
+func inPGWal(pgdata, path string) bool {
+	a, err1 := os.Stat(path)
+	b, err2 := os.Stat(filepath.Join(pgdata, "pg_wal", filepath.Base(path)))
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
+}
+
+// openWALArchive opens the repository with the given retry bound, and its
+// WAL archive. The caller closes the repository.
+func openWALArchive(c *cli.Context, log *slog.Logger, retryFor time.Duration) (*repo.Repo, *walarchive.Archive, error) {
+	url, err := requireString(c, "repo")
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := location.Open(c.Context, url, location.Options{Logger: log, RetryFor: retryFor})
+	if err != nil {
+		return nil, nil, usageErrorf("--repo: %v", err)
+	}
+	ids, err := loadIdentities(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := repo.Open(c.Context, st, ids, repo.Options{Logger: log})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open repository %s: %w", st, err)
+	}
+	return r, walarchive.FromRepo(r, walarchive.Options{Logger: log}), nil
+}
+
+func walFetchFlags() []cli.Flag {
+	return flagSet(repoFlags(), []cli.Flag{
+		walPGDataFlag(),
+		stringFlag("spool-dir", "spool for prefetched WAL (default: beside the data directory, PGDATA.tidemark-spool)"),
+		&cli.BoolFlag{Name: "no-spool", Usage: "fetch each file directly; no spool, no prefetch", EnvVars: []string{envName("no-spool")}},
+		&cli.IntFlag{Name: "prefetch", Value: 16, EnvVars: []string{envName("prefetch")},
+			Usage: "segments to prefetch after the one asked for (0: no background prefetch)"},
+		&cli.StringFlag{Name: "spool-max", Value: "256MiB", EnvVars: []string{envName("spool-max")},
+			Usage: "bound on the prefetched bytes in the spool (e.g. 512MiB, 2GiB)"},
+		&cli.IntFlag{Name: "prefetch-parallel", Value: 4, EnvVars: []string{envName("prefetch-parallel")},
+			Usage: "objects the prefetcher downloads at once"},
+		&cli.DurationFlag{Name: "prefetch-idle", Value: time.Minute, EnvVars: []string{envName("prefetch-idle")},
+			Usage: "the prefetcher exits after this long without a request"},
+		&cli.DurationFlag{Name: "list-max-age", Value: 2 * time.Second, EnvVars: []string{envName("list-max-age")},
+			Usage: "answer 'not in the archive' from a listing at most this old, else list again"},
+		&cli.BoolFlag{Name: "partial", EnvVars: []string{envName("partial")},
+			Usage: "serve X.partial when segment X is asked for and only the partial file is archived"},
+		retryForFlag(2 * time.Minute),
+	})
+}
+
+func walFetchCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wal-fetch",
+		Usage:     "fetch one WAL file for recovery (restore_command = 'tidemark wal-fetch %f %p')",
+		ArgsUsage: "<file> <dest>",
+		Description: "Exit codes: 0 delivered; 1 the file is not in the archive (PostgreSQL then ends or waits); " +
+			"128 + a tidemark exit code for anything else (corruption 134, no matching key 132, storage 135), " +
+			"which stops recovery instead of ending it early.",
+		Flags:  walFetchFlags(),
+		Action: walFetch,
+	}
+}
+
+// fetchFatal is wal-fetch's exit code for a failure that must stop recovery.
+func fetchFatal(err error) int {
+	return walFetchFatalBase + exitCode(err)
+}
+
+func walFetch(c *cli.Context) error {
+	err := walFetchRun(c)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, walarchive.ErrNotArchived) {
+		return &codedError{err: err, code: exitFailure}
+	}
+	return &codedError{err: err, code: fetchFatal(err)}
+}
+
+func walFetchRun(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	if c.NArg() != 2 {
+		return usageErrorf("wal-fetch takes two arguments, the file name (%%f) and the destination (%%p), not %d", c.NArg())
+	}
+	name, dest := c.Args().Get(0), c.Args().Get(1)
+	f, r, err := newFetcher(c, log)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	start := time.Now()
+	res, err := f.Fetch(c.Context, name, dest)
+	if err != nil {
+		return err
+	}
+	log.Debug("fetched", "file", res.Name, "source", res.Source, "bytes", res.Size, "elapsed", time.Since(start))
+	if c.Int("prefetch") > 0 && f.PrefetcherNeeded() {
+		if err := spawnPrefetcher(c, f); err != nil {
+			log.Warn("cannot start the prefetcher; fetching without it", "err", err)
+		}
+	}
+	return nil
+}
+
+// newFetcher builds the Fetcher from wal-fetch's flags.
+func newFetcher(c *cli.Context, log *slog.Logger) (*wal.Fetcher, *repo.Repo, error) {
+	pgdata, err := wal.DataDir(c.String("pgdata"))
+	if err != nil {
+		return nil, nil, err
+	}
+	ci, err := wal.ReadCluster(pgdata)
+	if err != nil {
+		return nil, nil, err
+	}
+	spoolMax, err := parseBytes(c.String("spool-max"))
+	if err != nil {
+		return nil, nil, usageErrorf("--spool-max: %v", err)
+	}
+	spool := c.String("spool-dir")
+	if spool != "" {
+		if spool, err = filepath.Abs(spool); err != nil {
+			return nil, nil, err
+		}
+	}
+	r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := wal.NewFetcher(arch, wal.FetchOptions{
+		PGData: pgdata, Cluster: ci, RepoID: r.Config().ID,
+		SpoolDir: spool, NoSpool: c.Bool("no-spool"),
+		Prefetch: c.Int("prefetch"), SpoolMax: spoolMax, Parallel: c.Int("prefetch-parallel"),
+		Partial: c.Bool("partial"), ListMaxAge: c.Duration("list-max-age"), Idle: c.Duration("prefetch-idle"),
+		Logger: log,
+	})
+	if err != nil {
+		r.Close()
+		return nil, nil, err
+	}
+	return f, r, nil
+}
+
+// spawnPrefetcher starts wal-prefetch in the background with this call's
+// settings. It runs in a session of its own, so PostgreSQL's wait for
+// restore_command ends with this process, and logs to the spool.
+func spawnPrefetcher(c *cli.Context, f *wal.Fetcher) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	pgdata, err := wal.DataDir(c.String("pgdata"))
+	if err != nil {
+		return err
+	}
+	args := []string{"wal-prefetch", "--pgdata", pgdata, "--spool-dir", f.SpoolDir()}
+	for _, fl := range c.Command.Flags {
+		n := fl.Names()[0]
+		if n == "pgdata" || n == "spool-dir" || !c.IsSet(n) {
+			continue
+		}
+		switch fl.(type) {
+		case *cli.StringSliceFlag:
+			for _, v := range c.StringSlice(n) {
+				args = append(args, "--"+n, v)
+			}
+		case *cli.BoolFlag:
+			args = append(args, "--"+n+"="+strconv.FormatBool(c.Bool(n)))
+		default:
+			args = append(args, "--"+n, fmt.Sprint(c.Value(n)))
+		}
+	}
+	logPath := filepath.Join(f.SpoolDir(), "prefetch.log")
+	if fi, err := os.Stat(logPath); err == nil && fi.Size() > 1<<20 {
+		os.Rename(logPath, logPath+".1")
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	closeInheritedOnExec()
+	cmd := exec.Command(exe, args...)
+	cmd.Dir = pgdata
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
+
+// closeInheritedOnExec marks every descriptor above stderr close-on-exec:
+// PostgreSQL's startup process may have left some open across system(),
+// and a long-lived prefetcher must not hold them.
+func closeInheritedOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+}
+
+func walPrefetchCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "wal-prefetch",
+		Usage:  "background prefetcher started by wal-fetch",
+		Hidden: true,
+		Flags:  walFetchFlags(),
+		Action: func(c *cli.Context) error {
+			log, err := newLogger(c, c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
+			f, r, err := newFetcher(c, log)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			return f.Prefetch(c.Context)
+		},
+	}
+}
+
+func agentCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "upload WAL ahead of PostgreSQL and answer wal-push (runs in the foreground)",
+		Description: "Watches PGDATA/pg_wal/archive_status for ready files, uploads them in parallel, oldest first, " +
+			"and answers wal-push over a Unix socket once the file asked for is durable. It never renames or deletes " +
+			"PostgreSQL's status files. Logs to stderr; stops cleanly on SIGTERM or SIGINT.",
+		Flags: flagSet(repoFlags(), []cli.Flag{
+			stringFlag("pgdata", "PostgreSQL data directory (default: the working directory)", "PGDATA"),
+			stringFlag("socket", "Unix socket to answer wal-push on (default PGDATA/tidemark-agent.sock)"),
+			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{envName("parallel")},
+				Usage: "files uploaded at once; memory is about 1.5 segments per upload"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},
+				Usage: "on SIGTERM, how long uploads in flight may finish before they are abandoned"},
+			retryForFlag(30 * time.Second),
+			&cli.DurationFlag{Name: "heartbeat", EnvVars: []string{envName("heartbeat")},
+				Usage: "write a heartbeat row (tidemark.heartbeat) this often for restore drills to check their target against (0: off)"},
+			stringFlag("pg-conn", "connection string for the heartbeat (default: libpq environment variables)"),
+			stringFlag("metrics-file", "write the archiver's Prometheus metrics to this file after each heartbeat (needs --heartbeat)"),
+		}),
+		Action: func(c *cli.Context) error {
+			log, err := newLogger(c, c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
+			if c.String("metrics-file") != "" && c.Duration("heartbeat") <= 0 {
+				return usageErrorf("--metrics-file: the agent writes its metrics after each heartbeat; give --heartbeat too (e.g. --heartbeat 10s)")
+			}
+			if every := c.Duration("heartbeat"); every > 0 {
+				// Beside the agent, never in its way: a failing heartbeat
+				// is logged and retried, archiving goes on.
+				go wal.RunHeartbeat(c.Context, wal.HeartbeatOptions{ConnString: c.String("pg-conn"), Every: every, Logger: log,
+					OnBeat: heartbeatMetrics(c, log)})
+			}
+			pgdata, err := wal.DataDir(c.String("pgdata"))
+			if err != nil {
+				return err
+			}
+			ci, err := wal.ReadCluster(pgdata)
+			if err != nil {
+				return err
+			}
+			r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			// A long-running process next to the database: hold the heap
+			// near what the uploads in flight need (about 1.5 segments each)
+			// rather than letting the collector double it.
+			debug.SetMemoryLimit(int64(max(c.Int("parallel"), 1))*2*int64(ci.SegSize) + 64<<20)
+			a, err := wal.NewAgent(wal.NewPusher(arch, ci, log), wal.AgentOptions{
+				PGData: pgdata, Socket: c.String("socket"), Parallel: c.Int("parallel"),
+				ShutdownTimeout: c.Duration("shutdown-timeout"), Logger: log,
+			})
+			if err != nil {
+				return err
+			}
+			return a.Run(c.Context)
+		},
+	}
+}
+
+func walCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "wal",
+		Usage: "inspect the WAL archive",
+		Subcommands: []*cli.Command{{
+			Name:  "list",
+			Usage: "per cluster and timeline: the archived range and any gaps",
+			Flags: flagSet(repoFlags(), []cli.Flag{
+				stringFlag("cluster", "system identifier of the cluster to list (default: every cluster)"),
+				&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			}),
+			Action: walList,
+		}},
+	}
+}
+
+// walListJSON is wal list --json's output.
+type walListJSON struct {
+	Clusters []walClusterJSON `json:"clusters"`
+}
+
+type walClusterJSON struct {
+	SystemID       uint64            `json:"system_identifier,string"`
+	SegSize        uint32            `json:"wal_segment_size"`
+	Timelines      []walTimelineJSON `json:"timelines"`
+	Head           string            `json:"head,omitempty"`
+	MissingHistory []pg.TimelineID   `json:"missing_history,omitempty"`
+	Foreign        []string          `json:"foreign_objects,omitempty"`
+	Gaps           int               `json:"gaps"`
+	Segments       uint64            `json:"segments"`
+	Created        *time.Time        `json:"created,omitempty"`
+}
+
+type walTimelineJSON struct {
+	Timeline pg.TimelineID  `json:"timeline"`
+	First    string         `json:"first,omitempty"`
+	Last     string         `json:"last,omitempty"`
+	Segments uint64         `json:"segments"`
+	Gaps     []walRangeJSON `json:"gaps,omitempty"`
+	Partial  []string       `json:"partial,omitempty"`
+	Backup   []string       `json:"backup,omitempty"`
+	History  bool           `json:"history"`
+}
+
+type walRangeJSON struct {
+	First string `json:"first"`
+	Last  string `json:"last"`
+	Count uint64 `json:"count"`
+}
+
+func walList(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	r, arch, err := openWALArchive(c, log, 0)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	var clusters []uint64
+	if s := c.String("cluster"); s != "" {
+		id, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return usageErrorf("--cluster %q: want a system identifier (pg_controldata's \"Database system identifier\")", s)
+		}
+		clusters = []uint64{id}
+	} else if clusters, err = arch.Clusters(c.Context); err != nil {
+		return err
+	}
+	var out walListJSON
+	for _, id := range clusters {
+		l, err := arch.List(c.Context, id)
+		if err != nil {
+			return err
+		}
+		out.Clusters = append(out.Clusters, describeListing(l))
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	return printWALList(c.App.Writer, out)
+}
+
+func describeListing(l *walarchive.Listing) walClusterJSON {
+	cj := walClusterJSON{SystemID: l.Cluster.SystemID, SegSize: l.Cluster.SegSize, MissingHistory: l.MissingHistory(), Foreign: l.Foreign}
+	if !l.Cluster.Created.IsZero() {
+		t := l.Cluster.Created
+		cj.Created = &t
+	}
+	for _, t := range l.Timelines {
+		tj := walTimelineJSON{Timeline: t.Timeline, Segments: t.Count(), Partial: t.Partial, Backup: t.Backup, History: t.History}
+		if n := len(t.Segments); n > 0 {
+			tj.First = l.SegmentName(t.Timeline, t.Segments[0].First)
+			tj.Last = l.SegmentName(t.Timeline, t.Segments[n-1].Last)
+		}
+		for _, g := range t.Gaps() {
+			tj.Gaps = append(tj.Gaps, walRangeJSON{First: l.SegmentName(t.Timeline, g.First), Last: l.SegmentName(t.Timeline, g.Last), Count: g.Count()})
+		}
+		cj.Gaps += len(tj.Gaps)
+		cj.Segments += tj.Segments
+		cj.Timelines = append(cj.Timelines, tj)
+	}
+	if tli, seg, ok := l.Head(); ok {
+		cj.Head = l.SegmentName(tli, seg)
+	}
+	return cj
+}
+
+func printWALList(w io.Writer, out walListJSON) error {
+	if len(out.Clusters) == 0 {
+		_, err := fmt.Fprintln(w, "no WAL archived")
+		return err
+	}
+	var b strings.Builder
+	for _, cl := range out.Clusters {
+		fmt.Fprintf(&b, "cluster %d: %d segments of %s, %d gaps, head %s\n", cl.SystemID, cl.Segments, walSizeString(int64(cl.SegSize)), cl.Gaps, orDash(cl.Head))
+		for _, t := range cl.Timelines {
+			hist := "history archived"
+			if t.Timeline == 1 {
+				hist = "no history file needed"
+			} else if !t.History {
+				hist = "HISTORY FILE MISSING"
+			}
+			fmt.Fprintf(&b, "  timeline %d: %s .. %s, %d segments, %s\n", t.Timeline, orDash(t.First), orDash(t.Last), t.Segments, hist)
+			for _, g := range t.Gaps {
+				fmt.Fprintf(&b, "    gap: %s .. %s (%d missing)\n", g.First, g.Last, g.Count)
+			}
+			for _, p := range t.Partial {
+				fmt.Fprintf(&b, "    partial: %s\n", p)
+			}
+			for _, p := range t.Backup {
+				fmt.Fprintf(&b, "    backup: %s\n", p)
+			}
+		}
+		for _, k := range cl.Foreign {
+			fmt.Fprintf(&b, "  foreign object (not used): %s\n", k)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func walSizeString(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// parseBytes parses a size: a number of bytes, or one with a suffix
+// K/KB/KiB, M/MB/MiB, G/GB/GiB (all powers of 1024).
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	units := []struct {
+		suffix string
+		m      int64
+	}{{"KiB", 1 << 10}, {"KB", 1 << 10}, {"K", 1 << 10}, {"k", 1 << 10},
+		{"MiB", 1 << 20}, {"MB", 1 << 20}, {"M", 1 << 20},
+		{"GiB", 1 << 30}, {"GB", 1 << 30}, {"G", 1 << 30}}
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 256MiB)", s)
+	}
+	return n * mult, nil
+}

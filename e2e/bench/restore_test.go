@@ -1,0 +1,292 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/internal/testenv"
+)
+
+// TestBenchRestore measures restore side by side with pgBackRest 2.45 on
+// pgbench scale 100 plus a 10-million-row md5 table, both repositories in
+// one MinIO over TLS: a full backup's restore, the restore of the newest of
+// a full and three incrementals, a delta restore of a copy where about 1%
+// of the pages differ, and the time from restore --target-time to a
+// promoted server replaying at least 1 GiB of WAL, with and without
+// wal-fetch's prefetch, with the time recovery waited on restore_command.
+//
+// About 20 minutes on 2 cores. TIDEMARK_BENCH_SCALE, TIDEMARK_BENCH_ROWS
+// and TIDEMARK_BENCH_WAL_MIB shrink it for a try-out.
+func TestBenchRestore(t *testing.T) {
+	Enabled(t)
+	scale := backupBenchInt(t, "TIDEMARK_BENCH_SCALE", 100)
+	rows := backupBenchInt(t, "TIDEMARK_BENCH_ROWS", 10_000_000)
+	walWant := int64(backupBenchInt(t, "TIDEMARK_BENCH_WAL_MIB", 1088)) << 20
+
+	srv := testenv.MinIOTLS(t)
+	tm := NewTidemark(t, srv, srv.NewBucket(t))
+	// Load with archiving idle (WAL before the first backup is never
+	// needed); archive into both repositories from then on.
+	c := testenv.NewCluster(t, testenv.PGConfig{Version: 15, Env: srv.Env(), Settings: map[string]string{
+		"archive_mode": "on", "archive_command": "true", "max_wal_size": "4GB", "shared_buffers": "256MB",
+	}})
+	t.Logf("loading pgbench scale %d and %d md5 rows", scale, rows)
+	testenv.PGBenchInit(t, c, scale)
+	testenv.LoadRandomTable(t, c, "md5", rows)
+	c.Exec(t, "CHECKPOINT")
+	size := c.QueryString(t, "SELECT sum(pg_database_size(datname)) FROM pg_database")
+	br := NewPGBackRest(t, srv, srv.NewBucket(t), c, PGBackRestOptions{Extra: map[string]string{
+		"repo1-bundle": "y", "repo1-block": "y", "beta": "y", "archive-timeout": "600",
+	}})
+	push := fmt.Sprintf("%s wal-push --repo %s --identity %s %%p", tm.Bin, shellQuote(strings.ReplaceAll(tm.URL, "%", "%%")), tm.Identity)
+	c.Exec(t, "ALTER SYSTEM SET archive_command = "+restoreSQLLiteral(br.ArchiveCommand()+" && "+push))
+	c.Exec(t, "SELECT pg_reload_conf()")
+	rb := &restoreBench{t: t, c: c, tm: tm, br: br, shared: testenv.SharedDir(t)}
+	rb.switchAndWait()
+
+	tab := &Table{Title: "restore: pgbench scale " + strconv.Itoa(scale) + " + " + strconv.Itoa(rows) + " md5 rows, MinIO over TLS (seconds unless noted)",
+		Columns: []string{"tidemark", "pgBackRest"}, Ratios: [][2]int{{0, 1}}}
+	n, _ := strconv.ParseInt(size, 10, 64)
+	tab.Add("data (MiB)", "%.0f", MiB(n), MiB(n))
+
+	tmB := rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString(), "--full")
+	brB := rb.pgbackrest("backup", "--type=full")
+	tab.Add("full backup", "%.1f", tmB.Wall.Seconds(), brB.Wall.Seconds())
+	tmR, brR := rb.restorePair("full", false)
+	tab.Add("restore of the full backup", "%.1f", tmR.Wall.Seconds(), brR.Wall.Seconds())
+	tab.Add("  peak RSS of the process tree (MiB)", "%.0f", MiB(tmR.PeakTreeRSS), MiB(brR.PeakTreeRSS))
+
+	for i := range 3 {
+		testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: 2, Jobs: 2, Transactions: 10000, Builtin: "simple-update"})
+		testenv.UpdateRandomRows(t, c, "md5", 0.01)
+		a := rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())
+		b := rb.pgbackrest("backup", "--type=incr")
+		tab.Add(fmt.Sprintf("incremental backup %d", i+1), "%.1f", a.Wall.Seconds(), b.Wall.Seconds())
+	}
+	tmI, brI := rb.restorePair("incr", false)
+	tab.Add("restore after 3 incrementals", "%.1f", tmI.Wall.Seconds(), brI.Wall.Seconds())
+	tmD, brD := rb.restorePair("delta", true)
+	tab.Add("delta restore, ~1% of pages differ", "%.1f", tmD.Wall.Seconds(), brD.Wall.Seconds())
+	tab.Add("  delta / full restore (target <= 0.2)", "%.2f", tmD.Wall.Seconds()/tmI.Wall.Seconds(), brD.Wall.Seconds()/brI.Wall.Seconds())
+	tab.Add("  tidemark fetched (MiB)", "%.1f", MiB(rb.lastFetched), math.NaN())
+
+	// At least 1 GiB of WAL after the newest backup: updates of a quarter
+	// of the md5 table at a time (new tuples and full-page images).
+	start := pgLSN(t, c.QueryString(t, "SELECT pg_current_wal_lsn()"))
+	for k := 0; pgLSN(t, c.QueryString(t, "SELECT pg_current_wal_lsn()"))-start < walWant; k++ {
+		c.Exec(t, "UPDATE md5 SET payload = md5(payload) WHERE id % 4 = $1", k%4)
+	}
+	walBytes := pgLSN(t, c.QueryString(t, "SELECT pg_current_wal_lsn()")) - start
+	c.Exec(t, "CREATE TABLE pitr_mark (at timestamptz)")
+	c.Exec(t, "INSERT INTO pitr_mark VALUES (clock_timestamp())")
+	target := c.QueryString(t, "SELECT clock_timestamp()")
+	c.Exec(t, "INSERT INTO pitr_mark VALUES (clock_timestamp())")
+	rb.switchAndWait()
+	tab.Add("WAL replayed by PITR (MiB)", "%.0f", MiB(walBytes), math.NaN())
+	for _, prefetch := range []bool{true, false} {
+		r := rb.pitr(target, prefetch)
+		what := map[bool]string{true: "with prefetch", false: "without prefetch (--no-spool)"}[prefetch]
+		tab.Add("PITR to promoted server, "+what, "%.1f", r.total.Seconds(), math.NaN())
+		tab.Add("  recovery waited on restore_command", "%.1f", r.wait.Seconds(), math.NaN())
+		tab.Add("  restore_command calls", "%.0f", float64(r.calls), math.NaN())
+		tab.Add("  per call p50 / p99 after the first 3 (ms)", "%.0f", Millis(r.p50), Millis(r.p99))
+	}
+	var out bytes.Buffer
+	tab.Print(&out)
+	t.Log(out.String())
+	fmt.Print(out.String())
+}
+
+// restoreBench holds what the restore benchmark's steps share.
+type restoreBench struct {
+	t           *testing.T
+	c           *testenv.Cluster
+	tm          *Tidemark
+	br          *PGBackRest
+	shared      string // directories the server user may use
+	lastFetched int64  // bytes the last tidemark restore fetched
+}
+
+func (b *restoreBench) tidemark(args ...string) Measurement {
+	b.t.Helper()
+	cmd := exec.CommandContext(b.t.Context(), b.tm.Bin, append(args, "--log-level", "warn")...)
+	cmd.Env = append(os.Environ(), b.tm.Env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	m := Measure(cmd)
+	if m.Err != nil {
+		b.t.Fatalf("tidemark %s: %v\n%s", strings.Join(args, " "), m.Err, out.String())
+	}
+	if args[0] == "restore" {
+		b.t.Logf("tidemark %s: %s\n%s", args[0], m.Wall.Round(10*time.Millisecond), out.String())
+		b.lastFetched = parseFetched(out.String())
+	}
+	return m
+}
+
+func (b *restoreBench) pgbackrest(args ...string) Measurement {
+	b.t.Helper()
+	cmd := b.br.Command(b.t.Context(), b.c, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	m := Measure(cmd)
+	if m.Err != nil {
+		b.t.Fatalf("pgbackrest %s: %v\n%s", strings.Join(args, " "), m.Err, out.String())
+	}
+	return m
+}
+
+// restorePair restores the newest backup with each tool into a fresh
+// directory and times it. With delta, each first restores a copy, starts
+// it, changes about 1% of its pages and stops it; the timed restore is
+// then --delta over the copy.
+func (b *restoreBench) restorePair(name string, delta bool) (Measurement, Measurement) {
+	t := b.t
+	tmDir, brDir := filepath.Join(b.shared, name+"-tm"), filepath.Join(b.shared, name+"-br")
+	defer os.RemoveAll(tmDir)
+	defer os.RemoveAll(brDir)
+	os.Mkdir(brDir, 0o700)
+	testenv.ChownToServer(t, brDir)
+	tmArgs := []string{"restore", "--pgdata", tmDir, "--target", "immediate", "--target-action", "promote"}
+	brArgs := []string{"restore", "--pg1-path=" + brDir, "--type=immediate", "--target-action=promote"}
+	if delta {
+		b.tidemark(tmArgs...)
+		b.pgbackrest(brArgs...)
+		b.diverge(tmDir)
+		b.diverge(brDir)
+		tmArgs = append(tmArgs, "--delta")
+		brArgs = append(brArgs, "--delta")
+	}
+	return b.tidemark(tmArgs...), b.pgbackrest(brArgs...)
+}
+
+// diverge starts a restored directory, changes about 1% of the pages of the
+// two big tables (a contiguous 1% of their rows) and stops it.
+func (b *restoreBench) diverge(dir string) {
+	t := b.t
+	c := testenv.AdoptDataDir(t, 15, dir, testenv.PGConfig{Env: b.tm.Env, Settings: map[string]string{"archive_mode": "off"}})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	if err := c.WaitRecoveryDone(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, "UPDATE md5 SET payload = md5(payload) WHERE id <= (SELECT max(id) / 100 FROM md5)")
+	c.Exec(t, "UPDATE pgbench_accounts SET filler = 'diverged' WHERE aid <= (SELECT max(aid) / 100 FROM pgbench_accounts)")
+	c.Exec(t, "CHECKPOINT")
+	c.Stop()
+}
+
+// switchAndWait completes the current segment and waits until both
+// repositories have it.
+func (b *restoreBench) switchAndWait() {
+	t, c := b.t, b.c
+	c.Exec(t, "SELECT pg_logical_emit_message(false, 'bench', 'switch')")
+	seg := c.QueryString(t, "SELECT pg_walfile_name(pg_switch_wal())")
+	deadline := time.Now().Add(15 * time.Minute)
+	for {
+		last := c.QueryString(t, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+		if len(last) >= 24 && last[:24] >= seg {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("segment %s not archived (last %s)", seg, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+type pitrResult struct {
+	total, wait time.Duration
+	p50, p99    time.Duration
+	calls       int
+}
+
+// pitr restores to target, starts the server and waits until it promoted,
+// with restore_command timed call by call.
+func (b *restoreBench) pitr(target string, prefetch bool) pitrResult {
+	t := b.t
+	dir := filepath.Join(b.shared, fmt.Sprintf("pitr-%v", prefetch))
+	defer os.RemoveAll(dir)
+	defer os.RemoveAll(dir + ".tidemark-spool")
+	ct, err := NewCommandTimer(testenv.SharedDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	b.tidemark("restore", "--pgdata", dir, "--target-time", target, "--target-action", "promote")
+	auto := filepath.Join(dir, "postgresql.auto.conf")
+	conf, err := os.ReadFile(auto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(conf), "restore_command = '", "restore_command = '"+ct.Script+" ", 1)
+	if !prefetch {
+		s = strings.Replace(s, " wal-fetch ", " wal-fetch --no-spool ", 1)
+	}
+	if err := os.WriteFile(auto, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := testenv.AdoptDataDir(t, 15, dir, testenv.PGConfig{Env: b.tm.Env, Settings: map[string]string{"archive_mode": "off"}})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Minute)
+	defer cancel()
+	if err := c.WaitRecoveryDone(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := pitrResult{total: time.Since(start)}
+	if n := c.QueryString(t, "SELECT count(*) FROM pitr_mark"); n != "1" {
+		t.Errorf("PITR landed with %s marker rows, want 1", n)
+	}
+	c.Stop()
+	calls, err := ct.Calls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warm []time.Duration
+	for i, call := range calls {
+		res.wait += call.Duration()
+		if i >= 3 {
+			warm = append(warm, call.Duration())
+		}
+	}
+	res.calls = len(calls)
+	res.p50, res.p99 = Percentile(warm, 50), Percentile(warm, 99)
+	return res
+}
+
+// parseFetched reads "fetched N MiB" from restore's output, in bytes.
+func parseFetched(out string) int64 {
+	i := strings.Index(out, "fetched ")
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(out[i+len("fetched "):])
+	if len(f) < 2 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	mult := map[string]float64{"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[strings.TrimSuffix(f[1], ";")]
+	return int64(v * mult)
+}
+
+func pgLSN(t *testing.T, s string) int64 {
+	hi, lo, ok := strings.Cut(s, "/")
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if !ok || errors.Join(err1, err2) != nil {
+		t.Fatalf("LSN %q", s)
+	}
+	return int64(h<<32 | l)
+}
+
+// restoreSQLLiteral quotes a string as an SQL literal.
+func restoreSQLLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -1,0 +1,419 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/internal/testenv"
+)
+
+// Settings of the WAL benchmark. TIDEMARK_BENCH_WAL_LOAD (a Go duration) and
+// TIDEMARK_BENCH_WAL_BACKLOG (segments) shrink it for a try-out.
+const (
+	walSegSize         = 16 << 20 // PostgreSQL's default
+	defaultBacklogSegs = 48       // segments queued before the saturation run
+	defaultWALLoad     = 30 * time.Second
+)
+
+// walSetup is one way of archiving under test.
+type walSetup struct {
+	name string
+	// command is archive_command; agent starts what must run beside
+	// PostgreSQL (nil for none) and returns its stop function and pid.
+	command func(t *testing.T, c *testenv.Cluster) string
+	agent   func(t *testing.T, c *testenv.Cluster) (stop func(), pid int)
+	// push is one synchronous push of a file, for the single-push
+	// measurement (nil: not measured for this setup).
+	push func(ctx context.Context, c *testenv.Cluster, file string) *exec.Cmd
+	// version runs the tool doing nothing: the floor of any call's
+	// latency on this machine under this load.
+	version func(ctx context.Context, c *testenv.Cluster) *exec.Cmd
+}
+
+// walResult is what one setup achieved.
+type walResult struct {
+	p50, p99     time.Duration
+	floor        time.Duration
+	loadAvg      float64 // the machine's 1-minute load average at the end of the load
+	calls        int
+	failedCalls  int
+	segsPerSec   float64
+	drainSegs    int
+	maxLag       int64
+	walMBps      float64
+	agentRSS     int64
+	push         Measurement
+	pushMeasured bool
+}
+
+// TestBenchWAL compares WAL archiving to MinIO over TLS under one pgbench
+// write load on PostgreSQL 15 (16 MiB segments): tidemark synchronous,
+// tidemark with its agent, pgBackRest archive-push synchronous and
+// asynchronous (process-max 2). For each it measures
+//   - archive_command latency per call (p50, p99) while pgbench writes as
+//     fast as this machine lets it, and the largest archive lag then
+//     (segments completed but not yet reported archived, sampled every
+//     100 ms from pg_stat_archiver);
+//   - archived segments per second at saturation: a backlog of 48 ready
+//     segments (of real pgbench WAL) built with archive_command empty, then
+//     drained;
+//   - one synchronous push of a 16 MiB segment (wall time, peak RSS).
+func TestBenchWAL(t *testing.T) {
+	Enabled(t)
+	load := defaultWALLoad
+	if s := os.Getenv("TIDEMARK_BENCH_WAL_LOAD"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("TIDEMARK_BENCH_WAL_LOAD: %v", err)
+		}
+		load = d
+	}
+	backlog := defaultBacklogSegs
+	if s := os.Getenv("TIDEMARK_BENCH_WAL_BACKLOG"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("TIDEMARK_BENCH_WAL_BACKLOG=%q: want a number of segments", s)
+		}
+		backlog = n
+	}
+	srv := testenv.MinIOTLS(t)
+
+	var tm *Tidemark
+	var pgbr *PGBackRest
+	setups := []walSetup{
+		{
+			name:    "tidemark sync",
+			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return c.Command(ctx, tm.Bin, "version") },
+			command: func(t *testing.T, c *testenv.Cluster) string { return tm.ArchiveCommand() },
+			push: func(ctx context.Context, c *testenv.Cluster, file string) *exec.Cmd {
+				cmd := c.Command(ctx, tm.Bin, "wal-push", "--no-agent", file)
+				cmd.Dir = c.DataDir
+				return cmd
+			},
+		},
+		{
+			name:    "tidemark agent",
+			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return c.Command(ctx, tm.Bin, "version") },
+			command: func(t *testing.T, c *testenv.Cluster) string { return tm.ArchiveCommand() },
+			agent: func(t *testing.T, c *testenv.Cluster) (func(), int) {
+				cmd := c.Command(context.Background(), tm.Bin, "agent", "--pgdata", c.DataDir)
+				logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cmd.Stdout, cmd.Stderr = logf, logf
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				sock := filepath.Join(c.DataDir, "tidemark-agent.sock")
+				deadline := time.Now().Add(time.Minute)
+				for {
+					if _, err := os.Stat(sock); err == nil {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("the agent did not start (log %s)", logf.Name())
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				return func() {
+					cmd.Process.Signal(syscall.SIGTERM)
+					cmd.Wait()
+					logf.Close()
+				}, cmd.Process.Pid
+			},
+		},
+		{
+			name:    "pgBackRest sync",
+			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return pgbr.Command(ctx, c, "version") },
+			command: func(t *testing.T, c *testenv.Cluster) string {
+				pgbr = newPGBR(t, srv, c, false)
+				return pgbr.ArchiveCommand()
+			},
+			push: func(ctx context.Context, c *testenv.Cluster, file string) *exec.Cmd {
+				cmd := pgbr.Command(ctx, c, "archive-push", file)
+				cmd.Dir = c.DataDir
+				return cmd
+			},
+		},
+		{
+			name:    "pgBackRest async",
+			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return pgbr.Command(ctx, c, "version") },
+			command: func(t *testing.T, c *testenv.Cluster) string {
+				pgbr = newPGBR(t, srv, c, true)
+				return pgbr.ArchiveCommand()
+			},
+		},
+	}
+	results := make([]walResult, len(setups))
+	for i, s := range setups {
+		t.Run(strings.ReplaceAll(s.name, " ", "-"), func(t *testing.T) {
+			tm = NewTidemark(t, srv, srv.NewBucket(t))
+			results[i] = benchWALSetup(t, s, tm.Env, load, backlog)
+		})
+	}
+
+	tab := Table{
+		Title: fmt.Sprintf("WAL archiving, PostgreSQL 15, 16 MiB segments, MinIO over TLS on loopback, %d cores; "+
+			"load: pgbench -c 4 -j 2 inserting 100-row batches for %v", runtimeCPUs(), load),
+		Columns: []string{"tidemark sync", "tidemark agent", "pgBackRest sync", "pgBackRest async"},
+		Ratios:  [][2]int{{0, 2}, {1, 3}},
+	}
+	col := func(f func(r walResult) float64) []float64 {
+		out := make([]float64, len(results))
+		for i, r := range results {
+			out[i] = f(r)
+		}
+		return out
+	}
+	tab.Add("archive_command p50 (ms)", "%.1f", col(func(r walResult) float64 { return Millis(r.p50) })...)
+	tab.Add("archive_command p99 (ms)", "%.1f", col(func(r walResult) float64 { return Millis(r.p99) })...)
+	tab.Add("start-up floor under load, p50 (ms)", "%.1f", col(func(r walResult) float64 { return Millis(r.floor) })...)
+	tab.Add("machine load average at the end of the load", "%.1f", col(func(r walResult) float64 { return r.loadAvg })...)
+	tab.Add("calls under load", "%.0f", col(func(r walResult) float64 { return float64(r.calls) })...)
+	tab.Add("failed calls", "%.0f", col(func(r walResult) float64 { return float64(r.failedCalls) })...)
+	tab.Add("WAL written under load (MB/s)", "%.1f", col(func(r walResult) float64 { return r.walMBps })...)
+	tab.Add("max archive lag (segments)", "%.0f", col(func(r walResult) float64 { return float64(r.maxLag) })...)
+	tab.Add(fmt.Sprintf("segments/s draining %d", backlog), "%.2f", col(func(r walResult) float64 { return r.segsPerSec })...)
+	tab.Add("agent peak RSS (MiB)", "%.0f", col(func(r walResult) float64 {
+		if r.agentRSS == 0 {
+			return math.NaN()
+		}
+		return MiB(r.agentRSS)
+	})...)
+	var sb strings.Builder
+	tab.Print(&sb)
+
+	push := Table{Title: "one synchronous push of a 16 MiB segment (wall, peak RSS of the process tree)",
+		Columns: []string{"tidemark wal-push", "pgbackrest archive-push"}, Ratios: [][2]int{{0, 1}}}
+	pushCol := func(f func(m Measurement) float64) []float64 {
+		return []float64{f(results[0].push), f(results[2].push)}
+	}
+	push.Add("wall (ms)", "%.0f", pushCol(func(m Measurement) float64 { return Millis(m.Wall) })...)
+	push.Add("peak tree RSS (MiB)", "%.0f", pushCol(func(m Measurement) float64 { return MiB(m.PeakTreeRSS) })...)
+	push.Print(&sb)
+	t.Log(sb.String())
+	fmt.Print(sb.String())
+}
+
+// loadAverage is the 1-minute load average: anything else running on the
+// machine shows here, and makes latencies worth nothing.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return math.NaN()
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
+	return f
+}
+
+func runtimeCPUs() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), "processor\t:")
+}
+
+func newPGBR(t *testing.T, srv *testenv.S3Server, c *testenv.Cluster, async bool) *PGBackRest {
+	return NewPGBackRest(t, srv, srv.NewBucket(t), c, PGBackRestOptions{Async: async, ProcessMax: 2})
+}
+
+func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, backlog int) walResult {
+	var res walResult
+	c := testenv.NewCluster(t, testenv.PGConfig{
+		Version: 15,
+		Settings: map[string]string{
+			"archive_mode":       "on",
+			"archive_command":    "", // WAL accumulates until the command is set
+			"max_wal_size":       "8GB",
+			"checkpoint_timeout": "30min",
+		},
+		Env: env,
+	})
+	timer, err := NewCommandTimer(testenv.SharedDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	command := timer.Script + " " + s.command(t, c)
+
+	// Saturation: a backlog of ready segments, then drain it.
+	c.Exec(t, "CREATE TABLE walbench (id bigint, payload text)")
+	for readySegments(t, c) < backlog {
+		runLoad(t, c, 5*time.Second)
+	}
+	c.Exec(t, "CHECKPOINT")
+	ready := readyNames(t, c)
+	res.drainSegs = len(ready)
+	last := ready[len(ready)-1]
+
+	if s.push != nil {
+		// One push, out of band, of the newest ready segment: PostgreSQL
+		// pushes it again later, which both tools accept as identical.
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+		res.push = Measure(s.push(ctx, c, filepath.Join("pg_wal", last)))
+		cancel()
+		if res.push.Err != nil {
+			t.Fatalf("single push: %v", res.push.Err)
+		}
+		res.pushMeasured = true
+	}
+
+	var stopAgent func()
+	var rss *RSSSampler
+	start := time.Now()
+	if s.agent != nil {
+		var pid int
+		stopAgent, pid = s.agent(t, c)
+		rss = SampleRSS(pid)
+		defer func() {
+			if stopAgent != nil {
+				stopAgent()
+			}
+		}()
+	}
+	setArchiveCommand(t, c, command)
+	waitArchivedName(t, c, last, 10*time.Minute)
+	drain := time.Since(start)
+	res.segsPerSec = float64(res.drainSegs) / drain.Seconds()
+	t.Logf("%s: drained %d segments in %v (%.2f/s)", s.name, res.drainSegs, drain.Round(time.Millisecond), res.segsPerSec)
+
+	// Latency and lag under load.
+	lsn0 := c.QueryString(t, "SELECT pg_current_wal_lsn()")
+	lag := SampleLag(t, c, walSegSize, 100*time.Millisecond)
+	floorDone := make(chan []time.Duration)
+	floorCtx, stopFloor := context.WithCancel(t.Context())
+	go func() {
+		// The tool started for nothing, once a second, under the same load.
+		var ds []time.Duration
+		for floorCtx.Err() == nil {
+			if m := Measure(s.version(floorCtx, c)); m.Err == nil {
+				ds = append(ds, m.Wall)
+			}
+			select {
+			case <-floorCtx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		floorDone <- ds
+	}()
+	loadStart := time.Now()
+	runLoad(t, c, load)
+	loadEnd := time.Now()
+	res.loadAvg = loadAverage()
+	stopFloor()
+	res.floor = Percentile(<-floorDone, 50)
+	bytes := c.QueryString(t, "SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn0)
+	res.maxLag, _ = lag.Stop()
+	if n, err := strconv.ParseFloat(bytes, 64); err == nil {
+		res.walMBps = n / 1e6 / loadEnd.Sub(loadStart).Seconds()
+	}
+	if rss != nil {
+		res.agentRSS = rss.Stop()
+	}
+	calls, err := timer.Calls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []time.Duration
+	for _, call := range calls {
+		if call.Start.Before(loadStart) || call.Start.After(loadEnd) {
+			continue
+		}
+		if call.Status != 0 {
+			res.failedCalls++
+			continue
+		}
+		ds = append(ds, call.Duration())
+	}
+	res.calls = len(ds)
+	res.p50, res.p99 = Percentile(ds, 50), Percentile(ds, 99)
+	t.Logf("%s: %d calls under load, p50 %v, p99 %v, max lag %d segments, WAL %.1f MB/s",
+		s.name, res.calls, res.p50, res.p99, res.maxLag, res.walMBps)
+	// Stop PostgreSQL before the S3 server and the agent. Immediately: a
+	// clean shutdown waits for the archiver to push the whole backlog a
+	// slow setup has left (and pgBackRest's retries would hang it once the
+	// S3 server is gone).
+	c.StopImmediate()
+	return res
+}
+
+// walLoad is the pgbench script of the load: batches of inserted rows, as
+// a bulk load or an ingest pipeline writes them. It is the most WAL per
+// second pgbench makes on this machine (about 50 MB/s on 2 cores, against
+// about 10 for the built-in simple-update), which is what archiving must
+// keep up with; the md5 text compresses about as well as real WAL.
+const walLoad = `\set id random(1, 1000000000)
+INSERT INTO walbench SELECT :id + g, repeat(md5((:id + g)::text), 4) FROM generate_series(1, 100) g;
+`
+
+// runLoad runs the load against c for d.
+func runLoad(t *testing.T, c *testenv.Cluster, d time.Duration) {
+	t.Helper()
+	script := filepath.Join(testenv.SharedDir(t), "walload.sql")
+	if err := os.WriteFile(script, []byte(walLoad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), d+5*time.Minute)
+	defer cancel()
+	cmd := c.Command(ctx, c.ClientBin("pgbench"), "-n", "-f", script, "-c", "4", "-j", "2",
+		"-T", strconv.Itoa(int(max(d, time.Second)/time.Second)), "postgres")
+	if err := Run(cmd); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setArchiveCommand(t *testing.T, c *testenv.Cluster, command string) {
+	t.Helper()
+	c.Exec(t, "ALTER SYSTEM SET archive_command = "+sqlString(command))
+	c.Exec(t, "SELECT pg_reload_conf()")
+}
+
+func sqlString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// readyNames lists the segments waiting in archive_status, oldest first.
+func readyNames(t *testing.T, c *testenv.Cluster) []string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(c.DataDir, "pg_wal", "archive_status", "*.ready"))
+	var out []string
+	for _, p := range m {
+		n := strings.TrimSuffix(filepath.Base(p), ".ready")
+		if len(n) == 24 {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no ready segments")
+	}
+	return out
+}
+
+func readySegments(t *testing.T, c *testenv.Cluster) int {
+	m, _ := filepath.Glob(filepath.Join(c.DataDir, "pg_wal", "archive_status", "*.ready"))
+	return len(m)
+}
+
+func waitArchivedName(t *testing.T, c *testenv.Cluster, name string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		var last string
+		c.QueryRow(t, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").Scan(&last)
+		if len(last) >= 24 && last[:24] >= name {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not archived after %v (last %q)", name, limit, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/tidemarkdb/tidemark/internal/testenv"
+)
+
+// TestVerifySubsetRotation: four runs of --read-data-subset 25% read every
+// pack exactly once; the fifth starts a new cycle. The rotation lives in the
+// repository, so it is shared by every host that verifies.
+func TestVerifySubsetRotation(t *testing.T) {
+	e := backupEnv(t, true, 128<<10)
+	c := e.backupCluster(15, nil)
+	testenv.LoadRandomTable(t, c, "data", 30000)
+	e.backup(c)
+	testenv.UpdateRandomRows(t, c, "data", 0.3)
+	e.backup(c)
+
+	all := append(e.keys("data/"), e.keys("meta/")...)
+	slices.Sort(all)
+	if len(all) < 12 {
+		t.Fatalf("only %d packs: the test needs more", len(all))
+	}
+	var read []string
+	for i := range 4 {
+		rep := e.verify(0, "--read-data-subset", "25%")
+		if rep.Subset == nil || rep.Subset.Cycle != 1 || rep.Subset.CycleComplete != (i == 3) {
+			t.Fatalf("run %d: subset %+v", i+1, rep.Subset)
+		}
+		if rep.Stats.PacksRead != len(rep.ReadPacks) || !strings.Contains(strings.Join(rep.Checked, " "), "share") {
+			t.Fatalf("run %d does not say what it read: %+v %v", i+1, rep.Stats, rep.Checked)
+		}
+		read = append(read, rep.ReadPacks...)
+	}
+	slices.Sort(read)
+	if strings.Join(read, " ") != strings.Join(all, " ") {
+		t.Fatalf("four runs of 25%% read %d packs (%d distinct); the repository has %d: each must be read exactly once",
+			len(read), len(slices.Compact(slices.Clone(read))), len(all))
+	}
+	if rep := e.verify(0, "--read-data-subset", "25%"); rep.Subset.Cycle != 2 || rep.Subset.From != 0 {
+		t.Fatalf("fifth run: %+v", rep.Subset)
+	}
+}
+
+// TestVerifyMissingHistory: archiving turned on after a promotion leaves
+// the new timeline without its history file in the archive (PostgreSQL
+// marks it ready only while archiving is on). Verify reports it, naming
+// the file and the snapshot on that timeline.
+func TestVerifyMissingHistory(t *testing.T) {
+	e := backupEnv(t, false, 0)
+	c := e.backupCluster(15, nil)
+	c.Exec(t, "CREATE TABLE t (i int); INSERT INTO t VALUES (1)")
+	e.backup(c)
+	switchAndWait(t, c)
+	e.verify(0)
+
+	// A restore promoted with archiving off: timeline 2, whose history
+	// file is never archived.
+	dir := e.target("promoted")
+	e.restore(dir, "--target", "immediate", "--target-action", "promote")
+	p := e.start(15, dir, false)
+	waitRecovered(t, p)
+	p.Exec(t, "CHECKPOINT")
+	p.Stop()
+	// Archiving on from now.
+	p = e.start(15, dir, true)
+	if tli := p.QueryString(t, "SELECT timeline_id FROM pg_control_checkpoint()"); tli != "2" {
+		t.Fatalf("promoted to timeline %s", tli)
+	}
+	p.Exec(t, "INSERT INTO t VALUES (2)")
+	s := e.backup(p)
+	switchAndWait(t, p)
+
+	rep := e.verify(6)
+	found := false
+	for _, pr := range rep.Problems {
+		if pr.Kind == "history" && strings.HasSuffix(pr.Object, "00000002.history") && strings.Contains(pr.Message, "no history file") {
+			found = slices.ContainsFunc(pr.Snapshots, func(k string) bool { return strings.HasSuffix(k, s.ID) })
+		}
+	}
+	if !found {
+		t.Fatalf("verify does not report the missing 00000002.history with snapshot %s: %+v", s.ID, rep.Problems)
+	}
+	// Archiving the file by hand fixes it.
+	r := e.run(p, "wal-push", "--repo", e.url, "--identity", e.identity, "pg_wal/00000002.history")
+	if r.code != 0 {
+		t.Fatalf("wal-push of the history file: %d %s", r.code, r.stderr)
+	}
+	e.verify(0)
+}
+
+// run runs tidemark as the server user in c's data directory.
+func (e *restoreEnv) run(c *testenv.Cluster, args ...string) result {
+	e.t.Helper()
+	cmd := c.Command(e.t.Context(), e.bin, args...)
+	cmd.Dir = c.DataDir
+	cmd.Env = append(cmd.Env, e.env...)
+	out, err := cmd.CombinedOutput()
+	res := result{stdout: string(out), stderr: string(out)}
+	if err != nil {
+		res.code = cmd.ProcessState.ExitCode()
+		if res.code == 0 {
+			res.code = -1
+		}
+	}
+	return res
+}
