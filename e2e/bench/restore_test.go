@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -101,10 +102,42 @@ func TestBenchRestore(t *testing.T) {
 		tab.Add("  restore_command calls", "%.0f", float64(r.calls), math.NaN())
 		tab.Add("  per call p50 / p99 after the first 3 (ms)", "%.0f", Millis(r.p50), Millis(r.p99))
 	}
+	// A drill of the newest backup to the same target: restore, replay,
+	// pg_amcheck, checksums of every page, clean-up.
+	d, rep := rb.drill(target)
+	tab.Add("drill to the PITR target: whole run", "%.1f", d.Wall.Seconds(), math.NaN())
+	tab.Add("  time to recover (restore + replay)", "%.1f", rep.RecoverSeconds, math.NaN())
+	tab.Add("  restore / replay", "%.1f", rep.RestoreSeconds, rep.ReplaySeconds)
 	var out bytes.Buffer
 	tab.Print(&out)
 	t.Log(out.String())
 	fmt.Print(out.String())
+}
+
+// drillReport is the part of tidemark drill --json the benchmark reads.
+type drillReport struct {
+	OK             bool    `json:"ok"`
+	Reason         string  `json:"reason"`
+	RestoreSeconds float64 `json:"restore_seconds"`
+	ReplaySeconds  float64 `json:"replay_seconds"`
+	RecoverSeconds float64 `json:"recover_seconds"`
+}
+
+// drill runs tidemark drill of the newest backup to target in the shared
+// directory and returns its measurement and report.
+func (b *restoreBench) drill(target string) (Measurement, drillReport) {
+	t := b.t
+	cmd := exec.CommandContext(t.Context(), b.tm.Bin, "drill", "--json", "--target-time", target,
+		"--scratch-dir", b.shared, "--log-level", "warn")
+	cmd.Env = append(os.Environ(), b.tm.Env...)
+	var out, errs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errs
+	m := Measure(cmd)
+	var rep drillReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || m.Err != nil || !rep.OK {
+		t.Fatalf("tidemark drill: %v (report: %v, %s)\n%s%s", m.Err, err, rep.Reason, out.String(), errs.String())
+	}
+	return m, rep
 }
 
 // restoreBench holds what the restore benchmark's steps share.
