@@ -70,6 +70,10 @@ func TestBenchRestore(t *testing.T) {
 	for i := range 3 {
 		testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: 2, Jobs: 2, Transactions: 10000, Builtin: "simple-update"})
 		testenv.UpdateRandomRows(t, c, "md5", 0.01)
+		// Both tools wait for their stop segment to be archived; let the
+		// archiver catch up first so that whichever runs first does not
+		// absorb the other's backlog (one archive_command feeds both).
+		rb.switchAndWait()
 		a := rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())
 		b := rb.pgbackrest("backup", "--type=incr")
 		tab.Add(fmt.Sprintf("incremental backup %d", i+1), "%.1f", a.Wall.Seconds(), b.Wall.Seconds())
