@@ -421,8 +421,13 @@ func (b *run) confirmWAL(ctx context.Context, s *repo.Snapshot, h pg.History) er
 	// archive_command usually needs a fraction of a second for the last
 	// segment: poll fast at first.
 	poll := 50 * time.Millisecond
+	// Through the byte at stop, not just before it: a standby's stop can
+	// fall on a segment boundary, and recovery then reads the next record,
+	// in the next segment, before it can stop at consistency (--target
+	// immediate failed with "recovery ended before the target" until the
+	// primary archived it).
 	for {
-		missing, err := b.opts.WAL.CheckRange(ctx, s.Cluster, h, pg.LSN(s.StartLSN), pg.LSN(s.StopLSN))
+		missing, err := b.opts.WAL.CheckRange(ctx, s.Cluster, h, pg.LSN(s.StartLSN), pg.LSN(s.StopLSN)+1)
 		if err == nil && len(missing) == 0 {
 			return nil
 		}
