@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
@@ -292,10 +294,19 @@ func (s *S3Server) NewBucket(t testing.TB) string {
 	name := bucketName(t.Name(), s.buckets.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
-		t.Fatalf("create bucket %s on %s: %v", name, s.name, err)
+	for {
+		_, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
+		if err == nil {
+			return name
+		}
+		// MinIO reports ready before its object layer takes requests and
+		// answers 503 meanwhile (seen in CI); wait that out, up to ctx.
+		var re *awshttp.ResponseError
+		if !errors.As(err, &re) || re.HTTPStatusCode() != http.StatusServiceUnavailable || ctx.Err() != nil {
+			t.Fatalf("create bucket %s on %s: %v", name, s.name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return name
 }
 
 // bucketName makes a valid bucket name (3-63 of [a-z0-9-]) that says which
