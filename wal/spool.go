@@ -30,7 +30,8 @@ import (
 //	list/<dir>.json    a listing of one archive directory and when it was made
 //	seg/<name>         a prefetched file, verified, decrypted
 //	seg/<name>.meta    the record of the object it came from (with its MAC),
-//	                   the object's key, size and time, and the restore
+//	                   the object's key, size and time, the restore, and the
+//	                   BLAKE3 of the file
 //	prefetch.log       the prefetcher's log
 //
 // Nothing in it is trusted: a spool whose identity differs from the current
@@ -201,6 +202,11 @@ type spoolMeta struct {
 	Object  objInfo         `json:"object"`
 	Restore string          `json:"restore"`
 	Record  walarchive.Meta `json:"record"`
+	// Sum is the BLAKE3 of the spooled plaintext, taken as the prefetcher
+	// verified the object's MAC: it lets ServeSpooled check the file
+	// without the repository's key (the spool is the server user's, as
+	// pg_wal is; the sum guards against a damaged file, not a forged one).
+	Sum string `json:"sum,omitempty"`
 }
 
 // entry returns a spooled file's meta, if it is there, for this restore and

@@ -544,3 +544,72 @@ func TestSpoolFromEarlierRestore(t *testing.T) {
 		}
 	}
 }
+
+// ServeSpooled answers from a warm spool without the repository, and only
+// for this restore's intact files: a damaged file, another restore's spool
+// or another store's spool falls back to the regular fetch.
+func TestServeSpooled(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	name := segName(1, 3)
+	data := segment(1, 3, 1)
+	e.put(t, name, data)
+	f := newFetcher(t, e, FetchOptions{})
+	if _, err := f.listing(ctx, name[:16], true); err != nil {
+		t.Fatal(err)
+	}
+	spoolIt := func() {
+		t.Helper()
+		if err := f.spoolOne(ctx, wanted{name: name, obj: f.sp.listing(name[:16]).Entries[name]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir}
+	store := e.arch.Store().String()
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+
+	spoolIt()
+	c := e.store
+	requests := func() int64 { return c.gets.Load() + c.lists.Load() + c.creates.Load() }
+	before := requests()
+	if !ServeSpooled(opts, store, name, dest) {
+		t.Fatal("a warm spool was not served")
+	}
+	if n := requests(); n != before {
+		t.Fatalf("serving from the spool made %d storage requests", n-before)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, data) {
+		t.Fatal("served bytes differ")
+	}
+	if f.sp.has(name) {
+		t.Fatal("the served file is still in the spool")
+	}
+	if st, ok := f.sp.state(); !ok || st.Name != name {
+		t.Fatalf("the prefetcher was not told what recovery asked for: %+v", st)
+	}
+
+	spoolIt()
+	if ServeSpooled(opts, "s3://another/store", name, dest) {
+		t.Fatal("served the spool of another store")
+	}
+	if ServeSpooled(FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir, NoSpool: true}, store, name, dest) {
+		t.Fatal("served with NoSpool")
+	}
+	b, _ := os.ReadFile(f.sp.path("seg", name))
+	b[100] ^= 1
+	os.WriteFile(f.sp.path("seg", name), b, 0o600)
+	os.Remove(dest)
+	if ServeSpooled(opts, store, name, dest) {
+		t.Fatal("served a damaged spooled file")
+	}
+	if _, err := os.Stat(dest); err == nil {
+		t.Fatal("a damaged spooled file reached pg_wal")
+	}
+
+	spoolIt()
+	os.Remove(filepath.Join(e.pgdata, "global", "pg_control"))
+	writeFile(t, filepath.Join(e.pgdata, "global", "pg_control"), []byte("control 2"))
+	if ServeSpooled(opts, store, name, dest) {
+		t.Fatal("served the spool of an earlier restore")
+	}
+}

@@ -219,6 +219,9 @@ func walFetchRun(c *cli.Context) error {
 		return usageErrorf("wal-fetch takes two arguments, the file name (%%f) and the destination (%%p), not %d", c.NArg())
 	}
 	name, dest := c.Args().Get(0), c.Args().Get(1)
+	if serveSpooled(c, log, name, dest) {
+		return nil
+	}
 	f, r, err := newFetcher(c, log)
 	if err != nil {
 		return err
@@ -236,6 +239,37 @@ func walFetchRun(c *cli.Context) error {
 		}
 	}
 	return nil
+}
+
+// serveSpooled answers from a warm prefetch spool without opening the
+// repository (wal.ServeSpooled), when it can.
+func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) bool {
+	if c.Bool("no-spool") {
+		return false
+	}
+	pgdata, err := wal.DataDir(c.String("pgdata"))
+	if err != nil {
+		return false
+	}
+	ci, err := wal.ReadCluster(pgdata)
+	if err != nil {
+		return false
+	}
+	spool := c.String("spool-dir")
+	if spool != "" {
+		if spool, err = filepath.Abs(spool); err != nil {
+			return false
+		}
+	}
+	st, err := location.Open(c.Context, c.String("repo"), location.Options{Logger: log})
+	if err != nil {
+		return false
+	}
+	ok := wal.ServeSpooled(wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, Logger: log}, st.String(), name, dest)
+	if ok {
+		log.Debug("fetched", "file", name, "source", "spool, without the repository")
+	}
+	return ok
 }
 
 // newFetcher builds the Fetcher from wal-fetch's flags.
