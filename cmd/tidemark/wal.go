@@ -267,7 +267,7 @@ func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) bool {
 	}
 	ok := wal.ServeSpooled(wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, Logger: log}, st.String(), name, dest)
 	if ok {
-		log.Debug("fetched", "file", name, "source", "spool, without the repository")
+		log.Debug("fetched", "file", name, "source", "spool", "repository", "not opened")
 	}
 	return ok
 }
