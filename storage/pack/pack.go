@@ -163,6 +163,11 @@ func ParseFooter(tail []byte, plainSize int64) (trailerLen int64, err error) {
 	if v := binary.LittleEndian.Uint16(f[8:]); v != Version {
 		return 0, formatErr("pack version %d, this tidemark reads %d", v, Version)
 	}
+	// Reserved, written as zero: anything else is a footer this version
+	// does not understand (and would not re-encode byte for byte).
+	if r := binary.LittleEndian.Uint16(f[10:]); r != 0 {
+		return 0, formatErr("footer reserved field %#04x, want 0", r)
+	}
 	tl := int64(binary.LittleEndian.Uint32(f[0:]))
 	n := int64(binary.LittleEndian.Uint32(f[4:]))
 	if tl != n*EntrySize || tl > plainSize-FooterSize {
