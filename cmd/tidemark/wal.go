@@ -241,25 +241,33 @@ func walFetchRun(c *cli.Context) error {
 	return nil
 }
 
+// fetchTarget is what wal-fetch's flags say about where it delivers: the
+// data directory, its cluster (from pg_control) and the spool directory
+// (absolute; "" for the default beside the data directory).
+func fetchTarget(c *cli.Context) (pgdata string, ci walarchive.ClusterInfo, spool string, err error) {
+	if pgdata, err = wal.DataDir(c.String("pgdata")); err != nil {
+		return "", ci, "", err
+	}
+	if ci, err = wal.ReadCluster(pgdata); err != nil {
+		return "", ci, "", err
+	}
+	if spool = c.String("spool-dir"); spool != "" {
+		if spool, err = filepath.Abs(spool); err != nil {
+			return "", ci, "", err
+		}
+	}
+	return pgdata, ci, spool, nil
+}
+
 // serveSpooled answers from a warm prefetch spool without opening the
 // repository (wal.ServeSpooled), when it can.
 func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) bool {
 	if c.Bool("no-spool") {
 		return false
 	}
-	pgdata, err := wal.DataDir(c.String("pgdata"))
+	pgdata, ci, spool, err := fetchTarget(c)
 	if err != nil {
 		return false
-	}
-	ci, err := wal.ReadCluster(pgdata)
-	if err != nil {
-		return false
-	}
-	spool := c.String("spool-dir")
-	if spool != "" {
-		if spool, err = filepath.Abs(spool); err != nil {
-			return false
-		}
 	}
 	st, err := location.Open(c.Context, c.String("repo"), location.Options{Logger: log})
 	if err != nil {
@@ -274,23 +282,13 @@ func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) bool {
 
 // newFetcher builds the Fetcher from wal-fetch's flags.
 func newFetcher(c *cli.Context, log *slog.Logger) (*wal.Fetcher, *repo.Repo, error) {
-	pgdata, err := wal.DataDir(c.String("pgdata"))
-	if err != nil {
-		return nil, nil, err
-	}
-	ci, err := wal.ReadCluster(pgdata)
+	pgdata, ci, spool, err := fetchTarget(c)
 	if err != nil {
 		return nil, nil, err
 	}
 	spoolMax, err := parseBytes(c.String("spool-max"))
 	if err != nil {
 		return nil, nil, usageErrorf("--spool-max: %v", err)
-	}
-	spool := c.String("spool-dir")
-	if spool != "" {
-		if spool, err = filepath.Abs(spool); err != nil {
-			return nil, nil, err
-		}
 	}
 	r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
 	if err != nil {
