@@ -22,6 +22,7 @@ type blobStore interface {
 	ReadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error)
 	ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error
 	Lookup(ctx context.Context, id blob.ID) (index.Location, error)
+	BlobID(k blob.Kind, data []byte) blob.ID
 }
 
 // blobWriter is what a capture needs of the run's *repo.Writer.

@@ -15,6 +15,8 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/blob"
+	"github.com/tidemarkdb/tidemark/storage/filemap"
 	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
@@ -216,6 +218,7 @@ func comparePages(t *testing.T, r *repo.Repo, a, b *repo.Snapshot) {
 	db, sb := dirs(b)
 	materialize(t, r, a, da, sa)
 	materialize(t, r, b, db, sb)
+	checkSums(t, r, a, da, db)
 	roots := func(d string, spc []string, s *repo.Snapshot) map[string]string {
 		m := map[string]string{"": d}
 		for i, ts := range s.Tablespaces {
@@ -266,6 +269,71 @@ func comparePages(t *testing.T, r *repo.Repo, a, b *repo.Snapshot) {
 		}
 	}
 	t.Logf("compared %d pages of %d relation files", pages, files)
+}
+
+// checkSums checks the window sums of incremental a's relation files in
+// PGDATA: every window holding patch pages has one, and it is the ID of the
+// window's bytes as the backup read them, which is what a restore of a
+// writes (materialised in da) or, for a page whose hint bits changed after
+// its base was stored, what the full backup taken right after it read
+// (materialised in db).
+func checkSums(t *testing.T, r *repo.Repo, a *repo.Snapshot, da, db string) {
+	t.Helper()
+	var windows, restored int
+	for rel, n := range snapshotFiles(t, r, a) {
+		if n.Map.IsZero() {
+			continue
+		}
+		mb, err := r.ReadBlob(t.Context(), n.Map, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := filemap.DecodeMap(mb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := m.SlotPages()
+		patched := map[uint32]bool{}
+		for _, e := range m.Extents {
+			if e.Blob.IsZero() {
+				continue
+			}
+			loc, err := r.Lookup(t.Context(), e.Blob)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if loc.Kind == blob.KindPatch {
+				for p := e.Page; p < e.Page+e.Count; p++ {
+					patched[p/sp] = true
+				}
+			}
+		}
+		for w := range patched {
+			if _, ok := m.Sum(w); !ok {
+				t.Errorf("%s: window %d holds patch pages but has no sum", rel, w)
+			}
+		}
+		bs := int64(m.BlockSize)
+		for _, s := range m.Sums {
+			off, end := int64(s.Slot*sp)*bs, int64(min((s.Slot+1)*sp, m.Pages))*bs
+			window := func(dir string) blob.ID {
+				f, err := os.ReadFile(filepath.Join(dir, rel))
+				if err != nil || int64(len(f)) < end {
+					return blob.ID{}
+				}
+				return r.BlobID(blob.KindSlot, f[off:end])
+			}
+			windows++
+			switch s.ID {
+			case window(da):
+				restored++
+			case window(db):
+			default:
+				t.Errorf("%s: the sum of window %d matches neither the restored incremental nor the full backup", rel, s.Slot)
+			}
+		}
+	}
+	t.Logf("window sums: %d, of which %d match the restored incremental", windows, restored)
 }
 
 // checkIndexes runs amcheck's bt_index_check with heapallindexed on every

@@ -44,8 +44,9 @@ type file struct {
 	changes   fileChanges // MethodSummaries
 
 	pending atomic.Int64
-	parts   [][]filemap.Extent // relation files: extents found per item
-	chunks  []chunk            // other files: content per chunk
+	parts   [][]filemap.Extent  // relation files: extents found per item
+	sums    [][]filemap.SlotSum // relation files: window sums per item
+	chunks  []chunk             // other files: content per chunk
 }
 
 type chunk struct {
@@ -193,6 +194,7 @@ func (c *capture) dispatch(f *file) {
 		perItem := uint32(itemSlots * c.pagesPerSlot())
 		n = int((f.pages + perItem - 1) / perItem)
 		f.parts = make([][]filemap.Extent, n)
+		f.sums = make([][]filemap.SlotSum, n)
 	} else {
 		chunks := int((f.node.Size + filemap.ChunkSize - 1) / filemap.ChunkSize)
 		f.chunks = make([]chunk, chunks)
@@ -246,6 +248,9 @@ func (c *capture) finishFile(f *file) {
 		if err != nil {
 			c.fail(fmt.Errorf("page map of %s: %w", f.slot.abs, err))
 			return
+		}
+		for _, s := range f.sums {
+			m.Sums = append(m.Sums, s...)
 		}
 		b, err := filemap.EncodeMap(m)
 		if err != nil {

@@ -90,6 +90,35 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 			return err
 		}
 	}
+	if patched > 0 {
+		return wk.windowSum(f, s0, s1, n == 0)
+	}
+	return nil
+}
+
+// windowSum records the sum (filemap.SlotSum) of window [s0, s1), which
+// holds patch pages and so cannot be recognised by one slot blob's ID. The
+// sum is of the pages as this backup read them, which may differ from what
+// a restore of this snapshot writes in bits that are not WAL-logged (hint
+// bits set after the page's base was stored): a delta restore that keeps a
+// window matching it keeps exactly what a full backup taken now would hold,
+// an equally valid start for replay. An unchanged window keeps the
+// reference's sum.
+func (wk *worker) windowSum(f *file, s0, s1 uint32, unchanged bool) error {
+	c := wk.c
+	w := s0 / uint32(c.pagesPerSlot())
+	if unchanged {
+		if id, ok := f.prevMap.Sum(w); ok {
+			wk.sums = append(wk.sums, filemap.SlotSum{Slot: w, ID: id})
+			return nil
+		}
+	}
+	if err := wk.readRest(f, s0, s1); err != nil {
+		return err
+	}
+	if id := c.store.BlobID(blob.KindSlot, wk.buf[:int(s1-s0)*c.blockSize]); !id.IsZero() {
+		wk.sums = append(wk.sums, filemap.SlotSum{Slot: w, ID: id})
+	}
 	return nil
 }
 

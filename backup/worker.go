@@ -23,6 +23,7 @@ type worker struct {
 	changed    []bool // per page of the current slot
 	have       []bool // per page of the current slot: in buf and verified
 	ext        []filemap.Extent
+	sums       []filemap.SlotSum
 }
 
 func (c *capture) worker() {
@@ -98,6 +99,7 @@ func (wk *worker) relItem(it item) error {
 	p0 := uint32(it.idx) * itemSlots * pps
 	p1 := min(p0+itemSlots*pps, f.pages)
 	wk.ext = wk.ext[:0]
+	wk.sums = wk.sums[:0]
 	if !f.whole && c.method == MethodSummaries {
 		if err := wk.sample(f, p0, p1); err != nil {
 			return err
@@ -121,6 +123,9 @@ func (wk *worker) relItem(it item) error {
 	}
 	sortExtents(wk.ext)
 	f.parts[it.idx] = append([]filemap.Extent(nil), wk.ext...)
+	if len(wk.sums) > 0 {
+		f.sums[it.idx] = append([]filemap.SlotSum(nil), wk.sums...)
+	}
 	return nil
 }
 

@@ -85,6 +85,7 @@ type tfile struct {
 	rel     bool
 	base    []byte   // relation: the content the slots hold (data when nil)
 	patched []uint32 // relation: pages of data stored in a patch blob
+	noSums  bool     // relation: no window sums in the map, as before they existed
 	mtime   int64
 	link    string // a symbolic link to this target instead of a file
 	dir     bool   // an empty directory
@@ -201,6 +202,16 @@ func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.
 		var err error
 		if m, err = filemap.Overlay(m, pages, ups); err != nil {
 			t.Fatal(err)
+		}
+		// Sums of the windows holding patch pages, as a backup records
+		// them: a slot blob's ID is the sum (the blob itself is unused).
+		for _, pg := range f.patched {
+			win := pg / slotPages
+			if f.noSums || len(m.Sums) > 0 && m.Sums[len(m.Sums)-1].Slot == win {
+				continue
+			}
+			p0, p1 := win*slotPages, min((win+1)*slotPages, pages)
+			m.Sums = append(m.Sums, filemap.SlotSum{Slot: win, ID: add(t, ctx, w, blob.KindSlot, f.data[int(p0)*testBS:int(p1)*testBS])})
 		}
 	}
 	b, err := filemap.EncodeMap(m)

@@ -564,44 +564,52 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	same := true
 	if m := e.fmap; m != nil {
 		bs := int64(m.BlockSize)
-		held, err := w.heldSlots(ctx, m, have, read)
+		windows, err := w.heldWindows(m, have, read)
+		if err != nil {
+			return err
+		}
+		held, err := w.heldSlots(ctx, m, have, windows, read)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
-		for xi, x := range m.Extents {
+		var parts []filemap.Extent
+		for xi, whole := range m.Extents {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			if held[xi] {
 				continue
 			}
-			off, n := int64(x.Page)*bs, int64(x.Count)*bs
-			if x.Blob.IsZero() {
-				zero, err := zeroRange(f, p, off, min(n, max(0, have-off)), buf)
-				if err != nil {
-					return err
-				}
-				if !zero {
-					punch = append(punch, [2]int64{off, n})
-					same = false
-				}
-				continue
-			}
-			loc, err := w.r.Lookup(ctx, x.Blob)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-			if x.BlobPage == 0 && n == int64(loc.RawLength) {
-				b, err := read(off, n)
-				if err != nil {
-					return err
-				}
-				if b != nil && w.r.BlobID(loc.Kind, b) == x.Blob {
+			parts = outsideWindows(parts[:0], whole, windows, m.SlotPages())
+			for _, x := range parts {
+				off, n := int64(x.Page)*bs, int64(x.Count)*bs
+				if x.Blob.IsZero() {
+					zero, err := zeroRange(f, p, off, min(n, max(0, have-off)), buf)
+					if err != nil {
+						return err
+					}
+					if !zero {
+						punch = append(punch, [2]int64{off, n})
+						same = false
+					}
 					continue
 				}
+				loc, err := w.r.Lookup(ctx, x.Blob)
+				if err != nil {
+					return fmt.Errorf("%s: %w", p, err)
+				}
+				if x.BlobPage == 0 && n == int64(loc.RawLength) {
+					b, err := read(off, n)
+					if err != nil {
+						return err
+					}
+					if b != nil && w.r.BlobID(loc.Kind, b) == x.Blob {
+						continue
+					}
+				}
+				same = false
+				w.addDest(x.Blob, dest{file: i, fileOff: off, blobOff: int64(x.BlobPage) * bs, n: n})
 			}
-			same = false
-			w.addDest(x.Blob, dest{file: i, fileOff: off, blobOff: int64(x.BlobPage) * bs, n: n})
 		}
 	} else if have != e.node.Size || st.ModTime().UnixNano() != e.node.ModTime {
 		for c, id := range e.node.Content {
@@ -637,12 +645,62 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	return nil
 }
 
+// heldWindows finds the slot-sized windows that the existing file holds
+// already, by the map's window sums (filemap.SlotSum).
+func (w *writer) heldWindows(m *filemap.Map, have int64, read func(off, n int64) ([]byte, error)) (map[uint32]bool, error) {
+	bs := int64(m.BlockSize)
+	sp := m.SlotPages()
+	var held map[uint32]bool
+	for _, s := range m.Sums {
+		p0 := s.Slot * sp
+		p1 := min(p0+sp, m.Pages)
+		b, err := read(int64(p0)*bs, int64(p1-p0)*bs)
+		if err != nil {
+			return nil, err
+		}
+		if b == nil || w.r.BlobID(blob.KindSlot, b) != s.ID {
+			continue
+		}
+		if held == nil {
+			held = map[uint32]bool{}
+		}
+		held[s.Slot] = true
+	}
+	return held, nil
+}
+
+// outsideWindows appends to dst the parts of x that lie outside the held
+// windows (x itself when none is held).
+func outsideWindows(dst []filemap.Extent, x filemap.Extent, held map[uint32]bool, slotPages uint32) []filemap.Extent {
+	if len(held) == 0 {
+		return append(dst, x)
+	}
+	end := x.Page + x.Count
+	for p := x.Page; p < end; {
+		wend := min((p/slotPages+1)*slotPages, end)
+		if !held[p/slotPages] {
+			part := filemap.Extent{Page: p, Count: wend - p, Blob: x.Blob, Written: x.Written}
+			if !x.Blob.IsZero() {
+				part.BlobPage = x.BlobPage + (p - x.Page)
+			}
+			if n := len(dst); n > 0 && dst[n-1].Page+dst[n-1].Count == p {
+				dst[n-1].Count += part.Count
+			} else {
+				dst = append(dst, part)
+			}
+		}
+		p = wend
+	}
+	return dst
+}
+
 // heldSlots finds the extents whose pages the existing file already holds
 // although no extent covers its whole blob: a slot that a later backup
 // split with patches. When the existing slot-sized window hashes to that
 // slot's ID, the file still has the slot's pages (a stale copy from before
-// the patches), and only the patches need fetching.
-func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, read func(off, n int64) ([]byte, error)) (map[int]bool, error) {
+// the patches), and only the patches need fetching. Windows in heldWin
+// (matched whole by their sums) are not read again.
+func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, heldWin map[uint32]bool, read func(off, n int64) ([]byte, error)) (map[int]bool, error) {
 	bs := int64(m.BlockSize)
 	slotPages := uint32(blob.SlotSize / bs)
 	var held map[int]bool
@@ -656,7 +714,7 @@ func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, read
 		}
 		win := ext[j:k]
 		j = k
-		if len(win) < 2 || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
+		if len(win) < 2 || heldWin[wstart/slotPages] || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
 			continue
 		}
 		var slot blob.ID

@@ -15,13 +15,19 @@ import (
 //	        file:    byte(0) uvarint(n) chunk[32]*n   (content chunks)
 //	               | byte(1) map[32]                  (page map)
 //
-//	map    := "TMM1" uvarint(blocksize) uvarint(pages) uvarint(count) extent*
+//	map    := "TMM1" extents
+//	        | "TMM2" extents uvarint(n) sum*n          (n > 0)
+//	extents := uvarint(blocksize) uvarint(pages) uvarint(count) extent*
 //	extent := uvarint(count) blob[32] uvarint(blobpage) varint(written)
+//	sum    := uvarint(window - previous window - 1) id[32]   (previous: -1 for the first)
 //
 // An extent's first page is not stored: extents are contiguous from page 0.
+// A map without sums is written as TMM1, so maps that have none encode as
+// they always did and deduplicate against maps written before sums existed.
 var (
 	treeMagic = [4]byte{'T', 'M', 'T', '1'}
 	mapMagic  = [4]byte{'T', 'M', 'M', '1'}
+	sumsMagic = [4]byte{'T', 'M', 'M', '2'}
 )
 
 const (
@@ -135,8 +141,12 @@ func EncodeMap(m *Map) ([]byte, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, 16+len(m.Extents)*44)
-	b = append(b, mapMagic[:]...)
+	b := make([]byte, 0, 16+len(m.Extents)*44+len(m.Sums)*34)
+	if len(m.Sums) > 0 {
+		b = append(b, sumsMagic[:]...)
+	} else {
+		b = append(b, mapMagic[:]...)
+	}
 	b = binary.AppendUvarint(b, uint64(m.BlockSize))
 	b = binary.AppendUvarint(b, uint64(m.Pages))
 	b = binary.AppendUvarint(b, uint64(len(m.Extents)))
@@ -146,13 +156,22 @@ func EncodeMap(m *Map) ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(e.BlobPage))
 		b = binary.AppendVarint(b, e.Written)
 	}
+	if len(m.Sums) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(m.Sums)))
+		next := uint32(0)
+		for _, s := range m.Sums {
+			b = binary.AppendUvarint(b, uint64(s.Slot-next))
+			b = append(b, s.ID[:]...)
+			next = s.Slot + 1
+		}
+	}
 	return b, nil
 }
 
 // DecodeMap decodes and validates a page map.
 func DecodeMap(data []byte) (*Map, error) {
 	d := decoder{b: data}
-	d.magic(mapMagic)
+	sums := d.magic(mapMagic, sumsMagic) == 1
 	m := &Map{
 		BlockSize: uint32(d.uvarint(MaxBlockSize, "block size")),
 		Pages:     uint32(d.uvarint(1<<32-1, "pages")),
@@ -178,6 +197,9 @@ func DecodeMap(data []byte) (*Map, error) {
 			d.fail("extents run past %d pages", m.Pages)
 		}
 		m.Extents = append(m.Extents, e)
+	}
+	if sums {
+		m.Sums = d.sums(m)
 	}
 	if err := d.finish(); err != nil {
 		return nil, err
@@ -221,11 +243,50 @@ func (d *decoder) take(n int) []byte {
 	return p
 }
 
-func (d *decoder) magic(want [4]byte) {
+// magic reads a magic and returns which of want it is.
+func (d *decoder) magic(want ...[4]byte) int {
 	got := d.take(4)
-	if d.err == nil && [4]byte(got) != want {
-		d.fail("magic %q, want %q (is this tidemark format version %d?)", got, want[:], want[3]-'0')
+	if d.err != nil {
+		return -1
 	}
+	for i, w := range want {
+		if [4]byte(got) == w {
+			return i
+		}
+	}
+	d.fail("magic %q, want %q (is this tidemark format version %d?)", got, want[0][:], want[0][3]-'0')
+	return -1
+}
+
+// sums reads a map's window sums; an empty list is refused, since a map
+// without sums has one encoding, TMM1.
+func (d *decoder) sums(m *Map) []SlotSum {
+	if d.err != nil {
+		return nil
+	}
+	n := d.uvarint(uint64(m.Windows()), "sum count")
+	if d.err != nil {
+		return nil
+	}
+	if n == 0 || n > uint64(len(d.b))/33 {
+		d.fail("%d sums in %d bytes", n, len(d.b))
+		return nil
+	}
+	out := make([]SlotSum, 0, n)
+	next := uint64(0)
+	for range n {
+		w := next + d.uvarint(1<<32-1, "sum window")
+		if d.err != nil {
+			return nil
+		}
+		if w >= uint64(m.Windows()) {
+			d.fail("sum for window %d of %d", w, m.Windows())
+			return nil
+		}
+		out = append(out, SlotSum{Slot: uint32(w), ID: d.id()})
+		next = w + 1
+	}
+	return out
 }
 
 func (d *decoder) byte() byte {

@@ -15,8 +15,10 @@
 package filemap
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/tidemarkdb/tidemark/storage/blob"
@@ -107,6 +109,45 @@ type Map struct {
 	BlockSize uint32   // bytes per page
 	Pages     uint32   // file length in pages; the file is Pages*BlockSize bytes
 	Extents   []Extent // sorted, contiguous, covering [0, Pages) exactly
+
+	// Sums lets a delta restore recognise a slot-sized window of pages
+	// that an existing file already holds without fetching its blobs: the
+	// keyed ID the window's bytes would have as one KindSlot blob, for
+	// windows that are not simply one slot blob or all zeros (those say
+	// so in Extents). A window that has no sum is compared extent by
+	// extent. Sorted by Slot, at most one per window.
+	Sums []SlotSum
+}
+
+// SlotSum is the content ID of window Slot: pages [Slot*n, Slot*n+n) for
+// n = blob.SlotSize / BlockSize, the last window cut at Pages.
+type SlotSum struct {
+	Slot uint32
+	ID   ID
+}
+
+// SlotPages is the number of pages in one slot-sized window (1 for a map
+// whose block size is invalid, so that no caller divides by zero).
+func (m *Map) SlotPages() uint32 {
+	if m.BlockSize == 0 || m.BlockSize > blob.SlotSize {
+		return 1
+	}
+	return uint32(blob.SlotSize / m.BlockSize)
+}
+
+// Windows is the number of slot-sized windows the file spans.
+func (m *Map) Windows() uint32 {
+	n := m.SlotPages()
+	return uint32((uint64(m.Pages) + uint64(n) - 1) / uint64(n))
+}
+
+// Sum returns window w's sum, if the map holds one.
+func (m *Map) Sum(w uint32) (ID, bool) {
+	i, ok := slices.BinarySearchFunc(m.Sums, w, func(s SlotSum, w uint32) int { return cmp.Compare(s.Slot, w) })
+	if !ok {
+		return ID{}, false
+	}
+	return m.Sums[i].ID, true
 }
 
 // ErrInvalid is matched (errors.Is) by every validation and decoding error.
@@ -143,6 +184,18 @@ func (m *Map) Validate() error {
 	}
 	if next != m.Pages {
 		return invalidf("extents cover %d of %d pages", next, m.Pages)
+	}
+	windows := m.Windows()
+	for i, s := range m.Sums {
+		if s.Slot >= windows {
+			return invalidf("sum %d is for window %d of %d", i, s.Slot, windows)
+		}
+		if i > 0 && m.Sums[i-1].Slot >= s.Slot {
+			return invalidf("sums %d and %d are not sorted and unique", i-1, i)
+		}
+		if s.ID.IsZero() {
+			return invalidf("sum %d of window %d is the zero ID", i, s.Slot)
+		}
 	}
 	return nil
 }

@@ -128,14 +128,75 @@ func TestMapRoundTripAndValidate(t *testing.T) {
 	}
 }
 
+func TestMapSums(t *testing.T) {
+	ext := []Extent{
+		{Page: 0, Count: 128, Blob: id(1), Written: 1},
+		{Page: 128, Count: 3, Blob: id(2), BlobPage: 9, Written: 2},
+		{Page: 131, Count: 169, Blob: id(1), BlobPage: 3, Written: 1},
+	}
+	plain := &Map{BlockSize: 8192, Pages: 300, Extents: ext}
+	withSums := &Map{BlockSize: 8192, Pages: 300, Extents: ext, Sums: []SlotSum{{Slot: 1, ID: id(7)}, {Slot: 2, ID: id(8)}}}
+	pb, err := EncodeMap(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(pb[:4]) != "TMM1" {
+		t.Errorf("a map without sums encodes as %q, want TMM1", pb[:4])
+	}
+	sb, err := EncodeMap(withSums)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(sb[:4]) != "TMM2" {
+		t.Errorf("a map with sums encodes as %q, want TMM2", sb[:4])
+	}
+	got, err := DecodeMap(sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, withSums) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, withSums)
+	}
+	if got.Windows() != 3 {
+		t.Errorf("Windows = %d, want 3", got.Windows())
+	}
+	for w, want := range map[uint32]ID{0: {}, 1: id(7), 2: id(8), 3: {}} {
+		if s, ok := got.Sum(w); s != want || ok != !want.IsZero() {
+			t.Errorf("Sum(%d) = %v %v, want %v", w, s, ok, want)
+		}
+	}
+	if c := got.Clone(); &c.Sums[0] == &got.Sums[0] {
+		t.Error("Clone shares Sums")
+	}
+	bad := map[string][]SlotSum{
+		"past end": {{Slot: 3, ID: id(1)}},
+		"unsorted": {{Slot: 2, ID: id(1)}, {Slot: 1, ID: id(2)}},
+		"repeated": {{Slot: 1, ID: id(1)}, {Slot: 1, ID: id(2)}},
+		"zero id":  {{Slot: 1}},
+	}
+	for name, sums := range bad {
+		m := &Map{BlockSize: 8192, Pages: 300, Extents: ext, Sums: sums}
+		if _, err := EncodeMap(m); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: EncodeMap accepted it: %v", name, err)
+		}
+	}
+	// TMM2 with an empty sum list would be a second encoding of a TMM1 map.
+	empty := append([]byte("TMM2"), pb[4:]...)
+	if _, err := DecodeMap(append(empty, 0)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("TMM2 without sums: %v", err)
+	}
+}
+
 func TestDecodeRejectsCorruption(t *testing.T) {
 	tb, _ := EncodeTree(sampleTree())
 	mb, _ := EncodeMap(&Map{BlockSize: 8192, Pages: 128, Extents: []Extent{{Count: 128, Blob: id(1)}}})
+	sb, _ := EncodeMap(&Map{BlockSize: 8192, Pages: 300, Extents: []Extent{{Count: 300, Blob: id(1)}}, Sums: []SlotSum{{Slot: 2, ID: id(3)}}})
 	for name, dec := range map[string]func([]byte) error{
 		"tree": func(b []byte) error { _, err := DecodeTree(b); return err },
 		"map":  func(b []byte) error { _, err := DecodeMap(b); return err },
+		"sums": func(b []byte) error { _, err := DecodeMap(b); return err },
 	} {
-		src := map[string][]byte{"tree": tb, "map": mb}[name]
+		src := map[string][]byte{"tree": tb, "map": mb, "sums": sb}[name]
 		for n := 0; n < len(src); n++ {
 			if err := dec(src[:n]); !errors.Is(err, ErrInvalid) {
 				t.Errorf("%s truncated to %d bytes: %v", name, n, err)
@@ -292,6 +353,8 @@ func FuzzDecodeTree(f *testing.F) {
 
 func FuzzDecodeMap(f *testing.F) {
 	b, _ := EncodeMap(&Map{BlockSize: 8192, Pages: 130, Extents: []Extent{{Count: 128, Blob: id(1), Written: 3}, {Page: 128, Count: 2}}})
+	f.Add(b)
+	b, _ = EncodeMap(&Map{BlockSize: 8192, Pages: 300, Extents: []Extent{{Count: 300, Blob: id(1)}}, Sums: []SlotSum{{Slot: 0, ID: id(2)}, {Slot: 2, ID: id(3)}}})
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodeMap(data)

@@ -7,7 +7,8 @@ import "slices"
 // sorted by Page, must not overlap, and must lie within [0, pages); the result
 // has the given length in pages: pages past m's end that no update covers are
 // zero pages (a relation that grew), and m's pages past the new end are dropped
-// (a relation that was truncated). Adjacent extents that continue one another
+// (a relation that was truncated). The result has no Sums: which windows'
+// sums still hold is the caller's knowledge. Adjacent extents that continue one another
 // are merged, so the same content always yields the same map.
 func Overlay(m *Map, pages uint32, updates []Extent) (*Map, error) {
 	out := &Map{BlockSize: m.BlockSize, Pages: pages}
@@ -72,5 +73,6 @@ func continues(a, b Extent) bool {
 func (m *Map) Clone() *Map {
 	c := *m
 	c.Extents = slices.Clone(m.Extents)
+	c.Sums = slices.Clone(m.Sums)
 	return &c
 }
