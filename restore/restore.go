@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -179,6 +180,11 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	}
 	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{},
 		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files))}
+	w.direct.Store(opts.DirectIO)
+	w.writeDirect = opts.writeDirect
+	if w.writeDirect == nil {
+		w.writeDirect = func(p string, b []byte, off int64) error { return writeAt(p, syscall.O_DIRECT, b, off) }
+	}
 	if err := w.run(ctx, s, settings, opts.Delta, now); err != nil {
 		return nil, err
 	}

@@ -556,3 +556,28 @@ func TestRestoreDeltaStaleCopy(t *testing.T) {
 		t.Errorf("delta from the older backup fetched %d bytes in %d blobs", res.FetchedBytes, res.FetchedBlobs)
 	}
 }
+
+// TestRestoreDirectIORefused: where the file system refuses O_DIRECT
+// (EINVAL), a --direct-io restore writes through the page cache instead,
+// once told.
+func TestRestoreDirectIORefused(t *testing.T) {
+	ctx := context.Background()
+	r, a, s := setup(t)
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	opts := baseOpts(t, dir)
+	opts.DirectIO = true
+	var tries atomic.Int64
+	opts.writeDirect = func(p string, b []byte, off int64) error {
+		tries.Add(1)
+		return &os.PathError{Op: "write", Path: p, Err: syscall.EINVAL}
+	}
+	if _, err := Run(ctx, r, a, opts); err != nil {
+		t.Fatal(err)
+	}
+	checkRestored(t, dir, s)
+	// Reads already in flight when the first refusal lands may each try
+	// once (at most ReadConcurrency, 8); later ones do not.
+	if n := tries.Load(); n == 0 || n > 8 {
+		t.Errorf("direct writes tried %d times, want at least one and then none", n)
+	}
+}

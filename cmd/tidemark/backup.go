@@ -58,7 +58,7 @@ func backupCommand() *cli.Command {
 				Usage: "rewrite a slot whole when more of its pages than this would be in patches (default 96 of 128)"},
 			stringFlag("label", "label passed to pg_backup_start, written into backup_label (the snapshot id is appended)"),
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}},
-			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile (pprof) of the backup to this file"},
+			cpuProfileFlag(),
 			metricsFileFlag(),
 		}),
 		Action: runBackup,
@@ -105,17 +105,11 @@ func runBackup(c *cli.Context) error {
 	}
 	defer r.Close()
 	opts.WAL = walarchive.FromRepo(r, walarchive.Options{Logger: log})
-	if path := c.String("cpuprofile"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return usageErrorf("--cpuprofile: %v", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := startCPUProfile(c)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	res, err := backup.Run(c.Context, r, opts)
 	if err != nil {
 		return err
@@ -392,4 +386,31 @@ func printSnapshotDetail(w io.Writer, d *backup.SnapshotDetail) {
 		fmt.Fprintf(w, "  %s block %d (stored %#04x, computed %#04x)\n", e.File, e.Block, e.Found, e.Expected)
 	}
 	fmt.Fprintf(w, "backup_label:\n%s", d.BackupLabel)
+}
+
+// cpuProfileFlag is the hidden flag through which the benchmarks profile a
+// command.
+func cpuProfileFlag() cli.Flag {
+	return &cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile (pprof) of the command to this file"}
+}
+
+// startCPUProfile starts the profile --cpuprofile asks for; the returned
+// function stops it.
+func startCPUProfile(c *cli.Context) (func(), error) {
+	path := c.String("cpuprofile")
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, usageErrorf("--cpuprofile: %v", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

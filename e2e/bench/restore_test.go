@@ -152,11 +152,19 @@ type restoreBench struct {
 	br          *PGBackRest
 	shared      string // directories the server user may use
 	lastFetched int64  // bytes the last tidemark restore fetched
+	restores    int    // tidemark restores run, naming their profiles
 }
 
 func (b *restoreBench) tidemark(args ...string) Measurement {
 	b.t.Helper()
-	cmd := exec.CommandContext(b.t.Context(), b.tm.Bin, append(args, "--log-level", "warn")...)
+	level := "warn"
+	if dir := os.Getenv("TIDEMARK_BENCH_CPUPROFILE"); dir != "" && args[0] == "restore" {
+		// A profiled run also logs its phases (layout, fetch, sync).
+		b.restores++
+		args = append(args, "--cpuprofile", filepath.Join(dir, fmt.Sprintf("tidemark-restore-%d.prof", b.restores)))
+		level = "info"
+	}
+	cmd := exec.CommandContext(b.t.Context(), b.tm.Bin, append(args, "--log-level", level)...)
 	cmd.Env = append(os.Environ(), b.tm.Env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
