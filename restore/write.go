@@ -191,12 +191,16 @@ func (w *writer) fetch(ctx context.Context) error {
 	err := w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
 		w.fetched.Add(int64(len(data)))
 		w.fetchedBlobs.Add(1)
+		// A patch's pages all go to one file, often one extent each:
+		// one open per file and blob, not per extent.
+		var of openFile
 		for _, d := range w.dests[id] {
-			if err := w.put(id, data, d); err != nil {
+			if err := w.put(id, data, d, &of); err != nil {
+				of.close()
 				return err
 			}
 		}
-		return nil
+		return of.close()
 	})
 	close(w.syncq)
 	wg.Wait()
@@ -206,7 +210,43 @@ func (w *writer) fetch(ctx context.Context) error {
 	return err
 }
 
-func (w *writer) put(id blob.ID, data []byte, d dest) error {
+// openFile is the file the last put wrote through the page cache, kept
+// open for the next put to the same file.
+type openFile struct {
+	idx  int32
+	path string
+	f    *os.File
+}
+
+// get returns file idx (path p) open for writing.
+func (o *openFile) get(idx int32, p string) (*os.File, error) {
+	if o.f != nil && o.idx == idx {
+		return o.f, nil
+	}
+	if err := o.close(); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", p, err)
+	}
+	o.idx, o.path, o.f = idx, p, f
+	return f, nil
+}
+
+func (o *openFile) close() error {
+	if o.f == nil {
+		return nil
+	}
+	err := o.f.Close()
+	o.f = nil
+	if err != nil {
+		return fmt.Errorf("close %s: %w", o.path, err)
+	}
+	return nil
+}
+
+func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 	e := &w.p.files[d.file]
 	p := w.p.path(e)
 	if (d.whole && int64(len(data)) != d.n) || d.blobOff+d.n > int64(len(data)) {
@@ -230,8 +270,12 @@ func (w *writer) put(id blob.ID, data []byte, d dest) error {
 		}
 	}
 	if !written {
-		if err := writeAt(p, 0, b, d.fileOff); err != nil {
+		f, err := of.get(d.file, p)
+		if err != nil {
 			return err
+		}
+		if _, err := f.WriteAt(b, d.fileOff); err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
 		}
 	}
 	w.written.Add(d.n)
