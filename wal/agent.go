@@ -25,7 +25,9 @@ type AgentOptions struct {
 	PGData string // the data directory whose pg_wal the agent archives
 	Socket string // default DefaultSocket(PGData)
 	// Parallel is how many files are uploaded at once (default 4). Memory
-	// is bounded by Parallel times about 1.5 segments.
+	// is bounded by Parallel times about one segment (walarchive reads a
+	// file a chunk at a time); compression shares the CPUs among them,
+	// oldest upload first.
 	Parallel int
 	// Rescan is how often archive_status is listed even without a change
 	// notification, and failed uploads are reconsidered (default 1s).

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -20,12 +19,11 @@ import (
 var ErrFileChanged = errors.New("file changed while it was read")
 
 // Pusher archives files of one cluster's pg_wal. It is safe for concurrent
-// use; each Push holds one file in memory.
+// use; each Push holds a few chunks of its file in memory, not all of it.
 type Pusher struct {
 	arch    *walarchive.Archive
 	cluster walarchive.ClusterInfo
 	log     *slog.Logger
-	bufs    sync.Pool // *[]byte of a segment's size
 }
 
 // NewPusher returns a Pusher for the cluster ci describes (ReadCluster).
@@ -66,30 +64,21 @@ func (p *Pusher) Push(ctx context.Context, path string) (PushResult, error) {
 	if f.Kind == pg.WALTimelineHistory || f.Kind == pg.WALBackupHistory {
 		limit = 16 << 20 // text files; far larger would not be PostgreSQL's
 	}
-	bp := p.buffer(int(limit))
-	defer p.bufs.Put(bp)
-	data, id, err := readStable(path, (*bp)[:0], limit)
+	sr, err := openStable(path, limit)
 	if err != nil {
 		return res, err
 	}
-	res.file = id
-	put, err := p.arch.Put(ctx, p.cluster, name, data)
+	defer sr.f.Close()
+	put, err := p.arch.PutFrom(ctx, p.cluster, name, sr, sr.size)
 	res.PutResult = put
 	res.Elapsed = time.Since(start)
 	if err != nil {
 		return res, fmt.Errorf("archive %s: %w", name, err)
 	}
+	res.file = sr.id
 	p.log.Debug("archived", "file", name, "key", put.Key, "created", put.Created,
 		"bytes", put.Size, "stored", put.Stored, "elapsed", res.Elapsed)
 	return res, nil
-}
-
-func (p *Pusher) buffer(n int) *[]byte {
-	if bp, ok := p.bufs.Get().(*[]byte); ok && cap(*bp) >= n {
-		return bp
-	}
-	b := make([]byte, 0, n)
-	return &b
 }
 
 // fileID identifies a file's bytes well enough to tell a re-request for the
@@ -100,48 +89,81 @@ type fileID struct {
 	mtime    int64 // UnixNano
 }
 
-// readStable reads the whole file at path into buf (at most limit bytes) and
-// checks afterwards that path still names the file it read: PostgreSQL
-// renames a segment to recycle it before writing new WAL into it, so bytes
-// read from a file still under its name are that file's.
-func readStable(path string, buf []byte, limit int64) ([]byte, fileID, error) {
+// stableReader reads a file and, at its end, checks that the path still
+// names the file it read: PostgreSQL renames a segment to recycle it before
+// writing new WAL into it, so bytes read from a file still under its name
+// are that file's. It reports io.EOF only after that check passed, and the
+// archive uploads nothing before it has seen io.EOF.
+type stableReader struct {
+	f      *os.File
+	path   string
+	before os.FileInfo
+	size   int64
+	left   int64
+	id     fileID // set once the check passed
+	end    error  // the verdict at the end, once reached
+}
+
+func openStable(path string, limit int64) (*stableReader, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fileID{}, fmt.Errorf("read %s: %w", path, err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	defer f.Close()
 	before, err := f.Stat()
 	if err != nil {
-		return nil, fileID{}, fmt.Errorf("read %s: %w", path, err)
+		f.Close()
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if !before.Mode().IsRegular() {
-		return nil, fileID{}, &walarchive.InvalidFileError{Name: path, Err: errors.New("not a regular file")}
+		f.Close()
+		return nil, &walarchive.InvalidFileError{Name: path, Err: errors.New("not a regular file")}
 	}
 	if before.Size() > limit {
-		return nil, fileID{}, &walarchive.InvalidFileError{Name: path, Err: fmt.Errorf("%d bytes, more than %d", before.Size(), limit)}
+		f.Close()
+		return nil, &walarchive.InvalidFileError{Name: path, Err: fmt.Errorf("%d bytes, more than %d", before.Size(), limit)}
 	}
-	n := int(before.Size())
-	if cap(buf) < n {
-		buf = make([]byte, n)
+	return &stableReader{f: f, path: path, before: before, size: before.Size(), left: before.Size()}, nil
+}
+
+func (r *stableReader) Read(p []byte) (int, error) {
+	if r.left > 0 {
+		if int64(len(p)) > r.left {
+			p = p[:r.left]
+		}
+		n, err := r.f.Read(p)
+		r.left -= int64(n)
+		switch {
+		case err == io.EOF && r.left > 0:
+			return n, fmt.Errorf("read %s: %w (it shrank)", r.path, ErrFileChanged)
+		case err != nil && err != io.EOF:
+			return n, fmt.Errorf("read %s: %w", r.path, err)
+		}
+		return n, nil
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, fileID{}, fmt.Errorf("read %s: %w", path, err)
+	if r.end == nil {
+		r.end = r.check()
 	}
+	return 0, r.end
+}
+
+// check is the verdict once size bytes were read: io.EOF if the file is
+// still the one that was opened, unchanged.
+func (r *stableReader) check() error {
 	// Nothing beyond the size we saw: the file did not grow.
 	var one [1]byte
-	if k, _ := f.Read(one[:]); k != 0 {
-		return nil, fileID{}, fmt.Errorf("read %s: %w (it grew)", path, ErrFileChanged)
+	if k, _ := r.f.Read(one[:]); k != 0 {
+		return fmt.Errorf("read %s: %w (it grew)", r.path, ErrFileChanged)
 	}
-	after, err := os.Stat(path)
+	after, err := os.Stat(r.path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fileID{}, fmt.Errorf("read %s: %w (it is gone)", path, ErrFileChanged)
+			return fmt.Errorf("read %s: %w (it is gone)", r.path, ErrFileChanged)
 		}
-		return nil, fileID{}, fmt.Errorf("read %s: %w", path, err)
+		return fmt.Errorf("read %s: %w", r.path, err)
 	}
-	if !os.SameFile(before, after) || after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) {
-		return nil, fileID{}, fmt.Errorf("read %s: %w", path, ErrFileChanged)
+	if !os.SameFile(r.before, after) || after.Size() != r.before.Size() || !after.ModTime().Equal(r.before.ModTime()) {
+		return fmt.Errorf("read %s: %w", r.path, ErrFileChanged)
 	}
-	return buf, idOf(after), nil
+	r.id = idOf(after)
+	return io.EOF
 }

@@ -613,3 +613,70 @@ func TestServeSpooled(t *testing.T) {
 		t.Fatal("served the spool of an earlier restore")
 	}
 }
+
+func TestPushRefusesAFileChangedWhileRead(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	name := segName(1, 3)
+	path := filepath.Join(e.pgdata, "pg_wal", name)
+	seg := segment(1, 3, 1)
+	for _, c := range []struct {
+		name   string
+		change func(t *testing.T)
+	}{
+		{"grew", func(t *testing.T) {
+			f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Write([]byte{1})
+			f.Close()
+		}},
+		{"replaced", func(t *testing.T) {
+			// PostgreSQL recycles a segment by renaming another file to it.
+			writeFile(t, path+".new", seg)
+			if err := os.Rename(path+".new", path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"gone", func(t *testing.T) { os.Remove(path) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			writeFile(t, path, seg)
+			sr, err := openStable(path, segSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sr.f.Close()
+			if _, err := io.ReadFull(sr, make([]byte, segSize)); err != nil {
+				t.Fatal(err)
+			}
+			c.change(t)
+			if _, err := sr.Read(make([]byte, 1)); !errors.Is(err, ErrFileChanged) {
+				t.Fatalf("got %v, want ErrFileChanged", err)
+			}
+		})
+	}
+	// Unchanged: the end, and the file's identity.
+	writeFile(t, path, seg)
+	sr, err := openStable(path, segSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sr.f.Close()
+	if b, err := io.ReadAll(sr); err != nil || !bytes.Equal(b, seg) {
+		t.Fatalf("read: %v", err)
+	}
+	if id, err := statID(path); err != nil || id != sr.id {
+		t.Fatalf("identity %+v, file %+v (%v)", sr.id, id, err)
+	}
+	// Push of the unchanged file uploads it.
+	creates := e.store.creates.Load()
+	p := NewPusher(e.arch, cluster, nil)
+	if _, err := p.Push(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	if e.store.creates.Load() == creates {
+		t.Fatal("nothing uploaded")
+	}
+}

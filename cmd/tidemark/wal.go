@@ -404,7 +404,7 @@ func agentCommand() *cli.Command {
 			stringFlag("pgdata", "PostgreSQL data directory (default: the working directory)", "PGDATA"),
 			stringFlag("socket", "Unix socket to answer wal-push on (default PGDATA/tidemark-agent.sock)"),
 			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{envName("parallel")},
-				Usage: "files uploaded at once; memory is about 1.5 segments per upload"},
+				Usage: "files uploaded at once; memory is about one segment per upload (up to 2.5 for incompressible WAL)"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},
 				Usage: "on SIGTERM, how long uploads in flight may finish before they are abandoned"},
 			retryForFlag(30 * time.Second),
@@ -441,8 +441,10 @@ func agentCommand() *cli.Command {
 			}
 			defer r.Close()
 			// A long-running process next to the database: hold the heap
-			// near what the uploads in flight need (about 1.5 segments each)
-			// rather than letting the collector double it.
+			// near what the uploads in flight need (about one segment each,
+			// two and a half for incompressible WAL, of which the limit
+			// covers two: the rest is the margin) rather than letting the
+			// collector double it.
 			debug.SetMemoryLimit(int64(max(c.Int("parallel"), 1))*2*int64(ci.SegSize) + 64<<20)
 			a, err := wal.NewAgent(wal.NewPusher(arch, ci, log), wal.AgentOptions{
 				PGData: pgdata, Socket: c.String("socket"), Parallel: c.Int("parallel"),

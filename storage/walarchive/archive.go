@@ -43,14 +43,24 @@ type Options struct {
 // Archive reads and writes one repository's WAL archive. It is safe for
 // concurrent use.
 type Archive struct {
-	store  storage.Store
-	crypt  Crypter
-	mac    MACKey
-	log    *slog.Logger
-	enc    *zstd.Encoder
-	dec    sync.Pool // *zstd.Decoder, each used by one stream at a time
-	bufs   sync.Pool // *bytes.Buffer for objects being uploaded
-	frames sync.Pool // *[]byte for compressed frames
+	store storage.Store
+	crypt Crypter
+	mac   MACKey
+	log   *slog.Logger
+	enc   *zstd.Encoder
+	dec   sync.Pool // *zstd.Decoder, each used by one stream at a time
+	bufs  sync.Pool // *bytes.Buffer for objects being uploaded
+	// slots hold one workspace per CPU (nil until first used): compressing
+	// and checking a chunk takes one, so that concurrent uploads share the
+	// CPUs in the order they asked (a channel serves blocked receivers
+	// first come, first served) instead of all slowing down together: the
+	// oldest segment, the one PostgreSQL waits for, finishes first.
+	slots chan *workspace
+	// chunks and frames keep buffers across garbage collections (a
+	// sync.Pool is emptied by them, and a fresh 4 MiB buffer costs a
+	// thousand page faults); each keeps a bounded number.
+	chunks freeList // file chunks being compressed, chunkSize
+	frames freeList // compressed frames, until the object is encrypted
 
 	mu       sync.Mutex
 	clusters map[uint64]ClusterInfo // markers checked by this process
@@ -74,13 +84,21 @@ func New(store storage.Store, c Crypter, mac MACKey, opts Options) *Archive {
 	// A 1 MiB window keeps the decoder that checks each frame (and every
 	// reader) small; WAL's repeats are closer than that (zstd -1 uses
 	// 512 KiB).
+	procs := runtime.GOMAXPROCS(0)
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevel(level)),
-		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(procs), zstd.WithEncoderCRC(false),
 		zstd.WithWindowSize(windowSize))
 	if err != nil {
 		panic("walarchive: zstd encoder: " + err.Error()) // only bad options fail
 	}
-	return &Archive{store: store, crypt: c, mac: mac, log: log, enc: enc, clusters: map[uint64]ClusterInfo{}}
+	a := &Archive{store: store, crypt: c, mac: mac, log: log, enc: enc, clusters: map[uint64]ClusterInfo{},
+		slots:  make(chan *workspace, procs),
+		chunks: newFreeList(2*procs, chunkSize),
+		frames: newFreeList(4*procs, chunkSize/2)}
+	for range procs {
+		a.slots <- nil
+	}
+	return a
 }
 
 // FromRepo returns the WAL archive of an open repository, compressed at the
@@ -172,7 +190,7 @@ func (a *Archive) EnsureCluster(ctx context.Context, want ClusterInfo) (ClusterI
 			return ClusterInfo{}, err
 		}
 		m := Meta{Name: MarkerName, Kind: KindCluster, SystemID: ci.SystemID, SegSize: ci.SegSize, Size: int64(len(body))}
-		_, err = a.create(ctx, MarkerKey(ci.SystemID), &m, body)
+		_, err = a.createBytes(ctx, MarkerKey(ci.SystemID), &m, body)
 		if err != nil && !errors.Is(err, storage.ErrExists) {
 			return ClusterInfo{}, fmt.Errorf("write cluster marker: %w", err)
 		}
@@ -197,19 +215,53 @@ type PutResult struct {
 // called name, and the cluster's system identifier, segment size and page
 // size. History and backup history files must parse.
 func (a *Archive) Put(ctx context.Context, ci ClusterInfo, name string, data []byte) (PutResult, error) {
+	return a.PutFrom(ctx, ci, name, bytes.NewReader(data), int64(len(data)))
+}
+
+// PutFrom is Put for a file of size bytes read from r, which must then
+// return io.EOF. A segment is checked, compressed and authenticated as it
+// is read, a chunk at a time, so that only a few chunks of it are in memory
+// at once. Nothing is uploaded before r has returned io.EOF: a reader that
+// checks its file once it has read all of it (wal.Pusher: the file must not
+// have changed meanwhile) stops the upload by failing instead. Errors of r
+// are returned as they are.
+func (a *Archive) PutFrom(ctx context.Context, ci ClusterInfo, name string, r io.Reader, size int64) (PutResult, error) {
 	f, err := checkName(name)
 	if err != nil {
 		return PutResult{}, err
 	}
-	if err := CheckFile(ci, f, data); err != nil {
+	if err := checkSize(ci, f, size); err != nil {
 		return PutResult{}, err
 	}
-	if _, err := a.EnsureCluster(ctx, ci); err != nil {
-		return PutResult{}, err
+	var head func([]byte) error
+	switch f.Kind {
+	case pg.WALSegment, pg.WALPartialSegment:
+		// The first page says whose segment this is: refused before any
+		// work is done on the rest.
+		head = func(b []byte) error { return checkContents(ci, f, b) }
+	default:
+		// Text files, small: checked whole before anything else.
+		data, err := readExactly(r, size)
+		if err != nil {
+			return PutResult{}, err
+		}
+		if err := checkContents(ci, f, data); err != nil {
+			return PutResult{}, err
+		}
+		r = bytes.NewReader(data)
 	}
-	m := Meta{Name: name, Kind: kindOf(f.Kind), SystemID: ci.SystemID, SegSize: ci.SegSize, Size: int64(len(data))}
+	m := Meta{Name: name, Kind: kindOf(f.Kind), SystemID: ci.SystemID, SegSize: ci.SegSize, Size: size}
 	key := fileKey(ci.SystemID, f)
-	res, err := a.create(ctx, key, &m, data)
+	res := PutResult{Key: key, Size: size}
+	body, err := a.encode(ctx, &m, r, head)
+	if err != nil {
+		return res, err
+	}
+	defer a.bufs.Put(body)
+	if _, err := a.EnsureCluster(ctx, ci); err != nil {
+		return res, err
+	}
+	res, err = a.create(ctx, key, &m, body)
 	if err == nil || !errors.Is(err, storage.ErrExists) {
 		return res, err
 	}
@@ -228,23 +280,72 @@ func (a *Archive) Put(ctx context.Context, ci ClusterInfo, name string, data []b
 	return res, nil
 }
 
+// readExactly reads size bytes from r and then expects the end. It holds
+// only what r delivers, whatever size claims.
+func readExactly(r io.Reader, size int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, size))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) != size {
+		return nil, io.ErrUnexpectedEOF
+	}
+	if err := expectEOF(r, size); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// expectEOF checks that r, which delivered size bytes, has nothing more.
+func expectEOF(r io.Reader, size int64) error {
+	var one [1]byte
+	for range 100 {
+		n, err := r.Read(one[:])
+		if n > 0 {
+			return fmt.Errorf("the file has more than the %d bytes expected", size)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return io.ErrNoProgress
+}
+
 // CheckFile checks a file to archive against its name and the cluster:
 // what Put refuses. A segment's first page must be a long header from the
 // cluster (system identifier, segment size, page size) at the address its
 // name denotes.
 func CheckFile(ci ClusterInfo, f pg.WALFile, data []byte) error {
-	name := f.Name()
-	if int64(len(data)) > MaxFileSize {
-		return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes is larger than any WAL file", len(data))}
+	if err := checkSize(ci, f, int64(len(data))); err != nil {
+		return err
 	}
+	return checkContents(ci, f, data)
+}
+
+// checkSize is CheckFile's check of the file's size.
+func checkSize(ci ClusterInfo, f pg.WALFile, size int64) error {
+	name := f.Name()
+	if size > MaxFileSize {
+		return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes is larger than any WAL file", size)}
+	}
+	switch {
+	case f.Kind == pg.WALSegment && size != int64(ci.SegSize):
+		return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes, but the cluster's segments are %d", size, ci.SegSize)}
+	case f.Kind == pg.WALPartialSegment && size > int64(ci.SegSize):
+		return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes, more than a segment of %d", size, ci.SegSize)}
+	}
+	return nil
+}
+
+// checkContents is the rest of CheckFile, on a file whose size passed
+// checkSize. Of a segment it needs only the first page.
+func checkContents(ci ClusterInfo, f pg.WALFile, data []byte) error {
+	name := f.Name()
 	switch f.Kind {
 	case pg.WALSegment, pg.WALPartialSegment:
-		if f.Kind == pg.WALSegment && len(data) != int(ci.SegSize) {
-			return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes, but the cluster's segments are %d", len(data), ci.SegSize)}
-		}
-		if f.Kind == pg.WALPartialSegment && len(data) > int(ci.SegSize) {
-			return &InvalidFileError{Name: name, Err: fmt.Errorf("%d bytes, more than a segment of %d", len(data), ci.SegSize)}
-		}
 		h, err := pg.ParseSegmentHeader(data)
 		if err != nil {
 			return &InvalidFileError{Name: name, Err: err}
@@ -311,20 +412,24 @@ func checkHistory(tli pg.TimelineID, b []byte) error {
 	return nil
 }
 
-// create encodes and creates one object, setting m.MAC.
-func (a *Archive) create(ctx context.Context, key string, m *Meta, data []byte) (PutResult, error) {
-	res := PutResult{Key: key, Size: m.Size}
-	body, err := a.encode(m, data)
-	if err != nil {
-		return res, fmt.Errorf("encode %s: %w", key, err)
-	}
-	defer a.bufs.Put(body)
-	res.Stored = int64(body.Len())
+// create uploads one encoded object, create-only.
+func (a *Archive) create(ctx context.Context, key string, m *Meta, body *bytes.Buffer) (PutResult, error) {
+	res := PutResult{Key: key, Size: m.Size, Stored: int64(body.Len())}
 	if err := a.store.Create(ctx, key, bytes.NewReader(body.Bytes()), int64(body.Len())); err != nil {
 		return res, err
 	}
 	res.Created = true
 	return res, nil
+}
+
+// createBytes encodes data and creates the object, setting m.MAC.
+func (a *Archive) createBytes(ctx context.Context, key string, m *Meta, data []byte) (PutResult, error) {
+	body, err := a.encode(ctx, m, bytes.NewReader(data), nil)
+	if err != nil {
+		return PutResult{Key: key, Size: m.Size}, err
+	}
+	defer a.bufs.Put(body)
+	return a.create(ctx, key, m, body)
 }
 
 // chunkSize is how much of a file one zstd frame holds: frames are
@@ -335,41 +440,72 @@ const chunkSize = 4 << 20
 // windowSize is the zstd window the encoder uses.
 const windowSize = 1 << 20
 
-// encode computes m.MAC and returns the object for a file (in a pooled
-// buffer the caller puts back): the record frame and the compressed file,
-// encrypted. The MAC and the frames are computed concurrently. Each
-// compressed frame is decompressed and compared with the file before
-// anything is encrypted, so an encoder fault can never be archived as a
-// success.
-func (a *Archive) encode(m *Meta, data []byte) (*bytes.Buffer, error) {
-	n := max(1, (len(data)+chunkSize-1)/chunkSize)
+// encode reads a file of m.Size bytes from r (which must then end), sets
+// m.MAC and returns the object (in a pooled buffer the caller puts back):
+// the record frame and the compressed file, encrypted. head, if not nil,
+// checks the file's first chunk before any work is done.
+//
+// The file is read a chunk at a time; the MAC is computed as it is read,
+// and each chunk is compressed by a job that holds one of the CPU slots
+// while the next chunk is read. At most max(2, GOMAXPROCS) chunks of one
+// file are in memory; the compressed frames wait for the MAC, which leads
+// the object. Each compressed frame is decompressed and compared with its
+// chunk before anything is encrypted, so an encoder fault can never be
+// archived as a success.
+func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]byte) error) (*bytes.Buffer, error) {
+	n := max(1, int((m.Size+chunkSize-1)/chunkSize))
 	frames := make([]*[]byte, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
 	defer func() {
+		wg.Wait() // jobs own their chunk and frame until they end
 		for _, f := range frames {
 			if f != nil {
-				a.frames.Put(f)
+				a.frames.put(f)
 			}
 		}
 	}()
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		m.MAC = ComputeMAC(&a.mac, *m, data)
+	inflight := make(chan struct{}, max(2, cap(a.slots)))
+	h := macState(&a.mac, m)
+	left := m.Size
+	readErr := func() error {
+		for i := range n {
+			select {
+			case inflight <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			cp := a.chunks.get()
+			chunk := (*cp)[:min(left, chunkSize)]
+			if _, err := io.ReadFull(r, chunk); err != nil {
+				a.chunks.put(cp)
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+			if i == 0 && head != nil {
+				if err := head(chunk); err != nil {
+					a.chunks.put(cp)
+					return err
+				}
+			}
+			h.Write(chunk)
+			left -= int64(len(chunk))
+			wg.Go(func() {
+				defer func() {
+					a.chunks.put(cp)
+					<-inflight
+				}()
+				frames[i], errs[i] = a.compress(ctx, chunk)
+			})
+		}
+		return expectEOF(r, m.Size)
 	}()
-	for i := range n {
-		chunk := data[i*chunkSize : min(len(data), (i+1)*chunkSize)]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fp := a.frameBuf()
-			*fp = a.enc.EncodeAll(chunk, (*fp)[:0])
-			frames[i] = fp
-			errs[i] = a.verifyCompressed(*fp, chunk)
-		}()
-	}
 	wg.Wait()
+	if readErr != nil {
+		return nil, readErr
+	}
 	total := 0
 	for i := range n {
 		if errs[i] != nil {
@@ -377,6 +513,7 @@ func (a *Archive) encode(m *Meta, data []byte) (*bytes.Buffer, error) {
 		}
 		total += len(*frames[i])
 	}
+	h.Sum(m.MAC[:0])
 	out := a.getBuf()
 	out.Grow(total + 4096)
 	w, err := a.crypt.Encrypt(out)
@@ -391,41 +528,63 @@ func (a *Archive) encode(m *Meta, data []byte) (*bytes.Buffer, error) {
 	}
 	if err != nil {
 		a.bufs.Put(out)
-		return nil, err
+		return nil, fmt.Errorf("encrypt %s: %w", m.Name, err)
 	}
 	return out, nil
 }
 
-func (a *Archive) frameBuf() *[]byte {
-	if b, ok := a.frames.Get().(*[]byte); ok {
-		return b
+// compress compresses one chunk into a frame (from a.frames) and checks it,
+// holding a CPU slot.
+func (a *Archive) compress(ctx context.Context, chunk []byte) (*[]byte, error) {
+	var ws *workspace
+	select {
+	case ws = <-a.slots:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	b := make([]byte, 0, chunkSize/2)
-	return &b
+	defer func() { a.slots <- ws }()
+	if ws == nil {
+		ws = newWorkspace()
+	}
+	fp := a.frames.get()
+	*fp = a.enc.EncodeAll(chunk, (*fp)[:0])
+	if err := ws.verify(*fp, chunk); err != nil {
+		a.frames.put(fp)
+		return nil, err
+	}
+	return fp, nil
 }
 
-func (a *Archive) getBuf() *bytes.Buffer {
-	if b, ok := a.bufs.Get().(*bytes.Buffer); ok {
-		b.Reset()
-		return b
-	}
-	return new(bytes.Buffer)
+// workspace is what checking a compressed chunk needs, one per CPU slot.
+type workspace struct {
+	dec *zstd.Decoder
+	buf []byte
 }
 
-// verifyCompressed decompresses comp as a stream and compares it with data,
-// without holding a second copy of the file.
-func (a *Archive) verifyCompressed(comp, data []byte) error {
-	d := a.decoder()
-	defer a.dec.Put(d)
-	if err := d.ResetWithOptions(bytes.NewReader(comp), maxDecoded(int64(len(data)))); err != nil {
+func newWorkspace() *workspace {
+	// Streaming with a small window: a few hundred KiB per slot, where
+	// decoding whole chunks would need a chunk-sized buffer each.
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderMaxMemory(chunkSize+1))
+	if err != nil {
+		panic("walarchive: zstd decoder: " + err.Error()) // only bad options fail
+	}
+	return &workspace{dec: d, buf: make([]byte, 64<<10)}
+}
+
+// verify decompresses comp as a stream and compares it with data, without
+// holding a second copy of the chunk.
+func (ws *workspace) verify(comp, data []byte) error {
+	d := ws.dec
+	defer d.Reset(nil)
+	if err := d.Reset(bytes.NewReader(comp)); err != nil {
 		return err
 	}
-	var buf [64 << 10]byte
 	off := 0
 	for {
-		n, err := d.Read(buf[:])
+		n, err := d.Read(ws.buf)
 		if n > 0 {
-			if off+n > len(data) || !bytes.Equal(buf[:n], data[off:off+n]) {
+			if off+n > len(data) || !bytes.Equal(ws.buf[:n], data[off:off+n]) {
 				return fmt.Errorf("compressed file does not decompress to the original at byte %d: not archived", off)
 			}
 			off += n
@@ -441,6 +600,41 @@ func (a *Archive) verifyCompressed(comp, data []byte) error {
 		return fmt.Errorf("compressed file decompresses to %d bytes, not %d: not archived", off, len(data))
 	}
 	return nil
+}
+
+// freeList keeps up to a bounded number of byte buffers for reuse.
+type freeList struct {
+	c    chan *[]byte
+	size int // capacity of a new buffer
+}
+
+func newFreeList(keep, size int) freeList {
+	return freeList{c: make(chan *[]byte, keep), size: size}
+}
+
+func (l freeList) get() *[]byte {
+	select {
+	case b := <-l.c:
+		return b
+	default:
+		b := make([]byte, 0, l.size)
+		return &b
+	}
+}
+
+func (l freeList) put(b *[]byte) {
+	select {
+	case l.c <- b:
+	default:
+	}
+}
+
+func (a *Archive) getBuf() *bytes.Buffer {
+	if b, ok := a.bufs.Get().(*bytes.Buffer); ok {
+		b.Reset()
+		return b
+	}
+	return new(bytes.Buffer)
 }
 
 // maxDecoded bounds a decoder's memory for a file of size bytes.

@@ -524,3 +524,63 @@ func TestCheckHistory(t *testing.T) {
 		}
 	}
 }
+
+// endReader delivers data and then, instead of the end, err: a reader that
+// found its file changed once it had read all of it.
+type endReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *endReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF {
+		return n, e.err
+	}
+	return n, err
+}
+
+func TestPutFromUploadsOnlyAfterTheEnd(t *testing.T) {
+	fx := newRepo(t, mem.New())
+	ctx := context.Background()
+	// 16 MiB segments: several chunks, compressed while the rest is read.
+	const big = 16 << 20
+	ci := ClusterInfo{SystemID: testSys + 7, SegSize: big, BlockSize: pg.DefaultWALBlockSize}
+	name := pg.SegmentName(1, 3, big)
+	seg := walarchivetest.Segment(ci.SystemID, 1, 3, big, 1)
+	changed := errors.New("changed while read")
+	cases := []struct {
+		name string
+		r    io.Reader
+		want error
+	}{
+		{"changed at the end", &endReader{r: bytes.NewReader(seg), err: changed}, changed},
+		{"short", bytes.NewReader(seg[:big-1]), io.ErrUnexpectedEOF},
+		{"long", bytes.NewReader(append(bytes.Clone(seg), 0)), nil},
+		{"other cluster", bytes.NewReader(walarchivetest.Segment(ci.SystemID+1, 1, 3, big, 1)), ErrForeign},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := fx.arch.PutFrom(ctx, ci, name, c.r, big)
+			if err == nil || (c.want != nil && !errors.Is(err, c.want)) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+			for oi, err := range fx.store.List(ctx, Prefix, "") {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if oi.Key != MarkerKey(testSys) && oi.Key != MarkerKey(ci.SystemID) {
+					t.Fatalf("a failed push left %s", oi.Key)
+				}
+			}
+		})
+	}
+	res, err := fx.arch.PutFrom(ctx, ci, name, bytes.NewReader(seg), big)
+	if err != nil || !res.Created {
+		t.Fatalf("put: %+v %v", res, err)
+	}
+	got, _, err := fx.arch.ReadFile(ctx, ci.SystemID, name)
+	if err != nil || !bytes.Equal(got, seg) {
+		t.Fatalf("read back: %v (equal %v)", err, bytes.Equal(got, seg))
+	}
+}
