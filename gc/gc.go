@@ -68,6 +68,7 @@ type Repository interface {
 	Leases(ctx context.Context, scope string) ([]lease.Info, error)
 	Snapshots(ctx context.Context, cluster uint64) ([]*repo.Snapshot, error)
 	IndexFiles(ctx context.Context) ([]*index.File, error)
+	ReloadIndex(ctx context.Context) error
 	Quarantines(ctx context.Context) ([]*repo.Quarantine, error)
 	CreateQuarantine(ctx context.Context, q *repo.Quarantine) error
 	UpdateQuarantine(ctx context.Context, q *repo.Quarantine) error
@@ -179,13 +180,14 @@ func (e *IncompleteError) Unwrap() error { return e.Err }
 
 // run is the state of one Run.
 type run struct {
-	r    Repository
-	o    Options
-	log  *slog.Logger
-	res  *Result
-	g    *refs.Graph
-	seen map[string]bool // snapshot keys marked
-	ref  map[blob.ID]struct{}
+	r     Repository
+	o     Options
+	log   *slog.Logger
+	res   *Result
+	g     *refs.Graph
+	seen  map[string]bool // snapshot keys marked
+	marks int             // mark calls so far
+	ref   map[blob.ID]struct{}
 
 	packs   map[pack.ID]*packInfo // indexed packs
 	objects map[pack.ID]storage.ObjectInfo
@@ -408,6 +410,14 @@ func (g *run) mark(ctx context.Context) error {
 		roots = append(roots, s.Roots...)
 	}
 	g.res.Snapshots += len(fresh)
+	g.marks++
+	if g.marks > 1 && len(fresh) > 0 {
+		// A later mark sees snapshots committed since the index was
+		// loaded for the first: their blobs are only in a newer index.
+		if err := g.r.ReloadIndex(ctx); err != nil {
+			return fmt.Errorf("mark: reload the index: %w", err)
+		}
+	}
 	if err := g.g.Load(ctx, roots); err != nil {
 		return fmt.Errorf("mark: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/tidemarkdb/tidemark/storage/blob"
 	"github.com/tidemarkdb/tidemark/storage/lease"
 	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/verify/refs"
 )
 
 func randData(n int) []byte {
@@ -341,5 +342,29 @@ func TestRunningBackupsUploadsAreNotCandidates(t *testing.T) {
 	res, err := Run(ctx, f.Open(t), o)
 	if err != nil || res.Quarantined.Packs != 0 {
 		t.Fatalf("the running backup's uploads were candidates: %+v %v", res, err)
+	}
+}
+
+// TestLaterMarkReloadsIndex: the mark before a sweep reads snapshots that
+// another process committed after the first mark loaded the index; their
+// blobs are only in a newer index (TestGCConcurrent found this).
+func TestLaterMarkReloadsIndex(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	repotest.Commit(t, f.Repo, repotest.Snap{}, repotest.File{Name: "a", Data: randData(100 << 10)})
+	r := f.Open(t)
+	o := opts()
+	o.fill()
+	g := &run{r: r, o: o, log: o.Logger, res: &Result{}, g: refs.New(r, o.Logger),
+		seen: map[string]bool{}, ref: map[blob.ID]struct{}{}}
+	if err := g.mark(ctx); err != nil {
+		t.Fatal(err)
+	}
+	repotest.Commit(t, f.Open(t), repotest.Snap{}, repotest.File{Name: "b", Data: randData(100 << 10)})
+	if err := g.mark(ctx); err != nil {
+		t.Fatalf("second mark: %v", err)
+	}
+	if g.res.Snapshots != 2 {
+		t.Fatalf("marked %d snapshots, want 2", g.res.Snapshots)
 	}
 }
