@@ -215,6 +215,12 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		// One retry policy, storage/retry's; the SDK's would multiply it.
 		o.Retryer = aws.NopRetryer{}
+		// No "Expect: 100-continue" on large PUTs (packs, WAL objects): it
+		// costs a round trip each, and up to the transport's one-second
+		// ExpectContinueTimeout on a server that never answers it. Its only
+		// gain, not sending a body the server refuses, matters little: a
+		// refused upload is rare and retried anyway.
+		o.ContinueHeaderThresholdBytes = -1
 		o.DisableLogOutputChecksumValidationSkipped = true
 	})
 	if s.https {

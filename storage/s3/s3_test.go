@@ -657,3 +657,30 @@ func TestStalledConnection(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestNoExpectContinue: large uploads (packs, WAL objects) go out without
+// "Expect: 100-continue", which would cost a round trip each, or the
+// transport's one-second wait on a server that never answers it.
+func TestNoExpectContinue(t *testing.T) {
+	var expect atomic.Value
+	expect.Store("unset")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			expect.Store(r.Header.Get("Expect"))
+		}
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("ETag", `"x"`)
+	}))
+	defer srv.Close()
+	s, err := New(context.Background(), Options{Bucket: "b", Endpoint: srv.URL, PathStyle: true, AccessKeyID: "a", SecretAccessKey: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte{1}, 3<<20)
+	if err := s.Put(context.Background(), "wal/x", bytes.NewReader(body), int64(len(body))); err != nil {
+		t.Fatal(err)
+	}
+	if got := expect.Load().(string); got != "" {
+		t.Fatalf("a %d-byte PUT carried Expect: %q", len(body), got)
+	}
+}
