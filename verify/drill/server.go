@@ -317,9 +317,25 @@ func (d *run) cleanup(failed bool) {
 		d.log.Warn("drill: failed; scratch directory kept for inspection (--keep-on-failure)", "dir", d.scratch)
 		return
 	}
-	if err := os.RemoveAll(d.scratch); err != nil {
+	if err := removeAllSettled(d.scratch); err != nil {
 		d.log.Warn("drill: could not remove the scratch directory", "dir", d.scratch, "err", err)
 	}
+}
+
+// removeAllSettled removes dir, trying again for a few seconds when it
+// fails: a restore_command the stopped server had started, or the
+// prefetcher's last move, can still create a file in the scratch directory
+// while it is being removed (RemoveAll then fails with "directory not
+// empty"; TestDrillInterrupted saw it).
+func removeAllSettled(dir string) error {
+	var err error
+	for range 20 {
+		if err = os.RemoveAll(dir); err == nil {
+			return nil
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return err
 }
 
 // logReason returns the server log's FATAL or PANIC lines (or its last
