@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -183,7 +182,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	w.direct.Store(opts.DirectIO)
 	w.writeDirect = opts.writeDirect
 	if w.writeDirect == nil {
-		w.writeDirect = func(p string, b []byte, off int64) error { return writeAt(p, syscall.O_DIRECT, b, off) }
+		w.writeDirect = writeDirect
 	}
 	if err := w.run(ctx, s, settings, opts.Delta, now); err != nil {
 		return nil, err

@@ -285,9 +285,10 @@ func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 	return nil
 }
 
-// writeAt writes b at off into the existing file p opened with extra flags.
-func writeAt(p string, flags int, b []byte, off int64) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|flags, 0)
+// writeDirect writes b at off into the existing file p opened with
+// O_DIRECT.
+func writeDirect(p string, b []byte, off int64) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_DIRECT, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", p, err)
 	}
