@@ -524,9 +524,7 @@ func TestSpoolFromEarlierRestore(t *testing.T) {
 
 	// Same restore, same repository, but the spooled bytes were damaged
 	// (a crash mid-write, a full disk): fetched again, never served.
-	if err := f2.spoolOne(ctx, wanted{name: name, obj: f2.sp.listing(name[:16]).Entries[name]}); err != nil {
-		t.Fatal(err)
-	}
+	spoolListed(t, ctx, f2, name)
 	for _, damage := range []func(string){
 		func(p string) { os.Truncate(p, 0) },
 		func(p string) { b, _ := os.ReadFile(p); b[100] ^= 1; os.WriteFile(p, b, 0o600) },
@@ -539,9 +537,7 @@ func TestSpoolFromEarlierRestore(t *testing.T) {
 		if got, _ := os.ReadFile(dest); !bytes.Equal(got, fresh) {
 			t.Fatal("served damaged spooled bytes")
 		}
-		if err := f2.spoolOne(ctx, wanted{name: name, obj: f2.sp.listing(name[:16]).Entries[name]}); err != nil {
-			t.Fatal(err)
-		}
+		spoolListed(t, ctx, f2, name)
 	}
 }
 
@@ -558,17 +554,11 @@ func TestServeSpooled(t *testing.T) {
 	if _, err := f.listing(ctx, name[:16], true); err != nil {
 		t.Fatal(err)
 	}
-	spoolIt := func() {
-		t.Helper()
-		if err := f.spoolOne(ctx, wanted{name: name, obj: f.sp.listing(name[:16]).Entries[name]}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	opts := FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir}
 	store := e.arch.Store().String()
 	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
 
-	spoolIt()
+	spoolListed(t, ctx, f, name)
 	c := e.store
 	requests := func() int64 { return c.gets.Load() + c.lists.Load() + c.creates.Load() }
 	before := requests()
@@ -588,7 +578,7 @@ func TestServeSpooled(t *testing.T) {
 		t.Fatalf("the prefetcher was not told what recovery asked for: %+v", st)
 	}
 
-	spoolIt()
+	spoolListed(t, ctx, f, name)
 	if ServeSpooled(opts, "s3://another/store", name, dest) {
 		t.Fatal("served the spool of another store")
 	}
@@ -606,7 +596,7 @@ func TestServeSpooled(t *testing.T) {
 		t.Fatal("a damaged spooled file reached pg_wal")
 	}
 
-	spoolIt()
+	spoolListed(t, ctx, f, name)
 	os.Remove(filepath.Join(e.pgdata, "global", "pg_control"))
 	writeFile(t, filepath.Join(e.pgdata, "global", "pg_control"), []byte("control 2"))
 	if ServeSpooled(opts, store, name, dest) {
@@ -678,5 +668,13 @@ func TestPushRefusesAFileChangedWhileRead(t *testing.T) {
 	}
 	if e.store.creates.Load() == creates {
 		t.Fatal("nothing uploaded")
+	}
+}
+
+// spoolListed spools segment name as the fetcher's cached listing shows it.
+func spoolListed(t *testing.T, ctx context.Context, f *Fetcher, name string) {
+	t.Helper()
+	if err := f.spoolOne(ctx, wanted{name: name, obj: f.sp.listing(name[:16]).Entries[name]}); err != nil {
+		t.Fatal(err)
 	}
 }
