@@ -314,6 +314,7 @@ func (b *run) stats(c *capture, reusedPacks int) Stats {
 	return Stats{
 		Files: c.stats.files.Load(), RelFiles: c.stats.relFiles.Load(), ReusedFiles: c.stats.reusedFiles.Load(),
 		LogicalBytes: c.stats.logical.Load(), ReadBytes: c.stats.read.Load(), PatchedPages: c.stats.patched.Load(),
+		DeltaPages: c.stats.deltaPages.Load(), BaseReadBytes: c.stats.baseRead.Load(),
 		RebasedSlots: c.stats.rebased.Load(), SampledPages: c.stats.sampled.Load(), ChecksumPages: c.stats.verified.Load(),
 		NewBytes: ws.StoredBytes, NewBlobs: ws.NewBlobs, ReusedPacks: reusedPacks,
 	}

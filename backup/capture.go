@@ -104,6 +104,7 @@ type counters struct {
 	files, relFiles, reusedFiles        atomic.Int64
 	logical, done, read                 atomic.Int64
 	patched, rebased, sampled, verified atomic.Int64
+	deltaPages, baseRead                atomic.Int64
 }
 
 // dirSlot is where a finished child goes: entry idx of directory d.

@@ -280,3 +280,37 @@ func TestRebaseByAge(t *testing.T) {
 		t.Fatalf("young slots: %d rewritten, %d pages in patches", res.Stats.RebasedSlots, res.Stats.PatchedPages)
 	}
 }
+
+// TestRebaseByCount: a window in which more pages changed than the rebase
+// threshold is rewritten whole when its pages would be stored as they are,
+// and kept as deltas against its base slot otherwise, which is what makes
+// an index under random inserts (nearly every leaf changes) cheap.
+func TestRebaseByCount(t *testing.T) {
+	c, a := newCluster(t, 15, map[string]string{"autovacuum": "off"})
+	testenv.LoadRandomTable(t, c, "t", 100000)
+	// Room in every page, so that the updates below rewrite every page in
+	// place (HOT) instead of appending new pages, which have no base.
+	c.Exec(t, "ALTER TABLE t SET (fillfactor = 50)")
+	c.Exec(t, "VACUUM FULL t")
+	for _, deltas := range []bool{false, true} {
+		r := newTestRepo(t, 1<<20)
+		opts := backupOpts(t, c, a)
+		opts.NoPageDeltas = !deltas
+		mustBackup(t, r, opts)
+		// Every page of the table: past any threshold.
+		c.Exec(t, "UPDATE t SET payload = payload || 'x'")
+		want := testenv.DatabaseFingerprint(t, c)
+		res := mustBackup(t, r, opts)
+		switch {
+		case deltas && (res.Stats.RebasedSlots != 0 || res.Stats.DeltaPages == 0):
+			t.Fatalf("with deltas: %d slots rewritten, %d of %d patch pages deltas", res.Stats.RebasedSlots, res.Stats.DeltaPages, res.Stats.PatchedPages)
+		case !deltas && (res.Stats.RebasedSlots == 0 || res.Stats.DeltaPages != 0 || res.Stats.BaseReadBytes != 0):
+			t.Fatalf("without deltas: %d slots rewritten, %d delta pages, %d base bytes read", res.Stats.RebasedSlots, res.Stats.DeltaPages, res.Stats.BaseReadBytes)
+		}
+		rc := restoreSnapshot(t, r.Repo, res.Snapshot, a, 15, false)
+		if got := testenv.DatabaseFingerprint(t, rc); got != want {
+			t.Fatalf("deltas %v: restored fingerprint %s, want %s", deltas, got, want)
+		}
+		rc.Stop()
+	}
+}

@@ -177,6 +177,7 @@ func TestIncrementalEquivalence(t *testing.T) {
 			r := newTestRepo(t, 1<<20)
 			opts := backupOpts(t, c, a)
 			mustBackup(t, r, opts)
+			var deltas int64
 			for i := range 3 {
 				w.step()
 				want := testenv.DatabaseFingerprint(t, c)
@@ -184,6 +185,7 @@ func TestIncrementalEquivalence(t *testing.T) {
 				if res.Method != tc.method {
 					t.Fatalf("incremental %d used %s (%s), want %s", i, res.Method, res.Fallback, tc.method)
 				}
+				deltas += res.Stats.DeltaPages
 				rc := restoreSnapshot(t, r.Repo, res.Snapshot, a, tc.version, false)
 				if got := testenv.DatabaseFingerprint(t, rc); got != want {
 					t.Fatalf("incremental %d restored with fingerprint %s, want %s\nrestored: %v\nsource: %v",
@@ -191,6 +193,9 @@ func TestIncrementalEquivalence(t *testing.T) {
 				}
 				checkIndexes(t, rc)
 				rc.Stop()
+			}
+			if deltas == 0 {
+				t.Fatal("no incremental stored a page as a delta against its base slot")
 			}
 			w.step()
 			inc := mustBackup(t, r, opts)

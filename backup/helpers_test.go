@@ -2,10 +2,12 @@ package backup
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -136,9 +138,9 @@ func mustBackup(t testing.TB, r *testRepo, opts Options) *Result {
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
-	t.Logf("backup %s: %s (%s) parent %s, %d files, logical %s, read %s, stored %s, patched pages %d, rebased slots %d, reused files %d",
+	t.Logf("backup %s: %s (%s) parent %s, %d files, logical %s, read %s, stored %s, patched pages %d (deltas %d, base slots read %s), rebased slots %d, reused files %d",
 		res.Snapshot.ID, res.Snapshot.Type, res.Method, res.Snapshot.Parent, res.Stats.Files, bytesize.Format(res.Stats.LogicalBytes),
-		bytesize.Format(res.Stats.ReadBytes), bytesize.Format(res.Stats.NewBytes), res.Stats.PatchedPages, res.Stats.RebasedSlots, res.Stats.ReusedFiles)
+		bytesize.Format(res.Stats.ReadBytes), bytesize.Format(res.Stats.NewBytes), res.Stats.PatchedPages, res.Stats.DeltaPages, bytesize.Format(res.Stats.BaseReadBytes), res.Stats.RebasedSlots, res.Stats.ReusedFiles)
 	return res
 }
 
@@ -239,19 +241,31 @@ func (m *materializer) file(ctx context.Context, n *filemap.Node, p string) erro
 		return err
 	}
 	cache := map[blob.ID][]byte{}
+	read := func(id blob.ID) ([]byte, error) {
+		if data, ok := cache[id]; ok {
+			return data, nil
+		}
+		data, err := m.r.ReadBlob(ctx, id, nil)
+		cache[id] = data
+		return data, err
+	}
+	bs := int64(fm.BlockSize)
 	for _, e := range fm.Extents {
 		if e.Blob.IsZero() {
 			continue
 		}
-		data, ok := cache[e.Blob]
-		if !ok {
-			if data, err = m.r.ReadBlob(ctx, e.Blob, nil); err != nil {
+		data, err := read(e.Blob)
+		if err != nil {
+			return err
+		}
+		src := slices.Clone(data[int64(e.BlobPage)*bs : int64(e.BlobPage+e.Count)*bs])
+		if e.IsDelta() {
+			base, err := read(e.Base)
+			if err != nil {
 				return err
 			}
-			cache[e.Blob] = data
+			subtle.XORBytes(src, src, base[int64(e.BasePage)*bs:int64(e.BasePage+e.Count)*bs])
 		}
-		bs := int64(fm.BlockSize)
-		src := data[int64(e.BlobPage)*bs : int64(e.BlobPage+e.Count)*bs]
 		if _, err := f.WriteAt(src, int64(e.Page)*bs); err != nil {
 			return err
 		}

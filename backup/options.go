@@ -84,17 +84,23 @@ type Options struct {
 	ProgressEvery time.Duration
 
 	// Change detection and rebase tuning; zero values take the defaults.
-	RebasePages   int
-	RebaseAge     time.Duration
-	RebaseSpread  int
-	SummaryWait   time.Duration
-	ArchiveWait   time.Duration
-	NoWALSummary  bool // read page LSNs even when WAL summaries cover the range
+	RebasePages  int
+	RebaseAge    time.Duration
+	RebaseSpread int
+	SummaryWait  time.Duration
+	ArchiveWait  time.Duration
+	NoWALSummary bool // read page LSNs even when WAL summaries cover the range
+	// NoPageDeltas stores changed pages as they are instead of XORed onto
+	// the page of the window's base slot (filemap.Extent.Base): no base
+	// slots are read back, at the cost of larger incrementals.
+	NoPageDeltas  bool
 	ToolVersion   string
 	Logger        *slog.Logger
 	Now           func() time.Time
 	summaryForced func(*summary) // tests: tamper with a loaded summary
 }
+
+func (o *Options) deltas() bool { return !o.NoPageDeltas }
 
 func (o *Options) setDefaults() {
 	if o.Parallel <= 0 {
@@ -160,15 +166,17 @@ type Timing struct {
 
 // Stats count a run's work.
 type Stats struct {
-	Files         int64 `json:"files"`          // files in the snapshot
-	RelFiles      int64 `json:"relation_files"` // relation files among them
-	ReusedFiles   int64 `json:"reused_files"`   // files whose parent entry was reused unread
-	LogicalBytes  int64 `json:"logical_bytes"`  // bytes of the files in the snapshot
-	ReadBytes     int64 `json:"read_bytes"`     // bytes read from the data directory
-	PatchedPages  int64 `json:"patched_pages"`  // pages stored in patches
-	RebasedSlots  int64 `json:"rebased_slots"`  // slots rewritten whole by the rebase rule
-	SampledPages  int64 `json:"sampled_pages"`  // pages read to cross-check WAL summaries
-	NewBytes      int64 `json:"new_bytes"`      // bytes newly stored (compressed), data and metadata
+	Files         int64 `json:"files"`           // files in the snapshot
+	RelFiles      int64 `json:"relation_files"`  // relation files among them
+	ReusedFiles   int64 `json:"reused_files"`    // files whose parent entry was reused unread
+	LogicalBytes  int64 `json:"logical_bytes"`   // bytes of the files in the snapshot
+	ReadBytes     int64 `json:"read_bytes"`      // bytes read from the data directory
+	PatchedPages  int64 `json:"patched_pages"`   // pages stored in patches
+	DeltaPages    int64 `json:"delta_pages"`     // of those, stored XORed onto their base slot's page
+	BaseReadBytes int64 `json:"base_read_bytes"` // bytes of base slots read back from the repository for deltas
+	RebasedSlots  int64 `json:"rebased_slots"`   // slots rewritten whole by the rebase rule
+	SampledPages  int64 `json:"sampled_pages"`   // pages read to cross-check WAL summaries
+	NewBytes      int64 `json:"new_bytes"`       // bytes newly stored (compressed), data and metadata
 	NewBlobs      int64 `json:"new_blobs"`
 	ReusedPacks   int   `json:"reused_packs"`   // packs of reused blobs re-checked before commit
 	ChecksumPages int64 `json:"verified_pages"` // pages whose checksum was verified

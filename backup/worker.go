@@ -19,6 +19,8 @@ type worker struct {
 	buf        []byte   // one slot (or chunk) of the file being read
 	patch      []byte   // changed pages waiting to be stored as one patch blob
 	patchPages []uint32 // the file page of each page in patch
+	patchBases []pageBase
+	byBase     map[blob.ID][]int // deltaPatch: patch pages by base
 	page       []byte
 	changed    []bool // per page of the current slot
 	have       []bool // per page of the current slot: in buf and verified
@@ -34,6 +36,7 @@ func (c *capture) worker() {
 		page:    make([]byte, c.blockSize),
 		changed: make([]bool, c.pagesPerSlot()),
 		have:    make([]bool, c.pagesPerSlot()),
+		byBase:  map[blob.ID][]int{},
 	}
 	for it := range c.jobs {
 		if c.ctx.Err() == nil {

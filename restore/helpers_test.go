@@ -85,10 +85,17 @@ type tfile struct {
 	rel     bool
 	base    []byte   // relation: the content the slots hold (data when nil)
 	patched []uint32 // relation: pages of data stored in a patch blob
-	noSums  bool     // relation: no window sums in the map, as before they existed
-	mtime   int64
-	link    string // a symbolic link to this target instead of a file
-	dir     bool   // an empty directory
+	// delta, for a relation: the patch holds each patched page XORed with
+	// the base's, as deltas on the window's slot (pages of an all-zero
+	// window, which has no slot blob, stay plain).
+	delta  bool
+	noSums bool // relation: no window sums in the map, as before they existed
+	// fmap, for a relation, builds its page map instead of storeMap
+	// (data is then only what the restore must produce).
+	fmap  func(ctx context.Context, w *repo.Writer) *filemap.Map
+	mtime int64
+	link  string // a symbolic link to this target instead of a file
+	dir   bool   // an empty directory
 }
 
 // buildTree stores files (slash paths) as trees and returns the root.
@@ -169,6 +176,13 @@ func add(t testing.TB, ctx context.Context, w *repo.Writer, k blob.Kind, data []
 // storeMap stores a relation file as full slots of its base plus one patch
 // of the patched pages, and returns its page map blob.
 func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.ID {
+	if f.fmap != nil {
+		b, err := filemap.EncodeMap(f.fmap(ctx, w))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return add(t, ctx, w, blob.KindFileMap, b)
+	}
 	base := f.base
 	if base == nil {
 		base = f.data
@@ -179,9 +193,11 @@ func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.
 	pages := uint32(len(f.data) / testBS)
 	m := &filemap.Map{BlockSize: testBS, Pages: pages}
 	const slotPages = blob.SlotSize / testBS
+	var slots []blob.ID // by window; zero for an all-zero slot
 	for p := uint32(0); p < pages; p += slotPages {
 		n := min(slotPages, pages-p)
 		id := add(t, ctx, w, blob.KindSlot, base[int(p)*testBS:int(p+n)*testBS])
+		slots = append(slots, id)
 		if n == slotPages && id.IsZero() {
 			m.Extents = append(m.Extents, filemap.Extent{Page: p, Count: n})
 		} else {
@@ -192,8 +208,16 @@ func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.
 		var patch []byte
 		var ups []filemap.Extent
 		for i, pg := range f.patched {
-			patch = append(patch, f.data[int(pg)*testBS:int(pg+1)*testBS]...)
-			ups = append(ups, filemap.Extent{Page: pg, Count: 1, BlobPage: uint32(i)})
+			page := bytes.Clone(f.data[int(pg)*testBS : int(pg+1)*testBS])
+			u := filemap.Extent{Page: pg, Count: 1, BlobPage: uint32(i)}
+			if win := pg / slotPages; f.delta && !slots[win].IsZero() {
+				for k := range page {
+					page[k] ^= base[int(pg)*testBS+k]
+				}
+				u.Base, u.BasePage = slots[win], pg-win*slotPages
+			}
+			patch = append(patch, page...)
+			ups = append(ups, u)
 		}
 		id := add(t, ctx, w, blob.KindPatch, patch)
 		for i := range ups {
@@ -202,6 +226,9 @@ func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.
 		var err error
 		if m, err = filemap.Overlay(m, pages, ups); err != nil {
 			t.Fatal(err)
+		}
+		if f.delta && !m.HasDeltas() {
+			t.Fatal("a delta relation whose map has no deltas")
 		}
 		// Sums of the windows holding patch pages, as a backup records
 		// them: a slot blob's ID is the sum (the blob itself is unused).

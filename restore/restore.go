@@ -177,7 +177,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 			return nil, fmt.Errorf("remove the stale WAL spool %s: %w", opts.SpoolDir, err)
 		}
 	}
-	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{},
+	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{}, xors: map[blob.ID][]dest{},
 		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files))}
 	w.direct.Store(opts.DirectIO)
 	w.writeDirect = opts.writeDirect
@@ -466,7 +466,7 @@ func (w *writer) run(ctx context.Context, s *repo.Snapshot, settings []setting, 
 	} else if err := w.layoutFresh(); err != nil {
 		return err
 	}
-	w.log.Info("restore: fetching", "blobs", len(w.dests), "files", len(w.p.files), "layout_seconds", now().Sub(start).Seconds())
+	w.log.Info("restore: fetching", "blobs", len(w.dests), "delta_blobs", len(w.xors), "files", len(w.p.files), "layout_seconds", now().Sub(start).Seconds())
 	fetchStart := now()
 	if err := w.fetch(ctx); err != nil {
 		return err

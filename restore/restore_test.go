@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -62,8 +63,13 @@ func sampleFiles() map[string]tfile {
 // (start in segment 2, stop in segment 3) and an archive with segments 1 to
 // 10, whose last has commits up to t0+1h.
 func setup(t *testing.T) (*repo.Repo, *fakeArchive, *repo.Snapshot) {
+	return setupFiles(t, sampleFiles())
+}
+
+// setupFiles is setup with another set of files.
+func setupFiles(t *testing.T, files map[string]tfile) (*repo.Repo, *fakeArchive, *repo.Snapshot) {
 	r := newRepo(t)
-	s := commitSnapshot(t, r, snapSpec{files: sampleFiles(), start: 0x200028, stop: 0x300100, stopTime: t0})
+	s := commitSnapshot(t, r, snapSpec{files: files, start: 0x200028, stop: 0x300100, stopTime: t0})
 	a := newArchive()
 	a.addRange(1, 1, 9)
 	a.put(1, 10, walSegment(1, 10, testSysID(t), []time.Time{t0.Add(30 * time.Minute), t0.Add(time.Hour)}))
@@ -80,10 +86,10 @@ func baseOpts(t *testing.T, dir string) Options {
 	}
 }
 
-// expected is what a restore of sampleFiles leaves, less the recovery files.
-func expected(t *testing.T) map[string]string {
+// expected is what a restore of files leaves, less the recovery files.
+func expected(t *testing.T, files map[string]tfile) map[string]string {
 	out := map[string]string{}
-	files := sampleFiles()
+	files = maps.Clone(files)
 	files[controlPath] = tfile{data: fixture(t, "pg_control")}
 	files["PG_VERSION"] = tfile{data: []byte("15\n")}
 	for p, f := range files {
@@ -104,12 +110,19 @@ func expected(t *testing.T) map[string]string {
 
 func checkRestored(t *testing.T, dir string, s *repo.Snapshot, wantSettings ...string) {
 	t.Helper()
+	checkRestoredFiles(t, dir, s, sampleFiles(), wantSettings...)
+}
+
+// checkRestoredFiles checks that dir holds exactly files (which must keep
+// sampleFiles' postgresql.auto.conf) and the recovery files of s.
+func checkRestoredFiles(t *testing.T, dir string, s *repo.Snapshot, files map[string]tfile, wantSettings ...string) {
+	t.Helper()
 	got := readTree(t, dir)
 	auto := got["postgresql.auto.conf"]
 	for _, k := range []string{"backup_label", "recovery.signal", "postgresql.auto.conf"} {
 		delete(got, k)
 	}
-	want := expected(t)
+	want := expected(t, files)
 	delete(want, "postgresql.auto.conf")
 	for k, v := range want {
 		if got[k] != v {
@@ -198,7 +211,7 @@ func TestRestoreInterruptedThenDelta(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pgdata")
 	opts := baseOpts(t, dir)
 	// Fail once the first data blob arrives: trees and maps are metadata.
-	crash := &dataFailRepo{Repo: r}
+	crash := &dataFailRepo{Repo: r, after: 2}
 	if _, err := Run(ctx, crash, a, opts); err == nil {
 		t.Fatal("the crashing restore succeeded")
 	}
@@ -217,15 +230,24 @@ func TestRestoreInterruptedThenDelta(t *testing.T) {
 	checkRestored(t, dir, s)
 }
 
-// dataFailRepo fails the first ReadBlobs call that asks for data blobs.
-type dataFailRepo struct{ *repo.Repo }
+// dataFailRepo fails a ReadBlobs call that asks for data blobs, once it
+// has handed on after of them: the first such call, or the one after pass
+// calls that succeed.
+type dataFailRepo struct {
+	*repo.Repo
+	pass, after int32
+	calls       atomic.Int32
+}
 
 func (d *dataFailRepo) ReadBlobs(ctx context.Context, ids []blob.ID, fn func(blob.ID, []byte) error) error {
 	for _, id := range ids {
 		if loc, err := d.Lookup(ctx, id); err == nil && loc.Kind.Class() == blob.ClassData {
+			if d.calls.Add(1) <= d.pass {
+				break
+			}
 			var n atomic.Int32
 			return d.Repo.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
-				if n.Add(1) > 2 {
+				if n.Add(1) > d.after {
 					return errors.New("simulated crash")
 				}
 				return fn(id, data)
@@ -579,5 +601,371 @@ func TestRestoreDirectIORefused(t *testing.T) {
 	// once (at most ReadConcurrency, 8); later ones do not.
 	if n := tries.Load(); n == 0 || n > 8 {
 		t.Errorf("direct writes tried %d times, want at least one and then none", n)
+	}
+}
+
+// --- delta extents ----------------------------------------------------------
+
+// deltaPatched are the pages deltaRelation changes: three neighbours (one
+// extent), the last page of window 0, page 200 in the all-zero window
+// (which has no slot to be a delta on, so it stays a plain patch page), a
+// run of 40 pages (large enough for O_DIRECT) and a page of the short last
+// window.
+var deltaPatched = append([]uint32{5, 6, 7, 127, 200}, append(pageRange(260, 300), 390)...)
+
+func pageRange(from, to uint32) []uint32 {
+	var out []uint32
+	for p := from; p < to; p++ {
+		out = append(out, p)
+	}
+	return out
+}
+
+// deltaRelation returns a 400-page relation file whose changed pages are
+// stored as deltas on the slots of their windows. Each changed page
+// differs from its base in a few dozen bytes, as a page that gained a tuple
+// does: a restore that skipped the XOR, or XORed onto other bytes than the
+// base's, leaves pages that differ.
+func deltaRelation(sums bool) tfile {
+	base := randomBytes(11, 400*testBS)
+	clear(base[128*testBS : 256*testBS])
+	data := bytes.Clone(base)
+	for i, pg := range deltaPatched {
+		copy(data[int(pg)*testBS+100+37*i:], randomBytes(uint64(20+i), 40))
+	}
+	return tfile{data: data, base: base, rel: true, patched: deltaPatched, delta: true, noSums: !sums}
+}
+
+func deltaFiles(sums bool) map[string]tfile {
+	files := sampleFiles()
+	files["base/1/16384"] = deltaRelation(sums)
+	return files
+}
+
+// TestRestoreFreshDeltas: a fresh restore writes the bases and then XORs
+// the deltas onto them, whether the bases went through the page cache or
+// O_DIRECT.
+func TestRestoreFreshDeltas(t *testing.T) {
+	ctx := context.Background()
+	files := deltaFiles(true)
+	r, a, s := setupFiles(t, files)
+	for _, direct := range []bool{false, true} {
+		t.Run("direct="+strconv.FormatBool(direct), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "pgdata")
+			opts := baseOpts(t, dir)
+			var directBytes atomic.Int64
+			if direct {
+				// Succeeds on any file system, so that the XOR pass
+				// reads back what a direct write left.
+				opts.DirectIO = true
+				opts.writeDirect = func(p string, b []byte, off int64) error {
+					directBytes.Add(int64(len(b)))
+					f, err := os.OpenFile(p, os.O_WRONLY, 0)
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					_, err = f.WriteAt(b, off)
+					return err
+				}
+			}
+			res, err := Run(ctx, r, a, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRestoredFiles(t, dir, s, files)
+			// The 40-page base run is large enough to go direct.
+			if direct && directBytes.Load() < 40*testBS {
+				t.Errorf("%d bytes written with O_DIRECT", directBytes.Load())
+			}
+			// Every page but the holes of window 1 and pg_control
+			// (written apart) is written once, a delta's twice: base,
+			// then result.
+			want := res.Bytes - 127*testBS - int64(len(fixture(t, "pg_control"))) + int64(len(deltaPatched)-1)*testBS
+			if res.WrittenBytes != want {
+				t.Errorf("wrote %d bytes, want %d", res.WrittenBytes, want)
+			}
+		})
+	}
+}
+
+// TestRestoreDeltaOfDeltas: a --delta restore of a snapshot with delta
+// extents ends byte-identical from every starting point, with and without
+// window sums, and where the file holds the base slot fetches only the XOR
+// pass.
+func TestRestoreDeltaOfDeltas(t *testing.T) {
+	ctx := context.Background()
+	const relPath = "base/1/16384"
+	patchBytes := int64(len(deltaPatched)) * testBS
+	for _, sums := range []bool{true, false} {
+		files := deltaFiles(sums)
+		r, a, s := setupFiles(t, files)
+		// postgresql.auto.conf, which every restore rewrites, and with
+		// sums nothing else.
+		var identical int64
+		if sums {
+			identical = 4 << 10
+		}
+		old := sampleFiles()
+		old[relPath] = tfile{data: files[relPath].base, rel: true}
+		older := commitSnapshot(t, r, snapSpec{files: old, start: 0x200028, stop: 0x300100, stopTime: t0.Add(-time.Hour)})
+		tests := []struct {
+			name    string
+			prepare func(t *testing.T, opts Options)
+			// maxFetched bounds the bytes the delta fetches (0: any).
+			maxFetched int64
+		}{
+			{"stale copy of the base", func(t *testing.T, opts Options) {
+				opts.Backup = older.ID
+				if _, err := Run(ctx, r, a, opts); err != nil {
+					t.Fatal(err)
+				}
+				// The patch twice (page 200 is plain, the rest are
+				// deltas) and postgresql.auto.conf; no slot.
+			}, 2*patchBytes + 4<<10},
+			{"windows differ from base and result", func(t *testing.T, opts Options) {
+				if _, err := Run(ctx, r, a, opts); err != nil {
+					t.Fatal(err)
+				}
+				f, err := os.OpenFile(filepath.Join(opts.PGData, relPath), os.O_RDWR, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				for _, pg := range []int64{6, 50, 127, 270, 395} {
+					if _, err := f.WriteAt(bytes.Repeat([]byte{9}, testBS/2), pg*testBS+testBS/4); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}, 0},
+			{"identical", func(t *testing.T, opts Options) {
+				if _, err := Run(ctx, r, a, opts); err != nil {
+					t.Fatal(err)
+				}
+			}, identical},
+			{"interrupted between the phases", func(t *testing.T, opts Options) {
+				crash := &dataFailRepo{Repo: r, pass: 1}
+				if _, err := Run(ctx, crash, a, opts); err == nil {
+					t.Fatal("the crashing restore succeeded")
+				}
+				// The first phase left every base (and the plain page
+				// 200) where the deltas go.
+				got, err := os.ReadFile(filepath.Join(opts.PGData, relPath))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := bytes.Clone(files[relPath].base)
+				copy(want[200*testBS:201*testBS], files[relPath].data[200*testBS:])
+				if !bytes.Equal(got, want) {
+					t.Fatal("after the first phase the relation does not hold its bases")
+				}
+			}, 2*patchBytes + 4<<10},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name+"/sums="+strconv.FormatBool(sums), func(t *testing.T) {
+				dir := filepath.Join(t.TempDir(), "pgdata")
+				opts := baseOpts(t, dir)
+				tc.prepare(t, opts)
+				opts.Delta = true
+				res, err := Run(ctx, r, a, opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkRestoredFiles(t, dir, s, files)
+				if tc.maxFetched > 0 && res.FetchedBytes > tc.maxFetched {
+					t.Errorf("fetched %d bytes in %d blobs, want at most %d", res.FetchedBytes, res.FetchedBlobs, tc.maxFetched)
+				}
+				t.Logf("fetched %d bytes in %d blobs", res.FetchedBytes, res.FetchedBlobs)
+			})
+		}
+	}
+}
+
+// oddRelation is a 256-page relation whose deltas rest on bases that are
+// not their window's slot at their own offset, which a restore must take
+// from the map and not assume: a run across the window boundary on a patch,
+// a delta on window 1's slot at another offset, a delta on window 0's slot
+// placed in window 1. Its window-1 pages outside the deltas are window 1's
+// slot, so that a copy of the slots holds that slot. It returns the file
+// and the file the slots alone make.
+func oddRelation(t *testing.T, sums bool) (odd, slots tfile) {
+	a, b := randomBytes(31, 128*testBS), randomBytes(32, 128*testBS)
+	p := randomBytes(33, 70*testBS)
+	page := func(src []byte, i uint32) []byte { return src[int(i)*testBS : int(i+1)*testBS] }
+	data := make([]byte, 256*testBS)
+	copy(data, a[:100*testBS])
+	copy(data[128*testBS:], b)
+	type delta struct {
+		page, count uint32
+		base        []byte
+		basePage    uint32
+	}
+	deltas := []delta{{100, 60, p, 5}, {200, 10, b, 0}, {220, 10, a, 92}}
+	var xor []byte
+	for i, d := range deltas {
+		for k := range d.count {
+			res := bytes.Clone(page(d.base, d.basePage+k))
+			copy(res[200+int(k)*10:], randomBytes(uint64(40+i), 60))
+			copy(page(data, d.page+k), res)
+			for j := range res {
+				res[j] ^= page(d.base, d.basePage+k)[j]
+			}
+			xor = append(xor, res...)
+		}
+	}
+	clear(data[160*testBS : 200*testBS])
+	fmap := func(ctx context.Context, w *repo.Writer) *filemap.Map {
+		s0, s1 := add(t, ctx, w, blob.KindSlot, a), add(t, ctx, w, blob.KindSlot, b)
+		pid, x := add(t, ctx, w, blob.KindPatch, p), add(t, ctx, w, blob.KindPatch, xor)
+		m := &filemap.Map{BlockSize: testBS, Pages: 256, Extents: []filemap.Extent{
+			{Page: 0, Count: 100, Blob: s0},
+			{Page: 100, Count: 60, Blob: x, Base: pid, BasePage: 5},
+			{Page: 160, Count: 40},
+			{Page: 200, Count: 10, Blob: x, BlobPage: 60, Base: s1},
+			{Page: 210, Count: 10, Blob: s1, BlobPage: 82},
+			{Page: 220, Count: 10, Blob: x, BlobPage: 70, Base: s0, BasePage: 92},
+			{Page: 230, Count: 26, Blob: s1, BlobPage: 102},
+		}}
+		if sums {
+			for win := range uint32(2) {
+				m.Sums = append(m.Sums, filemap.SlotSum{Slot: win, ID: add(t, ctx, w, blob.KindSlot, data[win*blob.SlotSize:(win+1)*blob.SlotSize])})
+			}
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	return tfile{data: data, rel: true, fmap: fmap}, tfile{data: append(bytes.Clone(a), b...), rel: true}
+}
+
+// TestRestoreDeltaOddBases: deltas whose bases are not their window's slot
+// at their own offset restore right, fresh and --delta, including where
+// the file holds the window's slot or a window sum cuts a delta in two.
+func TestRestoreDeltaOddBases(t *testing.T) {
+	ctx := context.Background()
+	const relPath = "base/1/16384"
+	for _, sums := range []bool{true, false} {
+		files := sampleFiles()
+		odd, slots := oddRelation(t, sums)
+		files[relPath] = odd
+		r, a, s := setupFiles(t, files)
+		old := sampleFiles()
+		old[relPath] = slots
+		older := commitSnapshot(t, r, snapSpec{files: old, start: 0x200028, stop: 0x300100, stopTime: t0.Add(-time.Hour)})
+		tests := []struct {
+			name    string
+			prepare func(t *testing.T, opts Options)
+		}{
+			{"fresh", nil},
+			{"copy of the slots", func(t *testing.T, opts Options) {
+				opts.Backup = older.ID
+				if _, err := Run(ctx, r, a, opts); err != nil {
+					t.Fatal(err)
+				}
+			}},
+			{"window 1 differs", func(t *testing.T, opts Options) {
+				if _, err := Run(ctx, r, a, opts); err != nil {
+					t.Fatal(err)
+				}
+				f, err := os.OpenFile(filepath.Join(opts.PGData, relPath), os.O_RDWR, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				// Pages 130 to 149: the part of the run across the
+				// boundary that lies past a window held by its sum.
+				if _, err := f.WriteAt(bytes.Repeat([]byte{9}, 20*testBS), 130*testBS); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name+"/sums="+strconv.FormatBool(sums), func(t *testing.T) {
+				dir := filepath.Join(t.TempDir(), "pgdata")
+				opts := baseOpts(t, dir)
+				if tc.prepare != nil {
+					tc.prepare(t, opts)
+					opts.Delta = true
+				}
+				if _, err := Run(ctx, r, a, opts); err != nil {
+					t.Fatal(err)
+				}
+				checkRestoredFiles(t, dir, s, files)
+			})
+		}
+	}
+}
+
+// TestRestoreDeltaCorrupt: a delta blob or a base shorter than the map
+// says, or a base the repository lacks, fails the restore, fresh or
+// --delta, naming the file, and pg_control is not written.
+func TestRestoreDeltaCorrupt(t *testing.T) {
+	ctx := context.Background()
+	const relPath = "base/1/16384"
+	slot := randomBytes(41, blob.SlotSize)
+	good := sampleFiles()
+	good[relPath] = tfile{data: slot, rel: true}
+	r, a, older := setupFiles(t, good)
+	// deltaAt builds a map of slot with a two-page delta at page 10 on
+	// base (slot when nil) from its page basePage, stored in xorPages
+	// pages.
+	deltaAt := func(base func(ctx context.Context, w *repo.Writer) blob.ID, basePage uint32, xorPages int) tfile {
+		return tfile{data: slot, rel: true, fmap: func(ctx context.Context, w *repo.Writer) *filemap.Map {
+			s0 := add(t, ctx, w, blob.KindSlot, slot)
+			bid := s0
+			if base != nil {
+				bid = base(ctx, w)
+			}
+			x := add(t, ctx, w, blob.KindPatch, randomBytes(42, xorPages*testBS))
+			return &filemap.Map{BlockSize: testBS, Pages: 128, Extents: []filemap.Extent{
+				{Page: 0, Count: 10, Blob: s0},
+				{Page: 10, Count: 2, Blob: x, Base: bid, BasePage: basePage},
+				{Page: 12, Count: 116, Blob: s0, BlobPage: 12},
+			}}
+		}}
+	}
+	tests := []struct {
+		name string
+		rel  tfile
+		is   error
+		want string
+	}{
+		{"short delta blob", deltaAt(nil, 10, 1), filemap.ErrInvalid, "delta blob"},
+		{"short base", deltaAt(func(ctx context.Context, w *repo.Writer) blob.ID {
+			return add(t, ctx, w, blob.KindPatch, randomBytes(43, 4*testBS))
+		}, 3, 2), filemap.ErrInvalid, "needs 16384 from 24576"},
+		{"missing base", deltaAt(func(ctx context.Context, w *repo.Writer) blob.ID {
+			return r.BlobID(blob.KindSlot, randomBytes(44, blob.SlotSize))
+		}, 10, 2), repo.ErrBlobNotFound, "is not in the index"},
+	}
+	for i, tc := range tests {
+		files := sampleFiles()
+		files[relPath] = tc.rel
+		s := commitSnapshot(t, r, snapSpec{files: files, start: 0x200028, stop: 0x300100, stopTime: t0.Add(time.Duration(i+1) * time.Minute)})
+		for _, delta := range []bool{false, true} {
+			t.Run(tc.name+"/delta="+strconv.FormatBool(delta), func(t *testing.T) {
+				dir := filepath.Join(t.TempDir(), "pgdata")
+				opts := baseOpts(t, dir)
+				if delta {
+					opts.Backup = older.ID
+					if _, err := Run(ctx, r, a, opts); err != nil {
+						t.Fatal(err)
+					}
+					opts.Delta = true
+				}
+				opts.Backup = s.ID
+				_, err := Run(ctx, r, a, opts)
+				if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("got %v, want %v mentioning %q", err, tc.is, tc.want)
+				}
+				if !strings.Contains(err.Error(), filepath.Join(dir, relPath)) {
+					t.Errorf("%v does not name the file", err)
+				}
+				if _, err := os.Stat(filepath.Join(dir, controlPath)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("pg_control written after a failed restore: %v", err)
+				}
+			})
+		}
 	}
 }

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/storage/blob"
 	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // markerName is written into PGDATA while a restore runs and removed just
@@ -26,9 +28,12 @@ const markerName = ".tidemark-restore-incomplete"
 
 // dest is where (part of) a blob goes: n bytes from blobOff to file offset
 // fileOff. whole marks a content chunk, which must be exactly n bytes long.
+// xor marks the blob of a delta extent: its bytes are XORed onto the base
+// pages that the file holds there by then.
 type dest struct {
 	file    int32
 	whole   bool
+	xor     bool
 	fileOff int64
 	blobOff int64
 	n       int64
@@ -43,11 +48,15 @@ type writer struct {
 	parallel int
 	major    int
 
-	mu    sync.Mutex
-	dests map[blob.ID][]dest
-	// pending counts the bytes still to be written to each file; the write
-	// that brings it to zero hands the file to a syncer, so that flushing
-	// to disk overlaps fetching instead of all coming at the end.
+	mu sync.Mutex
+	// dests are written in a first phase and xors in a second, once every
+	// base that a delta is XORed onto is on disk; a blob needed in both is
+	// fetched twice.
+	dests, xors map[blob.ID][]dest
+	// pending counts the bytes still to be written to each file, XOR
+	// passes included; the write that brings it to zero hands the file to
+	// a syncer, so that flushing to disk overlaps fetching instead of all
+	// coming at the end.
 	pending []atomic.Int64
 	settled []atomic.Bool
 	syncq   chan int32
@@ -63,8 +72,27 @@ type writer struct {
 func (w *writer) addDest(id blob.ID, d dest) {
 	w.pending[d.file].Add(d.n)
 	w.mu.Lock()
-	w.dests[id] = append(w.dests[id], d)
+	if d.xor {
+		w.xors[id] = append(w.xors[id], d)
+	} else {
+		w.dests[id] = append(w.dests[id], d)
+	}
 	w.mu.Unlock()
+}
+
+// wantExtent records a non-zero extent of file i as to be fetched: its
+// blob, or for a delta its base and then its blob XORed on top; baseHeld
+// says the file holds the base pages there already.
+func (w *writer) wantExtent(i int32, x filemap.Extent, bs int64, baseHeld bool) {
+	off, n := int64(x.Page)*bs, int64(x.Count)*bs
+	if !x.IsDelta() {
+		w.addDest(x.Blob, dest{file: i, fileOff: off, blobOff: int64(x.BlobPage) * bs, n: n})
+		return
+	}
+	if !baseHeld {
+		w.addDest(x.Base, dest{file: i, fileOff: off, blobOff: int64(x.BasePage) * bs, n: n})
+	}
+	w.addDest(x.Blob, dest{file: i, xor: true, fileOff: off, blobOff: int64(x.BlobPage) * bs, n: n})
 }
 
 // isControl reports whether a file entry is pg_control, which is written
@@ -151,10 +179,9 @@ func (w *writer) createFile(e *entry) error {
 // wantAll records every non-zero piece of a file as to be fetched.
 func (w *writer) wantAll(i int32, e *entry) {
 	if m := e.fmap; m != nil {
-		bs := int64(m.BlockSize)
 		for _, x := range m.Extents {
 			if !x.Blob.IsZero() {
-				w.addDest(x.Blob, dest{file: i, fileOff: int64(x.Page) * bs, blobOff: int64(x.BlobPage) * bs, n: int64(x.Count) * bs})
+				w.wantExtent(i, x, int64(m.BlockSize), false)
 			}
 		}
 		return
@@ -165,14 +192,11 @@ func (w *writer) wantAll(i int32, e *entry) {
 	}
 }
 
-// fetch reads every recorded blob once, planned by pack, and writes each
-// of its destinations with pwrite. ReadBlobs verifies every blob's keyed ID
-// and bounds the bytes in flight.
+// fetch reads every recorded blob once per phase, planned by pack, and
+// writes each of its destinations with pwrite: first the plain blobs and
+// the bases of deltas, then the deltas' blobs onto those bases. ReadBlobs
+// verifies every blob's keyed ID and bounds the bytes in flight.
 func (w *writer) fetch(ctx context.Context) error {
-	ids := make([]blob.ID, 0, len(w.dests))
-	for id := range w.dests {
-		ids = append(ids, id)
-	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	w.syncq = make(chan int32, len(w.p.files))
@@ -188,13 +212,36 @@ func (w *writer) fetch(ctx context.Context) error {
 			}
 		}()
 	}
+	// ReadBlobs returns only once every callback has: the bases are all
+	// written when the second phase starts.
+	err := w.fetchPhase(ctx, w.dests)
+	if err == nil {
+		err = w.fetchPhase(ctx, w.xors)
+	}
+	close(w.syncq)
+	wg.Wait()
+	if err == nil {
+		err = context.Cause(ctx)
+	}
+	return err
+}
+
+// fetchPhase reads the blobs of dests and writes each destination.
+func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error {
+	if len(dests) == 0 {
+		return nil
+	}
+	ids := make([]blob.ID, 0, len(dests))
+	for id := range dests {
+		ids = append(ids, id)
+	}
 	err := w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
 		w.fetched.Add(int64(len(data)))
 		w.fetchedBlobs.Add(1)
 		// A patch's pages all go to one file, often one extent each:
 		// one open per file and blob, not per extent.
 		var of openFile
-		for _, d := range w.dests[id] {
+		for _, d := range dests[id] {
 			if err := w.put(id, data, d, &of); err != nil {
 				of.close()
 				return err
@@ -202,10 +249,10 @@ func (w *writer) fetch(ctx context.Context) error {
 		}
 		return of.close()
 	})
-	close(w.syncq)
-	wg.Wait()
-	if err == nil {
-		err = context.Cause(ctx)
+	// The blob alone does not tell the operator what the loss affects.
+	var nf *repo.BlobNotFoundError
+	if errors.As(err, &nf) && len(dests[nf.ID]) > 0 {
+		return fmt.Errorf("%s: %w", w.p.path(&w.p.files[dests[nf.ID][0].file]), err)
 	}
 	return err
 }
@@ -216,9 +263,11 @@ type openFile struct {
 	idx  int32
 	path string
 	f    *os.File
+	buf  []byte // the pages an XOR reads back, reused
 }
 
-// get returns file idx (path p) open for writing.
+// get returns file idx (path p) open for reading and writing, since an XOR
+// reads back what it overwrites.
 func (o *openFile) get(idx int32, p string) (*os.File, error) {
 	if o.f != nil && o.idx == idx {
 		return o.f, nil
@@ -226,7 +275,7 @@ func (o *openFile) get(idx int32, p string) (*os.File, error) {
 	if err := o.close(); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", p, err)
 	}
@@ -246,13 +295,49 @@ func (o *openFile) close() error {
 	return nil
 }
 
+// xorAt XORs b onto the bytes at off of file idx (path p).
+func (o *openFile) xorAt(idx int32, p string, b []byte, off int64) error {
+	f, err := o.get(idx, p)
+	if err != nil {
+		return err
+	}
+	if cap(o.buf) < len(b) {
+		o.buf = make([]byte, len(b))
+	}
+	cur := o.buf[:len(b)]
+	// The file has its full length since the layout: a short read (EOF)
+	// means something else truncated it, and is an error too.
+	if _, err := f.ReadAt(cur, off); err != nil {
+		return fmt.Errorf("read back %s at %d to apply a delta: %w", p, off, err)
+	}
+	subtle.XORBytes(cur, cur, b)
+	if _, err := f.WriteAt(cur, off); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
 func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 	e := &w.p.files[d.file]
 	p := w.p.path(e)
 	if (d.whole && int64(len(data)) != d.n) || d.blobOff+d.n > int64(len(data)) {
-		return fmt.Errorf("%s: blob %s has %d bytes, the snapshot's map needs %d from %d: %w", p, id, len(data), d.n, d.blobOff, filemap.ErrInvalid)
+		what := "blob"
+		if d.xor {
+			what = "delta blob"
+		}
+		return fmt.Errorf("%s: %s %s has %d bytes, the snapshot's map needs %d from %d: %w", p, what, id, len(data), d.n, d.blobOff, filemap.ErrInvalid)
 	}
 	b := data[d.blobOff : d.blobOff+d.n]
+	if d.xor {
+		// Through the page cache, never O_DIRECT: the read-back of the
+		// base and the write of the result touch the same pages, and
+		// deltas are small.
+		if err := of.xorAt(d.file, p, b, d.fileOff); err != nil {
+			return err
+		}
+		w.done(d)
+		return nil
+	}
 	written := false
 	if !d.whole && w.direct.Load() && directAligned(b, d.fileOff) {
 		err := w.writeDirect(p, b, d.fileOff)
@@ -278,11 +363,17 @@ func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 			return fmt.Errorf("write %s: %w", p, err)
 		}
 	}
+	w.done(d)
+	return nil
+}
+
+// done counts a written destination, and hands its file to a syncer when
+// it was the last.
+func (w *writer) done(d dest) {
 	w.written.Add(d.n)
 	if w.pending[d.file].Add(-d.n) == 0 {
 		w.syncq <- d.file
 	}
-	return nil
 }
 
 // writeDirect writes b at off into the existing file p opened with
@@ -619,8 +710,10 @@ func sameType(m fs.FileMode, t filemap.NodeType) bool {
 
 // compare checks one existing file against the snapshot: relation pages by
 // the keyed ID of each whole blob they should equal (a slot or a patch),
-// other files by size and mtime and then by chunk. It records what differs,
-// then sets the file's length and punches holes where zero pages belong.
+// other files by size and mtime and then by chunk. Deltas are never equal
+// to their blob: they are fetched unless a window sum says otherwise, their
+// base too unless the file holds it. It records what differs, then sets the
+// file's length and punches holes where zero pages belong.
 func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	p := w.p.path(e)
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
@@ -663,10 +756,11 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 		if err != nil {
 			return err
 		}
-		held, err := w.heldSlots(ctx, m, have, windows, read)
+		held, slots, err := w.heldSlots(ctx, m, have, windows, read)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
+		sp := m.SlotPages()
 		var parts []filemap.Extent
 		for xi, whole := range m.Extents {
 			if err := ctx.Err(); err != nil {
@@ -675,9 +769,14 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 			if held[xi] {
 				continue
 			}
-			parts = outsideWindows(parts[:0], whole, windows, m.SlotPages())
+			parts = outsideWindows(parts[:0], whole, windows, sp)
 			for _, x := range parts {
 				off, n := int64(x.Page)*bs, int64(x.Count)*bs
+				if x.IsDelta() {
+					same = false
+					w.wantDelta(i, x, bs, sp, slots)
+					continue
+				}
 				if x.Blob.IsZero() {
 					zero, err := zeroRange(f, p, off, min(n, max(0, have-off)), buf)
 					if err != nil {
@@ -740,6 +839,19 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	return nil
 }
 
+// wantDelta records a delta extent of file i, window by window: where
+// heldSlots found the file to hold the window's slot and that slot is the
+// base at the same offset, only the XOR pass is needed.
+func (w *writer) wantDelta(i int32, x filemap.Extent, bs int64, slotPages uint32, slots map[uint32]blob.ID) {
+	end := x.Page + x.Count
+	for p := x.Page; p < end; {
+		wstart := p / slotPages * slotPages
+		y := x.Slice(p, min(slotPages-(p-wstart), end-p))
+		w.wantExtent(i, y, bs, slots[wstart/slotPages] == y.Base && y.BasePage == y.Page-wstart)
+		p += y.Count
+	}
+}
+
 // heldWindows finds the slot-sized windows that the existing file holds
 // already, by the map's window sums (filemap.SlotSum).
 func (w *writer) heldWindows(m *filemap.Map, have int64, read func(off, n int64) ([]byte, error)) (map[uint32]bool, error) {
@@ -774,10 +886,7 @@ func outsideWindows(dst []filemap.Extent, x filemap.Extent, held map[uint32]bool
 	for p := x.Page; p < end; {
 		wend := min((p/slotPages+1)*slotPages, end)
 		if !held[p/slotPages] {
-			part := filemap.Extent{Page: p, Count: wend - p, Blob: x.Blob, Written: x.Written}
-			if !x.Blob.IsZero() {
-				part.BlobPage = x.BlobPage + (p - x.Page)
-			}
+			part := x.Slice(p, wend-p)
 			if n := len(dst); n > 0 && dst[n-1].Page+dst[n-1].Count == p {
 				dst[n-1].Count += part.Count
 			} else {
@@ -791,14 +900,17 @@ func outsideWindows(dst []filemap.Extent, x filemap.Extent, held map[uint32]bool
 
 // heldSlots finds the extents whose pages the existing file already holds
 // although no extent covers its whole blob: a slot that a later backup
-// split with patches. When the existing slot-sized window hashes to that
-// slot's ID, the file still has the slot's pages (a stale copy from before
-// the patches), and only the patches need fetching. Windows in heldWin
-// (matched whole by their sums) are not read again.
-func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, heldWin map[uint32]bool, read func(off, n int64) ([]byte, error)) (map[int]bool, error) {
+// split with patches or deltas. When the existing slot-sized window hashes
+// to that slot's ID, the file still has the slot's pages (a stale copy from
+// before the patches): only the patches need fetching, and of the deltas
+// on that slot only their XOR pass. It returns the held extents and the
+// slot that each such window holds. Windows in heldWin (matched whole by
+// their sums) are not read again.
+func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, heldWin map[uint32]bool, read func(off, n int64) ([]byte, error)) (map[int]bool, map[uint32]blob.ID, error) {
 	bs := int64(m.BlockSize)
-	slotPages := uint32(blob.SlotSize / bs)
+	slotPages := m.SlotPages()
 	var held map[int]bool
+	var slots map[uint32]blob.ID
 	ext := m.Extents
 	for j := 0; j < len(ext); {
 		wstart := ext[j].Page / slotPages * slotPages
@@ -809,49 +921,79 @@ func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, held
 		}
 		win := ext[j:k]
 		j = k
-		if len(win) < 2 || heldWin[wstart/slotPages] || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
+		// One plain extent is the whole slot or not cut from one; one
+		// delta may still be XORed onto the slot the file holds.
+		if (len(win) < 2 && !win[0].IsDelta()) || heldWin[wstart/slotPages] || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
 			continue
 		}
-		var slot blob.ID
-		var slotLen uint32
-		ok := true
-		for _, x := range win {
-			if x.Blob.IsZero() {
-				continue
-			}
-			loc, err := w.r.Lookup(ctx, x.Blob)
-			if err != nil {
-				return nil, err
-			}
-			if loc.Kind != blob.KindSlot {
-				continue
-			}
-			if (!slot.IsZero() && x.Blob != slot) || x.BlobPage != x.Page-wstart {
-				ok = false
-				break
-			}
-			slot, slotLen = x.Blob, loc.RawLength
+		slot, slotLen, err := w.windowSlot(ctx, win, wstart)
+		if err != nil {
+			return nil, nil, err
 		}
-		if !ok || slot.IsZero() || int64(slotLen) != int64(wend-wstart)*bs {
+		if slot.IsZero() || int64(slotLen) != int64(wend-wstart)*bs {
 			continue
 		}
 		b, err := read(int64(wstart)*bs, int64(slotLen))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if b == nil || w.r.BlobID(blob.KindSlot, b) != slot {
 			continue
 		}
-		if held == nil {
-			held = map[int]bool{}
+		if slots == nil {
+			held, slots = map[int]bool{}, map[uint32]blob.ID{}
 		}
+		slots[wstart/slotPages] = slot
 		for i := range win {
-			if win[i].Blob == slot {
+			// A delta's pages are not its blob's, whatever blob that is.
+			if win[i].Blob == slot && !win[i].IsDelta() {
 				held[k-len(win)+i] = true
 			}
 		}
 	}
-	return held, nil
+	return held, slots, nil
+}
+
+// windowSlot returns the slot blob that the extents of the window starting
+// at page wstart are cut from, and its length: the one KindSlot blob that
+// its plain extents point into at their own offsets, or, when they point
+// into none, the first delta base that is such a slot. Plain extents that
+// point into two slots, or into one at another offset, have none.
+func (w *writer) windowSlot(ctx context.Context, win []filemap.Extent, wstart uint32) (blob.ID, uint32, error) {
+	var slot blob.ID
+	var slotLen uint32
+	for _, x := range win {
+		if x.Blob.IsZero() || x.IsDelta() {
+			continue
+		}
+		loc, err := w.r.Lookup(ctx, x.Blob)
+		if err != nil {
+			return blob.ID{}, 0, err
+		}
+		if loc.Kind != blob.KindSlot {
+			continue
+		}
+		if (!slot.IsZero() && x.Blob != slot) || x.BlobPage != x.Page-wstart {
+			return blob.ID{}, 0, nil
+		}
+		slot, slotLen = x.Blob, loc.RawLength
+	}
+	if !slot.IsZero() {
+		return slot, slotLen, nil
+	}
+	for _, x := range win {
+		if !x.IsDelta() || x.BasePage != x.Page-wstart {
+			continue
+		}
+		loc, err := w.r.Lookup(ctx, x.Base)
+		if err != nil {
+			return blob.ID{}, 0, fmt.Errorf("base of the delta at page %d: %w", x.Page, err)
+		}
+		if loc.Kind == blob.KindSlot {
+			return x.Base, loc.RawLength, nil
+		}
+	}
+	return blob.ID{}, 0, nil
 }
 
 // zeroRange reports whether n bytes at off are all zero.

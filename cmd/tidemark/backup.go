@@ -51,6 +51,8 @@ func backupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-fast-checkpoint", Usage: "let pg_backup_start wait for a spread checkpoint", EnvVars: []string{envName("no-fast-checkpoint")}},
 			&cli.BoolFlag{Name: "fail-on-checksum-error", Usage: "fail (no snapshot) if a page checksum fails, instead of recording it", EnvVars: []string{envName("fail-on-checksum-error")}},
 			&cli.BoolFlag{Name: "no-wal-summaries", Usage: "find changed pages by their LSN even when WAL summaries (PostgreSQL 17+) cover the range", EnvVars: []string{envName("no-wal-summaries")}},
+			&cli.BoolFlag{Name: "no-page-deltas", EnvVars: []string{envName("no-page-deltas")},
+				Usage: "store changed pages whole instead of as deltas against their base slot (no base slots read back; larger incrementals)"},
 			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
 			&cli.DurationFlag{Name: "archive-timeout", Value: backup.DefaultArchiveWait, EnvVars: []string{envName("archive-timeout")},
 				Usage: "how long to wait for the WAL up to the backup's stop to be archived before failing"},
@@ -84,7 +86,7 @@ func runBackup(c *cli.Context) error {
 		PGData: pgdata, ConnString: c.String("pg-conn"), Parallel: c.Int("parallel"), Full: c.Bool("full"),
 		SpreadCheckpoint: c.Bool("no-fast-checkpoint"), FailOnChecksumError: c.Bool("fail-on-checksum-error"),
 		NoWALSummary: c.Bool("no-wal-summaries"), Label: c.String("label"), Logger: log, ToolVersion: versionString(),
-		ArchiveWait: c.Duration("archive-timeout"), RebasePages: c.Int("rebase-pages"),
+		ArchiveWait: c.Duration("archive-timeout"), RebasePages: c.Int("rebase-pages"), NoPageDeltas: c.Bool("no-page-deltas"),
 	}
 	if opts.Parallel < 0 {
 		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)

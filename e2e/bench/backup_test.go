@@ -161,10 +161,12 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 	var res struct {
 		Method string `json:"method"`
 		Stats  struct {
-			ReadBytes    int64 `json:"read_bytes"`
-			PatchedPages int64 `json:"patched_pages"`
-			RebasedSlots int64 `json:"rebased_slots"`
-			ReusedFiles  int64 `json:"reused_files"`
+			ReadBytes     int64 `json:"read_bytes"`
+			PatchedPages  int64 `json:"patched_pages"`
+			DeltaPages    int64 `json:"delta_pages"`
+			BaseReadBytes int64 `json:"base_read_bytes"`
+			RebasedSlots  int64 `json:"rebased_slots"`
+			ReusedFiles   int64 `json:"reused_files"`
 		} `json:"stats"`
 		Timing struct {
 			Start, Copy, Stop, Commit float64
@@ -175,9 +177,10 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 	}
 	r := backupRun{wall: m.Wall, stored: bucketBytes(t, b.srv, b.tmBucket, "tidemark/", "tidemark/wal/") - before,
 		peakRSS: max(m.PeakTreeRSS, m.MaxRSS)}
-	r.detail = fmt.Sprintf("%s: %s, read %.0f MiB, %d pages in patches, %d slots rewritten whole, %d files reused unread; "+
-		"start %.1fs, copy %.1fs, stop %.1fs, commit %.1fs",
-		what, res.Method, MiB(res.Stats.ReadBytes), res.Stats.PatchedPages, res.Stats.RebasedSlots, res.Stats.ReusedFiles,
+	r.detail = fmt.Sprintf("%s: %s, read %.0f MiB, %d pages in patches (%d as deltas, %.0f MiB of base slots read back), "+
+		"%d slots rewritten whole, %d files reused unread; start %.1fs, copy %.1fs, stop %.1fs, commit %.1fs",
+		what, res.Method, MiB(res.Stats.ReadBytes), res.Stats.PatchedPages, res.Stats.DeltaPages, MiB(res.Stats.BaseReadBytes),
+		res.Stats.RebasedSlots, res.Stats.ReusedFiles,
 		res.Timing.Start, res.Timing.Copy, res.Timing.Stop, res.Timing.Commit)
 	t.Logf("tidemark %s in %s", r.detail, r.wall.Round(10*time.Millisecond))
 	return r

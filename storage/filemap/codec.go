@@ -17,17 +17,24 @@ import (
 //
 //	map    := "TMM1" extents
 //	        | "TMM2" extents uvarint(n) sum*n          (n > 0)
+//	        | "TMM3" dextents uvarint(n) sum*n         (n >= 0; some extent is a delta)
 //	extents := uvarint(blocksize) uvarint(pages) uvarint(count) extent*
 //	extent := uvarint(count) blob[32] uvarint(blobpage) varint(written)
+//	dextents := uvarint(blocksize) uvarint(pages) uvarint(count) dextent*
+//	dextent := extent byte(0)
+//	         | extent byte(1) base[32] uvarint(basepage)
 //	sum    := uvarint(window - previous window - 1) id[32]   (previous: -1 for the first)
 //
 // An extent's first page is not stored: extents are contiguous from page 0.
-// A map without sums is written as TMM1, so maps that have none encode as
-// they always did and deduplicate against maps written before sums existed.
+// Each map has the oldest encoding that can hold it: one without deltas or
+// sums is written as TMM1, one without deltas as TMM2, so maps encode as
+// they always did and deduplicate against maps written before sums and
+// deltas existed.
 var (
-	treeMagic = [4]byte{'T', 'M', 'T', '1'}
-	mapMagic  = [4]byte{'T', 'M', 'M', '1'}
-	sumsMagic = [4]byte{'T', 'M', 'M', '2'}
+	treeMagic   = [4]byte{'T', 'M', 'T', '1'}
+	mapMagic    = [4]byte{'T', 'M', 'M', '1'}
+	sumsMagic   = [4]byte{'T', 'M', 'M', '2'}
+	deltasMagic = [4]byte{'T', 'M', 'M', '3'}
 )
 
 const (
@@ -142,9 +149,13 @@ func EncodeMap(m *Map) ([]byte, error) {
 		return nil, err
 	}
 	b := make([]byte, 0, 16+len(m.Extents)*44+len(m.Sums)*34)
-	if len(m.Sums) > 0 {
+	deltas := m.HasDeltas()
+	switch {
+	case deltas:
+		b = append(b, deltasMagic[:]...)
+	case len(m.Sums) > 0:
 		b = append(b, sumsMagic[:]...)
-	} else {
+	default:
 		b = append(b, mapMagic[:]...)
 	}
 	b = binary.AppendUvarint(b, uint64(m.BlockSize))
@@ -155,8 +166,17 @@ func EncodeMap(m *Map) ([]byte, error) {
 		b = append(b, e.Blob[:]...)
 		b = binary.AppendUvarint(b, uint64(e.BlobPage))
 		b = binary.AppendVarint(b, e.Written)
+		if deltas {
+			if e.IsDelta() {
+				b = append(b, 1)
+				b = append(b, e.Base[:]...)
+				b = binary.AppendUvarint(b, uint64(e.BasePage))
+			} else {
+				b = append(b, 0)
+			}
+		}
 	}
-	if len(m.Sums) > 0 {
+	if deltas || len(m.Sums) > 0 {
 		b = binary.AppendUvarint(b, uint64(len(m.Sums)))
 		next := uint32(0)
 		for _, s := range m.Sums {
@@ -171,7 +191,8 @@ func EncodeMap(m *Map) ([]byte, error) {
 // DecodeMap decodes and validates a page map.
 func DecodeMap(data []byte) (*Map, error) {
 	d := decoder{b: data}
-	sums := d.magic(mapMagic, sumsMagic) == 1
+	form := d.magic(mapMagic, sumsMagic, deltasMagic)
+	deltas := form == 2
 	m := &Map{
 		BlockSize: uint32(d.uvarint(MaxBlockSize, "block size")),
 		Pages:     uint32(d.uvarint(1<<32-1, "pages")),
@@ -192,17 +213,34 @@ func DecodeMap(data []byte) (*Map, error) {
 		e.Blob = d.id()
 		e.BlobPage = uint32(d.uvarint(1<<32-1, "blob page"))
 		e.Written = d.varint()
+		if deltas {
+			switch flag := d.byte(); flag {
+			case 0:
+			case 1:
+				e.Base = d.id()
+				e.BasePage = uint32(d.uvarint(1<<32-1, "base page"))
+				if e.Base.IsZero() {
+					d.fail("extent %d has the zero ID as its base", i)
+				}
+			default:
+				d.fail("extent %d: delta flag %d", i, flag)
+			}
+		}
 		page += uint64(e.Count)
 		if page > uint64(m.Pages) {
 			d.fail("extents run past %d pages", m.Pages)
 		}
 		m.Extents = append(m.Extents, e)
 	}
-	if sums {
-		m.Sums = d.sums(m)
+	if form > 0 {
+		m.Sums = d.sums(m, deltas)
 	}
 	if err := d.finish(); err != nil {
 		return nil, err
+	}
+	if deltas != m.HasDeltas() {
+		// One map, one encoding: TMM3 only for maps that need it.
+		return nil, invalidf("map in TMM3 without a delta extent")
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
@@ -258,14 +296,17 @@ func (d *decoder) magic(want ...[4]byte) int {
 	return -1
 }
 
-// sums reads a map's window sums; an empty list is refused, since a map
-// without sums has one encoding, TMM1.
-func (d *decoder) sums(m *Map) []SlotSum {
+// sums reads a map's window sums; an empty list is refused unless
+// emptyOK (TMM3), since a map without sums or deltas has one encoding, TMM1.
+func (d *decoder) sums(m *Map, emptyOK bool) []SlotSum {
 	if d.err != nil {
 		return nil
 	}
 	n := d.uvarint(uint64(m.Windows()), "sum count")
 	if d.err != nil {
+		return nil
+	}
+	if n == 0 && emptyOK {
 		return nil
 	}
 	if n == 0 || n > uint64(len(d.b))/33 {

@@ -102,7 +102,17 @@ type Extent struct {
 	// unchanged while the extent is reused; backup rewrites slots whose base
 	// grew old, spreading the cost over time.
 	Written int64
+	// Base, when set, makes the extent a delta: page k of the extent is
+	// Blob's page BlobPage+k XORed with Base's page BasePage+k. A page that
+	// changed since Base was stored usually differs from it in a few dozen
+	// bytes (an index page gains one tuple, a heap page one xmax), and the
+	// XOR compresses to almost nothing where the page itself does not.
+	Base     ID
+	BasePage uint32
 }
+
+// IsDelta reports whether the extent's pages are XORed onto Base's.
+func (e *Extent) IsDelta() bool { return !e.Base.IsZero() }
 
 // Map is the page map of one relation file segment.
 type Map struct {
@@ -177,8 +187,14 @@ func (m *Map) Validate() error {
 		if uint64(e.BlobPage)+uint64(e.Count) > 1<<32 {
 			return invalidf("extent %d overflows its blob", i)
 		}
-		if e.Blob.IsZero() && e.BlobPage != 0 {
-			return invalidf("extent %d of zero pages has blob page %d", i, e.BlobPage)
+		if e.Blob.IsZero() && (e.BlobPage != 0 || e.IsDelta()) {
+			return invalidf("extent %d of zero pages has a blob page or a base", i)
+		}
+		if e.IsDelta() && (e.Base == e.Blob || uint64(e.BasePage)+uint64(e.Count) > 1<<32) {
+			return invalidf("extent %d has a delta base that is its own blob or overflows", i)
+		}
+		if !e.IsDelta() && e.BasePage != 0 {
+			return invalidf("extent %d has a base page and no base", i)
 		}
 		next = e.Page + e.Count
 	}
@@ -218,16 +234,31 @@ func (m *Map) Lookup(p uint32) int {
 	return -1
 }
 
-// Blobs calls fn for every distinct non-zero blob the map references.
+// Blobs calls fn for every non-zero blob the map references, the bases of
+// deltas included: neighbouring repeats once, others possibly more than once
+// (callers that need each blob once keep a set).
 func (m *Map) Blobs(fn func(ID)) {
-	var last ID
+	var last, lastBase ID
 	for _, e := range m.Extents {
-		if e.Blob.IsZero() || e.Blob == last {
-			continue
+		if !e.Blob.IsZero() && e.Blob != last {
+			last = e.Blob
+			fn(e.Blob)
 		}
-		last = e.Blob
-		fn(e.Blob)
+		if e.IsDelta() && e.Base != lastBase && e.Base != last {
+			lastBase = e.Base
+			fn(e.Base)
+		}
 	}
+}
+
+// HasDeltas reports whether any extent is a delta.
+func (m *Map) HasDeltas() bool {
+	for i := range m.Extents {
+		if m.Extents[i].IsDelta() {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate checks a directory: names are single path elements, sorted and

@@ -216,17 +216,22 @@ func TestDecodeRejectsCorruption(t *testing.T) {
 // pagesOf expands a map into one (blob, blob page) per file page, the ground
 // truth Overlay is checked against.
 type loc struct {
-	blob ID
-	page uint32
+	blob     ID
+	page     uint32
+	base     ID
+	basePage uint32
 }
 
 func pagesOf(m *Map) []loc {
 	out := make([]loc, 0, m.Pages)
 	for _, e := range m.Extents {
 		for i := uint32(0); i < e.Count; i++ {
-			l := loc{blob: e.Blob}
+			l := loc{blob: e.Blob, base: e.Base}
 			if !e.Blob.IsZero() {
 				l.page = e.BlobPage + i
+			}
+			if e.IsDelta() {
+				l.basePage = e.BasePage + i
 			}
 			out = append(out, l)
 		}
@@ -295,6 +300,10 @@ func TestOverlayRandom(t *testing.T) {
 		}
 		var updates []Extent
 		blob := id(byte(r.IntN(4)))
+		var base ID
+		if !blob.IsZero() && r.IntN(2) == 0 {
+			base = id(byte(10 + r.IntN(2)))
+		}
 		next := uint32(r.IntN(20))
 		bp := uint32(0)
 		for next < pages && r.IntN(4) != 0 {
@@ -302,11 +311,18 @@ func TestOverlayRandom(t *testing.T) {
 			if next+n > pages {
 				n = pages - next
 			}
-			updates = append(updates, Extent{Page: next, Count: n, Blob: blob, BlobPage: bp, Written: 5})
+			e := Extent{Page: next, Count: n, Blob: blob, BlobPage: bp, Written: 5, Base: base}
+			if e.IsDelta() {
+				e.BasePage = next % 128
+			}
+			updates = append(updates, e)
 			for i := uint32(0); i < n; i++ {
-				l := loc{blob: blob}
+				l := loc{blob: blob, base: base}
 				if !blob.IsZero() {
 					l.page = bp + i
+				}
+				if e.IsDelta() {
+					l.basePage = e.BasePage + i
 				}
 				model[next+i] = l
 			}
@@ -321,11 +337,116 @@ func TestOverlayRandom(t *testing.T) {
 			t.Fatalf("round %d: overlay disagrees with the model", round)
 		}
 		for i := 1; i < len(got.Extents); i++ {
-			if continues(got.Extents[i-1], got.Extents[i]) {
+			if Continues(got.Extents[i-1], got.Extents[i]) {
 				t.Fatalf("round %d: extents %d and %d not merged", round, i-1, i)
 			}
 		}
+		b, err := EncodeMap(got)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if dec, err := DecodeMap(b); err != nil || !reflect.DeepEqual(pagesOf(dec), pagesOf(got)) {
+			t.Fatalf("round %d: encoded map does not decode to itself: %v", round, err)
+		}
 		m = got
+	}
+}
+
+func TestMapDeltas(t *testing.T) {
+	ext := []Extent{
+		{Page: 0, Count: 10, Blob: id(1), Written: 1},
+		{Page: 10, Count: 2, Blob: id(2), BlobPage: 4, Written: 2, Base: id(1), BasePage: 10},
+		{Page: 12, Count: 116, Blob: id(1), BlobPage: 12, Written: 1},
+		{Page: 128, Count: 1, Blob: id(2), BlobPage: 6, Written: 2},
+	}
+	m := &Map{BlockSize: 8192, Pages: 129, Extents: ext}
+	b, err := EncodeMap(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b[:4]) != "TMM3" {
+		t.Errorf("a map with deltas encodes as %q, want TMM3", b[:4])
+	}
+	got, err := DecodeMap(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, m)
+	}
+	onlyBase := &Map{BlockSize: 8192, Pages: 4, Extents: []Extent{{Count: 4, Blob: id(2), Base: id(5), BasePage: 7}}}
+	blobs := map[ID]bool{}
+	onlyBase.Blobs(func(i ID) { blobs[i] = true })
+	if want := map[ID]bool{id(2): true, id(5): true}; !reflect.DeepEqual(blobs, want) {
+		t.Errorf("Blobs = %v, want the base reported too: %v", blobs, want)
+	}
+	withSums := got.Clone()
+	withSums.Sums = []SlotSum{{Slot: 0, ID: id(9)}}
+	if sb, err := EncodeMap(withSums); err != nil || string(sb[:4]) != "TMM3" {
+		t.Fatalf("deltas and sums: %q %v", sb[:4], err)
+	} else if dec, err := DecodeMap(sb); err != nil || !reflect.DeepEqual(dec, withSums) {
+		t.Fatalf("deltas and sums round trip: %+v %v", dec, err)
+	}
+
+	// Cutting a delta extent keeps blob and base pages in step, and the
+	// parts of one delta merge back.
+	part := ext[1].Slice(11, 1)
+	if part.BlobPage != 5 || part.BasePage != 11 || part.Base != id(1) {
+		t.Errorf("Slice = %+v", part)
+	}
+	if !Continues(ext[1].Slice(10, 1), part) {
+		t.Error("the two halves of a delta do not continue one another")
+	}
+	shifted := part
+	shifted.BasePage++
+	if Continues(ext[1].Slice(10, 1), shifted) {
+		t.Error("a delta whose base page jumps continues the one before")
+	}
+	over, err := Overlay(got, 129, []Extent{{Page: 11, Count: 1, Blob: id(3), Written: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := over.Extents[1]; e.Page != 10 || e.Count != 1 || e.Base != id(1) || e.BasePage != 10 {
+		t.Errorf("overlay kept %+v of the delta", e)
+	}
+	if e := over.Extents[2]; e.IsDelta() || e.Blob != id(3) {
+		t.Errorf("overlay put %+v over the delta's second page", e)
+	}
+
+	bad := map[string]Extent{
+		"zero pages with a base":   {Page: 10, Count: 2, Base: id(1)},
+		"its own base":             {Page: 10, Count: 2, Blob: id(2), Base: id(2)},
+		"base page without a base": {Page: 10, Count: 2, Blob: id(2), BasePage: 3},
+		"base overflows":           {Page: 10, Count: 2, Blob: id(2), Base: id(1), BasePage: 1<<32 - 1},
+	}
+	for name, e := range bad {
+		m := &Map{BlockSize: 8192, Pages: 129, Extents: append(append(append([]Extent(nil), ext[0]), e), ext[2:]...)}
+		if _, err := EncodeMap(m); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: EncodeMap accepted it: %v", name, err)
+		}
+	}
+	// TMM3 without a delta would be a second encoding of a TMM1 or TMM2 map.
+	plain, err := EncodeMap(&Map{BlockSize: 8192, Pages: 10, Extents: ext[:1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmm3 := append([]byte("TMM3"), plain[4:]...)
+	tmm3 = append(tmm3, 0, 0) // no base flag, no sums
+	if _, err := DecodeMap(tmm3); !errors.Is(err, ErrInvalid) {
+		t.Errorf("TMM3 without deltas: %v", err)
+	}
+	// A base flag other than 0 or 1, and a zero base ID, are refused.
+	for _, flag := range []byte{2, 1} {
+		d := append([]byte("TMM3"), plain[4:]...)
+		d = append(d, flag)
+		if flag == 1 {
+			d = append(d, make([]byte, 32)...)
+			d = append(d, 0)
+		}
+		d = append(d, 0)
+		if _, err := DecodeMap(d); !errors.Is(err, ErrInvalid) {
+			t.Errorf("base flag %d: %v", flag, err)
+		}
 	}
 }
 
@@ -355,6 +476,8 @@ func FuzzDecodeMap(f *testing.F) {
 	b, _ := EncodeMap(&Map{BlockSize: 8192, Pages: 130, Extents: []Extent{{Count: 128, Blob: id(1), Written: 3}, {Page: 128, Count: 2}}})
 	f.Add(b)
 	b, _ = EncodeMap(&Map{BlockSize: 8192, Pages: 300, Extents: []Extent{{Count: 300, Blob: id(1)}}, Sums: []SlotSum{{Slot: 0, ID: id(2)}, {Slot: 2, ID: id(3)}}})
+	f.Add(b)
+	b, _ = EncodeMap(&Map{BlockSize: 8192, Pages: 130, Extents: []Extent{{Count: 2, Blob: id(1)}, {Page: 2, Count: 128, Blob: id(2), Base: id(1), BasePage: 2}}})
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodeMap(data)

@@ -20,9 +20,9 @@ func Overlay(m *Map, pages uint32, updates []Extent) (*Map, error) {
 		}
 		if e.Blob.IsZero() {
 			// Zero pages have no blob and no age: one canonical form.
-			e.BlobPage, e.Written = 0, 0
+			e.BlobPage, e.Written, e.Base, e.BasePage = 0, 0, ID{}, 0
 		}
-		if n := len(out.Extents); n > 0 && continues(out.Extents[n-1], e) {
+		if n := len(out.Extents); n > 0 && Continues(out.Extents[n-1], e) {
 			out.Extents[n-1].Count += e.Count
 			return
 		}
@@ -40,10 +40,7 @@ func Overlay(m *Map, pages uint32, updates []Extent) (*Map, error) {
 			e := base[i]
 			skip := page - e.Page
 			n := min(e.Count-skip, end-page)
-			ne := Extent{Page: page, Count: n, Blob: e.Blob, Written: e.Written}
-			if !e.Blob.IsZero() {
-				ne.BlobPage = e.BlobPage + skip
-			}
+			ne := e.Slice(page, n)
 			push(ne)
 			page += n
 		}
@@ -60,10 +57,27 @@ func Overlay(m *Map, pages uint32, updates []Extent) (*Map, error) {
 	return out, out.Validate()
 }
 
-// continues reports whether b directly follows a in both the file and the
-// blob, so that the two can be one extent.
-func continues(a, b Extent) bool {
-	if a.Blob != b.Blob || a.Written != b.Written || a.Page+a.Count != b.Page {
+// Slice returns the part of e covering pages [page, page+n), which must lie
+// within e.
+func (e Extent) Slice(page, n uint32) Extent {
+	skip := page - e.Page
+	out := Extent{Page: page, Count: n, Blob: e.Blob, Written: e.Written, Base: e.Base}
+	if !e.Blob.IsZero() {
+		out.BlobPage = e.BlobPage + skip
+	}
+	if e.IsDelta() {
+		out.BasePage = e.BasePage + skip
+	}
+	return out
+}
+
+// Continues reports whether b directly follows a in the file, the blob and
+// the base, so that the two can be one extent.
+func Continues(a, b Extent) bool {
+	if a.Blob != b.Blob || a.Base != b.Base || a.Written != b.Written || a.Page+a.Count != b.Page {
+		return false
+	}
+	if a.IsDelta() && a.BasePage+a.Count != b.BasePage {
 		return false
 	}
 	return a.Blob.IsZero() || a.BlobPage+a.Count == b.BlobPage
