@@ -2,6 +2,7 @@ package backup
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -312,5 +313,76 @@ func TestRebaseByCount(t *testing.T) {
 			t.Fatalf("deltas %v: restored fingerprint %s, want %s", deltas, got, want)
 		}
 		rc.Stop()
+	}
+}
+
+// TestRebaseByPatchBlobs: a window whose pages end up spread over more
+// than maxPatchBlobs patch blobs is rewritten whole, which bounds what a
+// restore reads for it, however many backups patched it.
+func TestRebaseByPatchBlobs(t *testing.T) {
+	c, a := newCluster(t, 15, map[string]string{"autovacuum": "off"})
+	testenv.LoadRandomTable(t, c, "t", 100000)
+	c.Exec(t, "ALTER TABLE t SET (fillfactor = 50)")
+	c.Exec(t, "VACUUM FULL t")
+	r := newTestRepo(t, 1<<20)
+	opts := backupOpts(t, c, a)
+	mustBackup(t, r, opts)
+	var rebased int64
+	var last *Result
+	for k := range 6 {
+		// A few rows in every window (about 25 rows to a page, 128
+		// pages to a window), on other pages each time (150 ids apart):
+		// each backup adds a patch blob to every window and supersedes
+		// none.
+		c.Exec(t, fmt.Sprintf("UPDATE t SET payload = payload || 'x' WHERE id %% 1000 = %d", k*150))
+		last = mustBackup(t, r, opts)
+		rebased += last.Stats.RebasedSlots
+	}
+	if rebased == 0 {
+		t.Fatal("no window was rewritten after six backups each adding a patch blob to it")
+	}
+	for rel, n := range snapshotFiles(t, r.Repo, last.Snapshot) {
+		if n.Map.IsZero() {
+			continue
+		}
+		mb, err := r.ReadBlob(t.Context(), n.Map, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := filemap.DecodeMap(mb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patches := map[uint32]map[blob.ID]bool{}
+		for _, e := range m.Extents {
+			if e.Blob.IsZero() {
+				continue
+			}
+			loc, err := r.Lookup(t.Context(), e.Blob)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if loc.Kind != blob.KindPatch {
+				continue
+			}
+			for p := e.Page; p < e.Page+e.Count; p++ {
+				w := p / m.SlotPages()
+				if patches[w] == nil {
+					patches[w] = map[blob.ID]bool{}
+				}
+				patches[w][e.Blob] = true
+			}
+		}
+		for w, ids := range patches {
+			// One backup may add two (a patch fills up mid-window).
+			if len(ids) > maxPatchBlobs+1 {
+				t.Errorf("%s window %d: pages in %d patch blobs", rel, w, len(ids))
+			}
+		}
+	}
+	want := testenv.DatabaseFingerprint(t, c)
+	rc := restoreSnapshot(t, r.Repo, last.Snapshot, a, 15, false)
+	if got := testenv.DatabaseFingerprint(t, rc); got != want {
+		t.Fatalf("restored fingerprint %s, want %s", got, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -71,22 +72,29 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 	default:
 		return fmt.Errorf("incremental capture with method %q", c.method)
 	}
-	patched, plain, old, base, err := wk.prevPatches(f, s0, s1)
+	prev, err := wk.prevPatches(f, s0, s1)
 	if err != nil {
 		return err
 	}
-	patched += n
+	base, plain, patched := prev.base, prev.plain, prev.patched+n
 	// Pages stored as deltas against the window's base cost a tenth of a
 	// rewritten slot's share even when every page of the window changed
 	// (a B-tree index under random inserts: nearly every leaf), so only
 	// the pages that cannot be deltas count toward a rewrite by number.
-	// The age rule still rewrites a window whose deltas grew old.
+	// What bounds a restore's reads for a window of deltas is the number
+	// of patch blobs it must fetch besides the base: this backup adds one
+	// or two, and past maxPatchBlobs the window is rewritten. The age
+	// rule still rewrites a window whose deltas grew old.
 	for p := s0; p < s1; p++ {
 		if wk.changed[p-s0] && p-s0 >= base.pages {
 			plain++
 		}
 	}
-	if plain > c.opts.RebasePages || patched > 0 && old && c.rebaseShare(f.rel, s0) {
+	blobs := prev.blobs
+	if n > 0 {
+		blobs++
+	}
+	if plain > c.opts.RebasePages || blobs > maxPatchBlobs || patched > 0 && prev.old && c.rebaseShare(f.rel, s0) {
 		if err := wk.readRest(f, s0, s1); err != nil {
 			return err
 		}
@@ -151,28 +159,43 @@ type windowBase struct {
 	pages uint32
 }
 
-// prevPatches counts the pages of slot [s0, s1) that the reference holds in
-// patch blobs and that this backup does not capture again (plain: of those,
-// the ones that are not deltas), reports whether
-// the slot's base blob is older than the rebase age, and finds that base:
-// the one slot blob the window's extents (or their deltas) rest on,
-// aligned to the window. A window with two bases, or one misaligned, gets
-// none: its changed pages are stored whole.
-func (wk *worker) prevPatches(f *file, s0, s1 uint32) (patched, plain int, old bool, base windowBase, err error) {
+// maxPatchBlobs is how many patch blobs a window's pages may be spread over
+// before it is rewritten whole: a restore reads each of them (1 MiB
+// decompressed) besides the base.
+const maxPatchBlobs = 3
+
+// prevWindow is what the reference map says of a window.
+type prevWindow struct {
+	patched int  // pages in patch blobs that this backup does not capture again
+	plain   int  // of those, the ones that are not deltas
+	blobs   int  // distinct patch blobs holding those pages
+	old     bool // the base blob is older than the rebase age
+	base    windowBase
+}
+
+// prevPatches reads window [s0, s1) of the reference map: the pages held in
+// patch blobs that this backup does not capture again, whether the slot's
+// base blob is older than the rebase age, and the base itself: the one
+// slot blob the window's extents (or their deltas) rest on, aligned to the
+// window. A window with two bases, or one misaligned, gets none: its
+// changed pages are stored whole.
+func (wk *worker) prevPatches(f *file, s0, s1 uint32) (prevWindow, error) {
 	c := wk.c
 	m := f.prevMap
+	var w prevWindow
 	i := m.Lookup(s0)
 	if i < 0 {
-		return 0, 0, false, windowBase{}, nil
+		return w, nil
 	}
 	oldBefore := c.now - int64(c.opts.RebaseAge.Seconds())
 	conflict := false
+	wk.seen = wk.seen[:0]
 	candidate := func(id blob.ID, aligned bool) error {
 		switch {
 		case conflict:
-		case !aligned || !base.id.IsZero() && base.id != id:
+		case !aligned || !w.base.id.IsZero() && w.base.id != id:
 			conflict = true
-		case base.id.IsZero():
+		case w.base.id.IsZero():
 			loc, err := c.store.Lookup(c.ctx, id)
 			if err != nil {
 				return fmt.Errorf("%s: snapshot %s refers to blob %s: %w", f.slot.abs, c.ref.snap.ID, id, err)
@@ -181,7 +204,7 @@ func (wk *worker) prevPatches(f *file, s0, s1 uint32) (patched, plain int, old b
 				conflict = true
 				break
 			}
-			base = windowBase{id: id, pages: loc.RawLength / uint32(c.blockSize)}
+			w.base = windowBase{id: id, pages: loc.RawLength / uint32(c.blockSize)}
 		}
 		return nil
 	}
@@ -192,34 +215,40 @@ func (wk *worker) prevPatches(f *file, s0, s1 uint32) (patched, plain int, old b
 		}
 		loc, err := c.store.Lookup(c.ctx, e.Blob)
 		if err != nil {
-			return 0, 0, false, windowBase{}, fmt.Errorf("%s: snapshot %s refers to blob %s: %w", f.slot.abs, c.ref.snap.ID, e.Blob, err)
+			return prevWindow{}, fmt.Errorf("%s: snapshot %s refers to blob %s: %w", f.slot.abs, c.ref.snap.ID, e.Blob, err)
 		}
 		if loc.Kind != blob.KindPatch {
-			old = old || e.Written != 0 && e.Written < oldBefore
+			w.old = w.old || e.Written != 0 && e.Written < oldBefore
 			if err := candidate(e.Blob, e.Page >= s0 && e.BlobPage == e.Page-s0); err != nil {
-				return 0, 0, false, windowBase{}, err
+				return prevWindow{}, err
 			}
 			continue
 		}
 		if e.IsDelta() {
 			if err := candidate(e.Base, e.Page >= s0 && e.BasePage == e.Page-s0); err != nil {
-				return 0, 0, false, windowBase{}, err
+				return prevWindow{}, err
 			}
 		}
+		surviving := false
 		for p := max(e.Page, s0); p < min(e.Page+e.Count, s1); p++ {
 			if !wk.changed[p-s0] {
-				patched++
+				surviving = true
+				w.patched++
 				if !e.IsDelta() {
-					plain++
+					w.plain++
 				}
 			}
 		}
+		if surviving && !slices.Contains(wk.seen, e.Blob) {
+			wk.seen = append(wk.seen, e.Blob)
+		}
 	}
+	w.blobs = len(wk.seen)
 	if conflict || !c.opts.deltas() {
-		base = windowBase{}
-		plain = patched
+		w.base = windowBase{}
+		w.plain = w.patched
 	}
-	return patched, plain, old, base, nil
+	return w, nil
 }
 
 // rebaseShare spreads rewrites of old slots over RebaseSpread days: a slot

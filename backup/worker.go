@@ -21,6 +21,7 @@ type worker struct {
 	patchPages []uint32 // the file page of each page in patch
 	patchBases []pageBase
 	byBase     map[blob.ID][]int // deltaPatch: patch pages by base
+	seen       []blob.ID         // prevPatches: patch blobs of the window
 	page       []byte
 	changed    []bool // per page of the current slot
 	have       []bool // per page of the current slot: in buf and verified
