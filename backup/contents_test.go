@@ -345,34 +345,7 @@ func TestRebaseByPatchBlobs(t *testing.T) {
 		if n.Map.IsZero() {
 			continue
 		}
-		mb, err := r.ReadBlob(t.Context(), n.Map, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := filemap.DecodeMap(mb)
-		if err != nil {
-			t.Fatal(err)
-		}
-		patches := map[uint32]map[blob.ID]bool{}
-		for _, e := range m.Extents {
-			if e.Blob.IsZero() {
-				continue
-			}
-			loc, err := r.Lookup(t.Context(), e.Blob)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if loc.Kind != blob.KindPatch {
-				continue
-			}
-			for p := e.Page; p < e.Page+e.Count; p++ {
-				w := p / m.SlotPages()
-				if patches[w] == nil {
-					patches[w] = map[blob.ID]bool{}
-				}
-				patches[w][e.Blob] = true
-			}
-		}
+		_, patches := patchWindows(t, r.Repo, n.Map)
 		for w, ids := range patches {
 			// One backup may add two (a patch fills up mid-window).
 			if len(ids) > maxPatchBlobs+1 {
@@ -385,4 +358,39 @@ func TestRebaseByPatchBlobs(t *testing.T) {
 	if got := testenv.DatabaseFingerprint(t, rc); got != want {
 		t.Fatalf("restored fingerprint %s, want %s", got, want)
 	}
+}
+
+// patchWindows reads page map id and returns it with, for each window
+// holding pages in patch blobs, the IDs of those blobs.
+func patchWindows(t *testing.T, r *repo.Repo, id blob.ID) (*filemap.Map, map[uint32]map[blob.ID]bool) {
+	t.Helper()
+	mb, err := r.ReadBlob(t.Context(), id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := filemap.DecodeMap(mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patches := map[uint32]map[blob.ID]bool{}
+	for _, e := range m.Extents {
+		if e.Blob.IsZero() {
+			continue
+		}
+		loc, err := r.Lookup(t.Context(), e.Blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if loc.Kind != blob.KindPatch {
+			continue
+		}
+		for p := e.Page; p < e.Page+e.Count; p++ {
+			w := p / m.SlotPages()
+			if patches[w] == nil {
+				patches[w] = map[blob.ID]bool{}
+			}
+			patches[w][e.Blob] = true
+		}
+	}
+	return m, patches
 }

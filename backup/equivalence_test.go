@@ -16,7 +16,6 @@ import (
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
 	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
@@ -289,30 +288,8 @@ func checkSums(t *testing.T, r *repo.Repo, a *repo.Snapshot, da, db string) {
 		if n.Map.IsZero() {
 			continue
 		}
-		mb, err := r.ReadBlob(t.Context(), n.Map, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := filemap.DecodeMap(mb)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, patched := patchWindows(t, r, n.Map)
 		sp := m.SlotPages()
-		patched := map[uint32]bool{}
-		for _, e := range m.Extents {
-			if e.Blob.IsZero() {
-				continue
-			}
-			loc, err := r.Lookup(t.Context(), e.Blob)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if loc.Kind == blob.KindPatch {
-				for p := e.Page; p < e.Page+e.Count; p++ {
-					patched[p/sp] = true
-				}
-			}
-		}
 		for w := range patched {
 			if _, ok := m.Sum(w); !ok {
 				t.Errorf("%s: window %d holds patch pages but has no sum", rel, w)
