@@ -727,15 +727,8 @@ func TestRestoreDeltaOfDeltas(t *testing.T) {
 				if _, err := Run(ctx, r, a, opts); err != nil {
 					t.Fatal(err)
 				}
-				f, err := os.OpenFile(filepath.Join(opts.PGData, relPath), os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer f.Close()
 				for _, pg := range []int64{6, 50, 127, 270, 395} {
-					if _, err := f.WriteAt(bytes.Repeat([]byte{9}, testBS/2), pg*testBS+testBS/4); err != nil {
-						t.Fatal(err)
-					}
+					scribble(t, filepath.Join(opts.PGData, relPath), pg*testBS+testBS/4, testBS/2)
 				}
 			}, 0},
 			{"identical", func(t *testing.T, opts Options) {
@@ -868,16 +861,9 @@ func TestRestoreDeltaOddBases(t *testing.T) {
 				if _, err := Run(ctx, r, a, opts); err != nil {
 					t.Fatal(err)
 				}
-				f, err := os.OpenFile(filepath.Join(opts.PGData, relPath), os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer f.Close()
 				// Pages 130 to 149: the part of the run across the
 				// boundary that lies past a window held by its sum.
-				if _, err := f.WriteAt(bytes.Repeat([]byte{9}, 20*testBS), 130*testBS); err != nil {
-					t.Fatal(err)
-				}
+				scribble(t, filepath.Join(opts.PGData, relPath), 130*testBS, 20*testBS)
 			}},
 		}
 		for _, tc := range tests {
@@ -967,5 +953,19 @@ func TestRestoreDeltaCorrupt(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// scribble overwrites n bytes at off of an existing file with 9s, making
+// its pages differ from any snapshot's.
+func scribble(t *testing.T, p string, off, n int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(bytes.Repeat([]byte{9}, int(n)), off); err != nil {
+		t.Fatal(err)
 	}
 }
