@@ -161,6 +161,10 @@ func TestWALRecovery(t *testing.T) {
 	if fromSpool == 0 {
 		t.Errorf("recovery never read a prefetched segment (%d from the archive)", fromArchive)
 	}
+	// The fast path: a warm spool answers without opening the repository.
+	if !strings.Contains(serverLog, `repository="not opened"`) {
+		t.Errorf("no spooled segment was served without opening the repository (%d from the spool)", fromSpool)
+	}
 	logb, _ := os.ReadFile(target + ".tidemark-spool/prefetch.log")
 	if !strings.Contains(string(logb), "prefetcher started") {
 		t.Errorf("no prefetcher ran during recovery; its log:\n%s", logb)

@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/zeebo/blake3"
-
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
@@ -463,7 +461,7 @@ func (f *Fetcher) window(ctx context.Context, last string, lastList map[string]t
 func (f *Fetcher) spoolOne(ctx context.Context, w wanted) error {
 	key, _ := walarchive.Key(f.cluster, w.name)
 	return f.sp.put(w.name, func(out io.Writer) (spoolMeta, error) {
-		h := blake3.New()
+		h := spoolSum()
 		m, err := f.arch.Get(ctx, f.cluster, w.name, io.MultiWriter(out, h))
 		return spoolMeta{Key: key, Object: w.obj, Restore: f.sp.id.Restore, Record: m, Sum: hex.EncodeToString(h.Sum(nil))}, err
 	})

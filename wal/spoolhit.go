@@ -8,8 +8,6 @@ import (
 	"os"
 	"syscall"
 
-	"github.com/zeebo/blake3"
-
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
@@ -22,7 +20,7 @@ import (
 //
 // It serves only a WAL segment whose meta names this restore, cluster and
 // object, that the spool's cached listing still shows, and whose bytes
-// match the BLAKE3 recorded when the prefetcher verified the object's MAC.
+// match the CRC-32C recorded when the prefetcher verified the object's MAC.
 // Anything else reports false, and the caller fetches the regular way (which
 // also starts the prefetcher and handles history and partial files).
 func ServeSpooled(opts FetchOptions, store, name, dest string) bool {
@@ -70,7 +68,7 @@ func ServeSpooled(opts FetchOptions, store, name, dest string) bool {
 	return true
 }
 
-// moveChecked renames path to dest if its BLAKE3 is sum (hex), copying
+// moveChecked renames path to dest if its spoolSum is sum (hex), copying
 // when the two are on different file systems.
 func moveChecked(path, dest, sum string) error {
 	src, err := os.Open(path)
@@ -78,12 +76,12 @@ func moveChecked(path, dest, sum string) error {
 		return err
 	}
 	defer src.Close()
-	h := blake3.New()
+	h := spoolSum()
 	if _, err := io.Copy(h, src); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return fmt.Errorf("spooled %s is damaged (BLAKE3 %s, recorded %s)", path, got, sum)
+		return fmt.Errorf("spooled %s is damaged (CRC-32C %s, recorded %s)", path, got, sum)
 	}
 	err = os.Rename(path, dest)
 	if err == nil || !errors.Is(err, syscall.EXDEV) {

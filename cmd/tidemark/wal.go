@@ -269,11 +269,11 @@ func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) bool {
 	if err != nil {
 		return false
 	}
-	st, err := location.Open(c.Context, c.String("repo"), location.Options{Logger: log})
+	store, err := location.Name(c.String("repo"))
 	if err != nil {
 		return false
 	}
-	ok := wal.ServeSpooled(wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, Logger: log}, st.String(), name, dest)
+	ok := wal.ServeSpooled(wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, Logger: log}, store, name, dest)
 	if ok {
 		log.Debug("fetched", "file", name, "source", "spool", "repository", "not opened")
 	}

@@ -105,6 +105,8 @@ func TestBenchRestore(t *testing.T) {
 		tab.Add("  recovery waited on restore_command", "%.1f", r.wait.Seconds(), math.NaN())
 		tab.Add("  restore_command calls", "%.0f", float64(r.calls), math.NaN())
 		tab.Add("  per call p50 / p99 after the first 3 (ms)", "%.0f", Millis(r.p50), Millis(r.p99))
+		tab.Add("  calls over 50 ms after the first 3 (spool misses)", "%.0f", float64(r.slow), math.NaN())
+		tab.Add("  time recovery waited in those calls", "%.1f", r.slowWait.Seconds(), math.NaN())
 	}
 	// A drill of the newest backup to the same target: restore, replay,
 	// pg_amcheck, checksums of every page, clean-up.
@@ -254,6 +256,8 @@ type pitrResult struct {
 	total, wait time.Duration
 	p50, p99    time.Duration
 	calls       int
+	slow        int // warm calls over 50 ms: the prefetcher had not spooled the file
+	slowWait    time.Duration
 }
 
 // pitr restores to target, starts the server and waits until it promoted,
@@ -301,6 +305,10 @@ func (b *restoreBench) pitr(target string, prefetch bool) pitrResult {
 		res.wait += call.Duration()
 		if i >= 3 {
 			warm = append(warm, call.Duration())
+			if call.Duration() > 50*time.Millisecond {
+				res.slow++
+				res.slowWait += call.Duration()
+			}
 		}
 	}
 	res.calls = len(calls)

@@ -83,6 +83,16 @@ func New(dir string) (*Store, error) {
 // String returns the store's URL.
 func (s *Store) String() string { return "file://" + s.root }
 
+// Name is what String returns for a store opened on dir, known without
+// opening it.
+func Name(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("file store %s: %w", dir, err)
+	}
+	return "file://" + abs, nil
+}
+
 // Root returns the absolute directory the store lives in.
 func (s *Store) Root() string { return s.root }
 

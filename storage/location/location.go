@@ -200,6 +200,19 @@ func redact(raw string) string {
 	return u.String()
 }
 
+// Name is the String of the store that Open(rawURL) returns, without
+// opening it: no directory is created or swept, no S3 client is built.
+func Name(rawURL string) (string, error) {
+	loc, err := Parse(rawURL)
+	if err != nil {
+		return "", err
+	}
+	if loc.FS != "" {
+		return fs.Name(loc.FS)
+	}
+	return s3.Name(*loc.S3), nil
+}
+
 // Open parses the URL and opens the store it names, behind storage/retry.
 func Open(ctx context.Context, rawURL string, opts Options) (storage.Store, error) {
 	loc, err := Parse(rawURL)

@@ -110,6 +110,11 @@ func TestOpenFile(t *testing.T) {
 	if st.String() != "file://"+dir {
 		t.Errorf("String() = %s", st)
 	}
+	for _, u := range []string{"file://" + dir, "file://" + dir + "/", "file://" + dir + "/../repo"} {
+		if name, err := Name(u); err != nil || name != st.String() {
+			t.Errorf("Name(%s) = %q, %v; want %q", u, name, err, st)
+		}
+	}
 	storagetest.PutBytes(t, st, "config", []byte("v1"))
 	if got := storagetest.ReadAll(t, st, "config"); string(got) != "v1" {
 		t.Fatalf("got %q", got)
@@ -136,6 +141,16 @@ func TestOpenS3(t *testing.T) {
 	st, err := Open(ctx, srv.URL(bucket, "team/db1"), Options{Getenv: env(srv.Env())})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// wal-fetch compares Name with the String its spool recorded.
+	for _, prefix := range []string{"team/db1", "", "/team/db1/"} {
+		opened, err := Open(ctx, srv.URL(bucket, prefix), Options{Getenv: env(srv.Env())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name, err := Name(srv.URL(bucket, prefix)); err != nil || name != opened.String() {
+			t.Errorf("Name = %q, %v; Open(...).String() = %q", name, err, opened)
+		}
 	}
 	storagetest.PutBytes(t, st, "config", []byte("v1"))
 	err = st.Create(ctx, "config", bytes.NewReader([]byte("v2")), 2)

@@ -153,17 +153,13 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	if s.prefix != "" {
 		s.prefix += "/"
 	}
-	s.name = "s3://" + s.bucket
-	if s.prefix != "" {
-		s.name += "/" + strings.TrimSuffix(s.prefix, "/")
-	}
+	s.name = Name(opts)
 	if opts.Endpoint != "" {
 		u, err := url.Parse(opts.Endpoint)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("s3 store: endpoint %q is not an http:// or https:// URL", opts.Endpoint)
 		}
 		s.https = u.Scheme == "https"
-		s.name += "?endpoint=" + opts.Endpoint
 	}
 	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 
@@ -231,6 +227,20 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 
 // String returns s3://bucket/prefix, with the endpoint when there is one.
 func (s *Store) String() string { return s.name }
+
+// Name is what String returns for a store opened with opts, known without
+// building a client: callers on a hot path (wal-fetch serving from its
+// spool) compare it without paying for the CA pool and the SDK's config.
+func Name(opts Options) string {
+	name := "s3://" + opts.Bucket
+	if prefix := strings.Trim(opts.Prefix, "/"); prefix != "" {
+		name += "/" + prefix
+	}
+	if opts.Endpoint != "" {
+		name += "?endpoint=" + opts.Endpoint
+	}
+	return name
+}
 
 // Client returns the SDK client, for tests that check what the server holds.
 func (s *Store) Client() *s3.Client { return s.client }
