@@ -143,14 +143,14 @@ type Options struct {
 	// Parallel is the number of local file workers (hashing, fsync).
 	// Repository reads run at the Repository's own concurrency.
 	Parallel int
-	// DirectIO writes whole slots of relation pages with O_DIRECT where the
-	// file system allows, sparing the CPU the copy into the page cache; the
-	// server started on the restore then reads its data from disk instead
-	// of from the cache, which on the benchmark machine cost more time in
-	// replay than it saved in the restore.
+	// DirectIO writes runs of relation pages of directMin and more with
+	// O_DIRECT where the file system allows, sparing the CPU the copy into
+	// the page cache (on the benchmark VM, growing the cache cost up to
+	// 2 s of system time per GiB written). The server started on the
+	// restore then reads its data from disk. The CLI sets it by default.
 	DirectIO bool
-	// writeDirect replaces the direct write in tests of the fallback.
-	writeDirect func(p string, b []byte, off int64) error
+	// openDirect replaces the O_DIRECT open in tests of the fallback.
+	openDirect func(p string) (directFile, error)
 	// Owner, when set, receives every file; otherwise a restore run as root
 	// gives them to the owner of the data directory (or of its parent when
 	// it does not exist yet) and a restore run as another user keeps them.

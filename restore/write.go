@@ -63,8 +63,13 @@ type writer struct {
 	// direct: large runs of relation pages are written with O_DIRECT
 	// (Options.DirectIO); cleared for the rest of the run when the file
 	// system refuses it.
-	direct      atomic.Bool
-	writeDirect func(p string, b []byte, off int64) error
+	direct     atomic.Bool
+	openDirect func(p string) (directFile, error)
+	// hasDeltas marks the files whose maps hold deltas: they are written
+	// through the page cache only, since the XOR pass reads them back,
+	// from disk after O_DIRECT (a 3.0 GiB restore after an incremental
+	// took 6.5-6.9 s with O_DIRECT for them, 4.7 s without).
+	hasDeltas []bool
 
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 }
@@ -257,40 +262,87 @@ func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error
 	return err
 }
 
-// openFile is the file the last put wrote through the page cache, kept
-// open for the next put to the same file.
+// openFile is the file the last put wrote, kept open for the next put to
+// the same file: through the page cache (f) and with O_DIRECT (d), each
+// opened when first needed. An open per 1 MiB slot cost a full restore
+// half a second of CPU.
 type openFile struct {
 	idx  int32
 	path string
 	f    *os.File
+	d    directFile
 	buf  []byte // the pages an XOR reads back, reused
+}
+
+// directFile is a file opened for O_DIRECT writes.
+type directFile interface {
+	io.WriterAt
+	io.Closer
 }
 
 // get returns file idx (path p) open for reading and writing, since an XOR
 // reads back what it overwrites.
 func (o *openFile) get(idx int32, p string) (*os.File, error) {
-	if o.f != nil && o.idx == idx {
-		return o.f, nil
-	}
-	if err := o.close(); err != nil {
+	if err := o.switchTo(idx, p); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", p, err)
+	if o.f == nil {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", p, err)
+		}
+		o.f = f
 	}
-	o.idx, o.path, o.f = idx, p, f
-	return f, nil
+	return o.f, nil
+}
+
+// writeDirect writes b at off of file idx (path p) through its O_DIRECT
+// descriptor, opened with open on first use. An EINVAL from open or write
+// means the file system refuses direct I/O.
+func (o *openFile) writeDirect(idx int32, p string, b []byte, off int64, open func(string) (directFile, error)) error {
+	if err := o.switchTo(idx, p); err != nil {
+		return err
+	}
+	if o.d == nil {
+		d, err := open(p)
+		if err != nil {
+			return fmt.Errorf("open %s for direct I/O: %w", p, err)
+		}
+		o.d = d
+	}
+	if _, err := o.d.WriteAt(b, off); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// switchTo closes what is open unless it is file idx, and makes idx the
+// current file.
+func (o *openFile) switchTo(idx int32, p string) error {
+	if o.idx == idx && o.path == p {
+		return nil
+	}
+	if err := o.close(); err != nil {
+		return err
+	}
+	o.idx, o.path = idx, p
+	return nil
 }
 
 func (o *openFile) close() error {
-	if o.f == nil {
-		return nil
+	var errs []error
+	if o.f != nil {
+		errs = append(errs, o.f.Close())
+		o.f = nil
 	}
-	err := o.f.Close()
-	o.f = nil
-	if err != nil {
-		return fmt.Errorf("close %s: %w", o.path, err)
+	if o.d != nil {
+		errs = append(errs, o.d.Close())
+		o.d = nil
+	}
+	path := o.path
+	o.path = ""
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
 	}
 	return nil
 }
@@ -339,8 +391,8 @@ func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 		return nil
 	}
 	written := false
-	if !d.whole && w.direct.Load() && directAligned(b, d.fileOff) {
-		err := w.writeDirect(p, b, d.fileOff)
+	if !d.whole && !w.hasDeltas[d.file] && w.direct.Load() && directAligned(b, d.fileOff) {
+		err := of.writeDirect(d.file, p, b, d.fileOff, w.openDirect)
 		switch {
 		case err == nil:
 			written = true
@@ -376,21 +428,9 @@ func (w *writer) done(d dest) {
 	}
 }
 
-// writeDirect writes b at off into the existing file p opened with
-// O_DIRECT.
-func writeDirect(p string, b []byte, off int64) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", p, err)
-	}
-	_, err = f.WriteAt(b, off)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
+// openDirect opens the existing file p for O_DIRECT writes.
+func openDirect(p string) (directFile, error) {
+	return os.OpenFile(p, os.O_WRONLY|syscall.O_DIRECT, 0)
 }
 
 // directIOAlign is the alignment O_DIRECT needs of memory, offset and

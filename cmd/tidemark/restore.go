@@ -42,7 +42,7 @@ func restoreCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "tablespace-map", Usage: "move a tablespace: OLD=NEW (repeatable)", EnvVars: []string{envName("tablespace-map")}},
 			&cli.IntFlag{Name: "parallel", Usage: "parallel reads and file workers", Value: 4, EnvVars: []string{envName("parallel")}},
 			cpuProfileFlag(),
-			&cli.BoolFlag{Name: "direct-io", Usage: "write relation slots with O_DIRECT, bypassing the page cache: less CPU, but the server then starts with nothing cached", EnvVars: []string{envName("direct-io")}},
+			&cli.BoolFlag{Name: "direct-io", Value: true, Usage: "write large runs of relation pages with O_DIRECT, bypassing the page cache (--direct-io=false: through the cache, which the server then starts with)", EnvVars: []string{envName("direct-io")}},
 			&cli.BoolFlag{Name: "delta", Usage: "restore into an existing data directory: remove what the backup lacks, fetch only what differs", EnvVars: []string{envName("delta")}},
 			stringFlag("owner", "OS user to own the files when run as root (default: the data directory's owner)"),
 		}),
