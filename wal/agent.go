@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
 // AgentOptions configure an Agent. Zero values take the defaults.
@@ -39,7 +40,11 @@ type AgentOptions struct {
 	// MaxBackoff caps the wait before a failed upload is retried in the
 	// background (default 1 min). A push request retries at once.
 	MaxBackoff time.Duration
-	Logger     *slog.Logger
+	// AheadPoll is how often the segment PostgreSQL is writing is looked
+	// at to compress what is complete of it (default 10ms; negative: never).
+	// Memory grows by up to two segments and their frames.
+	AheadPoll time.Duration
+	Logger    *slog.Logger
 }
 
 func (o *AgentOptions) fill() {
@@ -57,6 +62,9 @@ func (o *AgentOptions) fill() {
 	}
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = time.Minute
+	}
+	if o.AheadPoll == 0 {
+		o.AheadPoll = 10 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -81,10 +89,15 @@ type Agent struct {
 	statusDir string
 	pgdataFI  os.FileInfo
 
+	comp *compressor // nil when not compressing ahead
+
 	mu       sync.Mutex
 	cond     *sync.Cond
 	entries  map[string]*entry
 	stopping bool
+	// newest is the newest complete segment archive_status names (ready
+	// or done): PostgreSQL writes the one after it.
+	newest string
 
 	stats agentStats
 }
@@ -92,6 +105,7 @@ type Agent struct {
 type agentStats struct {
 	files, created, bytes, stored int64
 	failures                      int64
+	ahead                         int64 // pieces compressed ahead and used
 }
 
 type entryState int
@@ -135,6 +149,9 @@ func NewAgent(p *Pusher, opts AgentOptions) (*Agent, error) {
 	if _, err := os.Stat(a.statusDir); err != nil {
 		return nil, fmt.Errorf("agent: %w (is %s a data directory?)", err, opts.PGData)
 	}
+	if opts.AheadPoll > 0 {
+		a.comp = newCompressor(p.arch, p.cluster, a.walDir, a.log)
+	}
 	return a, nil
 }
 
@@ -177,6 +194,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var serving sync.WaitGroup
 	go a.accept(ctx, ln, &serving)
+	if a.comp != nil {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			a.comp.run(ctx, a.opts.AheadPoll, a.aheadTarget)
+		}()
+	}
 	wake := a.watch(ctx)
 	a.scan()
 	tick := time.NewTicker(a.opts.Rescan)
@@ -294,19 +318,32 @@ func (a *Agent) scan() {
 		return
 	}
 	ready := make(map[string]bool, len(ents))
+	newest := ""
 	for _, de := range ents {
-		name, ok := strings.CutSuffix(de.Name(), ".ready")
-		if !ok {
+		name, isReady := strings.CutSuffix(de.Name(), ".ready")
+		if !isReady {
+			var isDone bool
+			if name, isDone = strings.CutSuffix(de.Name(), ".done"); !isDone {
+				continue
+			}
+		}
+		f, err := pg.ParseWALFileName(name)
+		if err != nil {
 			continue
 		}
-		if _, err := pg.ParseWALFileName(name); err != nil {
-			continue
+		if f.Kind == pg.WALSegment && name > newest {
+			newest = name
 		}
-		ready[name] = true
+		if isReady {
+			ready[name] = true
+		}
 	}
 	now := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if newest > a.newest {
+		a.newest = newest
+	}
 	changed := false
 	for name := range ready {
 		e := a.entries[name]
@@ -327,6 +364,31 @@ func (a *Agent) scan() {
 	if changed {
 		a.cond.Broadcast()
 	}
+}
+
+// aheadTarget is the segment PostgreSQL is writing, to compress ahead; ""
+// while it is not known or while uploads are behind: more than the segment
+// completed last waits.
+func (a *Agent) aheadTarget() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.newest == "" || a.stopping {
+		return ""
+	}
+	queued := 0
+	for _, e := range a.entries {
+		if !e.history && (e.state == statePending || e.state == stateRunning) {
+			queued++
+		}
+	}
+	if queued > 1 {
+		return ""
+	}
+	next, err := nextSegment(a.newest, a.p.cluster.SegSize)
+	if err != nil {
+		return ""
+	}
+	return next
 }
 
 func newEntry(name string) *entry {
@@ -398,7 +460,11 @@ func (a *Agent) work(ctx context.Context) {
 		e.attempts++
 		a.mu.Unlock()
 
-		res, err := a.p.Push(ctx, filepath.Join(a.walDir, e.name))
+		var ahead *walarchive.Ahead
+		if a.comp != nil {
+			ahead = a.comp.take(e.name)
+		}
+		res, err := a.p.PushAhead(ctx, filepath.Join(a.walDir, e.name), ahead)
 
 		a.mu.Lock()
 		e.res, e.err = res, err
@@ -409,6 +475,7 @@ func (a *Agent) work(ctx context.Context) {
 			e.permanent = false
 			a.stats.files++
 			a.stats.bytes += res.Size
+			a.stats.ahead += int64(res.Ahead)
 			if res.Created {
 				a.stats.created++
 				a.stats.stored += res.Stored
@@ -427,7 +494,7 @@ func (a *Agent) work(ctx context.Context) {
 		switch {
 		case err == nil:
 			a.log.Debug("archived", "file", e.name, "created", res.Created, "bytes", res.Size,
-				"stored", res.Stored, "elapsed", res.Elapsed)
+				"stored", res.Stored, "ahead", res.Ahead, "elapsed", res.Elapsed)
 		case errors.Is(err, context.Canceled):
 		case e.permanent:
 			a.log.Error("cannot archive; later files wait until this is resolved", "file", e.name, "err", err)
@@ -456,6 +523,7 @@ func (a *Agent) logSummary(last agentStats) agentStats {
 	if s != last || queued > 0 {
 		a.log.Info("archive progress", "files", s.files-last.files, "uploaded", s.created-last.created,
 			"bytes", s.bytes-last.bytes, "stored_bytes", s.stored-last.stored, "failures", s.failures-last.failures,
+			"pieces_compressed_ahead", s.ahead-last.ahead,
 			"queued", queued)
 	}
 	return s

@@ -53,6 +53,12 @@ type PushResult struct {
 // checked against the cluster before anything is uploaded (see
 // walarchive.CheckFile), and must not change while it is read.
 func (p *Pusher) Push(ctx context.Context, path string) (PushResult, error) {
+	return p.PushAhead(ctx, path, nil)
+}
+
+// PushAhead is Push for a segment of which pieces were compressed while
+// PostgreSQL wrote it (see walarchive.PutFromAhead).
+func (p *Pusher) PushAhead(ctx context.Context, path string, ahead *walarchive.Ahead) (PushResult, error) {
 	start := time.Now()
 	name := filepath.Base(path)
 	res := PushResult{Name: name}
@@ -69,7 +75,7 @@ func (p *Pusher) Push(ctx context.Context, path string) (PushResult, error) {
 		return res, err
 	}
 	defer sr.f.Close()
-	put, err := p.arch.PutFrom(ctx, p.cluster, name, sr, sr.size)
+	put, err := p.arch.PutFromAhead(ctx, p.cluster, name, sr, sr.size, ahead)
 	res.PutResult = put
 	res.Elapsed = time.Since(start)
 	if err != nil {
@@ -77,7 +83,7 @@ func (p *Pusher) Push(ctx context.Context, path string) (PushResult, error) {
 	}
 	res.file = sr.id
 	p.log.Debug("archived", "file", name, "key", put.Key, "created", put.Created,
-		"bytes", put.Size, "stored", put.Stored, "elapsed", res.Elapsed)
+		"bytes", put.Size, "stored", put.Stored, "ahead", put.Ahead, "elapsed", res.Elapsed)
 	return res, nil
 }
 

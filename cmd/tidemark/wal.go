@@ -407,6 +407,8 @@ func agentCommand() *cli.Command {
 				Usage: "files uploaded at once; memory is about one segment per upload (up to 2.5 for incompressible WAL)"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},
 				Usage: "on SIGTERM, how long uploads in flight may finish before they are abandoned"},
+			&cli.BoolFlag{Name: "compress-ahead", Value: true, EnvVars: []string{envName("compress-ahead")},
+				Usage: "compress the segment PostgreSQL is writing as it fills, so that a ready segment has little left to do (--compress-ahead=false: only once ready)"},
 			retryForFlag(30 * time.Second),
 			&cli.DurationFlag{Name: "heartbeat", EnvVars: []string{envName("heartbeat")},
 				Usage: "write a heartbeat row (tidemark.heartbeat) this often for restore drills to check their target against (0: off)"},
@@ -444,11 +446,18 @@ func agentCommand() *cli.Command {
 			// near what the uploads in flight need (about one segment each,
 			// two and a half for incompressible WAL, of which the limit
 			// covers two: the rest is the margin) rather than letting the
-			// collector double it.
-			debug.SetMemoryLimit(int64(max(c.Int("parallel"), 1))*2*int64(ci.SegSize) + 64<<20)
+			// collector double it. Compressing ahead holds up to two
+			// more segments with their frames.
+			segs := int64(max(c.Int("parallel"), 1)) * 2
+			aheadPoll := time.Duration(-1)
+			if c.Bool("compress-ahead") {
+				segs += 3
+				aheadPoll = 0 // the default
+			}
+			debug.SetMemoryLimit(segs*int64(ci.SegSize) + 64<<20)
 			a, err := wal.NewAgent(wal.NewPusher(arch, ci, log), wal.AgentOptions{
 				PGData: pgdata, Socket: c.String("socket"), Parallel: c.Int("parallel"),
-				ShutdownTimeout: c.Duration("shutdown-timeout"), Logger: log,
+				ShutdownTimeout: c.Duration("shutdown-timeout"), AheadPoll: aheadPoll, Logger: log,
 			})
 			if err != nil {
 				return err

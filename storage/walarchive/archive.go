@@ -18,6 +18,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage"
@@ -205,6 +206,9 @@ type PutResult struct {
 	Created bool
 	// Size is the file's size; Stored the object's.
 	Size, Stored int64
+	// Ahead is how many chunks took a frame compressed ahead
+	// (PutFromAhead).
+	Ahead int
 }
 
 // Put archives the WAL file called name with contents data for the cluster
@@ -226,6 +230,15 @@ func (a *Archive) Put(ctx context.Context, ci ClusterInfo, name string, data []b
 // have changed meanwhile) stops the upload by failing instead. Errors of r
 // are returned as they are.
 func (a *Archive) PutFrom(ctx context.Context, ci ClusterInfo, name string, r io.Reader, size int64) (PutResult, error) {
+	return a.PutFromAhead(ctx, ci, name, r, size, nil)
+}
+
+// PutFromAhead is PutFrom for a segment of which pieces were compressed
+// while it was being written (see Ahead): a piece of the file read from r
+// that is byte for byte the one a frame was made from is not compressed
+// again. The object is the same as PutFrom's but for where its zstd frames
+// end.
+func (a *Archive) PutFromAhead(ctx context.Context, ci ClusterInfo, name string, r io.Reader, size int64, ahead *Ahead) (PutResult, error) {
 	f, err := checkName(name)
 	if err != nil {
 		return PutResult{}, err
@@ -253,7 +266,7 @@ func (a *Archive) PutFrom(ctx context.Context, ci ClusterInfo, name string, r io
 	m := Meta{Name: name, Kind: kindOf(f.Kind), SystemID: ci.SystemID, SegSize: ci.SegSize, Size: size}
 	key := fileKey(ci.SystemID, f)
 	res := PutResult{Key: key, Size: size}
-	body, err := a.encode(ctx, &m, r, head)
+	body, reused, err := a.encode(ctx, &m, r, head, ahead)
 	if err != nil {
 		return res, err
 	}
@@ -262,6 +275,7 @@ func (a *Archive) PutFrom(ctx context.Context, ci ClusterInfo, name string, r io
 		return res, err
 	}
 	res, err = a.create(ctx, key, &m, body)
+	res.Ahead = reused
 	if err == nil || !errors.Is(err, storage.ErrExists) {
 		return res, err
 	}
@@ -424,7 +438,7 @@ func (a *Archive) create(ctx context.Context, key string, m *Meta, body *bytes.B
 
 // createBytes encodes data and creates the object, setting m.MAC.
 func (a *Archive) createBytes(ctx context.Context, key string, m *Meta, data []byte) (PutResult, error) {
-	body, err := a.encode(ctx, m, bytes.NewReader(data), nil)
+	body, _, err := a.encode(ctx, m, bytes.NewReader(data), nil, nil)
 	if err != nil {
 		return PutResult{Key: key, Size: m.Size}, err
 	}
@@ -443,30 +457,41 @@ const windowSize = 1 << 20
 // encode reads a file of m.Size bytes from r (which must then end), sets
 // m.MAC and returns the object (in a pooled buffer the caller puts back):
 // the record frame and the compressed file, encrypted. head, if not nil,
-// checks the file's first chunk before any work is done.
+// checks the file's first chunk before any work is done. With ahead, the
+// file is cut into ahead.Piece-sized chunks, and a chunk equal to the bytes
+// of its frame in ahead takes that frame; reused says how many did.
 //
 // The file is read a chunk at a time; the MAC is computed as it is read,
 // and each chunk is compressed by a job that holds one of the CPU slots
 // while the next chunk is read. At most max(2, GOMAXPROCS) chunks of one
 // file are in memory; the compressed frames wait for the MAC, which leads
 // the object. Each compressed frame is decompressed and compared with its
-// chunk before anything is encrypted, so an encoder fault can never be
+// chunk before anything is encrypted (a frame made ahead was, with the
+// bytes it is compared with here), so an encoder fault can never be
 // archived as a success.
-func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]byte) error) (*bytes.Buffer, error) {
-	n := max(1, int((m.Size+chunkSize-1)/chunkSize))
+func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]byte) error, ahead *Ahead) (_ *bytes.Buffer, reused int, _ error) {
+	piece := int64(chunkSize)
+	if ahead.usable() {
+		piece = int64(ahead.Piece)
+	}
+	n := max(1, int((m.Size+piece-1)/piece))
 	frames := make([]*[]byte, n)
+	borrowed := make([]bool, n) // frames[i] belongs to ahead
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait() // jobs own their chunk and frame until they end
-		for _, f := range frames {
-			if f != nil {
+		for i, f := range frames {
+			if f != nil && !borrowed[i] {
 				a.frames.put(f)
 			}
 		}
 	}()
 	inflight := make(chan struct{}, max(2, cap(a.slots)))
 	h := macState(&a.mac, m)
+	// While every piece so far took its frame, the MAC can start from the
+	// last one's state instead of reading the pieces again.
+	macAhead := ahead.usable()
 	left := m.Size
 	readErr := func() error {
 		for i := range n {
@@ -476,9 +501,10 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 				return ctx.Err()
 			}
 			cp := a.chunks.get()
-			chunk := (*cp)[:min(left, chunkSize)]
+			chunk := (*cp)[:min(left, piece)]
 			if _, err := io.ReadFull(r, chunk); err != nil {
 				a.chunks.put(cp)
+				<-inflight
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
@@ -487,11 +513,29 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 			if i == 0 && head != nil {
 				if err := head(chunk); err != nil {
 					a.chunks.put(cp)
+					<-inflight
 					return err
 				}
 			}
-			h.Write(chunk)
 			left -= int64(len(chunk))
+			fr := ahead.frame(i, chunk)
+			var through *blake3.Hasher
+			if macAhead && fr != nil {
+				through = fr.macThrough(m)
+			}
+			if through != nil {
+				h = through
+			} else {
+				macAhead = false
+				h.Write(chunk)
+			}
+			if fr != nil {
+				frames[i], borrowed[i] = &fr.comp, true
+				reused++
+				a.chunks.put(cp)
+				<-inflight
+				continue
+			}
 			wg.Go(func() {
 				defer func() {
 					a.chunks.put(cp)
@@ -504,12 +548,12 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 	}()
 	wg.Wait()
 	if readErr != nil {
-		return nil, readErr
+		return nil, 0, readErr
 	}
 	total := 0
 	for i := range n {
 		if errs[i] != nil {
-			return nil, errs[i]
+			return nil, 0, errs[i]
 		}
 		total += len(*frames[i])
 	}
@@ -528,9 +572,9 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 	}
 	if err != nil {
 		a.bufs.Put(out)
-		return nil, fmt.Errorf("encrypt %s: %w", m.Name, err)
+		return nil, 0, fmt.Errorf("encrypt %s: %w", m.Name, err)
 	}
-	return out, nil
+	return out, reused, nil
 }
 
 // compress compresses one chunk into a frame (from a.frames) and checks it,
