@@ -180,10 +180,6 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{}, xors: map[blob.ID][]dest{},
 		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files))}
 	w.direct.Store(opts.DirectIO)
-	w.hasDeltas = make([]bool, len(p.files))
-	for i := range p.files {
-		w.hasDeltas[i] = p.files[i].fmap != nil && p.files[i].fmap.HasDeltas()
-	}
 	w.openDirect = opts.openDirect
 	if w.openDirect == nil {
 		w.openDirect = openDirect
