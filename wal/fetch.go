@@ -353,6 +353,13 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 	}()
 	f.log.Info("prefetcher started", "spool", f.sp.dir, "segments", f.opts.Prefetch, "max_bytes", f.opts.SpoolMax)
 	lastList := map[string]time.Time{}
+	// Downloads run as a pipeline, nearest segment first: a new one starts
+	// as soon as one ends, not when a whole batch has, so that one slow GET
+	// does not hold the others back while replay catches up.
+	inflight := map[string]bool{}
+	done := make(chan string, f.opts.Parallel)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -380,33 +387,31 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 				f.sp.remove(n)
 			}
 		}
-		var todo []wanted
 		for _, w := range want {
-			if !f.sp.has(w.name) {
-				todo = append(todo, w)
+			if len(inflight) >= f.opts.Parallel {
+				break
 			}
-		}
-		if len(todo) > f.opts.Parallel {
-			todo = todo[:f.opts.Parallel]
-		}
-		if len(todo) == 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(f.opts.Poll):
+			if inflight[w.name] || f.sp.has(w.name) {
+				continue
 			}
-			continue
-		}
-		var wg sync.WaitGroup
-		for _, w := range todo {
+			inflight[w.name] = true
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				if err := f.spoolOne(ctx, w); err != nil && ctx.Err() == nil {
 					f.log.Warn("prefetch failed; restore_command will fetch it itself", "file", w.name, "err", err)
 				}
+				done <- w.name
 			}()
 		}
-		wg.Wait()
+		// Wake when a download ends (to start the next) or after Poll
+		// (to follow recovery's progress).
+		select {
+		case <-ctx.Done():
+		case n := <-done:
+			delete(inflight, n)
+		case <-time.After(f.opts.Poll):
+		}
 	}
 }
 

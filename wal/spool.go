@@ -262,10 +262,10 @@ func (s *spool) remove(name string) {
 	os.Remove(s.path("seg", name+".meta"))
 }
 
-// files returns the names of the spooled files.
 // spoolSum is the hash behind spoolMeta.Sum.
 func spoolSum() hash.Hash32 { return crc32.New(crc32.MakeTable(crc32.Castagnoli)) }
 
+// files returns the names of the spooled files.
 func (s *spool) files() []string {
 	ents, _ := os.ReadDir(s.path("seg"))
 	var out []string

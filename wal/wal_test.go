@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,10 +40,14 @@ func segment(tli pg.TimelineID, seg pg.SegNo, seed uint64) []byte {
 type counting struct {
 	storage.Store
 	gets, lists, creates atomic.Int64
+	hold                 func(key string) // if set, called before each Get
 }
 
 func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	c.gets.Add(1)
+	if c.hold != nil {
+		c.hold(key)
+	}
 	return c.Store.Get(ctx, key)
 }
 
@@ -478,6 +483,43 @@ func TestPrefetch(t *testing.T) {
 	}
 }
 
+// One slow download does not hold the others back: while the GET of the
+// next segment hangs, the prefetcher spools the ones after it.
+func TestPrefetchPipelined(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := pg.SegNo(1); i <= 8; i++ {
+		e.put(t, segName(1, i), segment(1, i, uint64(i)))
+	}
+	f := newFetcher(t, e, FetchOptions{Prefetch: 6, Parallel: 2, Poll: time.Millisecond})
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	slow := segName(1, 2)
+	e.store.hold = func(key string) {
+		if strings.Contains(key, slow) {
+			<-release
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- newFetcher(t, e, FetchOptions{Prefetch: 6, Parallel: 2, Poll: time.Millisecond}).Prefetch(ctx)
+	}()
+	for i := pg.SegNo(3); i <= 7; i++ {
+		name := segName(1, i)
+		waitFor(t, name+" spooled while "+slow+" hangs", func() bool { return f.sp.has(name) })
+	}
+	close(release)
+	waitFor(t, slow+" spooled", func() bool { return f.sp.has(slow) })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A spool left by an earlier restore never serves its files: here the data
 // directory was restored again (a new pg_control) from another repository
 // whose segment of the same name holds other bytes.
@@ -543,6 +585,55 @@ func TestSpoolFromEarlierRestore(t *testing.T) {
 
 // ServeSpooled answers from a warm spool without the repository, and only
 // for this restore's intact files: a damaged file, another restore's spool
+// A call that arrives while the prefetcher downloads its segment waits for
+// that download instead of fetching the segment again; an abandoned
+// download (a killed prefetcher's temporary file) is not waited for.
+func TestServeSpooledWaitsForDownload(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	name := segName(1, 3)
+	data := segment(1, 3, 1)
+	e.put(t, name, data)
+	f := newFetcher(t, e, FetchOptions{})
+	if _, err := f.listing(ctx, name[:16], true); err != nil {
+		t.Fatal(err)
+	}
+	opts := FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir}
+	store := e.arch.Store().String()
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+
+	tmp := f.sp.path("seg", "."+name+".tmp-1")
+	writeFile(t, tmp, []byte("the first bytes"))
+	errc := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		err := f.spoolOne(ctx, wanted{name: name, obj: f.sp.listing(name[:16]).Entries[name]})
+		os.Remove(tmp)
+		errc <- err
+	}()
+	if !ServeSpooled(opts, store, name, dest) {
+		t.Fatal("a call during the prefetcher's download did not wait for it")
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, data) {
+		t.Fatal("served bytes differ")
+	}
+
+	os.Remove(dest)
+	writeFile(t, tmp, []byte("the first bytes"))
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(tmp, old, old)
+	start := time.Now()
+	if ServeSpooled(opts, store, name, dest) {
+		t.Fatal("served a segment that is not in the spool")
+	}
+	if d := time.Since(start); d >= inFlightWait {
+		t.Fatalf("waited %s for an abandoned download", d)
+	}
+}
+
 // or another store's spool falls back to the regular fetch.
 func TestServeSpooled(t *testing.T) {
 	e := newEnv(t)
