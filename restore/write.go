@@ -778,6 +778,8 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	have := st.Size()
 	var punch [][2]int64
 	buf := make([]byte, 0, blob.SlotSize)
+	cr := newCompareReader(f, p, w.direct.Load())
+	defer cr.Close()
 	read := func(off, n int64) ([]byte, error) {
 		if off+n > have {
 			return nil, nil
@@ -787,7 +789,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 			b = make([]byte, n)
 		}
 		b = b[:n]
-		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := cr.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read %s: %w", p, err)
 		}
 		return b, nil

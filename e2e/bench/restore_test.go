@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"math"
 	"os"
 	"os/exec"
@@ -63,7 +65,7 @@ func TestBenchRestore(t *testing.T) {
 	tmB := rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString(), "--full")
 	brB := rb.pgbackrest("backup", "--type=full")
 	tab.Add("full backup", "%.1f", tmB.Wall.Seconds(), brB.Wall.Seconds())
-	tmR, brR := rb.restorePair("full", false)
+	tmR, brR, _, _ := rb.restorePair("full", false)
 	tab.Add("restore of the full backup", "%.1f", tmR.Wall.Seconds(), brR.Wall.Seconds())
 	tab.Add("  peak RSS of the process tree (MiB)", "%.0f", MiB(tmR.PeakTreeRSS), MiB(brR.PeakTreeRSS))
 	// restore writes with O_DIRECT by default; through the page cache, as
@@ -83,14 +85,18 @@ func TestBenchRestore(t *testing.T) {
 		b := rb.pgbackrest("backup", "--type=incr")
 		tab.Add(fmt.Sprintf("incremental backup %d", i+1), "%.1f", a.Wall.Seconds(), b.Wall.Seconds())
 	}
-	tmI, brI := rb.restorePair("incr", false)
+	tmI, brI, _, _ := rb.restorePair("incr", false)
 	tab.Add("restore after 3 incrementals", "%.1f", tmI.Wall.Seconds(), brI.Wall.Seconds())
 	tmIX := rb.restoreOne("incr-cached", "--direct-io=false")
 	tab.Add("restore after 3 incrementals, --direct-io=false", "%.1f", tmIX.Wall.Seconds(), brI.Wall.Seconds())
-	tmD, brD := rb.restorePair("delta", true)
-	tab.Add("delta restore, ~1% of pages differ", "%.1f", tmD.Wall.Seconds(), brD.Wall.Seconds())
+	tmD, brD, tmDC, brDC := rb.restorePair("delta", true)
+	tab.Add("delta restore, ~1% of pages differ, copy in the page cache", "%.1f", tmD.Wall.Seconds(), brD.Wall.Seconds())
 	tab.Add("  delta / full restore (target <= 0.2)", "%.2f", tmD.Wall.Seconds()/tmI.Wall.Seconds(), brD.Wall.Seconds()/brI.Wall.Seconds())
 	tab.Add("  tidemark fetched (MiB)", "%.1f", MiB(rb.lastFetched), math.NaN())
+	if tmDC.Wall > 0 {
+		tab.Add("delta restore, copy not in the page cache", "%.1f", tmDC.Wall.Seconds(), brDC.Wall.Seconds())
+		tab.Add("  delta / full restore (target <= 0.2)", "%.2f", tmDC.Wall.Seconds()/tmI.Wall.Seconds(), brDC.Wall.Seconds()/brI.Wall.Seconds())
+	}
 
 	// At least 1 GiB of WAL after the newest backup: updates of a quarter
 	// of the md5 table at a time (new tuples and full-page images).
@@ -119,8 +125,10 @@ func TestBenchRestore(t *testing.T) {
 		tab.Add("  per segment p99 after the first 3 (ms)", "%.0f", Millis(r.p99), Millis(q.p99))
 		tab.Add("  segments over 50 ms after the first 3 (misses)", "%.0f", float64(r.slow), float64(q.slow))
 		tab.Add("  time replay waited in those", "%.1f", r.slowWait.Seconds(), q.slowWait.Seconds())
-		for _, c := range r.slowCalls {
-			t.Logf("tidemark, prefetch %v: slow call %s", prefetch, c)
+		if prefetch {
+			for _, c := range r.slowCalls {
+				t.Logf("tidemark, with prefetch: slow %s", c)
+			}
 		}
 	}
 	// The same with the files written through the page cache: the server
@@ -217,8 +225,11 @@ func (b *restoreBench) pgbackrest(args ...string) Measurement {
 // restorePair restores the newest backup with each tool into a fresh
 // directory and times it. With delta, each first restores a copy, starts
 // it, changes about 1% of its pages and stops it; the timed restore is
-// then --delta over the copy.
-func (b *restoreBench) restorePair(name string, delta bool) (Measurement, Measurement) {
+// then --delta over the copy: first with the copy's files in the page
+// cache, as a former primary that just stopped has them; then, where the
+// benchmark may drop the caches (root), diverged again and with nothing
+// cached, as after a reboot. cold is zero without that.
+func (b *restoreBench) restorePair(name string, delta bool) (tm, br, tmCold, brCold Measurement) {
 	t := b.t
 	tmDir, brDir := filepath.Join(b.shared, name+"-tm"), filepath.Join(b.shared, name+"-br")
 	defer os.RemoveAll(tmDir)
@@ -227,18 +238,71 @@ func (b *restoreBench) restorePair(name string, delta bool) (Measurement, Measur
 	testenv.ChownToServer(t, brDir)
 	tmArgs := []string{"restore", "--pgdata", tmDir, "--target", "immediate", "--target-action", "promote"}
 	brArgs := []string{"restore", "--pg1-path=" + brDir, "--type=immediate", "--target-action=promote"}
-	if delta {
-		b.tidemark(tmArgs...)
-		b.pgbackrest(brArgs...)
-		b.diverge(tmDir)
-		b.diverge(brDir)
-		tmArgs = append(tmArgs, "--delta")
-		brArgs = append(brArgs, "--delta")
+	if !delta {
+		syncDisks()
+		tm = b.tidemark(tmArgs...)
+		syncDisks()
+		return tm, b.pgbackrest(brArgs...), tmCold, brCold
 	}
+	b.tidemark(tmArgs...)
+	b.pgbackrest(brArgs...)
+	tmArgs = append(tmArgs, "--delta")
+	brArgs = append(brArgs, "--delta")
+	b.diverge(tmDir)
+	b.diverge(brDir)
 	syncDisks()
-	tm := b.tidemark(tmArgs...)
+	warmDir(t, tmDir)
+	tm = b.tidemark(tmArgs...)
+	warmDir(t, brDir)
+	br = b.pgbackrest(brArgs...)
+	if !canDropCaches() {
+		return tm, br, tmCold, brCold
+	}
+	b.diverge(tmDir)
+	b.diverge(brDir)
+	dropCaches()
+	tmCold = b.tidemark(tmArgs...)
+	dropCaches()
+	brCold = b.pgbackrest(brArgs...)
+	return tm, br, tmCold, brCold
+}
+
+// warmDir reads every file under dir, so that the page cache holds it.
+func warmDir(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(io.Discard, f)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read %s into the page cache: %v", dir, err)
+	}
+}
+
+const dropCachesPath = "/proc/sys/vm/drop_caches"
+
+// canDropCaches reports whether the benchmark may empty the page cache.
+func canDropCaches() bool {
+	f, err := os.OpenFile(dropCachesPath, os.O_WRONLY, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// dropCaches writes dirty pages out and empties the page cache.
+func dropCaches() {
 	syncDisks()
-	return tm, b.pgbackrest(brArgs...)
+	_ = os.WriteFile(dropCachesPath, []byte("3\n"), 0)
 }
 
 // syncDisks flushes dirty pages before a timed restore, so that neither
