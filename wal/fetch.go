@@ -398,8 +398,11 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				start := time.Now()
 				if err := f.spoolOne(ctx, w); err != nil && ctx.Err() == nil {
 					f.log.Warn("prefetch failed; restore_command will fetch it itself", "file", w.name, "err", err)
+				} else {
+					f.log.Debug("prefetched", "file", w.name, "seconds", time.Since(start).Seconds(), "asked_for", st.Name)
 				}
 				done <- w.name
 			}()

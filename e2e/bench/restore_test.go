@@ -374,12 +374,21 @@ func (b *restoreBench) pitr(target string, prefetch bool, extra ...string) pitrR
 	syncDisks()
 	start := time.Now()
 	restore := b.tidemark(append([]string{"restore", "--pgdata", dir, "--target-time", target, "--target-action", "promote"}, extra...)...)
-	return b.recoverTimed(dir, start, restore.Wall, func(conf string) string {
+	res := b.recoverTimed(dir, start, restore.Wall, func(conf string) string {
 		if !prefetch {
 			conf = strings.Replace(conf, " wal-fetch ", " wal-fetch --no-spool ", 1)
+		} else {
+			// The prefetcher logs each download (spool/prefetch.log).
+			conf = strings.Replace(conf, " wal-fetch ", " wal-fetch --log-level debug ", 1)
 		}
 		return conf
 	})
+	if prefetch && res.slow > 0 {
+		if log, err := os.ReadFile(filepath.Join(dir+".tidemark-spool", "prefetch.log")); err == nil {
+			b.t.Logf("prefetch.log of a PITR with %d slow calls:\n%s", res.slow, log)
+		}
+	}
+	return res
 }
 
 // pitrPGBackRest is pitr with pgBackRest: restore --type=time, and
