@@ -520,6 +520,51 @@ func TestPrefetchPipelined(t *testing.T) {
 	}
 }
 
+// A segment the prefetcher spooled is not downloaded again once a
+// wal-fetch has taken it out of the spool, even before that call records
+// the request; it is when recovery goes back to it.
+func TestPrefetchOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := pg.SegNo(1); i <= 4; i++ {
+		e.put(t, segName(1, i), segment(1, i, uint64(i)))
+	}
+	f := newFetcher(t, e, FetchOptions{Prefetch: 2, Poll: time.Millisecond})
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
+		t.Fatal(err)
+	}
+	name := segName(1, 2)
+	var gets atomic.Int64
+	e.store.hold = func(key string) {
+		if strings.Contains(key, name) {
+			gets.Add(1)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 2, Poll: time.Millisecond}).Prefetch(ctx) }()
+	waitFor(t, name+" spooled", func() bool { return f.sp.has(name) })
+	// Taken by a wal-fetch that has not recorded the request yet.
+	if err := os.Rename(f.sp.path("seg", name), dest); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(f.sp.path("seg", name+".meta"))
+	time.Sleep(100 * time.Millisecond)
+	if n := gets.Load(); n != 1 {
+		t.Fatalf("%s downloaded %d times, want once", name, n)
+	}
+	// Recovery asks for segment 1 again (a restart): 2 is wanted again.
+	f.sp.setState(segName(1, 2))
+	waitFor(t, "the prefetcher to follow", func() bool { return f.sp.has(segName(1, 4)) })
+	f.sp.setState(segName(1, 1))
+	waitFor(t, name+" spooled again", func() bool { return f.sp.has(name) })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A spool left by an earlier restore never serves its files: here the data
 // directory was restored again (a new pg_control) from another repository
 // whose segment of the same name holds other bytes.
