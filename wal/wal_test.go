@@ -628,24 +628,40 @@ func TestSpoolFromEarlierRestore(t *testing.T) {
 	}
 }
 
-// ServeSpooled answers from a warm spool without the repository, and only
-// for this restore's intact files: a damaged file, another restore's spool
-// A call that arrives while the prefetcher downloads its segment waits for
-// that download instead of fetching the segment again; an abandoned
-// download (a killed prefetcher's temporary file) is not waited for.
-func TestServeSpooledWaitsForDownload(t *testing.T) {
+// serveSetup is a repository holding one segment, a Fetcher whose spool
+// has listed it, and what ServeSpooled needs to serve it.
+type serveSetup struct {
+	e           *env
+	f           *Fetcher
+	opts        FetchOptions
+	store, dest string
+	name        string
+	data        []byte
+}
+
+func newServeSetup(t *testing.T) serveSetup {
+	t.Helper()
 	e := newEnv(t)
-	ctx := context.Background()
 	name := segName(1, 3)
 	data := segment(1, 3, 1)
 	e.put(t, name, data)
 	f := newFetcher(t, e, FetchOptions{})
-	if _, err := f.listing(ctx, name[:16], true); err != nil {
+	if _, err := f.listing(context.Background(), name[:16], true); err != nil {
 		t.Fatal(err)
 	}
 	opts := FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir}
 	store := e.arch.Store().String()
 	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	return serveSetup{e: e, f: f, opts: opts, store: store, dest: dest, name: name, data: data}
+}
+
+// A call that arrives while the prefetcher downloads its segment waits for
+// that download instead of fetching the segment again; an abandoned
+// download (a killed prefetcher's temporary file) is not waited for.
+func TestServeSpooledWaitsForDownload(t *testing.T) {
+	ss := newServeSetup(t)
+	f, opts, store, dest, name, data := ss.f, ss.opts, ss.store, ss.dest, ss.name, ss.data
+	ctx := context.Background()
 
 	tmp := f.sp.path("seg", "."+name+".tmp-1")
 	writeFile(t, tmp, []byte("the first bytes"))
@@ -679,20 +695,13 @@ func TestServeSpooledWaitsForDownload(t *testing.T) {
 	}
 }
 
+// ServeSpooled answers from a warm spool without the repository, and only
+// for this restore's intact files: a damaged file, another restore's spool
 // or another store's spool falls back to the regular fetch.
 func TestServeSpooled(t *testing.T) {
-	e := newEnv(t)
+	ss := newServeSetup(t)
+	e, f, opts, store, dest, name, data := ss.e, ss.f, ss.opts, ss.store, ss.dest, ss.name, ss.data
 	ctx := context.Background()
-	name := segName(1, 3)
-	data := segment(1, 3, 1)
-	e.put(t, name, data)
-	f := newFetcher(t, e, FetchOptions{})
-	if _, err := f.listing(ctx, name[:16], true); err != nil {
-		t.Fatal(err)
-	}
-	opts := FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir}
-	store := e.arch.Store().String()
-	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
 
 	spoolListed(t, ctx, f, name)
 	c := e.store
