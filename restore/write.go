@@ -65,8 +65,9 @@ type writer struct {
 	// direct: large runs of relation pages are written with O_DIRECT
 	// (Options.DirectIO); cleared for the rest of the run when the file
 	// system refuses it.
-	direct                                           atomic.Bool
-	openDirect                                       func(p string) (directFile, error)
+	direct     atomic.Bool
+	openDirect func(p string) (directFile, error)
+
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 }
 
