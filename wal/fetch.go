@@ -362,6 +362,11 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 	// out, and in between the segment looks wanted and missing; fetching
 	// it again cost a tenth of the downloads of the benchmark's PITR.
 	spooled := map[string]bool{}
+	// failed holds when a download last failed: it is tried again after
+	// prefetchRetry, not at once, so that an object that cannot be read
+	// (damaged, its key gone) is not fetched in a loop until recovery gets
+	// to it and wal-fetch reports it.
+	failed := map[string]time.Time{}
 	lastAsked := ""
 	type result struct {
 		name string
@@ -398,6 +403,11 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 				delete(spooled, n)
 			}
 		}
+		for n := range failed {
+			if n < st.Name {
+				delete(failed, n)
+			}
+		}
 		want := f.window(ctx, st.Name, lastList)
 		keep := map[string]bool{}
 		for _, w := range want {
@@ -412,7 +422,7 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 			if len(inflight) >= f.opts.Parallel {
 				break
 			}
-			if inflight[w.name] || spooled[w.name] || f.sp.has(w.name) {
+			if inflight[w.name] || spooled[w.name] || time.Since(failed[w.name]) < prefetchRetry || f.sp.has(w.name) {
 				continue
 			}
 			inflight[w.name] = true
@@ -437,11 +447,18 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 			delete(inflight, r.name)
 			if r.ok {
 				spooled[r.name] = true
+				delete(failed, r.name)
+			} else {
+				failed[r.name] = time.Now()
 			}
 		case <-time.After(f.opts.Poll):
 		}
 	}
 }
+
+// prefetchRetry is how long the prefetcher leaves a segment whose download
+// failed before it tries again.
+const prefetchRetry = time.Second
 
 type wanted struct {
 	name string

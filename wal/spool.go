@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
@@ -265,13 +266,15 @@ func (s *spool) remove(name string) {
 // spoolSum is the hash behind spoolMeta.Sum.
 func spoolSum() hash.Hash32 { return crc32.New(crc32.MakeTable(crc32.Castagnoli)) }
 
-// files returns the names of the spooled files.
+// files returns the names of the spooled files: WAL file names only, never
+// a meta file or the temporary file of a download in flight, which the
+// prefetcher would otherwise delete as not wanted.
 func (s *spool) files() []string {
 	ents, _ := os.ReadDir(s.path("seg"))
 	var out []string
 	for _, e := range ents {
 		n := e.Name()
-		if strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".meta") {
+		if f, err := pg.ParseWALFileName(n); err != nil || f.Name() != n {
 			continue
 		}
 		out = append(out, n)

@@ -40,13 +40,15 @@ func segment(tli pg.TimelineID, seg pg.SegNo, seed uint64) []byte {
 type counting struct {
 	storage.Store
 	gets, lists, creates atomic.Int64
-	hold                 func(key string) // if set, called before each Get
+	hold                 func(key string) error // if set, called before each Get; an error fails it
 }
 
 func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	c.gets.Add(1)
 	if c.hold != nil {
-		c.hold(key)
+		if err := c.hold(key); err != nil {
+			return nil, err
+		}
 	}
 	return c.Store.Get(ctx, key)
 }
@@ -499,10 +501,11 @@ func TestPrefetchPipelined(t *testing.T) {
 	}
 	release := make(chan struct{})
 	slow := segName(1, 2)
-	e.store.hold = func(key string) {
+	e.store.hold = func(key string) error {
 		if strings.Contains(key, slow) {
 			<-release
 		}
+		return nil
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -537,10 +540,11 @@ func TestPrefetchOnce(t *testing.T) {
 	}
 	name := segName(1, 2)
 	var gets atomic.Int64
-	e.store.hold = func(key string) {
+	e.store.hold = func(key string) error {
 		if strings.Contains(key, name) {
 			gets.Add(1)
 		}
+		return nil
 	}
 	done := make(chan error, 1)
 	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 2, Poll: time.Millisecond}).Prefetch(ctx) }()
@@ -562,6 +566,60 @@ func TestPrefetchOnce(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A segment whose download fails is tried again after a pause, not in a
+// loop, while the prefetcher goes on with the segments after it.
+func TestPrefetchFailureBacksOff(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := pg.SegNo(1); i <= 4; i++ {
+		e.put(t, segName(1, i), segment(1, i, uint64(i)))
+	}
+	f := newFetcher(t, e, FetchOptions{Prefetch: 3, Poll: time.Millisecond})
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
+		t.Fatal(err)
+	}
+	bad := segName(1, 2)
+	var gets atomic.Int64
+	e.store.hold = func(key string) error {
+		if strings.Contains(key, bad) {
+			gets.Add(1)
+			return errors.New("injected: unreadable")
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 3, Poll: time.Millisecond}).Prefetch(ctx) }()
+	for _, name := range []string{segName(1, 3), segName(1, 4)} {
+		waitFor(t, name+" spooled past a failing one", func() bool { return f.sp.has(name) })
+	}
+	time.Sleep(prefetchRetry / 2)
+	if n := gets.Load(); n != 1 {
+		t.Errorf("a failing download tried %d times within %s, want once", n, prefetchRetry/2)
+	}
+	waitFor(t, "a retry", func() bool { return gets.Load() >= 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The spool's file list holds spooled WAL files only: not meta files, and
+// not the temporary files of downloads in flight, which the prefetcher
+// deletes when it finds them in the list and not in its window.
+func TestSpoolFiles(t *testing.T) {
+	e := newEnv(t)
+	f := newFetcher(t, e, FetchOptions{})
+	name := segName(1, 5)
+	for _, n := range []string{name, name + ".meta", name + ".meta.tmp-7", "." + segName(1, 6) + ".tmp-7", segName(1, 6) + ".meta.tmp-7"} {
+		writeFile(t, f.sp.path("seg", n), []byte("x"))
+	}
+	if got := f.sp.files(); len(got) != 1 || got[0] != name {
+		t.Fatalf("spool files %q, want only %s", got, name)
 	}
 }
 
