@@ -488,66 +488,35 @@ func TestPrefetch(t *testing.T) {
 // One slow download does not hold the others back: while the GET of the
 // next segment hangs, the prefetcher spools the ones after it.
 func TestPrefetchPipelined(t *testing.T) {
-	e := newEnv(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for i := pg.SegNo(1); i <= 8; i++ {
-		e.put(t, segName(1, i), segment(1, i, uint64(i)))
-	}
-	f := newFetcher(t, e, FetchOptions{Prefetch: 6, Parallel: 2, Poll: time.Millisecond})
-	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
-	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
-		t.Fatal(err)
-	}
 	release := make(chan struct{})
 	slow := segName(1, 2)
-	e.store.hold = func(key string) error {
+	f, _, stop := startPrefetch(t, 8, FetchOptions{Prefetch: 6, Parallel: 2}, func(key string) error {
 		if strings.Contains(key, slow) {
 			<-release
 		}
 		return nil
-	}
-	done := make(chan error, 1)
-	go func() {
-		done <- newFetcher(t, e, FetchOptions{Prefetch: 6, Parallel: 2, Poll: time.Millisecond}).Prefetch(ctx)
-	}()
+	})
 	for i := pg.SegNo(3); i <= 7; i++ {
 		name := segName(1, i)
 		waitFor(t, name+" spooled while "+slow+" hangs", func() bool { return f.sp.has(name) })
 	}
 	close(release)
 	waitFor(t, slow+" spooled", func() bool { return f.sp.has(slow) })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
 
 // A segment the prefetcher spooled is not downloaded again once a
 // wal-fetch has taken it out of the spool, even before that call records
 // the request; it is when recovery goes back to it.
 func TestPrefetchOnce(t *testing.T) {
-	e := newEnv(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for i := pg.SegNo(1); i <= 4; i++ {
-		e.put(t, segName(1, i), segment(1, i, uint64(i)))
-	}
-	f := newFetcher(t, e, FetchOptions{Prefetch: 2, Poll: time.Millisecond})
-	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
-	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
-		t.Fatal(err)
-	}
 	name := segName(1, 2)
 	var gets atomic.Int64
-	e.store.hold = func(key string) error {
+	f, dest, stop := startPrefetch(t, 4, FetchOptions{Prefetch: 2}, func(key string) error {
 		if strings.Contains(key, name) {
 			gets.Add(1)
 		}
 		return nil
-	}
-	done := make(chan error, 1)
-	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 2, Poll: time.Millisecond}).Prefetch(ctx) }()
+	})
 	waitFor(t, name+" spooled", func() bool { return f.sp.has(name) })
 	// Taken by a wal-fetch that has not recorded the request yet.
 	if err := os.Rename(f.sp.path("seg", name), dest); err != nil {
@@ -563,37 +532,21 @@ func TestPrefetchOnce(t *testing.T) {
 	waitFor(t, "the prefetcher to follow", func() bool { return f.sp.has(segName(1, 4)) })
 	f.sp.setState(segName(1, 1))
 	waitFor(t, name+" spooled again", func() bool { return f.sp.has(name) })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 }
 
 // A segment whose download fails is tried again after a pause, not in a
 // loop, while the prefetcher goes on with the segments after it.
 func TestPrefetchFailureBacksOff(t *testing.T) {
-	e := newEnv(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	for i := pg.SegNo(1); i <= 4; i++ {
-		e.put(t, segName(1, i), segment(1, i, uint64(i)))
-	}
-	f := newFetcher(t, e, FetchOptions{Prefetch: 3, Poll: time.Millisecond})
-	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
-	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
-		t.Fatal(err)
-	}
 	bad := segName(1, 2)
 	var gets atomic.Int64
-	e.store.hold = func(key string) error {
+	f, _, stop := startPrefetch(t, 4, FetchOptions{Prefetch: 3}, func(key string) error {
 		if strings.Contains(key, bad) {
 			gets.Add(1)
 			return errors.New("injected: unreadable")
 		}
 		return nil
-	}
-	done := make(chan error, 1)
-	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 3, Poll: time.Millisecond}).Prefetch(ctx) }()
+	})
 	for _, name := range []string{segName(1, 3), segName(1, 4)} {
 		waitFor(t, name+" spooled past a failing one", func() bool { return f.sp.has(name) })
 	}
@@ -602,9 +555,37 @@ func TestPrefetchFailureBacksOff(t *testing.T) {
 		t.Errorf("a failing download tried %d times within %s, want once", n, prefetchRetry/2)
 	}
 	waitFor(t, "a retry", func() bool { return gets.Load() >= 2 })
-	cancel()
-	if err := <-done; err != nil {
+	stop()
+}
+
+// startPrefetch archives segments 1 to n, has a Fetcher with opts (polling
+// every millisecond) deliver segment 1 into pg_wal, then calls hold before
+// every GET and starts a prefetcher with the same options. It returns the
+// Fetcher, the destination recovery reads, and stop, which ends the
+// prefetcher and fails the test on its error.
+func startPrefetch(t *testing.T, n pg.SegNo, opts FetchOptions, hold func(key string) error) (*Fetcher, string, func()) {
+	t.Helper()
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	for i := pg.SegNo(1); i <= n; i++ {
+		e.put(t, segName(1, i), segment(1, i, uint64(i)))
+	}
+	opts.Poll = time.Millisecond
+	f := newFetcher(t, e, opts)
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	if _, err := f.Fetch(ctx, segName(1, 1), dest); err != nil {
 		t.Fatal(err)
+	}
+	e.store.hold = hold
+	done := make(chan error, 1)
+	go func() { done <- newFetcher(t, e, opts).Prefetch(ctx) }()
+	return f, dest, func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
