@@ -352,6 +352,65 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
+// TestRestorePrefetchFastPath recovers through the restore_command that
+// restore writes: the prefetcher links the segments it verified into the
+// spool's ready directory and the command's mv takes them from there
+// without starting tidemark. Recovery lands on its target, and the
+// prefetcher's log shows segments taken by mv and each downloaded once.
+func TestRestorePrefetchFastPath(t *testing.T) {
+	e := newRestoreEnv(t, true)
+	c := e.cluster(17, nil)
+	c.Exec(t, "CREATE TABLE t (id serial, batch text, pad text)")
+	e.backup(c)
+	start := c.QueryString(t, "SELECT pg_current_wal_lsn() - '0/0'")
+	for c.QueryString(t, "SELECT (pg_current_wal_lsn() - '0/0' - "+start+" > 12 * 16 * 1024 * 1024)::int") != "1" {
+		c.Exec(t, "INSERT INTO t (batch, pad) SELECT 'a', md5(g::text) FROM generate_series(1, 100000) g")
+	}
+	target := c.QueryString(t, "SELECT clock_timestamp()")
+	c.Exec(t, "INSERT INTO t (batch) VALUES ('b')")
+	switchAndWait(t, c)
+	want := c.QueryString(t, "SELECT count(*) FROM t WHERE batch = 'a'")
+
+	dir := e.target("fast")
+	out := e.restore(dir, "--target-time", target, "--target-action", "promote")
+	if !strings.Contains(out, "restore_command = 'mv -f ../fast.tidemark-spool/ready-") || !strings.Contains(out, " --spool-token ") {
+		t.Fatalf("restore_command without the fast path:\n%s", out)
+	}
+	r := e.start(17, dir, false)
+	waitRecovered(t, r)
+	if got := r.QueryString(t, "SELECT count(*) FILTER (WHERE batch = 'a') || ',' || count(*) FILTER (WHERE batch = 'b') FROM t"); got != want+",0" {
+		t.Fatalf("recovered a,b rows %s, want %s,0", got, want)
+	}
+	r.Stop()
+
+	// The server is gone: the prefetcher exits and says what it did.
+	log := filepath.Join(dir+".tidemark-spool", "prefetch.log")
+	var done string
+	waitFor(t, func() bool {
+		b, _ := os.ReadFile(log)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "prefetcher: done") {
+				done = l
+			}
+		}
+		return done != ""
+	})
+	var downloads, taken int
+	for _, f := range strings.Fields(done) {
+		if v, ok := strings.CutPrefix(f, "downloads="); ok {
+			downloads, _ = strconv.Atoi(v)
+		}
+		if v, ok := strings.CutPrefix(f, "taken_by_mv="); ok {
+			taken, _ = strconv.Atoi(v)
+		}
+	}
+	if taken == 0 || taken > downloads || downloads > 16 {
+		b, _ := os.ReadFile(log)
+		t.Fatalf("%d segments taken by mv of %d downloads (12 segments of WAL replayed):\n%s", taken, downloads, b)
+	}
+	t.Logf("%s", done)
+}
+
 // TestRestoreTimelines: a restore promoted to timeline 2, written to and
 // backed up; then a restore to a point on timeline 2 (the default, the
 // newest backup's timeline) and one to a point on timeline 1 after the

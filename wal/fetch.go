@@ -28,6 +28,10 @@ type FetchOptions struct {
 	// fetches every file directly and prefetches nothing.
 	SpoolDir string
 	NoSpool  bool
+	// SpoolToken names the spool's ready directory (ReadyDir), where the
+	// prefetcher links each segment it verified for restore_command's fast
+	// path. "" links nothing.
+	SpoolToken string
 	// Prefetch is how many segments after the one asked for are kept ready
 	// in the spool (default 16), bounded by SpoolMax bytes (default 256 MiB).
 	Prefetch int
@@ -96,6 +100,9 @@ func NewFetcher(arch *walarchive.Archive, opts FetchOptions) (*Fetcher, error) {
 	if err := pg.ValidateWALSegSize(uint64(opts.Cluster.SegSize)); err != nil {
 		return nil, err
 	}
+	if opts.SpoolToken != "" && !ValidToken(opts.SpoolToken) {
+		return nil, fmt.Errorf("spool token %q: want 8 to 64 letters and digits", opts.SpoolToken)
+	}
 	f := &Fetcher{arch: arch, opts: opts, log: opts.Logger, cluster: opts.Cluster.SystemID}
 	if opts.NoSpool || opts.SpoolDir == "" {
 		return f, nil
@@ -104,7 +111,7 @@ func NewFetcher(arch *walarchive.Archive, opts FetchOptions) (*Fetcher, error) {
 	if err == nil {
 		id := spoolIdentity{Format: spoolFormat, RepoID: opts.RepoID, Store: arch.Store().String(),
 			Cluster: opts.Cluster.SystemID, PGData: opts.PGData, Restore: rid}
-		f.sp, err = openSpool(opts.SpoolDir, id, f.log)
+		f.sp, err = openSpool(opts.SpoolDir, id, opts.SpoolToken, f.log)
 	}
 	if err != nil {
 		f.log.Warn("fetching without a spool", "spool", opts.SpoolDir, "err", err)
@@ -249,11 +256,12 @@ func (f *Fetcher) deliver(ctx context.Context, name string, obj objInfo, dest st
 	return "archive", n, err
 }
 
-// fromSpool moves a spooled file to dest once its MAC checks out: a rename
-// within one file system (the spool sits beside the data directory), so a
-// warm spool serves a 16 MiB segment by reading it once from the page cache.
-// Across file systems it copies.
+// fromSpool puts a spooled file at dest once its MAC checks out: a second
+// link within one file system (the spool sits beside the data directory),
+// so a warm spool serves a 16 MiB segment by reading it once from the page
+// cache. Across file systems it copies.
 func (f *Fetcher) fromSpool(name string, m spoolMeta, dest string) (int64, error) {
+	f.sp.unlinkReady(name)
 	path := f.sp.path("seg", name)
 	src, err := os.Open(path)
 	if err != nil {
@@ -267,20 +275,10 @@ func (f *Fetcher) fromSpool(name string, m spoolMeta, dest string) (int64, error
 	if !v.OK() {
 		return 0, fmt.Errorf("spooled %s does not match the MAC of %s", name, m.Key)
 	}
-	if err := os.Rename(path, dest); err == nil {
-		os.Remove(path + ".meta")
-		return m.Record.Size, nil
-	} else if !errors.Is(err, syscall.EXDEV) {
-		return 0, fmt.Errorf("move %s into place: %w", name, err)
+	if err := linkInto(path, src, dest); err != nil {
+		return 0, fmt.Errorf("put %s into place: %w", name, err)
 	}
-	if _, err := src.Seek(0, io.SeekStart); err != nil {
-		return 0, err
-	}
-	err = writeAtomic(dest, func(w io.Writer) error {
-		_, err := io.Copy(w, src)
-		return err
-	})
-	return m.Record.Size, err
+	return m.Record.Size, nil
 }
 
 // writeAtomic writes dest through a temporary file and a rename, so that
@@ -321,6 +319,22 @@ func (f *Fetcher) PrefetcherNeeded() bool {
 		unlock()
 	}
 	return ok
+}
+
+// IsSegment reports whether name is a WAL segment's file name (not a
+// history or partial file).
+func IsSegment(name string) bool {
+	f, err := pg.ParseWALFileName(name)
+	return err == nil && f.Kind == pg.WALSegment && f.Name() == name
+}
+
+// Announce records name as the file recovery asked for last, before this
+// call fetches it, so that a prefetcher started now begins with the
+// segments after it.
+func (f *Fetcher) Announce(name string) {
+	if f.sp != nil && IsSegment(name) {
+		f.sp.setState(name)
+	}
 }
 
 // SpoolDir returns the spool in use, "" for none.
@@ -367,7 +381,16 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 	// (damaged, its key gone) is not fetched in a loop until recovery gets
 	// to it and wal-fetch reports it.
 	failed := map[string]time.Time{}
+	// linked holds what this prefetcher linked into the ready directory
+	// and has not seen taken yet. restore_command's fast path moves a
+	// file out of there without running tidemark, so no call records
+	// the request: a file gone from there is the request.
+	linked := map[string]bool{}
 	lastAsked := ""
+	var nDownloads, nTaken int
+	defer func() {
+		f.log.Info("prefetcher: done", "downloads", nDownloads, "taken_by_mv", nTaken)
+	}()
 	type result struct {
 		name string
 		ok   bool
@@ -384,6 +407,12 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 			return nil
 		}
 		st, ok := f.sp.state()
+		taken, n := f.sp.taken(linked)
+		nTaken += n
+		if taken != "" && (!ok || taken >= st.Name) {
+			f.sp.setState(taken)
+			st, ok = fetchState{Name: taken, Time: time.Now()}, true
+		}
 		if !ok || time.Since(st.Time) > f.opts.Idle {
 			f.log.Info("prefetcher: no request for a while; exiting", "idle", f.opts.Idle)
 			return nil
@@ -409,12 +438,14 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 			}
 		}
 		want := f.window(ctx, st.Name, lastList)
+		f.freshHistory(ctx, lastList)
 		keep := map[string]bool{}
 		for _, w := range want {
 			keep[w.name] = true
 		}
 		for _, n := range f.sp.files() {
-			if !keep[n] {
+			if !keep[n] && !recentlyAsked(n, st.Name, f.opts.Cluster.SegSize) {
+				delete(linked, n)
 				f.sp.remove(n)
 			}
 		}
@@ -446,8 +477,12 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 		case r := <-done:
 			delete(inflight, r.name)
 			if r.ok {
+				nDownloads++
 				spooled[r.name] = true
 				delete(failed, r.name)
+				if f.sp.link(r.name) {
+					linked[r.name] = true
+				}
 			} else {
 				failed[r.name] = time.Now()
 			}
@@ -455,6 +490,25 @@ func (f *Fetcher) Prefetch(ctx context.Context) error {
 		}
 	}
 }
+
+// recentlyAsked reports whether segment name is last, the one recovery
+// asked for last, or one of the keepBehind before it on its timeline. The
+// spool keeps those: when recovery ends it reads its last record again,
+// whose segment its read-ahead may have left a few behind (the reader
+// decodes up to 512 kB ahead, across segments that a WAL switch cut
+// short), and a miss then costs a download while recovery waits.
+func recentlyAsked(name, last string, segSize uint32) bool {
+	f, err1 := pg.ParseWALFileName(name)
+	l, err2 := pg.ParseWALFileName(last)
+	if err1 != nil || err2 != nil || f.Kind != pg.WALSegment || l.Kind != pg.WALSegment || f.Timeline != l.Timeline {
+		return false
+	}
+	fs, err1 := f.SegNo(segSize)
+	ls, err2 := l.SegNo(segSize)
+	return err1 == nil && err2 == nil && fs <= ls && ls-fs <= keepBehind
+}
+
+const keepBehind = 3
 
 // prefetchRetry is how long the prefetcher leaves a segment whose download
 // failed before it tries again.
@@ -488,9 +542,12 @@ func (f *Fetcher) window(ctx context.Context, last string, lastList map[string]t
 		if l != nil {
 			_, known = l.Entries[name]
 		}
-		if !known && (l == nil || time.Since(lastList[dir]) >= f.opts.ListMaxAge) {
-			// Not known yet: list again, at most every ListMaxAge, so a
-			// recovery that keeps up with a live archive finds new segments.
+		if !known && (l == nil || time.Since(lastList[dir]) >= f.opts.ListMaxAge/2) {
+			// Not known yet: list again, at most every ListMaxAge/2, so a
+			// recovery that keeps up with a live archive finds new
+			// segments, and a wal-fetch asking for the one after the
+			// archive's end finds a listing young enough to answer "not
+			// archived" without opening the repository (SpoolSaysMissing).
 			lastList[dir] = time.Now()
 			if l, err = f.listing(ctx, dir, true); err != nil {
 				f.log.Warn("prefetch: list", "dir", dir, "err", err)
@@ -505,6 +562,21 @@ func (f *Fetcher) window(ctx context.Context, last string, lastList map[string]t
 		out = append(out, wanted{name: name, obj: obj})
 	}
 	return out
+}
+
+// freshHistory keeps the spool's listing of timeline history files younger
+// than ListMaxAge while recovery runs: recovery asks for history files that
+// do not exist when it starts and when it ends (to pick a new timeline),
+// and wal-fetch answers those from the listing without opening the
+// repository. One LIST every ListMaxAge/2.
+func (f *Fetcher) freshHistory(ctx context.Context, lastList map[string]time.Time) {
+	if time.Since(lastList[walarchive.HistoryDir]) < f.opts.ListMaxAge/2 {
+		return
+	}
+	lastList[walarchive.HistoryDir] = time.Now()
+	if _, err := f.listing(ctx, walarchive.HistoryDir, true); err != nil {
+		f.log.Warn("prefetch: list", "dir", walarchive.HistoryDir, "err", err)
+	}
 }
 
 // spoolOne downloads one object into the spool, verified.

@@ -36,16 +36,25 @@ import (
 //	seg/<name>.meta    the record of the object it came from (with its MAC),
 //	                   the object's key, size and time, the restore, and the
 //	                   CRC-32C of the file
+//	ready-<token>/<name>
+//	                   a second link to seg/<name>, for the restore_command
+//	                   that tidemark restore writes: it moves the file into
+//	                   place with mv before it would start tidemark (see
+//	                   ReadyDir)
 //	prefetch.log       the prefetcher's log
 //
 // Nothing in it is trusted: a spool whose identity differs from the current
 // restore is emptied before use, and a spooled file is served only if its
 // meta names the object the current listing shows under that name and its
-// bytes pass the object's MAC on the way into pg_wal.
+// bytes pass the object's MAC on the way into pg_wal. The ready directory
+// is the exception, for speed: it is named after a token that only the
+// restore_command of one restore knows, and only the prefetcher serving
+// that restore_command links files into it, each once, as it verifies them.
 type spool struct {
-	dir string
-	id  spoolIdentity
-	log *slog.Logger
+	dir   string
+	id    spoolIdentity
+	token string // names the ready directory; "" for none
+	log   *slog.Logger
 }
 
 type spoolIdentity struct {
@@ -86,8 +95,8 @@ func restoreID(pgdata string) (string, error) {
 
 // openSpool opens (creating) the spool in dir for id, emptying it if it
 // belonged to anything else.
-func openSpool(dir string, id spoolIdentity, log *slog.Logger) (*spool, error) {
-	s := &spool{dir: dir, id: id, log: log}
+func openSpool(dir string, id spoolIdentity, token string, log *slog.Logger) (*spool, error) {
+	s := &spool{dir: dir, id: id, token: token, log: log}
 	for _, d := range []string{dir, s.path("seg"), s.path("list")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
@@ -111,6 +120,90 @@ func openSpool(dir string, id spoolIdentity, log *slog.Logger) (*spool, error) {
 	return s, nil
 }
 
+// ReadyDir is the spool's ready directory for token: restore_command's
+// fast path (mv -f ReadyDir/%f %p) finds there the segments the prefetcher
+// verified, and moves one into pg_wal in the time of a mv (about 2 ms)
+// instead of a tidemark process's (12 ms and more under load).
+func ReadyDir(spoolDir, token string) string {
+	return filepath.Join(spoolDir, readyPrefix+token)
+}
+
+const readyPrefix = "ready-"
+
+// ValidToken reports whether token can name a ready directory: 8 to 64
+// letters and digits, nothing a shell or a path would read specially.
+func ValidToken(token string) bool {
+	if len(token) < 8 || len(token) > 64 {
+		return false
+	}
+	for _, r := range token {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// ready returns the path of name in the ready directory, "" without one.
+func (s *spool) ready(name string) string {
+	if s.token == "" {
+		return ""
+	}
+	return filepath.Join(ReadyDir(s.dir, s.token), name)
+}
+
+// link makes a spooled file available to restore_command's fast path.
+func (s *spool) link(name string) bool {
+	p := s.ready(name)
+	if p == "" {
+		return false
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		s.log.Warn("spool: cannot create the ready directory", "err", err)
+		return false
+	}
+	err := os.Link(s.path("seg", name), p)
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		s.log.Warn("spool: cannot link a segment for restore_command", "file", name, "err", err)
+		return false
+	}
+	return true
+}
+
+// unlinkReady takes name out of the ready directory: before the file is
+// served another way, or once it is no longer wanted, so that the fast
+// path serves each download at most once (a served file shares its inode
+// with the copy in pg_wal, which the server may recycle and overwrite).
+func (s *spool) unlinkReady(name string) {
+	if p := s.ready(name); p != "" {
+		os.Remove(p)
+	}
+}
+
+// taken returns how many of the linked files left the ready directory
+// (restore_command's fast path took them) and the newest of them ("" for
+// none), and forgets them.
+func (s *spool) taken(linked map[string]bool) (newest string, n int) {
+	for name := range linked {
+		if !s.inReady(name) {
+			delete(linked, name)
+			newest = max(newest, name)
+			n++
+		}
+	}
+	return newest, n
+}
+
+// inReady reports whether name is still in the ready directory.
+func (s *spool) inReady(name string) bool {
+	p := s.ready(name)
+	if p == "" {
+		return false
+	}
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
 // current reports whether the spool still belongs to this restore (a newer
 // restore may have taken it over since it was opened).
 func (s *spool) current() bool {
@@ -123,12 +216,19 @@ func (s *spool) path(elem ...string) string {
 	return filepath.Join(append([]string{s.dir}, elem...)...)
 }
 
-// wipe removes every cached file, listing and state; identity and lock stay.
+// wipe removes every cached file, listing, ready directory and state;
+// identity and lock stay.
 func (s *spool) wipe() {
 	for _, d := range []string{"seg", "list"} {
 		ents, _ := os.ReadDir(s.path(d))
 		for _, e := range ents {
 			os.Remove(s.path(d, e.Name()))
+		}
+	}
+	ents, _ := os.ReadDir(s.dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), readyPrefix) {
+			os.RemoveAll(s.path(e.Name()))
 		}
 	}
 	os.Remove(s.path("state"))
@@ -259,6 +359,7 @@ func (s *spool) has(name string) bool {
 }
 
 func (s *spool) remove(name string) {
+	s.unlinkReady(name)
 	os.Remove(s.path("seg", name))
 	os.Remove(s.path("seg", name+".meta"))
 }

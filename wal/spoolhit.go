@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -34,25 +35,18 @@ func ServeSpooled(opts FetchOptions, store, name, dest string) bool {
 	if err != nil || file.Kind != pg.WALSegment || file.Name() != name {
 		return false
 	}
-	rid, err := restoreID(opts.PGData)
-	if err != nil {
+	sp, ok := spoolOf(opts, store)
+	if !ok {
 		return false
 	}
-	sp := &spool{dir: opts.SpoolDir, log: opts.Logger}
-	var have spoolIdentity
-	if readJSON(sp.path("identity.json"), &have) != nil || have.Format != spoolFormat || have.RepoID == "" ||
-		have.Store != store || have.Cluster != opts.Cluster.SystemID || have.PGData != opts.PGData || have.Restore != rid {
-		return false
-	}
-	sp.id = have
 	sp.awaitDownload(name, time.Now().Add(inFlightWait))
-	key, err := walarchive.Key(have.Cluster, name)
+	key, err := walarchive.Key(sp.id.Cluster, name)
 	if err != nil {
 		return false
 	}
 	var m spoolMeta
-	if readJSON(sp.path("seg", name+".meta"), &m) != nil || m.Sum == "" || m.Key != key || m.Restore != rid ||
-		m.Record.Name != name || m.Record.SystemID != have.Cluster {
+	if readJSON(sp.path("seg", name+".meta"), &m) != nil || m.Sum == "" || m.Key != key || m.Restore != sp.id.Restore ||
+		m.Record.Name != name || m.Record.SystemID != sp.id.Cluster {
 		return false
 	}
 	l := sp.listing(name[:16])
@@ -62,13 +56,69 @@ func ServeSpooled(opts FetchOptions, store, name, dest string) bool {
 	if obj, ok := l.Entries[name]; !ok || obj.Size != m.Object.Size || !obj.ModTime.Equal(m.Object.ModTime) {
 		return false
 	}
-	if err := moveChecked(sp.path("seg", name), dest, m.Sum); err != nil {
+	sp.unlinkReady(name)
+	if err := serveChecked(sp.path("seg", name), dest, m.Sum); err != nil {
 		opts.Logger.Warn("not serving a spooled file; fetching it", "file", name, "err", err)
 		return false
 	}
-	os.Remove(sp.path("seg", name+".meta"))
 	sp.setState(name)
 	return true
+}
+
+// spoolOf returns the spool of opts if it belongs to this restore of
+// opts.PGData, from store.
+func spoolOf(opts FetchOptions, store string) (*spool, bool) {
+	if opts.SpoolToken != "" && !ValidToken(opts.SpoolToken) {
+		return nil, false
+	}
+	rid, err := restoreID(opts.PGData)
+	if err != nil {
+		return nil, false
+	}
+	sp := &spool{dir: opts.SpoolDir, token: opts.SpoolToken, log: opts.Logger}
+	var have spoolIdentity
+	if readJSON(sp.path("identity.json"), &have) != nil || have.Format != spoolFormat || have.RepoID == "" ||
+		have.Store != store || have.Cluster != opts.Cluster.SystemID || have.PGData != opts.PGData || have.Restore != rid {
+		return nil, false
+	}
+	sp.id = have
+	return sp, true
+}
+
+// SpoolSaysMissing reports whether the spool's listing shows that the
+// archive lacks name, a segment or a history file: the answer a Fetcher
+// gives from a listing younger than opts.ListMaxAge, without opening the
+// repository. Recovery asks for such files at its start and end (the
+// segment after the archive's last, the history file of the next
+// timeline); the prefetcher keeps those listings young while it runs.
+func SpoolSaysMissing(opts FetchOptions, store, name string) bool {
+	if opts.NoSpool {
+		return false
+	}
+	opts.fill()
+	file, err := pg.ParseWALFileName(name)
+	if err != nil || file.Name() != name || (file.Kind != pg.WALSegment && file.Kind != pg.WALTimelineHistory) {
+		return false
+	}
+	if file.Kind == pg.WALSegment {
+		if _, err := file.SegNo(opts.Cluster.SegSize); err != nil {
+			return false
+		}
+	}
+	sp, ok := spoolOf(opts, store)
+	if !ok {
+		return false
+	}
+	l := sp.listing(dirOf(file))
+	if l == nil {
+		return false
+	}
+	if age := time.Since(l.Listed); age < 0 || age >= opts.ListMaxAge {
+		return false
+	}
+	_, have := l.Entries[name]
+	_, partial := l.Entries[name+".partial"]
+	return !have && !(opts.Partial && partial)
 }
 
 // inFlightWait bounds how long a call waits for the prefetcher to finish
@@ -103,9 +153,8 @@ func (s *spool) awaitDownload(name string, deadline time.Time) {
 	}
 }
 
-// moveChecked renames path to dest if its spoolSum is sum (hex), copying
-// when the two are on different file systems.
-func moveChecked(path, dest, sum string) error {
+// serveChecked puts path at dest if its spoolSum is sum (hex).
+func serveChecked(path, dest, sum string) error {
 	src, err := os.Open(path)
 	if err != nil {
 		return err
@@ -118,8 +167,25 @@ func moveChecked(path, dest, sum string) error {
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
 		return fmt.Errorf("spooled %s is damaged (CRC-32C %s, recorded %s)", path, got, sum)
 	}
-	err = os.Rename(path, dest)
-	if err == nil || !errors.Is(err, syscall.EXDEV) {
+	return linkInto(path, src, dest)
+}
+
+// linkInto puts the spooled file path (open as src) at dest as a second
+// link, not a rename: the spool keeps the segment recovery asked for last,
+// because recovery asks for it again when it ends (to read its last
+// record once more) and a miss then costs a download. Across file systems
+// it copies.
+func linkInto(path string, src *os.File, dest string) error {
+	tmp := filepath.Join(filepath.Dir(dest), "."+filepath.Base(dest)+".tidemark-"+strconv.Itoa(os.Getpid())+".tmp")
+	os.Remove(tmp)
+	err := os.Link(path, tmp)
+	if err == nil {
+		if err = os.Rename(tmp, dest); err != nil {
+			os.Remove(tmp)
+		}
+		return err
+	}
+	if !errors.Is(err, syscall.EXDEV) {
 		return err
 	}
 	if _, err := src.Seek(0, io.SeekStart); err != nil {

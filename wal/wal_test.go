@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"os"
@@ -471,9 +472,25 @@ func TestPrefetch(t *testing.T) {
 		if got, _ := os.ReadFile(dest); !bytes.Equal(got, segment(1, i, uint64(i))) {
 			t.Fatalf("%s: bytes differ", name)
 		}
-		if n := len(f.sp.files()); n > 4 {
-			t.Fatalf("spool holds %d files, more than the 4 asked for", n)
+		// Up to 4 ahead, and soon no more than the last few asked for
+		// (keepBehind) behind.
+		ahead := 0
+		for _, n := range f.sp.files() {
+			if n > name {
+				ahead++
+			}
 		}
+		if ahead > 4 {
+			t.Fatalf("spool holds %d files ahead of %s, more than the 4 asked for", ahead, name)
+		}
+		waitFor(t, fmt.Sprintf("no file more than %d behind %s", keepBehind, name), func() bool {
+			for _, n := range f.sp.files() {
+				if n <= name && !recentlyAsked(n, name, segSize) {
+					return false
+				}
+			}
+			return true
+		})
 	}
 	// The server goes away: the prefetcher empties the spool and exits.
 	os.Remove(filepath.Join(e.pgdata, "postmaster.pid"))
@@ -722,6 +739,7 @@ func TestServeSpooledWaitsForDownload(t *testing.T) {
 	}
 
 	os.Remove(dest)
+	f.sp.remove(name)
 	writeFile(t, tmp, []byte("the first bytes"))
 	old := time.Now().Add(-time.Minute)
 	os.Chtimes(tmp, old, old)
@@ -755,12 +773,22 @@ func TestServeSpooled(t *testing.T) {
 	if got, _ := os.ReadFile(dest); !bytes.Equal(got, data) {
 		t.Fatal("served bytes differ")
 	}
-	if f.sp.has(name) {
-		t.Fatal("the served file is still in the spool")
-	}
 	if st, ok := f.sp.state(); !ok || st.Name != name {
 		t.Fatalf("the prefetcher was not told what recovery asked for: %+v", st)
 	}
+	// Recovery asks for its last segment again when it ends: the spool
+	// kept it, as a second link, and serves it again.
+	os.Remove(dest)
+	if !ServeSpooled(opts, store, name, dest) {
+		t.Fatal("the segment asked for last was not served a second time")
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, data) {
+		t.Fatal("served bytes differ the second time")
+	}
+	if n := requests(); n != before {
+		t.Fatalf("serving from the spool made %d storage requests", n-before)
+	}
+	f.sp.remove(name)
 
 	spoolListed(t, ctx, f, name)
 	if ServeSpooled(opts, "s3://another/store", name, dest) {
@@ -860,5 +888,148 @@ func spoolListed(t *testing.T, ctx context.Context, f *Fetcher, name string) {
 	t.Helper()
 	if err := f.spoolOne(ctx, wanted{name: name, obj: f.sp.listing(name[:16]).Entries[name]}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// With a spool token, the prefetcher links each segment it verified into
+// the ready directory, where restore_command's shell fast path takes it
+// with mv: no wal-fetch call records that request, so the prefetcher reads
+// it from the file's going and moves its window on. A segment served by
+// wal-fetch instead leaves the ready directory first (each download goes
+// through the fast path at most once), and the segments recovery took last
+// stay spooled for the second request that comes when recovery ends.
+func TestPrefetchReadyFastPath(t *testing.T) {
+	const token = "T0KEN1234"
+	f, dest, stop := startPrefetch(t, 12, FetchOptions{Prefetch: 4, SpoolToken: token}, nil)
+	ctx := context.Background()
+	ready := ReadyDir(f.sp.dir, token)
+	for i := pg.SegNo(2); i <= 12; i++ {
+		name := segName(1, i)
+		waitFor(t, name+" in the ready directory", func() bool {
+			_, err := os.Stat(filepath.Join(ready, name))
+			return err == nil
+		})
+		if i == 7 {
+			res, err := f.Fetch(ctx, name, dest)
+			if err != nil || res.Source != "spool" {
+				t.Fatalf("%s through wal-fetch: %+v %v", name, res, err)
+			}
+			if _, err := os.Stat(filepath.Join(ready, name)); err == nil {
+				t.Fatalf("%s served by wal-fetch is still in the ready directory", name)
+			}
+		} else if err := os.Rename(filepath.Join(ready, name), dest); err != nil { // mv -f ready/%f %p
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, segment(1, i, uint64(i))) {
+			t.Fatalf("%s: bytes differ", name)
+		}
+		waitFor(t, "the prefetcher to see "+name+" taken", func() bool {
+			st, ok := f.sp.state()
+			return ok && st.Name == name
+		})
+	}
+	// Recovery ends and reads its last segments again: spooled, served
+	// by wal-fetch.
+	for _, i := range []pg.SegNo{12, 11} {
+		res, err := f.Fetch(ctx, segName(1, i), dest)
+		if err != nil || res.Source != "spool" {
+			t.Fatalf("%s again: %+v %v", segName(1, i), res, err)
+		}
+		if got, _ := os.ReadFile(dest); !bytes.Equal(got, segment(1, i, uint64(i))) {
+			t.Fatalf("%s again: bytes differ", segName(1, i))
+		}
+	}
+	stop()
+	if ents, _ := os.ReadDir(ready); len(ents) != 0 {
+		t.Fatalf("the ready directory holds %d files after the prefetcher exited", len(ents))
+	}
+	if n := len(f.sp.files()); n != 0 {
+		t.Fatalf("%d files left in the spool", n)
+	}
+}
+
+// The ready directory belongs to one token: a spool opened for another
+// restore_command (another restore into the same place) starts with none
+// of the old ready directories, and a bad token is refused.
+func TestReadyDirToken(t *testing.T) {
+	e := newEnv(t)
+	f := newFetcher(t, e, FetchOptions{SpoolToken: "FIRST1234"})
+	name := segName(1, 3)
+	e.put(t, name, segment(1, 3, 1))
+	if _, err := f.listing(context.Background(), name[:16], true); err != nil {
+		t.Fatal(err)
+	}
+	spoolListed(t, context.Background(), f, name)
+	if !f.sp.link(name) {
+		t.Fatal("not linked")
+	}
+	if _, err := os.Stat(filepath.Join(ReadyDir(f.sp.dir, "FIRST1234"), name)); err != nil {
+		t.Fatal(err)
+	}
+	// Another restore of the same directory: a new pg_control.
+	os.Remove(filepath.Join(e.pgdata, "global", "pg_control"))
+	writeFile(t, filepath.Join(e.pgdata, "global", "pg_control"), []byte("control 2"))
+	newFetcher(t, e, FetchOptions{SpoolDir: f.sp.dir, SpoolToken: "SECOND1234"})
+	if _, err := os.Stat(ReadyDir(f.sp.dir, "FIRST1234")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the earlier restore's ready directory is still there: %v", err)
+	}
+	for _, bad := range []string{"short", "../../etc", "has space 123", "semi;colon12"} {
+		if _, err := NewFetcher(e.arch, FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolToken: bad}); err == nil {
+			t.Fatalf("token %q accepted", bad)
+		}
+	}
+}
+
+// SpoolSaysMissing answers "not in the archive" from a young listing in
+// the spool, without a request, for segments and history files; never from
+// an old listing, another store's spool, or for a file that is there (or
+// whose partial file is, with Partial).
+func TestSpoolSaysMissing(t *testing.T) {
+	ss := newServeSetup(t)
+	e, f, opts, store, name := ss.e, ss.f, ss.opts, ss.store, ss.name
+	ctx := context.Background()
+	next := segName(1, 4)
+	hist := "00000002.history"
+	if SpoolSaysMissing(opts, store, hist) {
+		t.Fatal("missing history file without a listing of history files")
+	}
+	if _, err := f.listing(ctx, walarchive.HistoryDir, true); err != nil {
+		t.Fatal(err)
+	}
+	c := e.store
+	requests := func() int64 { return c.gets.Load() + c.lists.Load() + c.creates.Load() }
+	before := requests()
+	for _, c := range []struct {
+		opts  FetchOptions
+		store string
+		name  string
+		want  bool
+	}{
+		{opts, store, next, true},
+		{opts, store, hist, true},
+		{opts, store, name, false},
+		{opts, "s3://another/store", next, false},
+		{FetchOptions{PGData: e.pgdata, Cluster: cluster, SpoolDir: f.sp.dir, NoSpool: true}, store, next, false},
+		{opts, store, "not-a-wal-file", false},
+	} {
+		if got := SpoolSaysMissing(c.opts, c.store, c.name); got != c.want {
+			t.Errorf("SpoolSaysMissing(%s, %s) = %v, want %v", c.store, c.name, got, c.want)
+		}
+	}
+	if n := requests(); n != before {
+		t.Fatalf("%d storage requests", n-before)
+	}
+	l := f.sp.listing(name[:16])
+	l.Entries[next+".partial"] = objInfo{Size: 1}
+	f.sp.saveListing(name[:16], l)
+	partial := opts
+	partial.Partial = true
+	if SpoolSaysMissing(partial, store, next) || !SpoolSaysMissing(opts, store, next) {
+		t.Fatal("a partial file in the listing: wrong answer")
+	}
+	l.Listed = time.Now().Add(-time.Minute)
+	f.sp.saveListing(name[:16], l)
+	if SpoolSaysMissing(opts, store, next) {
+		t.Fatal("answered from a listing a minute old")
 	}
 }

@@ -165,6 +165,8 @@ func walFetchFlags() []cli.Flag {
 		walPGDataFlag(),
 		stringFlag("spool-dir", "spool for prefetched WAL (default: beside the data directory, PGDATA.tidemark-spool)"),
 		&cli.BoolFlag{Name: "no-spool", Usage: "fetch each file directly; no spool, no prefetch", EnvVars: []string{envName("no-spool")}},
+		&cli.StringFlag{Name: "spool-token", Usage: "link each prefetched segment into the spool's ready-TOKEN directory, " +
+			"for a restore_command that moves it into place with mv before it runs tidemark (tidemark restore writes one)"},
 		&cli.IntFlag{Name: "prefetch", Value: 16, EnvVars: []string{envName("prefetch")},
 			Usage: "segments to prefetch after the one asked for (0: no background prefetch)"},
 		&cli.StringFlag{Name: "spool-max", Value: "256MiB", EnvVars: []string{envName("spool-max")},
@@ -219,25 +221,29 @@ func walFetchRun(c *cli.Context) error {
 		return usageErrorf("wal-fetch takes two arguments, the file name (%%f) and the destination (%%p), not %d", c.NArg())
 	}
 	name, dest := c.Args().Get(0), c.Args().Get(1)
-	if serveSpooled(c, log, name, dest) {
-		return nil
+	if served, err := serveSpooled(c, log, name, dest); served || err != nil {
+		return err
 	}
 	f, r, err := newFetcher(c, log)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	// Started before this call's own fetch, told what recovery asked for,
+	// the prefetcher downloads the segments after it meanwhile: the next
+	// calls then find them spooled.
+	if c.Int("prefetch") > 0 && wal.IsSegment(name) && f.PrefetcherNeeded() {
+		f.Announce(name)
+		if err := spawnPrefetcher(c, f); err != nil {
+			log.Warn("cannot start the prefetcher; fetching without it", "err", err)
+		}
+	}
 	start := time.Now()
 	res, err := f.Fetch(c.Context, name, dest)
 	if err != nil {
 		return err
 	}
 	log.Debug("fetched", "file", res.Name, "source", res.Source, "bytes", res.Size, "elapsed", time.Since(start))
-	if c.Int("prefetch") > 0 && f.PrefetcherNeeded() {
-		if err := spawnPrefetcher(c, f); err != nil {
-			log.Warn("cannot start the prefetcher; fetching without it", "err", err)
-		}
-	}
 	return nil
 }
 
@@ -260,24 +266,32 @@ func fetchTarget(c *cli.Context) (pgdata string, ci walarchive.ClusterInfo, spoo
 }
 
 // serveSpooled answers from a warm prefetch spool without opening the
-// repository (wal.ServeSpooled), when it can.
-func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) bool {
+// repository, when it can: with the file (wal.ServeSpooled), or with "not
+// in the archive" from the spool's young listing (wal.SpoolSaysMissing).
+func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) (bool, error) {
 	if c.Bool("no-spool") {
-		return false
+		return false, nil
 	}
 	pgdata, ci, spool, err := fetchTarget(c)
 	if err != nil {
-		return false
+		return false, nil
 	}
 	store, err := location.Name(c.String("repo"))
 	if err != nil {
-		return false
+		return false, nil
 	}
-	ok := wal.ServeSpooled(wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, Logger: log}, store, name, dest)
-	if ok {
+	opts := wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, SpoolToken: c.String("spool-token"),
+		Partial: c.Bool("partial"), ListMaxAge: c.Duration("list-max-age"), Logger: log}
+	if wal.ServeSpooled(opts, store, name, dest) {
 		log.Debug("fetched", "file", name, "source", "spool", "repository", "not opened")
+		return true, nil
 	}
-	return ok
+	if wal.SpoolSaysMissing(opts, store, name) {
+		key, _ := walarchive.Key(ci.SystemID, name)
+		log.Debug("not archived, from the spool's listing", "file", name, "repository", "not opened")
+		return false, &walarchive.NotArchivedError{Key: key, Name: name}
+	}
+	return false, nil
 }
 
 // newFetcher builds the Fetcher from wal-fetch's flags.
@@ -296,7 +310,7 @@ func newFetcher(c *cli.Context, log *slog.Logger) (*wal.Fetcher, *repo.Repo, err
 	}
 	f, err := wal.NewFetcher(arch, wal.FetchOptions{
 		PGData: pgdata, Cluster: ci, RepoID: r.Config().ID,
-		SpoolDir: spool, NoSpool: c.Bool("no-spool"),
+		SpoolDir: spool, NoSpool: c.Bool("no-spool"), SpoolToken: c.String("spool-token"),
 		Prefetch: c.Int("prefetch"), SpoolMax: spoolMax, Parallel: c.Int("prefetch-parallel"),
 		Partial: c.Bool("partial"), ListMaxAge: c.Duration("list-max-age"), Idle: c.Duration("prefetch-idle"),
 		Logger: log,

@@ -94,8 +94,9 @@ type Options struct {
 	// ServerOptions are extra -c settings for the server (name=value),
 	// after the drill's own.
 	ServerOptions []string
-	// RestoreCommand is restore_command (tidemark wal-fetch ...).
-	RestoreCommand string
+	// RestoreCommand returns restore_command (tidemark wal-fetch ...) for
+	// the data directory it is given.
+	RestoreCommand func(pgdata string) string
 	// SpoolDir is where wal-fetch spools for a data directory.
 	SpoolDir func(pgdata string) string
 	// Env is added to the server's environment (for restore_command).

@@ -98,8 +98,11 @@ func (d *run) restore(ctx context.Context) error {
 	for _, ts := range d.snap.Tablespaces {
 		tsmap[ts.Path] = filepath.Join(d.scratch, "tablespaces", strconv.FormatUint(uint64(ts.OID), 10))
 	}
+	if d.o.RestoreCommand == nil {
+		return errors.New("drill: no restore_command to recover with")
+	}
 	opts := restore.Options{PGData: d.pgdata, Cluster: d.rep.Cluster, Backup: d.snap.ID, Target: d.o.Target,
-		TablespaceMap: tsmap, Owner: d.owner, RestoreCommand: d.o.RestoreCommand, Logger: d.log, Now: d.o.Now}
+		TablespaceMap: tsmap, Owner: d.owner, RestoreCommand: d.o.RestoreCommand(d.pgdata), Logger: d.log, Now: d.o.Now}
 	if d.o.SpoolDir != nil {
 		opts.SpoolDir = d.o.SpoolDir(d.pgdata)
 	}
