@@ -264,10 +264,13 @@ func cell(format string, v float64) string {
 
 // CommandTimer wraps a command so that every call of it is timed: a bash
 // script (no extra processes: bash's own clock) appends "start end status
-// last-argument" to a log for each call. It is how archive_command's
-// latency is measured, the same way for every tool.
+// last-argument" to a log for each call. It is how archive_command's and
+// restore_command's latency is measured, the same way for every tool.
 type CommandTimer struct {
-	Script string // run this with the command and its arguments after it
+	// Script runs the command and its arguments after it, or with -c a
+	// shell command line (evaluated by the script's bash, as sh would run
+	// it) followed by arguments for the log only.
+	Script string
 	Log    string
 }
 
@@ -277,7 +280,7 @@ func NewCommandTimer(dir string) (*CommandTimer, error) {
 	ct := &CommandTimer{Script: filepath.Join(dir, "timed"), Log: filepath.Join(dir, "timed.log")}
 	script := "#!/bin/bash\n" +
 		"t0=$EPOCHREALTIME\n" +
-		"\"$@\"\n" +
+		"if [ \"$1\" = -c ]; then eval \"$2\"; else \"$@\"; fi\n" +
 		"rc=$?\n" +
 		"t1=$EPOCHREALTIME\n" +
 		"echo \"$t0 $t1 $rc ${@: -1}\" >> " + shellQuote(ct.Log) + "\n" +

@@ -374,14 +374,16 @@ func (b *restoreBench) pitr(target string, prefetch bool, extra ...string) pitrR
 	syncDisks()
 	start := time.Now()
 	restore := b.tidemark(append([]string{"restore", "--pgdata", dir, "--target-time", target, "--target-action", "promote"}, extra...)...)
-	res := b.recoverTimed(dir, start, restore.Wall, func(conf string) string {
+	res := b.recoverTimed(dir, start, restore.Wall, func(cmd string) string {
 		if !prefetch {
-			conf = strings.Replace(conf, " wal-fetch ", " wal-fetch --no-spool ", 1)
-		} else {
-			// The prefetcher logs each download (spool/prefetch.log).
-			conf = strings.Replace(conf, " wal-fetch ", " wal-fetch --log-level debug ", 1)
+			// No spool: no fast path in front of wal-fetch either.
+			if _, rest, ok := strings.Cut(cmd, " || "); ok {
+				cmd = rest
+			}
+			return strings.Replace(cmd, " wal-fetch ", " wal-fetch --no-spool ", 1)
 		}
-		return conf
+		// The prefetcher logs each download (spool/prefetch.log).
+		return strings.Replace(cmd, " wal-fetch ", " wal-fetch --log-level debug ", 1)
 	})
 	if prefetch && res.slow > 0 {
 		if log, err := os.ReadFile(filepath.Join(dir+".tidemark-spool", "prefetch.log")); err == nil {
@@ -403,21 +405,21 @@ func (b *restoreBench) pitrPGBackRest(target string, async bool) pitrResult {
 	syncDisks()
 	start := time.Now()
 	restore := b.pgbackrest("restore", "--pg1-path="+dir, "--type=time", "--target="+target, "--target-action=promote")
-	return b.recoverTimed(dir, start, restore.Wall, func(conf string) string {
-		if !strings.Contains(conf, " archive-get ") {
-			t.Fatalf("pgBackRest wrote no archive-get restore_command:\n%s", conf)
+	return b.recoverTimed(dir, start, restore.Wall, func(cmd string) string {
+		if !strings.Contains(cmd, " archive-get ") {
+			t.Fatalf("pgBackRest wrote no archive-get restore_command: %s", cmd)
 		}
 		if async {
-			conf = strings.Replace(conf, " archive-get ", " --archive-async archive-get ", 1)
+			cmd = strings.Replace(cmd, " archive-get ", " --archive-async archive-get ", 1)
 		}
-		return conf
+		return cmd
 	})
 }
 
 // recoverTimed wraps the restore_command that a restore wrote into dir
-// (changed by edit) in a CommandTimer, starts the server, waits until it
-// promoted, checks that it landed on the target and returns the timings,
-// counted from start.
+// (changed by edit) in a CommandTimer, whole (a command line may be more
+// than one command), starts the server, waits until it promoted, checks
+// that it landed on the target and returns the timings, counted from start.
 func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Duration, edit func(string) string) pitrResult {
 	t := b.t
 	ct, err := NewCommandTimer(testenv.SharedDir(t))
@@ -429,7 +431,12 @@ func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Du
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.Replace(edit(string(conf)), "restore_command = '", "restore_command = '"+ct.Script+" ", 1)
+	s, err := wrapRestoreCommand(string(conf), func(cmd string) string {
+		return ct.Script + " -c " + shellQuote(edit(cmd)) + " %f %p"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(auto, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -475,6 +482,42 @@ func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Du
 	res.calls = len(calls)
 	res.p50, res.p99 = Percentile(warm, 50), Percentile(warm, 99)
 	return res
+}
+
+// wrapRestoreCommand replaces the restore_command setting in conf (the
+// text of postgresql.auto.conf) with wrap of its value.
+func wrapRestoreCommand(conf string, wrap func(string) string) (string, error) {
+	const prefix = "restore_command = '"
+	i := strings.Index(conf, prefix)
+	if i < 0 {
+		return "", fmt.Errorf("no restore_command in:\n%s", conf)
+	}
+	// The value: up to the first quote that is not doubled, with the
+	// configuration file's backslash escapes.
+	var v strings.Builder
+	j := i + len(prefix)
+	for ; j < len(conf); j++ {
+		c := conf[j]
+		if c == '\\' && j+1 < len(conf) {
+			j++
+			v.WriteByte(conf[j])
+			continue
+		}
+		if c == '\'' {
+			if j+1 < len(conf) && conf[j+1] == '\'' {
+				v.WriteByte('\'')
+				j++
+				continue
+			}
+			break
+		}
+		v.WriteByte(c)
+	}
+	if j >= len(conf) {
+		return "", fmt.Errorf("unterminated restore_command in:\n%s", conf)
+	}
+	w := strings.ReplaceAll(strings.ReplaceAll(wrap(v.String()), `\`, `\\`), "'", "''")
+	return conf[:i] + prefix + w + "'" + conf[j+1:], nil
 }
 
 // parseFetched reads "fetched N MiB" from restore's output, in bytes.
