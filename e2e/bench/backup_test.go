@@ -146,6 +146,7 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 		args = append(args, "--cpuprofile", filepath.Join(dir, "tidemark-"+strings.Fields(what)[0]+".prof"))
 	}
 	quiesceArchive(t, c)
+	settle()
 	before := bucketBytes(t, b.srv, b.tmBucket, "tidemark/", "tidemark/wal/")
 	cmd := exec.CommandContext(t.Context(), b.tm.Bin, append([]string{"backup", "--json", "--pgdata", c.DataDir,
 		"--pg-conn", c.ConnString()}, args...)...)
@@ -189,6 +190,7 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 func (b *backupBench) pgbackrest(typ string) backupRun {
 	t, c := b.t, b.c
 	quiesceArchive(t, c)
+	settle()
 	before := bucketBytes(t, b.srv, b.pbBucket, "pgbackrest/backup/", "")
 	m := Measure(b.pgbr.Command(t.Context(), c, "--type="+typ, "backup"))
 	if m.Err != nil {
