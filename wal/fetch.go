@@ -328,15 +328,6 @@ func IsSegment(name string) bool {
 	return err == nil && f.Kind == pg.WALSegment && f.Name() == name
 }
 
-// Announce records name as the file recovery asked for last, before this
-// call fetches it, so that a prefetcher started now begins with the
-// segments after it.
-func (f *Fetcher) Announce(name string) {
-	if f.sp != nil && IsSegment(name) {
-		f.sp.setState(name)
-	}
-}
-
 // SpoolDir returns the spool in use, "" for none.
 func (f *Fetcher) SpoolDir() string {
 	if f.sp == nil {

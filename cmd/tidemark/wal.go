@@ -229,21 +229,19 @@ func walFetchRun(c *cli.Context) error {
 		return err
 	}
 	defer r.Close()
-	// Started before this call's own fetch, told what recovery asked for,
-	// the prefetcher downloads the segments after it meanwhile: the next
-	// calls then find them spooled.
-	if c.Int("prefetch") > 0 && wal.IsSegment(name) && f.PrefetcherNeeded() {
-		f.Announce(name)
-		if err := spawnPrefetcher(c, f); err != nil {
-			log.Warn("cannot start the prefetcher; fetching without it", "err", err)
-		}
-	}
 	start := time.Now()
 	res, err := f.Fetch(c.Context, name, dest)
 	if err != nil {
 		return err
 	}
 	log.Debug("fetched", "file", res.Name, "source", res.Source, "bytes", res.Size, "elapsed", time.Since(start))
+	// Only once a segment was there: a standby that polls for the next
+	// segment gets no prefetcher listing the archive for it.
+	if c.Int("prefetch") > 0 && wal.IsSegment(name) && f.PrefetcherNeeded() {
+		if err := spawnPrefetcher(c, f); err != nil {
+			log.Warn("cannot start the prefetcher; fetching without it", "err", err)
+		}
+	}
 	return nil
 }
 
