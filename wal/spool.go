@@ -108,7 +108,7 @@ func openSpool(dir string, id spoolIdentity, token string, log *slog.Logger) (*s
 		err = json.Unmarshal(b, &have)
 	}
 	if err == nil && have == id {
-		return s, nil
+		return s, s.mkReady()
 	}
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		log.Info("emptying a restore spool that belongs to another restore or repository", "spool", dir)
@@ -117,7 +117,18 @@ func openSpool(dir string, id spoolIdentity, token string, log *slog.Logger) (*s
 	if err := writeJSON(s.path("identity.json"), id); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return s, nil
+	return s, s.mkReady()
+}
+
+// mkReady creates the ready directory, if the spool has a token.
+func (s *spool) mkReady() error {
+	if s.token == "" {
+		return nil
+	}
+	if err := os.MkdirAll(ReadyDir(s.dir, s.token), 0o700); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	return nil
 }
 
 // ReadyDir is the spool's ready directory for token: restore_command's
@@ -156,10 +167,6 @@ func (s *spool) ready(name string) string {
 func (s *spool) link(name string) bool {
 	p := s.ready(name)
 	if p == "" {
-		return false
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		s.log.Warn("spool: cannot create the ready directory", "err", err)
 		return false
 	}
 	err := os.Link(s.path("seg", name), p)

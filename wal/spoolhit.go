@@ -31,8 +31,7 @@ func ServeSpooled(opts FetchOptions, store, name, dest string) bool {
 		return false
 	}
 	opts.fill()
-	file, err := pg.ParseWALFileName(name)
-	if err != nil || file.Kind != pg.WALSegment || file.Name() != name {
+	if !IsSegment(name) {
 		return false
 	}
 	sp, ok := spoolOf(opts, store)

@@ -221,10 +221,14 @@ func walFetchRun(c *cli.Context) error {
 		return usageErrorf("wal-fetch takes two arguments, the file name (%%f) and the destination (%%p), not %d", c.NArg())
 	}
 	name, dest := c.Args().Get(0), c.Args().Get(1)
-	if served, err := serveSpooled(c, log, name, dest); served || err != nil {
+	opts, err := fetchOptions(c, log)
+	if err != nil {
 		return err
 	}
-	f, r, err := newFetcher(c, log)
+	if served, err := serveSpooled(c, opts, name, dest); served || err != nil {
+		return err
+	}
+	f, r, err := newFetcher(c, log, opts)
 	if err != nil {
 		return err
 	}
@@ -245,74 +249,63 @@ func walFetchRun(c *cli.Context) error {
 	return nil
 }
 
-// fetchTarget is what wal-fetch's flags say about where it delivers: the
-// data directory, its cluster (from pg_control) and the spool directory
-// (absolute; "" for the default beside the data directory).
-func fetchTarget(c *cli.Context) (pgdata string, ci walarchive.ClusterInfo, spool string, err error) {
-	if pgdata, err = wal.DataDir(c.String("pgdata")); err != nil {
-		return "", ci, "", err
+// fetchOptions is what wal-fetch's flags say: where it delivers (the data
+// directory, its cluster from pg_control, the spool directory, absolute or
+// "" for the default beside the data directory) and how it spools.
+func fetchOptions(c *cli.Context, log *slog.Logger) (wal.FetchOptions, error) {
+	o := wal.FetchOptions{NoSpool: c.Bool("no-spool"), SpoolToken: c.String("spool-token"),
+		Prefetch: c.Int("prefetch"), Parallel: c.Int("prefetch-parallel"),
+		Partial: c.Bool("partial"), ListMaxAge: c.Duration("list-max-age"), Idle: c.Duration("prefetch-idle"),
+		Logger: log}
+	var err error
+	if o.PGData, err = wal.DataDir(c.String("pgdata")); err != nil {
+		return o, err
 	}
-	if ci, err = wal.ReadCluster(pgdata); err != nil {
-		return "", ci, "", err
+	if o.Cluster, err = wal.ReadCluster(o.PGData); err != nil {
+		return o, err
 	}
-	if spool = c.String("spool-dir"); spool != "" {
-		if spool, err = filepath.Abs(spool); err != nil {
-			return "", ci, "", err
+	if o.SpoolDir = c.String("spool-dir"); o.SpoolDir != "" {
+		if o.SpoolDir, err = filepath.Abs(o.SpoolDir); err != nil {
+			return o, err
 		}
 	}
-	return pgdata, ci, spool, nil
+	if o.SpoolMax, err = parseBytes(c.String("spool-max")); err != nil {
+		return o, usageErrorf("--spool-max: %v", err)
+	}
+	return o, nil
 }
 
 // serveSpooled answers from a warm prefetch spool without opening the
 // repository, when it can: with the file (wal.ServeSpooled), or with "not
 // in the archive" from the spool's young listing (wal.SpoolSaysMissing).
-func serveSpooled(c *cli.Context, log *slog.Logger, name, dest string) (bool, error) {
-	if c.Bool("no-spool") {
-		return false, nil
-	}
-	pgdata, ci, spool, err := fetchTarget(c)
-	if err != nil {
+func serveSpooled(c *cli.Context, opts wal.FetchOptions, name, dest string) (bool, error) {
+	if opts.NoSpool {
 		return false, nil
 	}
 	store, err := location.Name(c.String("repo"))
 	if err != nil {
 		return false, nil
 	}
-	opts := wal.FetchOptions{PGData: pgdata, Cluster: ci, SpoolDir: spool, SpoolToken: c.String("spool-token"),
-		Partial: c.Bool("partial"), ListMaxAge: c.Duration("list-max-age"), Logger: log}
 	if wal.ServeSpooled(opts, store, name, dest) {
-		log.Debug("fetched", "file", name, "source", "spool", "repository", "not opened")
+		opts.Logger.Debug("fetched", "file", name, "source", "spool", "repository", "not opened")
 		return true, nil
 	}
 	if wal.SpoolSaysMissing(opts, store, name) {
-		key, _ := walarchive.Key(ci.SystemID, name)
-		log.Debug("not archived, from the spool's listing", "file", name, "repository", "not opened")
+		key, _ := walarchive.Key(opts.Cluster.SystemID, name)
+		opts.Logger.Debug("not archived, from the spool's listing", "file", name, "repository", "not opened")
 		return false, &walarchive.NotArchivedError{Key: key, Name: name}
 	}
 	return false, nil
 }
 
-// newFetcher builds the Fetcher from wal-fetch's flags.
-func newFetcher(c *cli.Context, log *slog.Logger) (*wal.Fetcher, *repo.Repo, error) {
-	pgdata, ci, spool, err := fetchTarget(c)
-	if err != nil {
-		return nil, nil, err
-	}
-	spoolMax, err := parseBytes(c.String("spool-max"))
-	if err != nil {
-		return nil, nil, usageErrorf("--spool-max: %v", err)
-	}
+// newFetcher opens the repository and builds the Fetcher for opts.
+func newFetcher(c *cli.Context, log *slog.Logger, opts wal.FetchOptions) (*wal.Fetcher, *repo.Repo, error) {
 	r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := wal.NewFetcher(arch, wal.FetchOptions{
-		PGData: pgdata, Cluster: ci, RepoID: r.Config().ID,
-		SpoolDir: spool, NoSpool: c.Bool("no-spool"), SpoolToken: c.String("spool-token"),
-		Prefetch: c.Int("prefetch"), SpoolMax: spoolMax, Parallel: c.Int("prefetch-parallel"),
-		Partial: c.Bool("partial"), ListMaxAge: c.Duration("list-max-age"), Idle: c.Duration("prefetch-idle"),
-		Logger: log,
-	})
+	opts.RepoID = r.Config().ID
+	f, err := wal.NewFetcher(arch, opts)
 	if err != nil {
 		r.Close()
 		return nil, nil, err
@@ -395,7 +388,11 @@ func walPrefetchCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			f, r, err := newFetcher(c, log)
+			opts, err := fetchOptions(c, log)
+			if err != nil {
+				return err
+			}
+			f, r, err := newFetcher(c, log, opts)
 			if err != nil {
 				return err
 			}
