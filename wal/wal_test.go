@@ -527,13 +527,8 @@ func TestPrefetchPipelined(t *testing.T) {
 // the request; it is when recovery goes back to it.
 func TestPrefetchOnce(t *testing.T) {
 	name := segName(1, 2)
-	var gets atomic.Int64
-	f, dest, stop := startPrefetch(t, 4, FetchOptions{Prefetch: 2}, func(key string) error {
-		if strings.Contains(key, name) {
-			gets.Add(1)
-		}
-		return nil
-	})
+	gets, hold := countGets(name, nil)
+	f, dest, stop := startPrefetch(t, 4, FetchOptions{Prefetch: 2}, hold)
 	waitFor(t, name+" spooled", func() bool { return f.sp.has(name) })
 	// Taken by a wal-fetch that has not recorded the request yet.
 	if err := os.Rename(f.sp.path("seg", name), dest); err != nil {
@@ -556,14 +551,8 @@ func TestPrefetchOnce(t *testing.T) {
 // loop, while the prefetcher goes on with the segments after it.
 func TestPrefetchFailureBacksOff(t *testing.T) {
 	bad := segName(1, 2)
-	var gets atomic.Int64
-	f, _, stop := startPrefetch(t, 4, FetchOptions{Prefetch: 3}, func(key string) error {
-		if strings.Contains(key, bad) {
-			gets.Add(1)
-			return errors.New("injected: unreadable")
-		}
-		return nil
-	})
+	gets, hold := countGets(bad, errors.New("injected: unreadable"))
+	f, _, stop := startPrefetch(t, 4, FetchOptions{Prefetch: 3}, hold)
 	for _, name := range []string{segName(1, 3), segName(1, 4)} {
 		waitFor(t, name+" spooled past a failing one", func() bool { return f.sp.has(name) })
 	}
@@ -573,6 +562,19 @@ func TestPrefetchFailureBacksOff(t *testing.T) {
 	}
 	waitFor(t, "a retry", func() bool { return gets.Load() >= 2 })
 	stop()
+}
+
+// countGets returns a hold for startPrefetch that counts the GETs of
+// segment name and fails each with err (nil: lets them through).
+func countGets(name string, err error) (*atomic.Int64, func(key string) error) {
+	var n atomic.Int64
+	return &n, func(key string) error {
+		if !strings.Contains(key, name) {
+			return nil
+		}
+		n.Add(1)
+		return err
+	}
 }
 
 // startPrefetch archives segments 1 to n, has a Fetcher with opts (polling
