@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
 // dir is a directory being captured. Its tree is encoded and stored when

@@ -10,7 +10,7 @@
 // WAL from start to stop is confirmed archived. docs/snapshot.md describes
 // the snapshot's contents, which restore and verify read.
 //
-// Relation files are page maps (storage/filemap): a full capture stores
+// Relation files are page maps (repo/filemap): a full capture stores
 // 1 MiB slots; an incremental stores only the pages changed since the
 // parent's start LSN, concatenated into patch blobs, and overlays them onto
 // the parent's map so that every map is complete on its own. Changes are
@@ -18,5 +18,5 @@
 // are cross-checked by sampling), else by reading page LSNs.
 //
 // This package is not the WAL archive (it asks one, through WALConfirmer),
-// not the repository format (storage/repo, storage/filemap) and not restore.
+// not the repository format (repo, repo/filemap) and not restore.
 package backup

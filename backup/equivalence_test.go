@@ -15,8 +15,8 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
 )
 
 // workload is a randomized mix of what breaks incremental backups

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // Sentinel errors, matched with errors.Is; the typed errors below match them.

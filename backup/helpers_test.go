@@ -18,11 +18,11 @@ import (
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
 	"github.com/tidemarkdb/tidemark/storage/fs"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 func testLogger(t testing.TB) *slog.Logger {

@@ -9,8 +9,8 @@ import (
 	"strconv"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
 // samplesPerItem is how many pages per item a summary-based backup reads

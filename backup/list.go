@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // SnapshotInfo is one snapshot as list and info show it.

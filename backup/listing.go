@@ -10,7 +10,7 @@ import (
 	"syscall"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
 // entry is one directory entry a backup keeps, with what lstat said. It is

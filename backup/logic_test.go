@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 func TestCoverRange(t *testing.T) {

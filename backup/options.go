@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // Defaults of Options.
@@ -44,7 +44,7 @@ const (
 // in the repository: CheckRange returns the names of the segments that
 // recovery along history h needs to replay [start, stop) and that are not
 // archived. *walarchive.Archive has it. The commit of a snapshot waits for
-// an empty answer (storage/repo's Writer.Commit preCommit).
+// an empty answer (repo's Writer.Commit preCommit).
 type WALArchive interface {
 	CheckRange(ctx context.Context, cluster uint64, h pg.History, start, stop pg.LSN) ([]string, error)
 }

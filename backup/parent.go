@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // readHistory returns the history of timeline tli from the data directory's

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/index"
+	"github.com/tidemarkdb/tidemark/repo/pack"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/index"
-	"github.com/tidemarkdb/tidemark/storage/pack"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // reuseCheckers bounds the parallel HEAD requests of checkReused.

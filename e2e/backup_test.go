@@ -14,9 +14,9 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/location"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // The end-to-end tests of tidemark backup, list and info run the binary

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/verify/drill"
 )
 

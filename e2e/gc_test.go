@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // gcLoopDuration is how long TestGCConcurrent runs its loops:

@@ -18,8 +18,8 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage/location"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // restoreEnv is one repository (file:// or MinIO) with an identity the

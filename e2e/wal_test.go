@@ -23,7 +23,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // TestWALArchive archives a cluster under a pgbench write load, first with

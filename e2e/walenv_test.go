@@ -20,11 +20,11 @@ import (
 	"filippo.io/age"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/fs"
 	"github.com/tidemarkdb/tidemark/storage/location"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 	"github.com/tidemarkdb/tidemark/wal"
 )
 

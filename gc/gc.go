@@ -6,11 +6,11 @@
 // argument for why no blob a snapshot (committed or in progress) needs is ever
 // deleted is in docs/operations.md ("Garbage collection"). In short:
 //
-//  1. Mark: every blob reachable from every snapshot (package verify/refs).
+//  1. Mark: every blob reachable from every snapshot (package repo/refs).
 //  2. Packs uploaded before every running backup started (minus a grace
 //     period) whose blobs are all unreferenced, packs in no index, and packs
 //     mostly dead become candidates. They are written to a quarantine record
-//     (storage/repo: gc/quarantine/<id>), and the leases live at that moment
+//     (repo: gc/quarantine/<id>), and the leases live at that moment
 //     are listed into it. A writer that starts after the record exists never
 //     deduplicates against a quarantined pack (repo.NewWriter), so only the
 //     writers in that list can come to depend on one.
@@ -35,13 +35,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/index"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/pack"
+	"github.com/tidemarkdb/tidemark/repo/refs"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/index"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/pack"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/verify/refs"
 )
 
 // LeaseScope is the exclusive lease one garbage collection holds.

@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/repotest"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/verify/refs"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/refs"
 )
 
 func randData(n int) []byte {

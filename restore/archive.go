@@ -6,7 +6,7 @@ import (
 	"sync"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // walLister is what ArchiveOf uses of the repository's WAL archive

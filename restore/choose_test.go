@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // Timeline 2 branched from 1 in the middle of segment 5 (1 MiB segments).

@@ -19,10 +19,10 @@ import (
 	"filippo.io/age"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/storage/mem"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 const (

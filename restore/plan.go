@@ -9,9 +9,9 @@ import (
 	"sync"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
 // controlPath is pg_control relative to PGDATA: written last.

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // recoveryKeys are the settings a restore owns in postgresql.auto.conf. Any

@@ -16,9 +16,9 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
 // markerName is written into PGDATA while a restore runs and removed just

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
 // Repository is what expire uses of the repository. *repo.Repo has it.

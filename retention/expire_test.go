@@ -10,9 +10,9 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/repotest"
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 type fakeArchive struct{ h map[pg.TimelineID]pg.History }

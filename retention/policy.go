@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // Policy says what to keep. A zero field keeps nothing by that rule.

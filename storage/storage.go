@@ -3,7 +3,7 @@
 // keys, as offered by S3-compatible servers and by a local directory.
 //
 // It is not the repository format: packs, index, snapshots and keys are built on
-// top of this interface by storage/repo. Backends live in sub-packages
+// top of this interface by repo. Backends live in sub-packages
 // (storage/fs, storage/s3); wrappers that add behaviour (storage/retry,
 // storage/fault) implement the same interface.
 package storage

@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/index"
+	"github.com/tidemarkdb/tidemark/repo/pack"
+	"github.com/tidemarkdb/tidemark/repo/refs"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/index"
-	"github.com/tidemarkdb/tidemark/storage/pack"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/verify/refs"
 )
 
 // StateKey is the object that remembers how far the rotating subset got:

@@ -31,14 +31,14 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/index"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/pack"
+	"github.com/tidemarkdb/tidemark/repo/refs"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/index"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/pack"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
-	"github.com/tidemarkdb/tidemark/verify/refs"
 )
 
 // LeaseScope is the shared lease a verification holds: garbage collection

@@ -11,10 +11,10 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/repotest"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/retention"
 	"github.com/tidemarkdb/tidemark/storage/mem"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
 const (

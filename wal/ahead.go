@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // compressor compresses the segment PostgreSQL is writing, a piece at a

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // ReadCluster reads what archiving needs to know about the cluster in

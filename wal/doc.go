@@ -8,6 +8,6 @@
 // pg_wal except the file restore_command was asked for, and says "not in the
 // archive" only when a listing of the archive says so.
 //
-// It is not the archive format (storage/walarchive) and not the command
+// It is not the archive format (repo/walarchive) and not the command
 // line (cmd/tidemark).
 package wal

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // FetchOptions configure a Fetcher. Zero values take the defaults.

@@ -10,8 +10,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
 // The agent protocol: one request per connection on the agent's Unix stream

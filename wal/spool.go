@@ -19,7 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // The spool is a cache beside the data directory that wal-fetch and its

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // ServeSpooled delivers segment name to dest from the spool that the

@@ -16,12 +16,12 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive/walarchivetest"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/fs"
 	"github.com/tidemarkdb/tidemark/storage/mem"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
-	"github.com/tidemarkdb/tidemark/storage/walarchive/walarchivetest"
 )
 
 const (

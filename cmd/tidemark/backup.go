@@ -19,8 +19,8 @@ import (
 	"github.com/tidemarkdb/tidemark/backup"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // backupRepoOptions bound what a backup holds in memory (peak RSS stays

@@ -7,9 +7,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/backup"
+	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 	"github.com/tidemarkdb/tidemark/verify"
 	"github.com/tidemarkdb/tidemark/verify/drill"
 )

@@ -7,11 +7,11 @@ import (
 	"testing"
 
 	"github.com/tidemarkdb/tidemark/backup"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 	"github.com/tidemarkdb/tidemark/verify"
 	"github.com/tidemarkdb/tidemark/verify/drill"
 )

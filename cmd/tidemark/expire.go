@@ -13,10 +13,10 @@ import (
 	"github.com/tidemarkdb/tidemark/backup"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/retention"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
 func expireCommand() *cli.Command {

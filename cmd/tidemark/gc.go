@@ -10,7 +10,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/gc"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 func gcCommand() *cli.Command {

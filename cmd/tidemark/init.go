@@ -11,7 +11,7 @@ import (
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
 
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 func initCommand() *cli.Command {

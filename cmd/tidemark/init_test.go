@@ -12,7 +12,7 @@ import (
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
 
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
 )
 
 // runRepoCmd runs the repository commands (init, key, repair) through the

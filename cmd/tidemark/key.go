@@ -9,8 +9,8 @@ import (
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
 
-	"github.com/tidemarkdb/tidemark/storage/keys"
-	"github.com/tidemarkdb/tidemark/storage/repo"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/keys"
 )
 
 func keyCommand() *cli.Command {

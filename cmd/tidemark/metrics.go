@@ -16,8 +16,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/backup"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/verify/drill"
 	"github.com/tidemarkdb/tidemark/wal"
 )

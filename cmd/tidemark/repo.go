@@ -10,9 +10,9 @@ import (
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/location"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // openStore opens the object store named by --repo.

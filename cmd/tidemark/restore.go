@@ -15,9 +15,9 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 	"github.com/tidemarkdb/tidemark/wal"
 )
 

@@ -10,8 +10,8 @@ import (
 	"filippo.io/age"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage/location"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // Tidemark is a tidemark repository for a benchmark, with what a server

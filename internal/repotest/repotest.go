@@ -17,11 +17,11 @@ import (
 
 	"filippo.io/age"
 
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/blob"
-	"github.com/tidemarkdb/tidemark/storage/filemap"
 	"github.com/tidemarkdb/tidemark/storage/mem"
-	"github.com/tidemarkdb/tidemark/storage/repo"
 )
 
 // PackSize is the pack size of test repositories: small, so that a few

@@ -36,11 +36,11 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/lease"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage"
-	"github.com/tidemarkdb/tidemark/storage/lease"
-	"github.com/tidemarkdb/tidemark/storage/repo"
-	"github.com/tidemarkdb/tidemark/storage/walarchive"
 )
 
 // Prefix is the key prefix of drill reports: drills/<cluster>/<id>.

@@ -1,0 +1,117 @@
+package index
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"testing"
+
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/pack"
+)
+
+func sample(n int) *File {
+	f := &File{Packs: []Pack{
+		{ID: pack.ID{1}, Class: blob.ClassData, PayloadOffset: 200, PlainSize: 1 << 20},
+		{ID: pack.ID{2}, Class: blob.ClassMeta, PayloadOffset: 300, PlainSize: 1 << 16},
+	}}
+	for i := range n {
+		var id blob.ID
+		rand.Read(id[:])
+		e := Entry{ID: id, Offset: uint32(i * 100), Length: 100, RawLength: 300, Kind: blob.KindSlot, Compression: blob.Zstd}
+		if i%3 == 0 {
+			e.Pack, e.Kind, e.Offset = 1, blob.KindTree, uint32(i)
+		}
+		f.Blobs = append(f.Blobs, e)
+	}
+	return f
+}
+
+func TestFileRoundtrip(t *testing.T) {
+	f := sample(100)
+	b := f.Encode()
+	if len(b) != HeaderSize+2*PackRecordSize+100*BlobRecordSize {
+		t.Fatalf("%d bytes", len(b))
+	}
+	g, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(g.Encode(), b) {
+		t.Fatal("re-encoding differs")
+	}
+	b[len(b)-4] = 9 // compression of the last blob
+	if _, err := Decode(b); !errors.Is(err, ErrFormat) {
+		t.Fatalf("bad compression: %v", err)
+	}
+}
+
+func TestIndexLookupAndMerge(t *testing.T) {
+	x := New()
+	f := sample(1000)
+	x.AddFile(f)
+	// Entries added one pack at a time, past the overlay merge threshold.
+	var added []pack.Entry
+	for range mergeAt + 10 {
+		var id blob.ID
+		rand.Read(id[:])
+		added = append(added, pack.Entry{ID: id, Kind: blob.KindPatch, Length: 1, RawLength: 1})
+	}
+	x.AddPack(Pack{ID: pack.ID{3}, PayloadOffset: 100, PlainSize: 1 << 20}, added)
+	x.AddFile(f) // duplicates are ignored
+	if x.Len() != 1000+len(added) || x.PackCount() != 3 {
+		t.Fatalf("len %d packs %d", x.Len(), x.PackCount())
+	}
+	for _, e := range f.Blobs {
+		loc, ok := x.Lookup(e.ID)
+		if !ok || loc.Offset != e.Offset || loc.Pack.ID != f.Packs[e.Pack].ID {
+			t.Fatalf("lookup %s: %+v %v", e.ID, loc, ok)
+		}
+	}
+	for _, e := range added {
+		if !x.Has(e.ID) {
+			t.Fatal("added entry missing")
+		}
+	}
+	if x.Has(blob.ID{0xff}) {
+		t.Fatal("phantom entry")
+	}
+	// Files splits and keeps everything.
+	y := New()
+	for _, part := range x.Files(5000) {
+		g, err := Decode(part.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		y.AddFile(g)
+	}
+	if y.Len() != x.Len() {
+		t.Fatalf("%d after split, want %d", y.Len(), x.Len())
+	}
+	t.Logf("%d entries: %d bytes in memory, %.1f bytes/entry (EntryMemSize %d)",
+		x.Len(), x.MemBytes(), float64(x.MemBytes())/float64(x.Len()), EntryMemSize)
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(sample(3).Encode())
+	f.Add(sample(0).Encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, err := Decode(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(g.Encode(), b) && len(b) > 0 {
+			// Reserved bytes are not checked, so only compare lengths.
+			if len(g.Encode()) != len(b) {
+				t.Fatal("re-encoding changes length")
+			}
+		}
+		x := New()
+		x.AddFile(g)
+		for _, e := range g.Blobs {
+			if _, ok := x.Lookup(e.ID); !ok {
+				t.Fatal("decoded entry not found")
+			}
+		}
+	})
+}

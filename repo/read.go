@@ -1,0 +1,286 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+
+	"github.com/tidemarkdb/tidemark/repo/agestream"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/index"
+	"github.com/tidemarkdb/tidemark/storage"
+)
+
+// Has reports whether a blob is durable and indexed (the zero sentinel
+// always is). It loads the index on first use.
+func (r *Repo) Has(ctx context.Context, id blob.ID) (bool, error) {
+	if id.IsZero() {
+		return true, nil
+	}
+	idx, err := r.view(ctx)
+	if err != nil {
+		return false, err
+	}
+	return idx.Has(id), nil
+}
+
+// Lookup returns where a blob is stored.
+func (r *Repo) Lookup(ctx context.Context, id blob.ID) (index.Location, error) {
+	idx, err := r.view(ctx)
+	if err != nil {
+		return index.Location{}, err
+	}
+	loc, ok := idx.Lookup(id)
+	if !ok {
+		return loc, &BlobNotFoundError{ID: id}
+	}
+	return loc, nil
+}
+
+// ReadBlob reads one blob with one ranged GET, verifies its keyed ID and
+// appends its plaintext to buf. A failed check is a *CorruptError naming the
+// pack.
+func (r *Repo) ReadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error) {
+	if id.IsZero() {
+		return append(buf, make([]byte, blob.SlotSize)...), nil
+	}
+	loc, err := r.Lookup(ctx, id)
+	if err != nil {
+		return buf, err
+	}
+	plain, first, err := r.readPlain(ctx, &loc.Pack, int64(loc.Offset), int64(loc.Length))
+	if err != nil {
+		return buf, err
+	}
+	defer putReadBuf(plain)
+	rel := int64(loc.Offset) - first
+	return r.decodeBlob(loc.Pack.Key(), loc.Entry, plain[rel:rel+int64(loc.Length)], buf)
+}
+
+// readBufs recycles the ciphertext buffers of ranged reads (up to a few MiB
+// each), which would otherwise be allocated and zeroed for every blob.
+var readBufs sync.Pool
+
+func getReadBuf(n int64) []byte {
+	if p, ok := readBufs.Get().(*[]byte); ok && int64(cap(*p)) >= n {
+		return (*p)[:n]
+	}
+	return make([]byte, n)
+}
+
+func putReadBuf(b []byte) {
+	if cap(b) <= maxReadSpan+2*agestream.EncChunkSize {
+		readBufs.Put(&b)
+	}
+}
+
+// readPlain reads and decrypts the chunks of pack p that hold plaintext
+// bytes [off, off+n) with one ranged GET. It returns the decrypted chunks
+// and the plaintext offset of the first.
+func (r *Repo) readPlain(ctx context.Context, p *index.Pack, off, n int64) ([]byte, int64, error) {
+	key := p.Key()
+	co, cl, first, err := agestream.Range(off, n, int64(p.PlainSize))
+	if err != nil {
+		return nil, 0, corrupt(key, "index entry: %v", err)
+	}
+	rc, err := r.store.GetRange(ctx, key, int64(p.PayloadOffset)+co, cl)
+	if err != nil {
+		return nil, 0, packReadError(key, err)
+	}
+	ct := getReadBuf(cl)
+	_, err = io.ReadFull(rc, ct)
+	rc.Close()
+	if err != nil {
+		putReadBuf(ct)
+		return nil, 0, packReadError(key, err)
+	}
+	plain, err := agestream.NewKey(p.PayloadKey).DecryptInPlace(ct, first, int64(p.PlainSize))
+	if err != nil {
+		putReadBuf(ct)
+		return nil, 0, &CorruptError{Key: key, Err: err}
+	}
+	return plain, first * agestream.ChunkSize, nil
+}
+
+func packReadError(key string, err error) error {
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return &CorruptError{Key: key, Err: fmt.Errorf("pack is missing: %w", err)}
+	case errors.Is(err, storage.ErrRange), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return &CorruptError{Key: key, Err: fmt.Errorf("pack is truncated: %w", err)}
+	}
+	return fmt.Errorf("read pack %s: %w", key, err)
+}
+
+// decodeBlob decompresses a stored blob, checks its keyed ID and appends
+// the plaintext to buf.
+func (r *Repo) decodeBlob(key string, e index.Entry, stored, buf []byte) ([]byte, error) {
+	start := len(buf)
+	switch e.Compression {
+	case blob.Raw:
+		buf = append(buf, stored...)
+	case blob.Zstd:
+		var err error
+		buf, err = r.zdec.DecodeAll(stored, buf)
+		if err != nil {
+			return buf[:start], corrupt(key, "blob %s at %d: %v", e.ID, e.Offset, err)
+		}
+	default:
+		return buf, corrupt(key, "blob %s: compression %d", e.ID, e.Compression)
+	}
+	plain := buf[start:]
+	if len(plain) != int(e.RawLength) {
+		return buf[:start], corrupt(key, "blob %s at %d: %d bytes, index says %d", e.ID, e.Offset, len(plain), e.RawLength)
+	}
+	if got := r.hasher.Sum(e.Kind, plain); got != e.ID {
+		return buf[:start], corrupt(key, "blob %s at %d hashes to %s", e.ID, e.Offset, got)
+	}
+	return buf, nil
+}
+
+// ReadBlobs reads many blobs, as a restore does: it groups them by pack,
+// reads nearby blobs of a pack with one GET (gaps up to
+// Options.CoalesceGap), runs GETs in parallel (Options.ReadConcurrency) with
+// a bound on bytes in flight (Options.ReadMemory), verifies every blob and
+// calls fn with its plaintext. fn may be called concurrently and must not
+// keep data after it returns. Each distinct ID is delivered once; the zero
+// sentinel is delivered as a zero slot. All IDs are looked up before any
+// read, so a missing blob fails fast with a *BlobNotFoundError. The first
+// error (from a read or from fn) cancels the rest and is returned.
+func (r *Repo) ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error {
+	idx, err := r.view(ctx)
+	if err != nil {
+		return err
+	}
+	ids = slices.Clone(ids)
+	slices.SortFunc(ids, func(a, b blob.ID) int { return compareBytes(a[:], b[:]) })
+	ids = slices.Compact(ids)
+	byPack := make(map[string][]index.Location)
+	var packOrder []string
+	for _, id := range ids {
+		if id.IsZero() {
+			if err := fn(id, make([]byte, blob.SlotSize)); err != nil {
+				return err
+			}
+			continue
+		}
+		loc, ok := idx.Lookup(id)
+		if !ok {
+			return &BlobNotFoundError{ID: id}
+		}
+		k := loc.Pack.Key()
+		if _, ok := byPack[k]; !ok {
+			packOrder = append(packOrder, k)
+		}
+		byPack[k] = append(byPack[k], loc)
+	}
+	var spans []readSpan
+	for _, k := range packOrder {
+		spans = append(spans, r.coalesce(byPack[k])...)
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	mem := newBudget(r.opts.ReadMemory, 0)
+	work := make(chan readSpan)
+	var wg sync.WaitGroup
+	for range min(r.opts.ReadConcurrency, max(1, len(spans))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range work {
+				err := r.readSpan(ctx, s, fn)
+				mem.release(s.cost())
+				if err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+	for _, s := range spans {
+		if err := mem.acquire(ctx, s.cost()); err != nil {
+			break
+		}
+		select {
+		case work <- s:
+		case <-ctx.Done():
+			mem.release(s.cost())
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(work)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// readSpan is one ranged GET: blobs of one pack sorted by offset.
+type readSpan struct {
+	locs       []index.Location
+	start, end int64 // plaintext range
+}
+
+// cost is the memory a span holds while being read: ciphertext, plaintext
+// and one decompressed blob at a time.
+func (s readSpan) cost() int64 {
+	var maxRaw int64
+	for _, l := range s.locs {
+		maxRaw = max(maxRaw, int64(l.RawLength))
+	}
+	return 2*(s.end-s.start+agestream.EncChunkSize) + maxRaw
+}
+
+func (r *Repo) coalesce(locs []index.Location) []readSpan {
+	slices.SortFunc(locs, func(a, b index.Location) int { return int(a.Offset) - int(b.Offset) })
+	var spans []readSpan
+	for _, l := range locs {
+		start, end := int64(l.Offset), int64(l.Offset)+int64(l.Length)
+		if n := len(spans); n > 0 {
+			s := &spans[n-1]
+			if start-s.end <= r.opts.CoalesceGap && end-s.start <= maxReadSpan {
+				s.locs = append(s.locs, l)
+				s.end = max(s.end, end)
+				continue
+			}
+		}
+		spans = append(spans, readSpan{locs: []index.Location{l}, start: start, end: end})
+	}
+	return spans
+}
+
+func (r *Repo) readSpan(ctx context.Context, s readSpan, fn func(blob.ID, []byte) error) error {
+	p := &s.locs[0].Pack
+	plain, first, err := r.readPlain(ctx, p, s.start, s.end-s.start)
+	if err != nil {
+		return err
+	}
+	defer putReadBuf(plain)
+	var buf []byte
+	for _, l := range s.locs {
+		rel := int64(l.Offset) - first
+		buf, err = r.decodeBlob(p.Key(), l.Entry, plain[rel:rel+int64(l.Length)], buf[:0])
+		if err != nil {
+			return err
+		}
+		if err := fn(l.ID, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func compareBytes(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			if a[i] < b[i] {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}

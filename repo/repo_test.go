@@ -1,0 +1,562 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"filippo.io/age"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/index"
+	"github.com/tidemarkdb/tidemark/repo/keys"
+	"github.com/tidemarkdb/tidemark/repo/pack"
+	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/mem"
+)
+
+var ctx = context.Background()
+
+func writeBlobs(t testing.TB, r *Repo, blobs map[blob.Kind][][]byte) map[blob.ID][]byte {
+	t.Helper()
+	w, err := r.NewWriter(ctx, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[blob.ID][]byte)
+	for k, list := range blobs {
+		for _, data := range list {
+			id, err := w.Add(ctx, k, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[id] = data
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestRoundtripEveryKind(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore func(t *testing.T) storage.Store) {
+		f := initRepo(t, newStore(t))
+		in := map[blob.Kind][][]byte{
+			blob.KindSlot:    {compressible(blob.SlotSize, 1), randBytes(blob.SlotSize)},
+			blob.KindPatch:   {compressible(8192, 2), randBytes(3 * 8192)},
+			blob.KindFile:    {{}, []byte("x"), randBytes(100_000), compressible(70_000, 3)},
+			blob.KindTree:    {[]byte(`{"tree":1}`), compressible(200_000, 4)},
+			blob.KindFileMap: {randBytes(5000)},
+		}
+		ids := writeBlobs(t, f.repo, in)
+		for _, r := range []*Repo{f.repo, f.reopen(t, Options{})} {
+			for id, want := range ids {
+				got, err := r.ReadBlob(ctx, id, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("blob %s: read %d bytes, want %d", id, len(got), len(want))
+				}
+			}
+		}
+		// Data and meta kinds land in their own packs.
+		if len(keysUnder(t, f.store, "data/")) == 0 || len(keysUnder(t, f.store, "meta/")) == 0 {
+			t.Fatal("want both data and meta packs")
+		}
+		// The same bytes under another kind are another blob.
+		if f.repo.BlobID(blob.KindFile, []byte("x")) == f.repo.BlobID(blob.KindTree, []byte("x")) {
+			t.Fatal("kind is not part of the blob ID")
+		}
+	})
+}
+
+func TestDedupUploadsNothing(t *testing.T) {
+	c := &counting{Store: mem.New()}
+	f := initRepo(t, c)
+	data := randBytes(50_000)
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: {data, data}})
+	if len(ids) != 1 {
+		t.Fatalf("%d ids for the same content", len(ids))
+	}
+	c.reset()
+	w, err := f.repo.NewWriter(ctx, "second")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := w.Add(ctx, blob.KindFile, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.puts.Load() + c.creates.Load(); n != 0 {
+		t.Fatalf("second run of the same content wrote %d objects", n)
+	}
+	if s := w.Stats(); s.NewBlobs != 0 || s.Blobs != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+	// A fresh process (reopened repo) dedups through the stored index.
+	r2 := f.reopen(t, Options{})
+	c.reset()
+	writeBlobs(t, r2, map[blob.Kind][][]byte{blob.KindFile: {data}})
+	if n := c.puts.Load() + c.creates.Load(); n != 0 {
+		t.Fatalf("reopened repository wrote %d objects for known content", n)
+	}
+}
+
+func TestZeroSlotSentinel(t *testing.T) {
+	c := &counting{Store: mem.New()}
+	f := initRepo(t, c)
+	c.reset()
+	w, _ := f.repo.NewWriter(ctx, "z")
+	id, err := w.Add(ctx, blob.KindSlot, make([]byte, blob.SlotSize))
+	if err != nil || id != blob.ZeroID {
+		t.Fatalf("zero slot: %s, %v", id, err)
+	}
+	// A zero patch or a short zero slot is a normal blob.
+	if id, _ := w.Add(ctx, blob.KindSlot, make([]byte, 8192)); id.IsZero() {
+		t.Fatal("short zero slot got the sentinel")
+	}
+	w.Close(ctx)
+	if n := len(keysUnder(t, c, "data/")); n != 1 {
+		t.Fatalf("%d data packs, want 1 (for the short slot only)", n)
+	}
+	got, err := f.repo.ReadBlob(ctx, blob.ZeroID, nil)
+	if err != nil || len(got) != blob.SlotSize || !bytes.Equal(got, make([]byte, blob.SlotSize)) {
+		t.Fatalf("read zero slot: %d bytes, %v", len(got), err)
+	}
+	if ok, _ := f.repo.Has(ctx, blob.ZeroID); !ok {
+		t.Fatal("zero sentinel not reported present")
+	}
+}
+
+func TestIncompressibleStoredRaw(t *testing.T) {
+	f := initRepo(t, mem.New())
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: {randBytes(100_000), compressible(100_000, 9)}})
+	raw, zst := 0, 0
+	for id, data := range ids {
+		loc, err := f.repo.Lookup(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch loc.Compression {
+		case blob.Raw:
+			raw++
+			if int(loc.Length) != len(data) {
+				t.Fatalf("raw blob stored as %d bytes", loc.Length)
+			}
+		case blob.Zstd:
+			zst++
+			if int(loc.Length) >= len(data)/2 {
+				t.Fatalf("compressible blob stored as %d bytes", loc.Length)
+			}
+		}
+	}
+	if raw != 1 || zst != 1 {
+		t.Fatalf("raw %d zstd %d, want 1 and 1", raw, zst)
+	}
+}
+
+func TestReadBlobIsOneRangedGET(t *testing.T) {
+	c := &counting{Store: mem.New()}
+	f := initRepo(t, c)
+	var list [][]byte
+	for i := range 40 {
+		list = append(list, compressible(30_000+i, byte(i)))
+	}
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindPatch: list})
+	for id, want := range ids {
+		c.reset()
+		got, err := f.repo.ReadBlob(ctx, id, nil)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatal(err)
+		}
+		if c.ranges.Load() != 1 || c.gets.Load() != 0 || c.heads.Load() != 0 || c.lists.Load() != 0 {
+			t.Fatalf("one blob read made %d ranged GETs, %d GETs, %d HEADs, %d LISTs",
+				c.ranges.Load(), c.gets.Load(), c.heads.Load(), c.lists.Load())
+		}
+	}
+}
+
+func TestReadBlobsCoalesces(t *testing.T) {
+	c := &counting{Store: mem.New()}
+	f := initRepo(t, c)
+	var list [][]byte
+	for i := range 60 {
+		list = append(list, randBytes(10_000+i)) // raw: ~600 KB, 3 packs of 256 KiB
+	}
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: list})
+	var all []blob.ID
+	for id := range ids {
+		all = append(all, id)
+	}
+	all = append(all, all[0], blob.ZeroID) // duplicates and the sentinel
+	packs := len(keysUnder(t, c, "data/"))
+
+	var mu sync.Mutex
+	seen := make(map[blob.ID]int)
+	c.reset()
+	err := f.repo.ReadBlobs(ctx, all, func(id blob.ID, data []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[id]++
+		if want, ok := ids[id]; ok && !bytes.Equal(data, want) {
+			return fmt.Errorf("blob %s differs", id)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != len(ids)+1 {
+		t.Fatalf("delivered %d distinct blobs, want %d", len(seen), len(ids)+1)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Fatalf("blob %s delivered %d times", id, n)
+		}
+	}
+	if got := c.ranges.Load(); got != int64(packs) {
+		t.Fatalf("%d ranged GETs for %d packs: not coalesced", got, packs)
+	}
+
+	// With no gap allowed, every other blob of a pack needs its own GET.
+	r2 := f.reopen(t, Options{CoalesceGap: 1})
+	var some []blob.ID
+	for i, id := range all[:len(ids)] {
+		loc, _ := r2.Lookup(ctx, id)
+		if i%2 == 0 && loc.Offset > 0 {
+			some = append(some, id)
+		}
+	}
+	c.reset()
+	if err := r2.ReadBlobs(ctx, some, func(blob.ID, []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if c.ranges.Load() <= int64(packs) {
+		t.Fatalf("%d ranged GETs for %d scattered blobs", c.ranges.Load(), len(some))
+	}
+
+	// A missing blob fails before any read.
+	c.reset()
+	err = r2.ReadBlobs(ctx, []blob.ID{all[0], {1}}, func(blob.ID, []byte) error { return nil })
+	if !errors.Is(err, ErrBlobNotFound) || c.ranges.Load() != 0 {
+		t.Fatalf("missing blob: %v after %d GETs", err, c.ranges.Load())
+	}
+	// An error from fn stops the read and is returned.
+	stop := errors.New("stop")
+	if err := r2.ReadBlobs(ctx, all, func(blob.ID, []byte) error { return stop }); !errors.Is(err, stop) {
+		t.Fatalf("callback error: %v", err)
+	}
+}
+
+func TestConcurrentAdds(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore func(t *testing.T) storage.Store) {
+		f := initRepo(t, newStore(t))
+		w, err := f.repo.NewWriter(ctx, "concurrent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const workers, each = 8, 60
+		var mu sync.Mutex
+		want := make(map[blob.ID][]byte)
+		var wg sync.WaitGroup
+		for g := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					// Half the content is shared between goroutines.
+					seed := byte(i)
+					if i%2 == 1 {
+						seed = byte(g*each + i)
+					}
+					data := compressible(8192+int(seed)*7, seed)
+					kind := blob.KindPatch
+					if i%10 == 0 {
+						kind = blob.KindTree
+					}
+					id, err := w.Add(ctx, kind, data)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					want[id] = data
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if err := w.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if s := w.Stats(); s.NewBlobs != int64(len(want)) || s.Blobs != workers*each {
+			t.Fatalf("stats %+v, want %d new blobs", s, len(want))
+		}
+		r := f.reopen(t, Options{})
+		for id, data := range want {
+			got, err := r.ReadBlob(ctx, id, nil)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("blob %s: %v", id, err)
+			}
+		}
+	})
+}
+
+func TestIdentities(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	other, _ := age.GenerateX25519Identity()
+	_, err := Open(ctx, store, []age.Identity{other}, Options{})
+	var nie *NoIdentityError
+	if !errors.Is(err, ErrNoIdentity) || !errors.As(err, &nie) || nie.Keys != 1 {
+		t.Fatalf("wrong identity: %v", err)
+	}
+	if !strings.Contains(err.Error(), "no identity matches this repository's keys") ||
+		!strings.Contains(err.Error(), "tidemark key") {
+		t.Fatalf("message does not say what to do: %v", err)
+	}
+	if _, err := Open(ctx, store, nil, Options{}); !errors.Is(err, ErrNoIdentity) {
+		t.Fatalf("no identity: %v", err)
+	}
+	// Several identities: the matching one is found.
+	if _, err := Open(ctx, store, []age.Identity{other, f.id}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKeyTypes(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	data := randBytes(1000)
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: {data}})
+
+	hyb, _ := age.GenerateHybridIdentity()
+	hspec, err := ParseRecipient(hyb.Recipient().String(), "pq")
+	if err != nil || hspec.Type != keys.TypeHybrid {
+		t.Fatalf("hybrid recipient: %v %q", err, hspec.Type)
+	}
+	pspec, err := PassphraseKey("correct horse", "pass", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []KeySpec{hspec, pspec} {
+		if _, err := f.repo.AddKey(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scrypt, _ := age.NewScryptIdentity("correct horse")
+	wrongPass, _ := age.NewScryptIdentity("wrong")
+	if _, err := Open(ctx, store, []age.Identity{wrongPass}, Options{}); !errors.Is(err, ErrNoIdentity) {
+		t.Fatalf("wrong passphrase: %v", err)
+	}
+	for _, id := range []age.Identity{f.id, hyb, scrypt} {
+		r, err := Open(ctx, store, []age.Identity{id}, Options{})
+		if err != nil {
+			t.Fatalf("%T: %v", id, err)
+		}
+		for bid := range ids {
+			if _, err := r.ReadBlob(ctx, bid, nil); err != nil {
+				t.Fatalf("%T: %v", id, err)
+			}
+		}
+		r.Close()
+	}
+}
+
+func TestKeyAddListRemove(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	list, err := f.repo.ListKeys(ctx)
+	if err != nil || len(list) != 1 || !list[0].Current || list[0].RecipientType != keys.TypeX25519 ||
+		list[0].Recipient != f.id.Recipient().String() || list[0].Label != "test" {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	// The last key cannot go.
+	if _, err := f.repo.RemoveKey(ctx, list[0].ID); !errors.Is(err, ErrLastKey) {
+		t.Fatalf("removing the last key: %v", err)
+	}
+	id2, _ := age.GenerateHybridIdentity()
+	spec, _ := ParseRecipient(id2.Recipient().String(), "second")
+	env, err := f.repo.AddKey(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, _ = f.repo.ListKeys(ctx); len(list) != 2 {
+		t.Fatalf("%d keys after add", len(list))
+	}
+	// Removing by prefix revokes the first key: it no longer opens.
+	if _, err := f.repo.RemoveKey(ctx, f.res.KeyID[:6]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, store, []age.Identity{f.id}, Options{}); !errors.Is(err, ErrNoIdentity) {
+		t.Fatalf("revoked key still opens: %v", err)
+	}
+	r2, err := Open(ctx, store, []age.Identity{id2}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if r2.KeyID() != env.ID {
+		t.Fatalf("opened with key %s, want %s", r2.KeyID(), env.ID)
+	}
+	if _, err := r2.RemoveKey(ctx, env.ID); !errors.Is(err, ErrLastKey) {
+		t.Fatalf("removing the last key: %v", err)
+	}
+	if _, err := r2.RemoveKey(ctx, "ffff"); err == nil {
+		t.Fatal("removing an unknown key succeeded")
+	}
+}
+
+func TestSecondInitRefused(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore func(t *testing.T) storage.Store) {
+		store := newStore(t)
+		initRepo(t, store)
+		id, _ := age.GenerateX25519Identity()
+		spec, _ := ParseRecipient(id.Recipient().String(), "")
+		_, _, err := Init(ctx, store, InitOptions{Key: spec})
+		var ee *ExistsError
+		if !errors.As(err, &ee) || !strings.Contains(err.Error(), "repository already exists at "+store.String()) {
+			t.Fatalf("second init: %v", err)
+		}
+		if n := len(keysUnder(t, store, "keys/")); n != 1 {
+			t.Fatalf("%d key files after a refused init", n)
+		}
+	})
+}
+
+func TestNotRepository(t *testing.T) {
+	store := mem.New()
+	id, _ := age.GenerateX25519Identity()
+	_, err := Open(ctx, store, []age.Identity{id}, Options{})
+	if !errors.Is(err, ErrNotRepository) || !strings.Contains(err.Error(), "no repository at mem://; run tidemark init") {
+		t.Fatalf("open empty store: %v", err)
+	}
+}
+
+func TestUnknownFormatVersion(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	var cfg map[string]any
+	b, _ := readSmall(ctx, store, ConfigKey, maxConfigSize)
+	json.Unmarshal(b, &cfg)
+	cfg["format"] = FormatVersion + 1
+	b, _ = json.Marshal(cfg)
+	store.Put(ctx, ConfigKey, bytes.NewReader(b), int64(len(b)))
+	_, err := Open(ctx, store, []age.Identity{f.id}, Options{})
+	var ve *VersionError
+	if !errors.As(err, &ve) || !errors.Is(err, ErrUnsupportedVersion) || !strings.Contains(err.Error(), "upgrade tidemark") {
+		t.Fatalf("newer format: %v", err)
+	}
+
+	// A key file of a newer format that nothing else opens: upgrade, too.
+	store2 := mem.New()
+	f2 := initRepo(t, store2)
+	key := keys.Prefix + f2.res.KeyID
+	b, _ = readSmall(ctx, store2, key, keys.MaxEnvelopeSize)
+	var env map[string]any
+	json.Unmarshal(b, &env)
+	env["format"] = keys.EnvelopeVersion + 1
+	b, _ = json.Marshal(env)
+	store2.Put(ctx, key, bytes.NewReader(b), int64(len(b)))
+	if _, err := Open(ctx, store2, []age.Identity{f2.id}, Options{}); !errors.As(err, &ve) || ve.Key != key {
+		t.Fatalf("newer key file: %v", err)
+	}
+}
+
+// onePack writes blobs into exactly one data pack and returns it with the
+// blob IDs.
+func onePack(t *testing.T, f *fixture) (string, map[blob.ID][]byte) {
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: {randBytes(20_000), compressible(90_000, 5)}})
+	packs := keysUnder(t, f.store, "data/")
+	if len(packs) != 1 {
+		t.Fatalf("%d packs", len(packs))
+	}
+	return packs[0], ids
+}
+
+func TestCorruptPack(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	key, ids := onePack(t, f)
+	for id := range ids {
+		loc, _ := f.repo.Lookup(ctx, id)
+		// Flip a byte in the middle of the blob's ciphertext.
+		off := int64(loc.Pack.PayloadOffset) + int64(loc.Offset) + int64(loc.Length)/2
+		store.Corrupt(key, int(off))
+		_, err := f.repo.ReadBlob(ctx, id, nil)
+		var ce *CorruptError
+		if !errors.As(err, &ce) || ce.Key != key || !strings.Contains(err.Error(), key) {
+			t.Fatalf("flipped byte: %v", err)
+		}
+		store.Corrupt(key, int(off)) // flip back
+		if _, err := f.repo.ReadBlob(ctx, id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestTruncatedAndMissingPack(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, newStore func(t *testing.T) storage.Store) {
+		store := newStore(t)
+		f := initRepo(t, store)
+		key, ids := onePack(t, f)
+		rc, _ := store.Get(ctx, key)
+		var buf bytes.Buffer
+		buf.ReadFrom(rc)
+		rc.Close()
+		whole := buf.Bytes()
+		store.Put(ctx, key, bytes.NewReader(whole[:len(whole)/3]), int64(len(whole)/3))
+		var last error
+		for id := range ids {
+			_, err := f.repo.ReadBlob(ctx, id, nil)
+			if err != nil {
+				last = err
+				var ce *CorruptError
+				if !errors.As(err, &ce) || ce.Key != key {
+					t.Fatalf("truncated pack: %v", err)
+				}
+			}
+		}
+		if last == nil || !strings.Contains(last.Error(), "truncated") {
+			t.Fatalf("truncated pack not reported: %v", last)
+		}
+		store.Delete(ctx, key)
+		for id := range ids {
+			_, err := f.repo.ReadBlob(ctx, id, nil)
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.Key != key || !errors.Is(err, storage.ErrNotFound) ||
+				!strings.Contains(err.Error(), "missing") {
+				t.Fatalf("missing pack: %v", err)
+			}
+		}
+	})
+}
+
+func TestPackNameIsCiphertextHash(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	key, _ := onePack(t, f)
+	rc, _ := store.Get(ctx, key)
+	var buf bytes.Buffer
+	buf.ReadFrom(rc)
+	_, id, err := pack.ParseKey(key)
+	if err != nil || pack.Sum(buf.Bytes()) != id {
+		t.Fatalf("pack %s does not hash to its name: %v", key, err)
+	}
+}
+
+func TestIndexBytesPerEntry(t *testing.T) {
+	if index.EntryMemSize > 52 {
+		t.Fatalf("index entry takes %d bytes in memory", index.EntryMemSize)
+	}
+}
