@@ -3,9 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,6 +17,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/pg/pgtest"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
@@ -377,81 +376,10 @@ func (a *fakeArchive) ReadSegment(ctx context.Context, cluster uint64, tli pg.Ti
 	return data, nil
 }
 
-// --- synthetic WAL ----------------------------------------------------------
-
-// walSegment builds a valid 1 MiB PostgreSQL 15 WAL segment holding a large
-// no-op record that spans pages, then one commit record per time.
+// walSegment builds a valid 1 MiB WAL segment with one commit record per
+// time.
 func walSegment(tli pg.TimelineID, seg pg.SegNo, sysid uint64, commits []time.Time) []byte {
-	w := &segWriter{buf: make([]byte, testSegSize), base: seg.Start(testSegSize), tli: tli, sysid: sysid}
-	w.record(0, 0x20, bytes.Repeat([]byte{7}, 3*testBS)) // XLOG_NOOP across pages
-	for _, c := range commits {
-		var main [8]byte
-		binary.LittleEndian.PutUint64(main[:], uint64(c.Sub(postgresEpoch)/time.Microsecond))
-		w.record(rmXact, xactCommit, main[:])
-	}
-	return w.buf
-}
-
-type segWriter struct {
-	buf   []byte
-	pos   int
-	base  pg.LSN
-	tli   pg.TimelineID
-	sysid uint64
-}
-
-func (w *segWriter) pageHeader(remLen int) {
-	magic, _ := pg.WALMagic(15)
-	h := w.buf[w.pos:]
-	binary.LittleEndian.PutUint16(h[0:], magic)
-	info := uint16(0)
-	if remLen > 0 {
-		info |= pg.XLPFirstIsContRecord
-	}
-	if w.pos == 0 {
-		info |= pg.XLPLongHeader
-	}
-	binary.LittleEndian.PutUint16(h[2:], info)
-	binary.LittleEndian.PutUint32(h[4:], uint32(w.tli))
-	binary.LittleEndian.PutUint64(h[8:], uint64(w.base)+uint64(w.pos))
-	binary.LittleEndian.PutUint32(h[16:], uint32(remLen))
-	if w.pos == 0 {
-		binary.LittleEndian.PutUint64(h[24:], w.sysid)
-		binary.LittleEndian.PutUint32(h[32:], testSegSize)
-		binary.LittleEndian.PutUint32(h[36:], testBS)
-		w.pos += pg.WALLongPageHeaderSize
-	} else {
-		w.pos += pg.WALShortPageHeaderSize
-	}
-}
-
-func (w *segWriter) record(rmid, info uint8, main []byte) {
-	var rec []byte
-	rec = append(rec, make([]byte, walRecordHeaderSize)...)
-	if len(main) < 256 {
-		rec = append(rec, blockIDDataShort, byte(len(main)))
-	} else {
-		rec = append(rec, blockIDDataLong)
-		rec = binary.LittleEndian.AppendUint32(rec, uint32(len(main)))
-	}
-	rec = append(rec, main...)
-	binary.LittleEndian.PutUint32(rec[0:], uint32(len(rec)))
-	rec[16], rec[17] = info, rmid
-	crc := crc32.Update(0, castagnoli, rec[walRecordHeaderSize:])
-	crc = crc32.Update(crc, castagnoli, rec[:20])
-	binary.LittleEndian.PutUint32(rec[20:], crc)
-	w.pos = int(align8(uint64(w.pos)))
-	for len(rec) > 0 {
-		if w.pos%testBS == 0 {
-			w.pageHeader(0)
-		}
-		n := copy(w.buf[w.pos:w.pos+testBS-w.pos%testBS], rec)
-		rec = rec[n:]
-		w.pos += n
-		if len(rec) > 0 {
-			w.pageHeader(len(rec))
-		}
-	}
+	return pgtest.Segment(tli, seg, testSegSize, sysid, commits)
 }
 
 // readTree returns every regular file and symlink below dir, by slash path.

@@ -330,7 +330,7 @@ func lastCommitBefore(ctx context.Context, a Archive, cluster uint64, h pg.Histo
 			log.Warn("restore: cannot read WAL to find the last commit time", "segment", pg.SegmentName(tli, seg, segSize), "err", err)
 			return time.Time{}, 0, false
 		}
-		t, found, err := lastXactTime(data)
+		t, found, err := pg.LastCommitTime(data)
 		if err != nil {
 			log.Warn("restore: cannot parse WAL to find the last commit time", "segment", pg.SegmentName(tli, seg, segSize), "err", err)
 			return time.Time{}, 0, false

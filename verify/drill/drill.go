@@ -471,7 +471,7 @@ func (d *run) lastCommit(ctx context.Context) (time.Time, bool, error) {
 		if err != nil {
 			return time.Time{}, false, fmt.Errorf("read WAL %s to find the last commit: %w", name, err)
 		}
-		t, found, err := restore.LastCommitTime(data)
+		t, found, err := pg.LastCommitTime(data)
 		if err != nil {
 			d.log.Warn("drill: cannot parse WAL for the last commit time", "segment", name, "err", err)
 			return time.Time{}, false, nil

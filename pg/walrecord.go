@@ -1,4 +1,4 @@
-package restore
+package pg
 
 import (
 	"encoding/binary"
@@ -6,62 +6,66 @@ import (
 	"fmt"
 	"hash/crc32"
 	"time"
-
-	"github.com/tidemarkdb/tidemark/pg"
 )
 
 // WAL record layout, from PostgreSQL's access/xlogrecord.h and
 // access/xact.h (unchanged from 13 to 18 except the image flags noted).
 const (
-	walRecordHeaderSize = 24 // SizeOfXLogRecord
-	rmXLOG              = 0  // RM_XLOG_ID
-	rmXact              = 1  // RM_XACT_ID
-	xactOpMask          = 0x70
-	xactCommit          = 0x00
-	xactAbort           = 0x20
-	xactCommitPrepared  = 0x30
-	xactAbortPrepared   = 0x40
-	xlogSwitch          = 0x40 // XLOG_SWITCH: the rest of the segment is padding
+	WALRecordHeaderSize = 24 // SizeOfXLogRecord
+	RMXLOG              = 0  // RM_XLOG_ID
+	RMXact              = 1  // RM_XACT_ID
+	XactOpMask          = 0x70
+	XactCommit          = 0x00
+	XactAbort           = 0x20
+	XactCommitPrepared  = 0x30
+	XactAbortPrepared   = 0x40
+	XLOGSwitch          = 0x40 // XLOG_SWITCH: the rest of the segment is padding
+	XLOGNoop            = 0x20 // XLOG_NOOP
 
-	blockIDDataShort   = 255
-	blockIDDataLong    = 254
-	blockIDOrigin      = 253
-	blockIDTopLevelXID = 252
-	maxBlockID         = 32
+	BlockIDDataShort   = 255 // XLR_BLOCK_ID_DATA_SHORT: main data, 1-byte length
+	BlockIDDataLong    = 254 // XLR_BLOCK_ID_DATA_LONG: main data, 4-byte length
+	BlockIDOrigin      = 253
+	BlockIDTopLevelXID = 252
+	MaxBlockID         = 32
 
 	bkpBlockHasImage = 0x10
 	bkpBlockSameRel  = 0x80
 )
 
-// postgresEpoch is where TimestampTz counts microseconds from.
-var postgresEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+// pgEpoch is where TimestampTz counts microseconds from.
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+// TimestampTz converts PostgreSQL's TimestampTz (microseconds since
+// 2000-01-01 UTC) to a time.
+func TimestampTz(us int64) time.Time { return pgEpoch.Add(time.Duration(us) * time.Microsecond) }
+
+// ToTimestampTz is the inverse of TimestampTz.
+func ToTimestampTz(t time.Time) int64 { return int64(t.Sub(pgEpoch) / time.Microsecond) }
 
 var errWALEnd = errors.New("end of valid WAL")
 
-// lastXactTime returns the timestamp of the last commit or abort record
-// that begins in a WAL segment: the latest time a recovery_target_time can
-// be reached with the WAL up to this segment. found is false when the
-// segment has none. Records are CRC-checked; scanning stops at the first
-// invalid one, as recovery would.
-func lastXactTime(seg []byte) (t time.Time, found bool, err error) {
-	hdr, err := pg.ParseSegmentHeader(seg)
+// LastCommitTime returns the timestamp of the last commit or abort record
+// that begins in a WAL segment (its whole plaintext): the latest time a
+// recovery_target_time can be reached with the WAL up to this segment.
+// found is false when the segment has none. Records are CRC-checked;
+// scanning stops at the first invalid one, as recovery would.
+func LastCommitTime(seg []byte) (t time.Time, found bool, err error) {
+	hdr, err := ParseSegmentHeader(seg)
 	if err != nil {
 		return t, false, err
 	}
 	pageSize := int(hdr.BlockSize)
 	segSize := int(hdr.SegSize)
-	if pageSize < pg.WALLongPageHeaderSize*2 || len(seg) != segSize || segSize%pageSize != 0 {
+	if pageSize < WALLongPageHeaderSize*2 || len(seg) != segSize || segSize%pageSize != 0 {
 		return t, false, fmt.Errorf("WAL segment of %d bytes with %d-byte pages and segment size %d", len(seg), pageSize, segSize)
 	}
 	r := walReader{seg: seg, pageSize: pageSize, base: hdr.PageAddr, major: hdr.Major}
 	// Skip the tail of a record that began in the previous segment.
-	pos := pg.WALLongPageHeaderSize + int(align8(uint64(hdr.RemLen)))
+	pos := WALLongPageHeaderSize + int(align8(uint64(hdr.RemLen)))
 	if hdr.RemLen > 0 {
 		// A continuation longer than the first page's payload spans
 		// pages: follow it through the page headers.
-		if pos, err = r.skip(pg.WALLongPageHeaderSize, int(hdr.RemLen)); err != nil {
+		if pos, err = r.skip(WALLongPageHeaderSize, int(hdr.RemLen)); err != nil {
 			return t, false, nil
 		}
 		pos = int(align8(uint64(pos)))
@@ -74,15 +78,15 @@ func lastXactTime(seg []byte) (t time.Time, found bool, err error) {
 			}
 			return t, found, err
 		}
-		if rec.rmid == rmXLOG && rec.info&0xF0 == xlogSwitch {
+		if rec.rmid == RMXLOG && rec.info&0xF0 == XLOGSwitch {
 			return t, found, nil
 		}
-		if rec.rmid == rmXact {
-			switch rec.info & xactOpMask {
-			case xactCommit, xactAbort, xactCommitPrepared, xactAbortPrepared:
+		if rec.rmid == RMXact {
+			switch rec.info & XactOpMask {
+			case XactCommit, XactAbort, XactCommitPrepared, XactAbortPrepared:
 				if main := rec.mainData(); len(main) >= 8 {
 					us := int64(binary.LittleEndian.Uint64(main))
-					t, found = postgresEpoch.Add(time.Duration(us)*time.Microsecond), true
+					t, found = TimestampTz(us), true
 				}
 			}
 		}
@@ -96,22 +100,22 @@ func align8(n uint64) uint64 { return (n + 7) &^ 7 }
 type walReader struct {
 	seg      []byte
 	pageSize int
-	base     pg.LSN
+	base     LSN
 	major    int
 }
 
 // headerSize is the page header length at a page-aligned offset.
 func (r *walReader) headerSize(pageOff int) int {
 	if pageOff == 0 {
-		return pg.WALLongPageHeaderSize
+		return WALLongPageHeaderSize
 	}
-	return pg.WALShortPageHeaderSize
+	return WALShortPageHeaderSize
 }
 
 // checkPage validates the header of the page at pageOff: a page left over
 // from a recycled segment or never written ends the valid WAL.
 func (r *walReader) checkPage(pageOff int) error {
-	h, err := pg.ParseWALPageHeader(r.seg[pageOff:])
+	h, err := ParseWALPageHeader(r.seg[pageOff:])
 	if err != nil || h.PageAddr != r.base.Add(uint64(pageOff)) {
 		return errWALEnd
 	}
@@ -189,14 +193,14 @@ func (r *walReader) record(pos int) (walRecord, int, error) {
 		return walRecord{}, 0, err
 	}
 	total := int(binary.LittleEndian.Uint32(head))
-	if total < walRecordHeaderSize || total > len(r.seg)*4 {
+	if total < WALRecordHeaderSize || total > len(r.seg)*4 {
 		return walRecord{}, 0, errWALEnd
 	}
 	raw, next, err := r.read(pos, total, make([]byte, 0, total))
 	if err != nil {
 		return walRecord{}, 0, err
 	}
-	crc := crc32.Update(0, castagnoli, raw[walRecordHeaderSize:])
+	crc := crc32.Update(0, castagnoli, raw[WALRecordHeaderSize:])
 	crc = crc32.Update(crc, castagnoli, raw[:20])
 	if crc != binary.LittleEndian.Uint32(raw[20:24]) {
 		return walRecord{}, 0, errWALEnd
@@ -208,7 +212,7 @@ func (r *walReader) record(pos int) (walRecord, int, error) {
 // say how long it is, and it comes last. nil when the headers do not add up.
 func (rec walRecord) mainData() []byte {
 	b := rec.raw
-	pos := walRecordHeaderSize
+	pos := WALRecordHeaderSize
 	var blockData, mainLen int
 	u16 := func() (int, bool) {
 		if pos+2 > len(b) {
@@ -222,25 +226,25 @@ func (rec walRecord) mainData() []byte {
 		id := b[pos]
 		pos++
 		switch {
-		case id == blockIDDataShort:
+		case id == BlockIDDataShort:
 			if pos >= len(b) {
 				return nil
 			}
 			mainLen = int(b[pos])
 			pos++
 			goto done
-		case id == blockIDDataLong:
+		case id == BlockIDDataLong:
 			if pos+4 > len(b) {
 				return nil
 			}
 			mainLen = int(binary.LittleEndian.Uint32(b[pos:]))
 			pos += 4
 			goto done
-		case id == blockIDOrigin:
+		case id == BlockIDOrigin:
 			pos += 2
-		case id == blockIDTopLevelXID:
+		case id == BlockIDTopLevelXID:
 			pos += 4
-		case id <= maxBlockID:
+		case id <= MaxBlockID:
 			if pos >= len(b) {
 				return nil
 			}
@@ -276,7 +280,7 @@ func (rec walRecord) mainData() []byte {
 		}
 	}
 done:
-	if mainLen == 0 || mainLen > len(b)-walRecordHeaderSize {
+	if mainLen == 0 || mainLen > len(b)-WALRecordHeaderSize {
 		return nil
 	}
 	return b[len(b)-mainLen:]

@@ -1,4 +1,4 @@
-package restore
+package pg_test
 
 import (
 	"os"
@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/pg"
 )
 
-// TestLastXactTimeRealWAL checks the WAL reader against segments written by
+// TestLastCommitTimeRealWAL checks the WAL reader against segments written by
 // real servers: the last commit time it finds in a switched segment is the
 // commit timestamp PostgreSQL recorded for the last transaction.
-func TestLastXactTimeRealWAL(t *testing.T) {
+func TestLastCommitTimeRealWAL(t *testing.T) {
 	for _, v := range []int{15, 17} {
 		t.Run("pg"+strconv.Itoa(v), func(t *testing.T) {
 			c := testenv.NewCluster(t, testenv.PGConfig{Version: v, Settings: map[string]string{"track_commit_timestamp": "on"}})
@@ -31,7 +32,7 @@ func TestLastXactTimeRealWAL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, found, err := lastXactTime(data)
+			got, found, err := pg.LastCommitTime(data)
 			if err != nil || !found {
 				t.Fatalf("segment %s: found %v, %v", seg, found, err)
 			}
