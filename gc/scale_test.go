@@ -386,6 +386,10 @@ func (scaleArchive) History(_ context.Context, _ uint64, tli pg.TimelineID) (pg.
 	return pg.History{Timeline: tli}, nil
 }
 
+func (scaleArchive) Expired(context.Context, uint64) (walarchive.Ranges, error) {
+	return walarchive.Ranges{}, nil
+}
+
 // measurement is one measured operation.
 type measurement struct {
 	name    string

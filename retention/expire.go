@@ -1,9 +1,7 @@
 package retention
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +33,7 @@ type Repository interface {
 type Archive interface {
 	Clusters(ctx context.Context) ([]uint64, error)
 	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
+	RecordExpired(ctx context.Context, cluster uint64, add walarchive.Ranges, now time.Time) error
 }
 
 // Options configure an expire run.
@@ -62,7 +61,7 @@ type ClusterResult struct {
 	// WALRanges the same as runs per timeline.
 	WAL       []WALFile
 	WALBytes  int64
-	WALRanges Ranges
+	WALRanges walarchive.Ranges
 	// UnknownTimelines have WAL but no history file: all their WAL is
 	// kept, since what leads there cannot be told.
 	UnknownTimelines []pg.TimelineID
@@ -183,14 +182,14 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	cr.UnknownTimelines = lin.Unknown
 	cr.Decisions = Plan(snaps, opts.Policy, lin, now)
 	cr.WAL = PlanWAL(cr.Decisions, lin, files, segSize)
-	cr.WALRanges = Ranges{}
+	cr.WALRanges = walarchive.Ranges{}
 	for _, f := range cr.WAL {
 		cr.WALBytes += f.Size
 		if f.File.Kind == pg.WALSegment {
-			cr.WALRanges.add(f.File.Timeline, f.Seg, f.Seg)
+			cr.WALRanges.Add(f.File.Timeline, f.Seg, f.Seg)
 		}
 	}
-	cr.WALRanges = Merge(cr.WALRanges, nil)
+	cr.WALRanges = walarchive.MergeRanges(cr.WALRanges, nil)
 	for _, t := range lin.Unknown {
 		log.Warn("expire: timeline has WAL but no history file; all its WAL is kept", "timeline", t)
 	}
@@ -217,7 +216,7 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	}
 	// Record the runs before removing them, so that verify never takes a
 	// deliberate gap for a lost segment.
-	if err := RecordExpired(ctx, r, cluster, cr.WALRanges, now); err != nil {
+	if err := a.RecordExpired(ctx, cluster, cr.WALRanges, now); err != nil {
 		return cr, err
 	}
 	keys = keys[:0]
@@ -288,109 +287,4 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 	}
 	slices.Sort(lin.Active)
 	return files, lin, nil
-}
-
-// RecordPrefix is the key prefix of the records of WAL that expire removed
-// on purpose: retention/<cluster>.
-const RecordPrefix = "retention/"
-
-// maxRecord bounds a decoded record.
-const maxRecord = 64 << 20
-
-// recordJSON is the record of a cluster's WAL that expire removed on
-// purpose: per timeline, the segment runs. Verify reports a gap it covers as
-// expired, not as lost.
-type recordJSON struct {
-	Format  int          `json:"format"`
-	Cluster uint64       `json:"cluster,string"`
-	Updated time.Time    `json:"updated"`
-	SegSize uint32       `json:"wal_segment_size"`
-	Expired []recordSpan `json:"expired"`
-}
-
-type recordSpan struct {
-	Timeline pg.TimelineID `json:"timeline"`
-	First    pg.SegNo      `json:"first,string"`
-	Last     pg.SegNo      `json:"last,string"`
-}
-
-// RecordKey returns the key of a cluster's record.
-func RecordKey(cluster uint64) string { return RecordPrefix + strconv.FormatUint(cluster, 10) }
-
-// crypter encrypts and decrypts whole objects; *repo.Repo is one.
-type crypter interface {
-	Store() storage.Store
-	Encrypt(dst io.Writer) (io.WriteCloser, error)
-	Decrypt(src io.Reader) (io.Reader, error)
-}
-
-// LoadExpired reads the runs expire removed from a cluster's archive (none
-// when there is no record).
-func LoadExpired(ctx context.Context, r crypter, cluster uint64) (Ranges, error) {
-	key := RecordKey(cluster)
-	rc, err := r.Store().Get(ctx, key)
-	if errors.Is(err, storage.ErrNotFound) {
-		return Ranges{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	defer rc.Close()
-	pr, err := r.Decrypt(rc)
-	if err != nil {
-		return nil, &repo.CorruptError{Key: key, Err: err}
-	}
-	b, err := io.ReadAll(io.LimitReader(pr, maxRecord+1))
-	if err != nil || len(b) > maxRecord {
-		return nil, &repo.CorruptError{Key: key, Err: fmt.Errorf("unreadable: %v", err)}
-	}
-	var rec recordJSON
-	if err := json.Unmarshal(b, &rec); err != nil || rec.Cluster != cluster {
-		return nil, &repo.CorruptError{Key: key, Err: fmt.Errorf("not the record of cluster %d: %v", cluster, err)}
-	}
-	out := Ranges{}
-	for _, s := range rec.Expired {
-		out.add(s.Timeline, s.First, s.Last)
-	}
-	return Merge(out, nil), nil
-}
-
-// RecordExpired adds runs to a cluster's record.
-func RecordExpired(ctx context.Context, r crypter, cluster uint64, add Ranges, now time.Time) error {
-	old, err := LoadExpired(ctx, r, cluster)
-	if err != nil {
-		return err
-	}
-	all := Merge(old, add)
-	rec := recordJSON{Format: 1, Cluster: cluster, Updated: now.UTC()}
-	tls := make([]pg.TimelineID, 0, len(all))
-	for t := range all {
-		tls = append(tls, t)
-	}
-	slices.Sort(tls)
-	for _, t := range tls {
-		for _, x := range all[t] {
-			rec.Expired = append(rec.Expired, recordSpan{t, x.First, x.Last})
-		}
-	}
-	body, err := json.Marshal(&rec)
-	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	w, err := r.Encrypt(&buf)
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(body); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	key := RecordKey(cluster)
-	if err := r.Store().Put(ctx, key, bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
-		return fmt.Errorf("write %s: %w", key, err)
-	}
-	return nil
 }

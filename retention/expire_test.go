@@ -15,11 +15,17 @@ import (
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
-type fakeArchive struct{ h map[pg.TimelineID]pg.History }
+type fakeArchive struct {
+	h   map[pg.TimelineID]pg.History
+	wal *walarchive.Archive // keeps the record of expired WAL
+}
 
 func (a fakeArchive) Clusters(context.Context) ([]uint64, error) { return nil, nil }
 func (a fakeArchive) History(_ context.Context, _ uint64, tli pg.TimelineID) (pg.History, error) {
 	return a.h[tli], nil
+}
+func (a fakeArchive) RecordExpired(ctx context.Context, cluster uint64, add walarchive.Ranges, now time.Time) error {
+	return a.wal.RecordExpired(ctx, cluster, add, now)
 }
 
 const cluster = 7000000000000000001
@@ -76,7 +82,8 @@ func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 	}
 	l.Release(ctx)
 
-	if _, err := Run(ctx, f.Repo, fakeArchive{}, Options{Policy: Policy{Last: 2}, Now: func() time.Time { return days(5) }}); err != nil {
+	arch := fakeArchive{wal: walarchive.New(f.Store, f.Repo, f.Repo.WALMACKey(), walarchive.Options{})}
+	if _, err := Run(ctx, f.Repo, arch, Options{Policy: Policy{Last: 2}, Now: func() time.Time { return days(5) }}); err != nil {
 		t.Fatal(err)
 	}
 	left, err := f.Repo.Snapshots(ctx, 0)
@@ -89,7 +96,7 @@ func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 	if len(wal) != 1+9 { // 22, 32..40
 		t.Fatalf("WAL left: %v", wal)
 	}
-	exp, err := LoadExpired(ctx, f.Repo, cluster)
+	exp, err := arch.wal.Expired(ctx, cluster)
 	if err != nil || !exp.Covers(1, 1, 21) || !exp.Covers(1, 23, 31) || exp.Covers(1, 22, 22) {
 		t.Fatalf("expired record %v %v", exp, err)
 	}

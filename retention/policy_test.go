@@ -9,6 +9,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 const segSize = 16 << 20
@@ -170,11 +171,11 @@ func walFiles(tli pg.TimelineID, first, last pg.SegNo) []WALFile {
 
 // deleted describes the deleted files as runs per timeline.
 func deleted(del []WALFile) string {
-	r := Ranges{}
+	r := walarchive.Ranges{}
 	for _, f := range del {
-		r.add(f.File.Timeline, f.Seg, f.Seg)
+		r.Add(f.File.Timeline, f.Seg, f.Seg)
 	}
-	r = Merge(r, nil)
+	r = walarchive.MergeRanges(r, nil)
 	var tls []pg.TimelineID
 	for t := range r {
 		tls = append(tls, t)
@@ -235,15 +236,5 @@ func TestPlanWAL(t *testing.T) {
 func TestPlanWALNothingKeptDeletesNothing(t *testing.T) {
 	if del := PlanWAL(nil, Lineage{}, walFiles(1, 1, 5), segSize); len(del) != 0 {
 		t.Fatalf("WAL of a cluster without snapshots deleted: %v", deleted(del))
-	}
-}
-
-func TestMergeAndCovers(t *testing.T) {
-	r := Merge(Ranges{1: {{5, 7}, {1, 2}}}, Ranges{1: {{3, 4}, {10, 12}}})
-	if got := fmt.Sprint(r[1]); got != "[{1 7} {10 12}]" {
-		t.Fatalf("merged %s", got)
-	}
-	if !r.Covers(1, 2, 6) || r.Covers(1, 6, 10) || r.Covers(2, 1, 1) {
-		t.Fatal("Covers is wrong")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
 // WALFile is one archived WAL object of a cluster: a segment, a .partial or
@@ -17,35 +18,11 @@ type WALFile struct {
 	Size int64
 }
 
-// SegRange is a run of segment numbers, First to Last inclusive.
-type SegRange struct {
-	First, Last pg.SegNo
-}
-
-// Ranges are the segment runs kept per timeline.
-type Ranges map[pg.TimelineID][]SegRange
-
-func (r Ranges) add(tli pg.TimelineID, first, last pg.SegNo) {
-	if first > last {
-		return
-	}
-	r[tli] = append(r[tli], SegRange{first, last})
-}
-
-func (r Ranges) has(tli pg.TimelineID, seg pg.SegNo) bool {
-	for _, x := range r[tli] {
-		if x.First <= seg && seg <= x.Last {
-			return true
-		}
-	}
-	return false
-}
-
 // spanSegments returns, for each timeline of history h, the segments
 // recovery along h reads from that timeline: the segment holding a switch
 // point is read from the new timeline (pg.History.SegmentTimeline).
-func spanSegments(h pg.History, segSize uint32) map[pg.TimelineID]SegRange {
-	out := map[pg.TimelineID]SegRange{}
+func spanSegments(h pg.History, segSize uint32) map[pg.TimelineID]walarchive.SegRange {
+	out := map[pg.TimelineID]walarchive.SegRange{}
 	spans := h.Spans()
 	for i, sp := range spans {
 		first := pg.SegNo(0)
@@ -61,7 +38,7 @@ func spanSegments(h pg.History, segSize uint32) map[pg.TimelineID]SegRange {
 			last = next - 1
 		}
 		if first <= last {
-			out[sp.Timeline] = SegRange{first, last}
+			out[sp.Timeline] = walarchive.SegRange{First: first, Last: last}
 		}
 	}
 	return out
@@ -74,8 +51,8 @@ func spanSegments(h pg.History, segSize uint32) map[pg.TimelineID]SegRange {
 // is kept on every timeline, whatever leads there (a backup running now
 // starts there or later). keepAll lists timelines whose history is unknown:
 // all their WAL stays.
-func KeepWAL(ds []Decision, lin Lineage, segSize uint32) (keep Ranges, keepAll map[pg.TimelineID]bool, from pg.SegNo) {
-	keep = Ranges{}
+func KeepWAL(ds []Decision, lin Lineage, segSize uint32) (keep walarchive.Ranges, keepAll map[pg.TimelineID]bool, from pg.SegNo) {
+	keep = walarchive.Ranges{}
 	keepAll = map[pg.TimelineID]bool{}
 	for _, t := range lin.Unknown {
 		keepAll[t] = true
@@ -100,12 +77,12 @@ func KeepWAL(ds []Decision, lin Lineage, segSize uint32) (keep Ranges, keepAll m
 		}
 		if h, ok := lin.history(pg.TimelineID(s.StopTimeline)); ok {
 			for tli, r := range spanSegments(h, segSize) {
-				keep.add(tli, max(start, r.First), min(stop, r.Last))
+				keep.Add(tli, max(start, r.First), min(stop, r.Last))
 			}
 		} else {
 			// Without the history, keep the range on every timeline.
 			for _, t := range slices.Concat(tls, lin.Unknown) {
-				keep.add(t, start, stop)
+				keep.Add(t, start, stop)
 			}
 		}
 		if !d.PITR {
@@ -117,7 +94,7 @@ func KeepWAL(ds []Decision, lin Lineage, segSize uint32) (keep Ranges, keepAll m
 			}
 			h, _ := lin.history(x)
 			for tli, r := range spanSegments(h, segSize) {
-				keep.add(tli, max(start, r.First), r.Last)
+				keep.Add(tli, max(start, r.First), r.Last)
 			}
 		}
 	}
@@ -140,7 +117,7 @@ func PlanWAL(ds []Decision, lin Lineage, files []WALFile, segSize uint32) []WALF
 	for _, f := range files {
 		tli := f.File.Timeline
 		switch {
-		case keepAll[tli], f.Seg >= from, keep.has(tli, f.Seg):
+		case keepAll[tli], f.Seg >= from, keep.Has(tli, f.Seg):
 			continue
 		}
 		if _, known := lin.history(tli); !known {
@@ -149,57 +126,4 @@ func PlanWAL(ds []Decision, lin Lineage, files []WALFile, segSize uint32) []WALF
 		del = append(del, f)
 	}
 	return del
-}
-
-// Merge returns the union of the runs of a and b per timeline, sorted and
-// coalesced.
-func Merge(a, b Ranges) Ranges {
-	out := Ranges{}
-	for _, src := range []Ranges{a, b} {
-		for t, rs := range src {
-			out[t] = append(out[t], rs...)
-		}
-	}
-	for t, rs := range out {
-		slices.SortFunc(rs, func(x, y SegRange) int {
-			switch {
-			case x.First < y.First:
-				return -1
-			case x.First > y.First:
-				return 1
-			}
-			return 0
-		})
-		var m []SegRange
-		for _, r := range rs {
-			if n := len(m); n > 0 && r.First <= m[n-1].Last+1 {
-				m[n-1].Last = max(m[n-1].Last, r.Last)
-				continue
-			}
-			m = append(m, r)
-		}
-		out[t] = m
-	}
-	return out
-}
-
-// Covers reports whether the runs of timeline tli cover first..last.
-func (r Ranges) Covers(tli pg.TimelineID, first, last pg.SegNo) bool {
-	for s := first; s <= last; {
-		found := false
-		for _, x := range r[tli] {
-			if x.First <= s && s <= x.Last {
-				if x.Last == math.MaxUint64 {
-					return true
-				}
-				s = x.Last + 1
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
 }

@@ -64,6 +64,7 @@ type Archive interface {
 	Clusters(ctx context.Context) ([]uint64, error)
 	List(ctx context.Context, cluster uint64) (*walarchive.Listing, error)
 	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
+	Expired(ctx context.Context, cluster uint64) (walarchive.Ranges, error)
 }
 
 // Options configure a verification.

@@ -13,7 +13,6 @@ import (
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
-	"github.com/tidemarkdb/tidemark/retention"
 	"github.com/tidemarkdb/tidemark/storage/mem"
 )
 
@@ -26,6 +25,8 @@ const (
 type archive struct {
 	l     *walarchive.Listing
 	hists map[pg.TimelineID]pg.History
+	// wal, when set, keeps the record of expired WAL.
+	wal *walarchive.Archive
 }
 
 func (a *archive) Clusters(context.Context) ([]uint64, error) { return []uint64{cluster}, nil }
@@ -34,6 +35,12 @@ func (a *archive) List(context.Context, uint64) (*walarchive.Listing, error) {
 }
 func (a *archive) History(_ context.Context, _ uint64, tli pg.TimelineID) (pg.History, error) {
 	return a.hists[tli], nil
+}
+func (a *archive) Expired(ctx context.Context, cluster uint64) (walarchive.Ranges, error) {
+	if a.wal == nil {
+		return walarchive.Ranges{}, nil
+	}
+	return a.wal.Expired(ctx, cluster)
 }
 
 // segments makes an archive holding runs of segments on timelines.
@@ -206,7 +213,8 @@ func TestExpiredGapIsANote(t *testing.T) {
 	// Snapshot 2 (segment 4) would be broken: remove it as expire would.
 	snaps, _ := f.Repo.Snapshots(context.Background(), 0)
 	f.Store.Delete(context.Background(), repo.SnapshotKey(cluster, snaps[1].ID))
-	if err := retention.RecordExpired(context.Background(), f.Repo, cluster, retention.Ranges{1: {{First: 3, Last: 5}}}, time.Now()); err != nil {
+	a.wal = walarchive.New(f.Store, f.Repo, f.Repo.WALMACKey(), walarchive.Options{})
+	if err := a.wal.RecordExpired(context.Background(), cluster, walarchive.Ranges{1: {{First: 3, Last: 5}}}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := verifyRun(t, f, a, Options{})

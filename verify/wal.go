@@ -9,7 +9,6 @@ import (
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
-	"github.com/tidemarkdb/tidemark/retention"
 )
 
 // segRun is a run of missing segments along one history.
@@ -68,10 +67,10 @@ func (v *run) checkCluster(ctx context.Context, cluster uint64, snaps []*repo.Sn
 	for _, k := range l.Foreign {
 		v.rep.Notes = append(v.rep.Notes, fmt.Sprintf("%s: not an archived WAL file in its place (a stray upload?); ignored", k))
 	}
-	expired, err := retention.LoadExpired(ctx, v.r, cluster)
+	expired, err := v.a.Expired(ctx, cluster)
 	if err != nil {
-		v.problem("wal", retention.RecordKey(cluster), errText(err), "")
-		expired = retention.Ranges{}
+		v.problem("wal", walarchive.ExpiredKey(cluster), errText(err), "")
+		expired = walarchive.Ranges{}
 	}
 
 	// History files: each parses, agrees with its parent's, and with the
