@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -16,12 +15,6 @@ import (
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/lease"
 )
-
-// LeaseScope is the lease scope that makes backups of one cluster
-// exclusive: "backup/<system identifier>".
-func LeaseScope(cluster uint64) string {
-	return "backup/" + strconv.FormatUint(cluster, 10)
-}
 
 // keepaliveEvery is how often the backup checks its connection.
 const keepaliveEvery = 10 * time.Second
@@ -100,14 +93,14 @@ func (b *run) setPhase(p string) { b.phase.Store(&p) }
 // a holder on another host, or a live process here, is never touched.
 func acquireLease(ctx context.Context, r *repo.Repo, cluster uint64, opts *Options) (*lease.Lease, error) {
 	lo := lease.Options{Exclusive: true, Command: "backup", Logger: opts.Logger, Now: opts.Now}
-	l, err := r.AcquireLease(ctx, LeaseScope(cluster), lo)
+	l, err := r.AcquireLease(ctx, lease.BackupScope(cluster), lo)
 	var le *lease.LockedError
 	if errors.As(err, &le) && holderGone(le.Holder) {
 		opts.Logger.Warn("removing the lease of an earlier backup on this host whose process is gone", "holder", le.Holder.String())
 		if derr := r.Store().Delete(ctx, le.Holder.Key()); derr != nil {
 			return nil, fmt.Errorf("remove the stale lease %s: %w", le.Holder.Key(), derr)
 		}
-		l, err = r.AcquireLease(ctx, LeaseScope(cluster), lo)
+		l, err = r.AcquireLease(ctx, lease.BackupScope(cluster), lo)
 	}
 	switch {
 	case errors.As(err, &le):

@@ -44,20 +44,17 @@ import (
 	"github.com/tidemarkdb/tidemark/storage"
 )
 
-// LeaseScope is the exclusive lease one garbage collection holds.
-const LeaseScope = "gc"
-
-// WaitScopes are the lease scopes whose holders may depend on a pack
+// waitScopes are the lease scopes whose holders may depend on a pack
 // without a snapshot saying so yet: backups (their index was loaded when they
 // started, and they commit later), and readers that loaded the index before
 // a rewrite (restores, drills and verify). A quarantine is swept only after
 // every lease of these scopes that was live when it was written has ended.
-var WaitScopes = []string{"backup", "restore", "verify"}
+var waitScopes = []string{lease.KindBackup, lease.KindRestore, lease.ScopeVerify}
 
-// WriterScopes are the scopes of leases whose holders upload packs: packs
+// writerScopes are the scopes of leases whose holders upload packs: packs
 // younger than the oldest of them (minus the grace period) are never
 // candidates, so a backup's uploads wait for its commit.
-var WriterScopes = []string{"backup"}
+var writerScopes = []string{lease.KindBackup}
 
 // Repository is what garbage collection uses of the repository.
 // *repo.Repo has it.
@@ -205,7 +202,7 @@ func Run(ctx context.Context, r Repository, opts Options) (*Result, error) {
 	g := &run{r: r, o: opts, log: opts.Logger, res: &Result{}, g: refs.New(r, opts.Logger),
 		seen: map[string]bool{}, ref: map[blob.ID]struct{}{}}
 	if !opts.DryRun {
-		l, err := r.AcquireLease(ctx, LeaseScope, lease.Options{Exclusive: true, Command: "gc", Logger: opts.Logger})
+		l, err := r.AcquireLease(ctx, lease.ScopeGC, lease.Options{Exclusive: true, Command: "gc", Logger: opts.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("take the gc lease: %w", err)
 		}
@@ -235,7 +232,7 @@ func (g *run) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	live, err := g.liveLeases(ctx, WaitScopes)
+	live, err := g.liveLeases(ctx, waitScopes)
 	if err != nil {
 		return err
 	}
@@ -293,7 +290,7 @@ func (g *run) run(ctx context.Context) error {
 	// index before the record existed, or before the repacked copies were
 	// indexed (such a reader may know a live blob only by its location in
 	// a quarantined pack); everyone who starts later reads the copies.
-	live, err = g.liveLeases(ctx, WaitScopes)
+	live, err = g.liveLeases(ctx, waitScopes)
 	if err != nil {
 		return err
 	}
@@ -310,7 +307,7 @@ func (g *run) run(ctx context.Context) error {
 	if err := g.waitLeases(ctx, q); err != nil {
 		return err
 	}
-	live, err = g.liveLeases(ctx, WaitScopes)
+	live, err = g.liveLeases(ctx, waitScopes)
 	if err != nil {
 		return err
 	}
@@ -380,7 +377,7 @@ func (g *run) waitsFor(q *repo.Quarantine, live map[string]lease.Info) []string 
 // only once it commits).
 func (g *run) cutoff(ctx context.Context) (time.Time, error) {
 	t := g.o.Now()
-	live, err := g.liveLeases(ctx, WriterScopes)
+	live, err := g.liveLeases(ctx, writerScopes)
 	if err != nil {
 		return t, err
 	}
@@ -710,7 +707,7 @@ func (g *run) waitLeases(ctx context.Context, q *repo.Quarantine) error {
 	}
 	deadline := g.o.Now().Add(g.o.Wait)
 	for {
-		live, err := g.liveLeases(ctx, WaitScopes)
+		live, err := g.liveLeases(ctx, waitScopes)
 		if err != nil {
 			return err
 		}

@@ -17,11 +17,6 @@ import (
 	"github.com/tidemarkdb/tidemark/repo/lease"
 )
 
-// LeaseScope is the lease scope a restore holds (shared) on its cluster for
-// as long as it reads, so that garbage collection does not delete packs or
-// WAL under it: "restore/<system identifier>".
-func LeaseScope(cluster uint64) string { return "restore/" + itoa(cluster) }
-
 // leaser is the optional part of a Repository that takes leases.
 type leaser interface {
 	AcquireLease(ctx context.Context, scope string, opts lease.Options) (*lease.Lease, error)
@@ -92,7 +87,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 		}
 	}
 	if l, ok := r.(leaser); ok {
-		ls, err := l.AcquireLease(ctx, LeaseScope(cluster), lease.Options{Command: "restore", Logger: log})
+		ls, err := l.AcquireLease(ctx, lease.RestoreScope(cluster), lease.Options{Command: "restore", Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("take the restore lease: %w", err)
 		}

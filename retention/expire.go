@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -43,14 +42,8 @@ type Options struct {
 	Cluster uint64
 	// DryRun decides and reports, and changes nothing.
 	DryRun bool
-	// BackupLease and RestoreLease name the lease scopes of a cluster's
-	// backups (taken exclusively while snapshots and WAL are removed, so
-	// that no backup of the cluster runs meanwhile: the one that would
-	// reuse a removed parent's files) and of its restores and drills (any
-	// live one makes expire leave the cluster alone: Barman #200).
-	BackupLease, RestoreLease func(cluster uint64) string
-	Logger                    *slog.Logger
-	Now                       func() time.Time
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // ClusterResult is what expire decided and did for one cluster.
@@ -99,12 +92,6 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.BackupLease == nil {
-		opts.BackupLease = func(c uint64) string { return "backup/" + strconv.FormatUint(c, 10) }
-	}
-	if opts.RestoreLease == nil {
-		opts.RestoreLease = func(c uint64) string { return "restore/" + strconv.FormatUint(c, 10) }
-	}
 	snaps, err := r.Snapshots(ctx, opts.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)
@@ -142,7 +129,11 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	log := opts.Logger.With("cluster", cluster)
 	cr := &ClusterResult{Cluster: cluster}
 	if !opts.DryRun {
-		l, err := r.AcquireLease(ctx, opts.BackupLease(cluster), lease.Options{Exclusive: true, Command: "expire", Logger: log})
+		// The backup scope, exclusively: no backup of the cluster runs
+		// while snapshots and WAL are removed (it could reuse a removed
+		// parent's files). A live restore or drill (the restore scope)
+		// makes expire leave the cluster alone (Barman #200).
+		l, err := r.AcquireLease(ctx, lease.BackupScope(cluster), lease.Options{Exclusive: true, Command: "expire", Logger: log})
 		var le *lease.LockedError
 		if errors.As(err, &le) {
 			cr.Skipped = "held by " + le.Holder.String()
@@ -157,7 +148,7 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 			return cr, err
 		}
 	}
-	ls, err := r.Leases(ctx, opts.RestoreLease(cluster))
+	ls, err := r.Leases(ctx, lease.RestoreScope(cluster))
 	if err != nil {
 		return cr, err
 	}

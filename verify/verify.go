@@ -41,10 +41,6 @@ import (
 	"github.com/tidemarkdb/tidemark/storage"
 )
 
-// LeaseScope is the shared lease a verification holds: garbage collection
-// does not sweep packs quarantined while it runs.
-const LeaseScope = "verify"
-
 // Repository is what verify reads. *repo.Repo has it.
 type Repository interface {
 	refs.Reader
@@ -188,7 +184,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Report, e
 	}
 	v := &run{r: r, a: a, o: opts, log: opts.Logger, prob: map[string]*Problem{},
 		rep: &Report{Store: r.Store().String(), Started: opts.Now().UTC()}}
-	l, err := r.AcquireLease(ctx, LeaseScope, lease.Options{Command: "verify", Logger: opts.Logger})
+	l, err := r.AcquireLease(ctx, lease.ScopeVerify, lease.Options{Command: "verify", Logger: opts.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("take the verify lease: %w", err)
 	}

@@ -10,12 +10,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/tidemarkdb/tidemark/backup"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
-	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/retention"
 )
 
@@ -83,8 +81,7 @@ func runExpire(c *cli.Context) error {
 	if p.Empty() {
 		return usageErrorf("no retention policy: give --keep-within, --keep-last, --keep-daily, --keep-weekly or --keep-monthly, or set them in the [expire] section of the config file")
 	}
-	opts := retention.Options{Policy: p, DryRun: c.Bool("dry-run"), Logger: log,
-		BackupLease: backup.LeaseScope, RestoreLease: restore.LeaseScope}
+	opts := retention.Options{Policy: p, DryRun: c.Bool("dry-run"), Logger: log}
 	if v := c.String("cluster"); v != "" {
 		if opts.Cluster, err = strconv.ParseUint(v, 10, 64); err != nil || opts.Cluster == 0 {
 			return usageErrorf("--cluster %q: want the system identifier, a decimal number", v)

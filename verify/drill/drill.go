@@ -295,7 +295,7 @@ func (d *run) run(ctx context.Context) (err error) {
 	}
 	// The lease first, then the list again: expire removes nothing of the
 	// cluster while it is held, and what was listed before may have gone.
-	l, err := d.r.AcquireLease(ctx, restore.LeaseScope(cluster), lease.Options{Command: "drill", Logger: d.log})
+	l, err := d.r.AcquireLease(ctx, lease.RestoreScope(cluster), lease.Options{Command: "drill", Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("take the restore lease of cluster %d: %w", cluster, err)
 	}
