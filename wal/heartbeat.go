@@ -11,29 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/pg/heartbeat"
 )
-
-// HeartbeatTable is the table the heartbeat writes on the source cluster
-// and a restore drill reads back: one row (id 1) with the time and WAL
-// position of the latest beat and the interval between beats.
-const HeartbeatTable = "tidemark.heartbeat"
-
-// heartbeatDDL creates the table if it is missing. The CHECK keeps it at
-// one row, so it never grows; each beat is one small committed transaction
-// whose commit record also gives recovery_target_time a place to stop.
-const heartbeatDDL = `CREATE SCHEMA IF NOT EXISTS tidemark;
-CREATE TABLE IF NOT EXISTS tidemark.heartbeat (
-	id int PRIMARY KEY CHECK (id = 1),
-	at timestamptz NOT NULL,
-	lsn pg_lsn NOT NULL,
-	every_seconds float8 NOT NULL,
-	host text NOT NULL
-)`
-
-const heartbeatUpsert = `INSERT INTO tidemark.heartbeat (id, at, lsn, every_seconds, host)
-VALUES (1, now(), pg_current_wal_lsn(), $1, $2)
-ON CONFLICT (id) DO UPDATE SET at = excluded.at, lsn = excluded.lsn, every_seconds = excluded.every_seconds, host = excluded.host
-RETURNING at, lsn::text`
 
 // HeartbeatOptions configure RunHeartbeat.
 type HeartbeatOptions struct {
@@ -110,10 +89,10 @@ func RunHeartbeat(ctx context.Context, opts HeartbeatOptions) error {
 		}()
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
-			log.Warn("heartbeat failed; retrying every interval", "table", HeartbeatTable, "err", err)
+			log.Warn("heartbeat failed; retrying every interval", "table", heartbeat.Table, "err", err)
 			failing = true
 		case err == nil && failing:
-			log.Info("heartbeat written again", "table", HeartbeatTable)
+			log.Info("heartbeat written again", "table", heartbeat.Table)
 			failing = false
 		}
 		select {
@@ -131,16 +110,15 @@ func beat(ctx context.Context, conn *pgx.Conn, created *bool, every time.Duratio
 	}
 	if !b.InRecovery {
 		if !*created {
-			if _, err := conn.Exec(ctx, heartbeatDDL); err != nil {
-				return b, fmt.Errorf("create %s: %w", HeartbeatTable, err)
+			if err := heartbeat.Create(ctx, conn); err != nil {
+				return b, err
 			}
 			*created = true
 		}
-		var lsn string
-		if err := conn.QueryRow(ctx, heartbeatUpsert, every.Seconds(), host).Scan(&b.At, &lsn); err != nil {
-			return b, fmt.Errorf("write %s: %w", HeartbeatTable, err)
+		var err error
+		if b.At, b.LSN, err = heartbeat.Write(ctx, conn, every, host); err != nil {
+			return b, err
 		}
-		b.LSN, _ = pg.ParseLSN(lsn)
 	}
 	var last string
 	var lastTime *time.Time

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/pg/heartbeat"
 )
 
 func (d *run) result(name, status, format string, args ...any) CheckResult {
@@ -103,19 +103,14 @@ func (d *run) checkTarget(ctx context.Context, conn *pgx.Conn) CheckResult {
 // it, or recovery stopped somewhere else.
 func (d *run) checkHeartbeat(ctx context.Context, conn *pgx.Conn) CheckResult {
 	const name = "heartbeat"
-	var at time.Time
-	var lsnText string
-	var every float64
-	err := conn.QueryRow(ctx, "SELECT at, lsn::text, every_seconds FROM tidemark.heartbeat WHERE id = 1").Scan(&at, &lsnText, &every)
-	var pe *pgconn.PgError
+	hb, err := heartbeat.Read(ctx, conn)
 	switch {
-	case errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000"), errors.Is(err, pgx.ErrNoRows):
-		return d.result(name, Skipped, "no heartbeat in tidemark.heartbeat of database %s: the exact recovery point rests on PostgreSQL's own report only; run tidemark agent --heartbeat 5s on the source to prove it", d.o.DBName)
+	case errors.Is(err, heartbeat.ErrNone):
+		return d.result(name, Skipped, "no heartbeat in %s of database %s: the exact recovery point rests on PostgreSQL's own report only; run tidemark agent --heartbeat 5s on the source to prove it", heartbeat.Table, d.o.DBName)
 	case err != nil:
-		return d.result(name, Fail, "read tidemark.heartbeat: %v", err)
+		return d.result(name, Fail, "%v", err)
 	}
-	lsn, _ := pg.ParseLSN(lsnText)
-	interval := time.Duration(every * float64(time.Second))
+	at, lsn, interval := hb.At, hb.LSN, hb.Every
 	t := d.rep.Target
 	atText := at.UTC().Format(time.RFC3339Nano)
 	switch t.Kind {

@@ -4,7 +4,7 @@
 // Unix socket in the scratch directory), lets it recover to a target through
 // the same restore_command a real restore uses, and then checks the result:
 // that recovery stopped where it was asked to (the heartbeat row the source
-// writes, see wal.HeartbeatTable), pg_amcheck where it is installed, every
+// writes, see package pg/heartbeat), pg_amcheck where it is installed, every
 // data page's checksum, and the user's own SQL checks. It records how long
 // the restore and the replay took, stores a report in the repository
 // (drills/<cluster>/<id>) and removes the scratch cluster, also when it
