@@ -23,7 +23,7 @@ func BenchmarkRestore(b *testing.B) {
 	b.SetBytes(32 * 8 << 20)
 	for b.Loop() {
 		dir := filepath.Join(b.TempDir(), "pgdata")
-		_, err := Run(context.Background(), r, a, Options{PGData: dir, Logger: testLogger(b), Owner: &Owner{}, Target: Target{Kind: TargetLSN, LSN: pg.LSN(0x400000)}})
+		_, err := Run(context.Background(), r, a, Options{PGData: dir, Logger: testLogger(b), Owner: &Owner{}, Target: pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: pg.LSN(0x400000)}})
 		if err != nil {
 			b.Fatal(err)
 		}

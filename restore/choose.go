@@ -115,7 +115,7 @@ type xidOf func(ctx context.Context, s *repo.Snapshot) (uint64, error)
 
 // chooseSnapshot picks the newest snapshot that can recover along h and ends
 // before the target, or checks the one the user asked for.
-func chooseSnapshot(ctx context.Context, snaps []*repo.Snapshot, h pg.History, backup *repo.Snapshot, t Target, nextXID xidOf) (*repo.Snapshot, error) {
+func chooseSnapshot(ctx context.Context, snaps []*repo.Snapshot, h pg.History, backup *repo.Snapshot, t pg.RecoveryTarget, nextXID xidOf) (*repo.Snapshot, error) {
 	var cands []*repo.Snapshot
 	for _, s := range snaps {
 		if recoverable(h, s) {
@@ -148,21 +148,21 @@ func chooseSnapshot(ctx context.Context, snaps []*repo.Snapshot, h pg.History, b
 		}
 	}
 	oldest := cands[0]
-	return nil, refusef("the %s target %s is earlier than the end of the oldest backup on timeline %d (%s stopped at %s, LSN %s): pick a later target", t.Kind, t.describe(), h.Timeline, oldest.ID, oldest.StopTime.UTC().Format(time.RFC3339Nano), pg.LSN(oldest.StopLSN))
+	return nil, refusef("the %s target %s is earlier than the end of the oldest backup on timeline %d (%s stopped at %s, LSN %s): pick a later target", t.Kind, t.Describe(), h.Timeline, oldest.ID, oldest.StopTime.UTC().Format(time.RFC3339Nano), pg.LSN(oldest.StopLSN))
 }
 
 // endsBefore reports whether snapshot s becomes consistent before target t,
 // so that recovery from it can stop there.
-func endsBefore(ctx context.Context, s *repo.Snapshot, t Target, nextXID xidOf) (bool, error) {
+func endsBefore(ctx context.Context, s *repo.Snapshot, t pg.RecoveryTarget, nextXID xidOf) (bool, error) {
 	switch t.Kind {
-	case TargetTime:
+	case pg.TargetTime:
 		// Every commit before the stop LSN has a timestamp at or before
 		// StopTime; a strict comparison keeps recovery from meeting the
 		// target before it is consistent.
 		return s.StopTime.Before(t.Time), nil
-	case TargetLSN:
+	case pg.TargetLSN:
 		return pg.LSN(s.StopLSN) <= t.LSN, nil
-	case TargetXID:
+	case pg.TargetXID:
 		next, err := nextXID(ctx, s)
 		if err != nil {
 			return false, err
@@ -182,20 +182,6 @@ func xidNotBefore(xid, next uint64) bool {
 		return xid >= next
 	}
 	return int32(uint32(xid)-uint32(next)) >= 0
-}
-
-func (t Target) describe() string {
-	switch t.Kind {
-	case TargetTime:
-		return t.Time.UTC().Format(time.RFC3339Nano)
-	case TargetLSN:
-		return t.LSN.String()
-	case TargetXID:
-		return strconv.FormatUint(t.XID, 10)
-	case TargetName:
-		return strconv.Quote(t.Name)
-	}
-	return t.Kind.String()
 }
 
 // walSpan is what the archive holds along a timeline's lineage from a

@@ -45,11 +45,11 @@ func TestChooseTimelineAndSnapshot(t *testing.T) {
 	}
 	// On timeline 2 at segment 8, B cannot lead there (timeline 1 ended
 	// before B became consistent) and C ends after: A.
-	s, err := chooseSnapshot(ctx, snaps, h, nil, Target{Kind: TargetLSN, LSN: 0x880000}, noXID)
+	s, err := chooseSnapshot(ctx, snaps, h, nil, pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: 0x880000}, noXID)
 	if err != nil || s.ID != "A" {
 		t.Fatalf("chose %v: %v", s, err)
 	}
-	s, _ = chooseSnapshot(ctx, snaps, h, nil, Target{Kind: TargetLSN, LSN: 0xA00000}, noXID)
+	s, _ = chooseSnapshot(ctx, snaps, h, nil, pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: 0xA00000}, noXID)
 	if s.ID != "C" {
 		t.Errorf("chose %s for a target after C", s.ID)
 	}
@@ -60,7 +60,7 @@ func TestChooseTimelineAndSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ = chooseSnapshot(ctx, snaps, h1, nil, Target{Kind: TargetLSN, LSN: 0x780000}, noXID)
+	s, _ = chooseSnapshot(ctx, snaps, h1, nil, pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: 0x780000}, noXID)
 	if s.ID != "B" {
 		t.Errorf("timeline 1: chose %s", s.ID)
 	}
@@ -69,18 +69,18 @@ func TestChooseTimelineAndSnapshot(t *testing.T) {
 		t.Errorf("no hint about timeline 2: %s", why)
 	}
 	// A backup that cannot lead to the timeline is refused.
-	if _, err := chooseSnapshot(ctx, snaps, h, snaps[1], Target{}, noXID); !errors.Is(err, ErrRefused) {
+	if _, err := chooseSnapshot(ctx, snaps, h, snaps[1], pg.RecoveryTarget{}, noXID); !errors.Is(err, ErrRefused) {
 		t.Errorf("B along timeline 2: %v", err)
 	}
 	// Time targets compare stop times.
-	s, _ = chooseSnapshot(ctx, snaps, h1, nil, Target{Kind: TargetTime, Time: t0.Add(90 * time.Minute)}, noXID)
+	s, _ = chooseSnapshot(ctx, snaps, h1, nil, pg.RecoveryTarget{Kind: pg.TargetTime, Time: t0.Add(90 * time.Minute)}, noXID)
 	if s.ID != "B" {
 		t.Errorf("time target chose %s", s.ID)
 	}
 	// Xid targets compare the next xid at each backup's start.
 	xids := map[string]uint64{"A": 100, "B": 500, "C": 900}
 	byXID := func(_ context.Context, s *repo.Snapshot) (uint64, error) { return xids[s.ID], nil }
-	s, _ = chooseSnapshot(ctx, snaps, h1, nil, Target{Kind: TargetXID, XID: 499}, byXID)
+	s, _ = chooseSnapshot(ctx, snaps, h1, nil, pg.RecoveryTarget{Kind: pg.TargetXID, XID: 499}, byXID)
 	if s.ID != "A" {
 		t.Errorf("xid target chose %s", s.ID)
 	}

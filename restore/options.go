@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -39,90 +37,6 @@ type Archive interface {
 	ReadSegment(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, error)
 }
 
-// TargetKind is what a recovery target names.
-type TargetKind int
-
-// The recovery targets PostgreSQL knows. TargetEnd is no target: recovery
-// replays all the archived WAL.
-const (
-	TargetEnd TargetKind = iota
-	TargetImmediate
-	TargetTime
-	TargetLSN
-	TargetXID
-	TargetName
-)
-
-func (k TargetKind) String() string {
-	switch k {
-	case TargetEnd:
-		return "end of the archive"
-	case TargetImmediate:
-		return "immediate"
-	case TargetTime:
-		return "time"
-	case TargetLSN:
-		return "lsn"
-	case TargetXID:
-		return "xid"
-	case TargetName:
-		return "name"
-	}
-	return "target(" + strconv.Itoa(int(k)) + ")"
-}
-
-// Target is where recovery stops and what it does there.
-type Target struct {
-	Kind TargetKind
-	Time time.Time
-	LSN  pg.LSN
-	XID  uint64 // a transaction ID; a 64-bit one (epoch<<32 | xid) as txid_current returns is accepted
-	Name string // a restore point made by pg_create_restore_point
-	// Inclusive: stop just after the target (PostgreSQL's default) rather
-	// than just before it. nil leaves PostgreSQL's default.
-	Inclusive *bool
-	// Action is promote, pause or shutdown; "" takes pause, PostgreSQL's
-	// default, written out explicitly.
-	Action string
-	// Timeline is the timeline to recover along: 0 picks the newest
-	// timeline in the archive that the snapshot leads to, and writes its
-	// number rather than "latest".
-	Timeline pg.TimelineID
-}
-
-// Valid recovery_target_action values.
-const (
-	ActionPause    = "pause"
-	ActionPromote  = "promote"
-	ActionShutdown = "shutdown"
-)
-
-// ParseTargetTime parses a recovery target time. A time without a zone is
-// local time of the machine running the restore; it is written to the
-// recovery settings in UTC so that the server's timezone cannot shift it.
-func ParseTargetTime(s string) (time.Time, error) {
-	s = strings.TrimSpace(s)
-	withZone := []string{
-		time.RFC3339Nano,
-		"2006-01-02 15:04:05.999999999Z07:00",
-		"2006-01-02 15:04:05.999999999Z07",
-		"2006-01-02 15:04:05.999999999 Z07:00",
-		"2006-01-02 15:04:05.999999999 Z0700",
-		"2006-01-02 15:04:05.999999999 MST",
-	}
-	for _, l := range withZone {
-		if t, err := time.Parse(l, s); err == nil {
-			return t, nil
-		}
-	}
-	for _, l := range []string{"2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999", "2006-01-02"} {
-		if t, err := time.ParseInLocation(l, s, time.Local); err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("target time %q: want a timestamp such as 2026-05-01 10:00:00+00 or 2026-05-01T10:00:00Z", s)
-}
-
 // Options configure one restore.
 type Options struct {
 	// PGData is the data directory to write. Without Delta it must not exist
@@ -134,7 +48,7 @@ type Options struct {
 	// Backup is a snapshot id, "latest" or "" (the newest that fits the
 	// target).
 	Backup string
-	Target Target
+	Target pg.RecoveryTarget
 	// TablespaceMap moves tablespaces: original location -> new location.
 	TablespaceMap map[string]string
 	// Delta restores into an existing data directory, fetching only what

@@ -40,27 +40,27 @@ func (s setting) String() string { return s.name + " = " + quoteConf(s.value) }
 // recoverySettings are the lines a restore writes for target t along
 // timeline tli. The timeline is always a number: recovery must not wander
 // onto whatever timeline is newest when it runs.
-func recoverySettings(t Target, tli pg.TimelineID, restoreCommand string) []setting {
+func recoverySettings(t pg.RecoveryTarget, tli pg.TimelineID, restoreCommand string) []setting {
 	s := []setting{{"restore_command", restoreCommand}}
 	switch t.Kind {
-	case TargetImmediate:
+	case pg.TargetImmediate:
 		s = append(s, setting{"recovery_target", "immediate"})
-	case TargetTime:
+	case pg.TargetTime:
 		s = append(s, setting{"recovery_target_time", t.Time.UTC().Format("2006-01-02 15:04:05.999999-07")})
-	case TargetLSN:
+	case pg.TargetLSN:
 		s = append(s, setting{"recovery_target_lsn", t.LSN.String()})
-	case TargetXID:
+	case pg.TargetXID:
 		s = append(s, setting{"recovery_target_xid", strconv.FormatUint(t.XID, 10)})
-	case TargetName:
+	case pg.TargetName:
 		s = append(s, setting{"recovery_target_name", t.Name})
 	}
-	if t.Kind != TargetEnd && t.Kind != TargetImmediate && t.Inclusive != nil {
+	if t.Kind != pg.TargetEnd && t.Kind != pg.TargetImmediate && t.Inclusive != nil {
 		s = append(s, setting{"recovery_target_inclusive", strconv.FormatBool(*t.Inclusive)})
 	}
-	if t.Kind != TargetEnd {
+	if t.Kind != pg.TargetEnd {
 		action := t.Action
 		if action == "" {
-			action = ActionPause
+			action = pg.ActionPause
 		}
 		s = append(s, setting{"recovery_target_action", action})
 	}

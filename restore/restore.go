@@ -190,20 +190,20 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	return res, nil
 }
 
-// LatestTimeline as Target.Timeline asks for the newest timeline in the
+// LatestTimeline as pg.RecoveryTarget.Timeline asks for the newest timeline in the
 // archive (recovery_target_timeline = 'latest' made explicit).
 const LatestTimeline = pg.TimelineID(0xFFFFFFFF)
 
-func checkTarget(t Target) error {
+func checkTarget(t pg.RecoveryTarget) error {
 	switch t.Action {
-	case "", ActionPause, ActionPromote, ActionShutdown:
+	case "", pg.ActionPause, pg.ActionPromote, pg.ActionShutdown:
 	default:
 		return refusef("--target-action %q: want promote, pause or shutdown", t.Action)
 	}
-	if t.Kind == TargetName && (t.Name == "" || len(t.Name) >= 64) {
+	if t.Kind == pg.TargetName && (t.Name == "" || len(t.Name) >= 64) {
 		return refusef("--target-name %q: a restore point name has 1 to 63 bytes", t.Name)
 	}
-	if t.Kind == TargetEnd && (t.Inclusive != nil || t.Action != "") {
+	if t.Kind == pg.TargetEnd && (t.Inclusive != nil || t.Action != "") {
 		return refusef("--target-inclusive and --target-action need a recovery target (--target-time, --target-lsn, --target-xid, --target-name or --target immediate)")
 	}
 	return nil
@@ -249,7 +249,7 @@ func listSnapshots(ctx context.Context, r Repository, cluster uint64) ([]*repo.S
 // position only the WAL knows (a time, an xid, a name, the end) the WAL must
 // run without a gap to the newest segment archived along the timeline;
 // for a time target the last commit in it must lie past the target.
-func checkWAL(ctx context.Context, a Archive, cluster uint64, h pg.History, s *repo.Snapshot, snaps []*repo.Snapshot, t Target, res *Result, log *slog.Logger) error {
+func checkWAL(ctx context.Context, a Archive, cluster uint64, h pg.History, s *repo.Snapshot, snaps []*repo.Snapshot, t pg.RecoveryTarget, res *Result, log *slog.Logger) error {
 	segSize := uint32(s.WALSegmentSize)
 	if err := pg.ValidateWALSegSize(uint64(segSize)); err != nil {
 		return fmt.Errorf("backup %s: %w", s.ID, err)
@@ -275,7 +275,7 @@ func checkWAL(ctx context.Context, a Archive, cluster uint64, h pg.History, s *r
 	var lastCommit time.Time
 	var commitSeg pg.SegNo
 	var found bool
-	if t.Kind == TargetTime {
+	if t.Kind == pg.TargetTime {
 		lastCommit, commitSeg, found = lastCommitBefore(ctx, a, cluster, h, span.last, stop, segSize, log)
 	}
 	res.LastCommit = lastCommit
@@ -285,14 +285,14 @@ func checkWAL(ctx context.Context, a Archive, cluster uint64, h pg.History, s *r
 	}
 	log.Info("restore: WAL checked", "from", name(first), "to", name(span.last), "last_recoverable_lsn", end, "last_commit", lastCommit)
 	switch t.Kind {
-	case TargetImmediate:
+	case pg.TargetImmediate:
 		return nil
-	case TargetLSN:
+	case pg.TargetLSN:
 		if t.LSN >= end {
 			return refusef("the target LSN %s is past the end of the WAL archived along timeline %d: the last recoverable point is %s%s; pick an earlier --target-lsn, or archive more WAL and retry", t.LSN, h.Timeline, recoverable, gapNote)
 		}
 		return nil
-	case TargetTime:
+	case pg.TargetTime:
 		if !found {
 			newest := snaps[len(snaps)-1]
 			log.Warn("restore: no commit record in the last archived segments, so the target time cannot be checked against the end of the WAL",

@@ -176,7 +176,7 @@ func TestRestoreFresh(t *testing.T) {
 	r, a, s := setup(t)
 	dir := filepath.Join(t.TempDir(), "pgdata")
 	opts := baseOpts(t, dir)
-	opts.Target = Target{Kind: TargetLSN, LSN: 0x500000, Action: ActionPromote}
+	opts.Target = pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: 0x500000, Action: pg.ActionPromote}
 	res, err := Run(ctx, r, a, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +283,7 @@ func TestRestoreDelta(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "pg_replslot/slot1"), 0o700)
 
 	opts.Delta = true
-	opts.Target = Target{Kind: TargetTime, Time: t0.Add(45 * time.Minute), Inclusive: new(bool)}
+	opts.Target = pg.RecoveryTarget{Kind: pg.TargetTime, Time: t0.Add(45 * time.Minute), Inclusive: new(bool)}
 	res, err := Run(ctx, r, a, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -366,22 +366,22 @@ func TestRestoreRefusals(t *testing.T) {
 			return r, a
 		}, "is running on"},
 		{"before the oldest backup", func(t *testing.T, dir string, o *Options) (Repository, Archive) {
-			o.Target = Target{Kind: TargetTime, Time: t0.Add(-time.Minute)}
+			o.Target = pg.RecoveryTarget{Kind: pg.TargetTime, Time: t0.Add(-time.Minute)}
 			return r, a
 		}, "earlier than the end of the oldest backup"},
 		{"lsn past the archive", func(t *testing.T, dir string, o *Options) (Repository, Archive) {
-			o.Target = Target{Kind: TargetLSN, LSN: 0xB00000}
+			o.Target = pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: 0xB00000}
 			return r, a
 		}, "the last recoverable point is LSN 0/B00000"},
 		{"time past the archive", func(t *testing.T, dir string, o *Options) (Repository, Archive) {
-			o.Target = Target{Kind: TargetTime, Time: t0.Add(2 * time.Hour)}
+			o.Target = pg.RecoveryTarget{Kind: pg.TargetTime, Time: t0.Add(2 * time.Hour)}
 			return r, a
 		}, "the last recoverable time is 2026-05-01T11:00:00Z (the last commit, in segment 00000001000000000000000A"},
 		{"gap before an xid target", func(t *testing.T, dir string, o *Options) (Repository, Archive) {
 			g := newArchive()
 			g.addRange(1, 1, 5)
 			g.addRange(1, 7, 9)
-			o.Target = Target{Kind: TargetXID, XID: 800}
+			o.Target = pg.RecoveryTarget{Kind: pg.TargetXID, XID: 800}
 			return r, g
 		}, "segment 000000010000000000000006 is missing although WAL up to 000000010000000000000009 is archived"},
 		{"no space", func(t *testing.T, dir string, o *Options) (Repository, Archive) {
@@ -544,12 +544,12 @@ func TestRewriteAutoConf(t *testing.T) {
 
 func TestParseTargetTime(t *testing.T) {
 	for _, s := range []string{"2026-05-01 10:00:00+00", "2026-05-01T10:00:00Z", "2026-05-01 12:00:00.000+02:00", "2026-05-01 10:00:00 UTC"} {
-		got, err := ParseTargetTime(s)
+		got, err := pg.ParseTargetTime(s)
 		if err != nil || !got.Equal(t0) {
 			t.Errorf("%s: %v %v", s, got, err)
 		}
 	}
-	if _, err := ParseTargetTime("yesterday"); err == nil {
+	if _, err := pg.ParseTargetTime("yesterday"); err == nil {
 		t.Error("parsed yesterday")
 	}
 }

@@ -116,8 +116,8 @@ func runRestore(c *cli.Context) error {
 }
 
 // parseTarget reads the recovery target flags; at most one target.
-func parseTarget(c *cli.Context) (restore.Target, error) {
-	var t restore.Target
+func parseTarget(c *cli.Context) (pg.RecoveryTarget, error) {
+	var t pg.RecoveryTarget
 	var set []string
 	for _, name := range []string{"target-time", "target-lsn", "target-xid", "target-name", "target"} {
 		if c.String(name) != "" {
@@ -130,38 +130,38 @@ func parseTarget(c *cli.Context) (restore.Target, error) {
 	var err error
 	switch {
 	case c.String("target-time") != "":
-		t.Kind = restore.TargetTime
-		if t.Time, err = restore.ParseTargetTime(c.String("target-time")); err != nil {
+		t.Kind = pg.TargetTime
+		if t.Time, err = pg.ParseTargetTime(c.String("target-time")); err != nil {
 			return t, usageErrorf("--target-time: %v", err)
 		}
 	case c.String("target-lsn") != "":
-		t.Kind = restore.TargetLSN
+		t.Kind = pg.TargetLSN
 		if t.LSN, err = pg.ParseLSN(c.String("target-lsn")); err != nil {
 			return t, usageErrorf("--target-lsn %q: want a WAL position such as 16/B374D848", c.String("target-lsn"))
 		}
 	case c.String("target-xid") != "":
-		t.Kind = restore.TargetXID
+		t.Kind = pg.TargetXID
 		if t.XID, err = strconv.ParseUint(c.String("target-xid"), 10, 64); err != nil || t.XID < 3 {
 			return t, usageErrorf("--target-xid %q: want a transaction ID (txid_current() shows one)", c.String("target-xid"))
 		}
 	case c.String("target-name") != "":
-		t.Kind, t.Name = restore.TargetName, c.String("target-name")
+		t.Kind, t.Name = pg.TargetName, c.String("target-name")
 	case c.String("target") != "":
 		if c.String("target") != "immediate" {
 			return t, usageErrorf("--target %q: the only named target is immediate", c.String("target"))
 		}
-		t.Kind = restore.TargetImmediate
+		t.Kind = pg.TargetImmediate
 	}
 	if c.IsSet("target-inclusive") {
 		v := c.Bool("target-inclusive")
 		t.Inclusive = &v
 	}
 	t.Action = c.String("target-action")
-	if t.Kind == restore.TargetEnd && (t.Inclusive != nil || t.Action != "") {
+	if t.Kind == pg.TargetEnd && (t.Inclusive != nil || t.Action != "") {
 		return t, usageErrorf("--target-inclusive and --target-action need a recovery target (--target-time, --target-lsn, --target-xid, --target-name or --target immediate); without one, recovery replays all archived WAL and promotes")
 	}
 	switch t.Action {
-	case "", restore.ActionPause, restore.ActionPromote, restore.ActionShutdown:
+	case "", pg.ActionPause, pg.ActionPromote, pg.ActionShutdown:
 	default:
 		return t, usageErrorf("--target-action %q: want promote, pause or shutdown", t.Action)
 	}

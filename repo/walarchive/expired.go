@@ -29,10 +29,10 @@ const maxExpiredRecord = 64 << 20
 // purpose: per timeline, the segment runs. Verify reports a gap it covers as
 // expired, not as lost.
 type expiredJSON struct {
-	Format  int          `json:"format"`
-	Cluster uint64       `json:"cluster,string"`
-	Updated time.Time    `json:"updated"`
-	SegSize uint32       `json:"wal_segment_size"`
+	Format  int           `json:"format"`
+	Cluster uint64        `json:"cluster,string"`
+	Updated time.Time     `json:"updated"`
+	SegSize uint32        `json:"wal_segment_size"`
 	Expired []expiredSpan `json:"expired"`
 }
 

@@ -76,9 +76,9 @@ type Options struct {
 	// kept snapshots at random.
 	Backup string
 	Random bool
-	// Target is the recovery target; restore.TargetEnd (the zero value)
+	// Target is the recovery target; pg.TargetEnd (the zero value)
 	// picks a random time inside the window recoverable from the snapshot.
-	Target restore.Target
+	Target pg.RecoveryTarget
 	// ScratchDir is where the scratch cluster is made (a new directory
 	// inside it; default os.TempDir()).
 	ScratchDir string
@@ -391,23 +391,23 @@ func (d *run) chooseTarget(ctx context.Context, snaps []*repo.Snapshot) error {
 	if t.Timeline == 0 {
 		t.Timeline = pg.TimelineID(s.StopTimeline)
 	}
-	t.Action = restore.ActionPromote
+	t.Action = pg.ActionPromote
 	d.o.Target = t
 	rt := &d.rep.Target
 	switch t.Kind {
-	case restore.TargetTime:
+	case pg.TargetTime:
 		rt.Kind, rt.Time = "time", t.Time.UTC()
 		return nil
-	case restore.TargetLSN:
+	case pg.TargetLSN:
 		rt.Kind, rt.LSN = "lsn", t.LSN.String()
 		return nil
-	case restore.TargetXID:
+	case pg.TargetXID:
 		rt.Kind, rt.XID = "xid", t.XID
 		return nil
-	case restore.TargetName:
+	case pg.TargetName:
 		rt.Kind, rt.Name = "name", t.Name
 		return nil
-	case restore.TargetImmediate:
+	case pg.TargetImmediate:
 		rt.Kind = "immediate"
 		return nil
 	}
@@ -425,13 +425,13 @@ func (d *run) chooseTarget(ctx context.Context, snaps []*repo.Snapshot) error {
 	rt.WindowStart, rt.WindowEnd = start.UTC(), end.UTC()
 	if !ok || !end.After(start) {
 		d.log.Info("drill: no commit archived after the backup stopped; recovering to its consistent point", "backup", s.ID)
-		d.o.Target.Kind = restore.TargetImmediate
+		d.o.Target.Kind = pg.TargetImmediate
 		rt.Kind = "immediate"
 		return nil
 	}
 	span := end.Sub(start)
 	at := start.Add(time.Duration(d.o.Rand.Int64N(int64(span) + 1))).Truncate(time.Microsecond)
-	d.o.Target.Kind, d.o.Target.Time = restore.TargetTime, at
+	d.o.Target.Kind, d.o.Target.Time = pg.TargetTime, at
 	rt.Kind, rt.Time, rt.Random = "time", at.UTC(), true
 	d.log.Info("drill: chose a random target time", "time", at.UTC(), "window_start", start.UTC(), "window_end", end.UTC())
 	return nil
