@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 )
 
@@ -23,7 +24,7 @@ func BenchmarkRestore(b *testing.B) {
 	b.SetBytes(32 * 8 << 20)
 	for b.Loop() {
 		dir := filepath.Join(b.TempDir(), "pgdata")
-		_, err := Run(context.Background(), r, a, Options{PGData: dir, Logger: testLogger(b), Owner: &Owner{}, Target: pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: pg.LSN(0x400000)}})
+		_, err := Run(context.Background(), r, a, Options{PGData: dir, Logger: testLogger(b), Owner: &osuser.Owner{}, Target: pg.RecoveryTarget{Kind: pg.TargetLSN, LSN: pg.LSN(0x400000)}})
 		if err != nil {
 			b.Fatal(err)
 		}

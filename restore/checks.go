@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 )
 
@@ -92,7 +93,7 @@ func statfs(p string) (uint64, string, error) {
 // files away; it gives them to the data directory's owner (or its parent's
 // when it does not exist yet), never to root, since PostgreSQL refuses to
 // run as root.
-func resolveOwner(opt *Owner, pgdata string) (*Owner, error) {
+func resolveOwner(opt *osuser.Owner, pgdata string) (*osuser.Owner, error) {
 	if opt != nil {
 		return opt, nil
 	}
@@ -107,7 +108,7 @@ func resolveOwner(opt *Owner, pgdata string) (*Owner, error) {
 			if st.Uid == 0 {
 				return nil, refusef("restoring as root into %s, which belongs to root: PostgreSQL cannot run as root; pass --owner USER (the server's OS user) or create %s owned by that user", p, pgdata)
 			}
-			return &Owner{UID: int(st.Uid), GID: int(st.Gid)}, nil
+			return &osuser.Owner{UID: int(st.Uid), GID: int(st.Gid)}, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("stat %s: %w", p, err)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
@@ -68,7 +69,7 @@ type Options struct {
 	// Owner, when set, receives every file; otherwise a restore run as root
 	// gives them to the owner of the data directory (or of its parent when
 	// it does not exist yet) and a restore run as another user keeps them.
-	Owner *Owner
+	Owner *osuser.Owner
 	// RestoreCommand is written as restore_command (tidemark wal-fetch ...).
 	RestoreCommand string
 	// SpoolDir is where wal-fetch of this data directory keeps prefetched
@@ -81,9 +82,6 @@ type Options struct {
 	// statfs is replaced by tests to simulate a small disk.
 	statfs func(path string) (avail uint64, fsid string, err error)
 }
-
-// Owner is a uid and gid to give restored files.
-type Owner struct{ UID, GID int }
 
 // Result says what a restore did.
 type Result struct {

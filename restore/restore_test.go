@@ -18,6 +18,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
@@ -83,7 +84,7 @@ func baseOpts(t *testing.T, dir string) Options {
 		PGData:         dir,
 		RestoreCommand: "/usr/bin/tidemark wal-fetch --repo 'file:///x' %f %p",
 		Logger:         testLogger(t),
-		Owner:          &Owner{UID: os.Getuid(), GID: os.Getgid()},
+		Owner:          &osuser.Owner{UID: os.Getuid(), GID: os.Getgid()},
 		Parallel:       3,
 	}
 }

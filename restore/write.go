@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
@@ -46,7 +47,7 @@ type writer struct {
 	r        Repository
 	p        *plan
 	log      *slog.Logger
-	owner    *Owner
+	owner    *osuser.Owner
 	parallel int
 	major    int
 
@@ -532,7 +533,7 @@ func (w *writer) settleFile(i int32) error {
 }
 
 // syncPath sets the mode and owner of a file or directory and fsyncs it.
-func syncPath(p string, mode fs.FileMode, owner *Owner) error {
+func syncPath(p string, mode fs.FileMode, owner *osuser.Owner) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", p, err)
@@ -553,7 +554,7 @@ func syncPath(p string, mode fs.FileMode, owner *Owner) error {
 }
 
 // writeDurable writes a whole small file and fsyncs it.
-func writeDurable(p string, data []byte, mode fs.FileMode, owner *Owner) error {
+func writeDurable(p string, data []byte, mode fs.FileMode, owner *osuser.Owner) error {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", p, err)

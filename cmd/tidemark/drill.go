@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -12,8 +13,8 @@ import (
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
+	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/verify/drill"
-	"github.com/tidemarkdb/tidemark/wal"
 )
 
 func drillCommand() *cli.Command {
@@ -62,7 +63,7 @@ func runDrill(c *cli.Context) error {
 	opts := drill.Options{Backup: c.String("backup"), Random: c.Bool("random"), ScratchDir: c.String("scratch-dir"),
 		PGBin: c.String("pg-bin"), PGUser: c.String("pg-user"), DBUser: c.String("db-user"), DBName: c.String("db-name"),
 		ServerOptions: c.StringSlice("pg-option"), Amcheck: c.String("amcheck"), HeartbeatSlack: c.Duration("heartbeat-slack"),
-		Timeout: c.Duration("timeout"), KeepOnFailure: c.Bool("keep-on-failure"), SpoolDir: wal.DefaultSpoolDir,
+		Timeout: c.Duration("timeout"), KeepOnFailure: c.Bool("keep-on-failure"),
 		ToolVersion: versionString(), Logger: log}
 	if opts.Random && opts.Backup != "" {
 		return usageErrorf("--random and --backup: give one")
@@ -92,15 +93,27 @@ func runDrill(c *cli.Context) error {
 			return usageErrorf("--check-sql %s holds no statement", p)
 		}
 	}
-	if opts.RestoreCommand, err = restoreCommandLine(c); err != nil {
+	fetch, err := fetchCommand(c)
+	if err != nil {
 		return err
 	}
+	opts.Fetch = fetch
 	r, err := openRepo(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: 4 * restoreReadMemoryPerGET})
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	rep, err := drill.Run(c.Context, r, walarchive.FromRepo(r, walarchive.Options{Logger: log}), opts)
+	arch := walarchive.FromRepo(r, walarchive.Options{Logger: log})
+	opts.Restore = func(ctx context.Context, q drill.RestoreRequest) (drill.RestoreResult, error) {
+		res, err := restore.Run(ctx, r, restore.ArchiveOf(arch), restore.Options{PGData: q.PGData, Cluster: q.Cluster,
+			Backup: q.Backup, Target: q.Target, TablespaceMap: q.TablespaceMap, Owner: q.Owner,
+			RestoreCommand: q.RestoreCommand, SpoolDir: q.SpoolDir, Logger: q.Logger, Now: q.Now})
+		if err != nil {
+			return drill.RestoreResult{}, err
+		}
+		return drill.RestoreResult{Files: res.Files, Bytes: res.Bytes}, nil
+	}
+	rep, err := drill.Run(c.Context, r, arch, opts)
 	if rep != nil && rep.Snapshot != "" {
 		if c.Bool("json") {
 			if jerr := writeJSON(c.App.Writer, rep); jerr != nil {

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"crypto/rand"
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -88,11 +87,11 @@ func runRestore(c *cli.Context) error {
 			return err
 		}
 	}
-	restoreCommand, err := restoreCommandLine(c)
+	fetch, err := fetchCommand(c)
 	if err != nil {
 		return err
 	}
-	opts.RestoreCommand = restoreCommand(pgdata)
+	opts.RestoreCommand = fetch.Line(pgdata)
 
 	// A coalesced read of a pack holds up to about 2 x 16 MiB (ciphertext
 	// and plaintext) while it is decoded: the memory bound must let
@@ -191,57 +190,33 @@ func parseTablespaceMap(specs []string) (map[string]string, error) {
 	return m, nil
 }
 
-func lookupOwner(name string) (*restore.Owner, error) {
-	u, err := user.Lookup(name)
+func lookupOwner(name string) (*osuser.Owner, error) {
+	o, err := osuser.Lookup(name)
 	if err != nil {
-		if u, err = user.LookupId(name); err != nil {
-			return nil, usageErrorf("--owner %q: no such user", name)
-		}
+		return nil, usageErrorf("--owner: %v", err)
 	}
-	uid, err1 := strconv.Atoi(u.Uid)
-	gid, err2 := strconv.Atoi(u.Gid)
-	if err1 != nil || err2 != nil {
-		return nil, usageErrorf("--owner %q: uid %s, gid %s are not numbers", name, u.Uid, u.Gid)
-	}
-	return &restore.Owner{UID: uid, GID: gid}, nil
+	return o, nil
 }
 
-// restoreCommandLine returns the restore_command the server of a data
+// fetchCommand is the restore_command the server of a restored data
 // directory will run: this very binary by absolute path, with the
 // repository settings this restore used (the server's environment has none
-// of ours). Secrets never go there: S3 credentials come from the server's
-// environment, keys from the files named.
-//
-// A shell fast path comes first: mv of the segment from the spool's ready
-// directory, where the prefetcher links each segment it verified, named
-// after a token new for each restore. A segment prefetched ahead then
-// reaches pg_wal in the time of a mv (about 2 ms) instead of a tidemark
-// process's (12 ms and more, with recovery waiting), and the token keeps
-// the files of any other restore out of it. The path is relative to the
-// data directory, where PostgreSQL runs the command, as wal-fetch's
-// default spool is.
-func restoreCommandLine(c *cli.Context) (func(pgdata string) string, error) {
-	cmd, err := walFetchLine(c)
-	if err != nil {
-		return nil, err
-	}
-	return func(pgdata string) string {
-		token := rand.Text()[:16]
-		ready := wal.ReadyDir(filepath.Join("..", filepath.Base(wal.DefaultSpoolDir(pgdata))), token)
-		return "mv -f " + strings.ReplaceAll(shellQuote(ready), "%", "%%") + "/%f %p 2>/dev/null || " +
-			cmd + " --spool-token " + token + " %f %p"
-	}, nil
+// of ours).
+func fetchCommand(c *cli.Context) (wal.FetchCommand, error) {
+	args, err := walFetchArgs(c)
+	return wal.FetchCommand{Args: args}, err
 }
 
-// walFetchLine is the tidemark wal-fetch part of restoreCommandLine, up to
-// the file arguments.
-func walFetchLine(c *cli.Context) (string, error) {
+// walFetchArgs is the tidemark wal-fetch command line up to the file
+// arguments. Secrets never go there: S3 credentials come from the server's
+// environment, keys from the files named.
+func walFetchArgs(c *cli.Context) ([]string, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return "", fmt.Errorf("find the tidemark binary for restore_command: %w", err)
+		return nil, fmt.Errorf("find the tidemark binary for restore_command: %w", err)
 	}
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return "", fmt.Errorf("find the tidemark binary for restore_command: %w", err)
+		return nil, fmt.Errorf("find the tidemark binary for restore_command: %w", err)
 	}
 	// --pgdata . (PostgreSQL runs restore_command in the data directory)
 	// so that a pgdata from the config file or TIDEMARK_PGDATA, naming the
@@ -251,7 +226,7 @@ func walFetchLine(c *cli.Context) (string, error) {
 	if cfg := c.String("config"); cfg != "" {
 		abs, err := filepath.Abs(cfg)
 		if err != nil {
-			return "", usageErrorf("--config: %v", err)
+			return nil, usageErrorf("--config: %v", err)
 		}
 		args = append(args, "--config", abs)
 	}
@@ -261,35 +236,18 @@ func walFetchLine(c *cli.Context) (string, error) {
 	for _, id := range c.StringSlice("identity") {
 		abs, err := filepath.Abs(id)
 		if err != nil {
-			return "", usageErrorf("--identity: %v", err)
+			return nil, usageErrorf("--identity: %v", err)
 		}
 		args = append(args, "--identity", abs)
 	}
 	if v := c.String("passphrase-file"); v != "" {
 		abs, err := filepath.Abs(v)
 		if err != nil {
-			return "", usageErrorf("--passphrase-file: %v", err)
+			return nil, usageErrorf("--passphrase-file: %v", err)
 		}
 		args = append(args, "--passphrase-file", abs)
 	}
-	var q []string
-	for _, a := range args {
-		// PostgreSQL replaces %f, %p, %r and %% in restore_command: a
-		// percent-encoded URL must reach the shell as it is.
-		q = append(q, strings.ReplaceAll(shellQuote(a), "%", "%%"))
-	}
-	return strings.Join(q, " "), nil
-}
-
-// shellQuote quotes a word for /bin/sh, which runs restore_command, unless
-// it needs none.
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_./:=@+,-", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	return args, nil
 }
 
 func printRestore(w io.Writer, pgdata string, res *restore.Result) {
@@ -311,5 +269,5 @@ func printRestore(w io.Writer, pgdata string, res *restore.Result) {
 	for _, st := range res.Settings {
 		fmt.Fprintf(w, "    %s\n", st)
 	}
-	fmt.Fprintf(w, "start the server to recover: pg_ctl -D %s start\n", shellQuote(pgdata))
+	fmt.Fprintf(w, "start the server to recover: pg_ctl -D %s start\n", wal.ShellQuote(pgdata))
 }

@@ -1,5 +1,6 @@
 // Package drill proves that a backup restores: it restores a snapshot into a
-// scratch directory with package restore, starts PostgreSQL of the
+// scratch directory (with the restore its caller wires in: the CLI passes
+// package restore's), starts PostgreSQL of the
 // snapshot's major version on it (archiving off, reachable only through a
 // Unix socket in the scratch directory), lets it recover to a target through
 // the same restore_command a real restore uses, and then checks the result:
@@ -35,20 +36,20 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/lease"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
-	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage"
 )
 
 // Prefix is the key prefix of drill reports: drills/<cluster>/<id>.
-const Prefix = "drills/"
+const Prefix = repo.DrillsPrefix
 
 // Repository is what a drill uses of the repository. *repo.Repo has it.
 type Repository interface {
-	restore.Repository
+	Snapshots(ctx context.Context, cluster uint64) ([]*repo.Snapshot, error)
 	Store() storage.Store
 	AcquireLease(ctx context.Context, scope string, opts lease.Options) (*lease.Lease, error)
 	Encrypt(dst io.Writer) (io.WriteCloser, error)
@@ -60,6 +61,37 @@ type WAL interface {
 	List(ctx context.Context, cluster uint64) (*walarchive.Listing, error)
 	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
 	ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, walarchive.Meta, error)
+}
+
+// RestoreRequest is the restore a drill asks for: the snapshot into the
+// scratch data directory, every tablespace moved into the scratch
+// directory, files owned by the server's user, recovery settings for the
+// target with the given restore_command.
+type RestoreRequest struct {
+	PGData         string
+	Cluster        uint64
+	Backup         string
+	Target         pg.RecoveryTarget
+	TablespaceMap  map[string]string
+	Owner          *osuser.Owner // nil: keep the drill's own user
+	RestoreCommand string
+	SpoolDir       string
+	Logger         *slog.Logger
+	Now            func() time.Time
+}
+
+// RestoreResult is what a drill reports of its restore.
+type RestoreResult struct{ Files, Bytes int64 }
+
+// Fetch is restore_command for a scratch data directory and the end of what
+// that command leaves running. wal.FetchCommand has it.
+type Fetch interface {
+	// Line is restore_command for the server of pgdata.
+	Line(pgdata string) string
+	// SpoolDir is where that command spools for pgdata.
+	SpoolDir(pgdata string) string
+	// StopPrefetcher ends the prefetcher it left, once the server is down.
+	StopPrefetcher(pgdata string)
 }
 
 // Check is one user check: SQL that must return one row with one true.
@@ -94,11 +126,12 @@ type Options struct {
 	// ServerOptions are extra -c settings for the server (name=value),
 	// after the drill's own.
 	ServerOptions []string
-	// RestoreCommand returns restore_command (tidemark wal-fetch ...) for
-	// the data directory it is given.
-	RestoreCommand func(pgdata string) string
-	// SpoolDir is where wal-fetch spools for a data directory.
-	SpoolDir func(pgdata string) string
+	// Restore writes the snapshot into the scratch data directory, ready
+	// for recovery (the CLI passes one that runs package restore: a drill
+	// drives a restore, it is not one).
+	Restore func(ctx context.Context, req RestoreRequest) (RestoreResult, error)
+	// Fetch is how the scratch server gets its WAL (wal.FetchCommand).
+	Fetch Fetch
 	// Env is added to the server's environment (for restore_command).
 	Env    []string
 	Checks []Check
@@ -209,7 +242,7 @@ type run struct {
 	pgdata  string
 	sock    string
 	port    int
-	owner   *restore.Owner
+	owner   *osuser.Owner
 	srv     *server
 	snap    *repo.Snapshot
 }

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,9 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/tidemarkdb/tidemark/restore"
-	"github.com/tidemarkdb/tidemark/wal"
+	"github.com/tidemarkdb/tidemark/internal/osuser"
 )
 
 // serverMajor runs postgres -V and returns its major version.
@@ -60,18 +57,16 @@ func (d *run) makeScratch() error {
 		if name == "" {
 			name = "postgres"
 		}
-		u, err := user.Lookup(name)
+		o, err := osuser.Lookup(name)
 		if err != nil {
 			return fmt.Errorf("the server must not run as root, and there is no user %q to run it as: pass --pg-user", name)
 		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if uid == 0 {
+		if o.UID == 0 {
 			return fmt.Errorf("--pg-user %s is root: PostgreSQL refuses to run as root", name)
 		}
-		d.owner = &restore.Owner{UID: uid, GID: gid}
+		d.owner = o
 		for _, p := range []string{dir, d.sock} {
-			if err := os.Chown(p, uid, gid); err != nil {
+			if err := os.Chown(p, o.UID, o.GID); err != nil {
 				return fmt.Errorf("give %s to %s: %w", p, name, err)
 			}
 		}
@@ -98,16 +93,14 @@ func (d *run) restore(ctx context.Context) error {
 	for _, ts := range d.snap.Tablespaces {
 		tsmap[ts.Path] = filepath.Join(d.scratch, "tablespaces", strconv.FormatUint(uint64(ts.OID), 10))
 	}
-	if d.o.RestoreCommand == nil {
-		return errors.New("drill: no restore_command to recover with")
+	if d.o.Restore == nil || d.o.Fetch == nil {
+		return errors.New("drill: no restore and restore_command to recover with")
 	}
-	opts := restore.Options{PGData: d.pgdata, Cluster: d.rep.Cluster, Backup: d.snap.ID, Target: d.o.Target,
-		TablespaceMap: tsmap, Owner: d.owner, RestoreCommand: d.o.RestoreCommand(d.pgdata), Logger: d.log, Now: d.o.Now}
-	if d.o.SpoolDir != nil {
-		opts.SpoolDir = d.o.SpoolDir(d.pgdata)
-	}
+	req := RestoreRequest{PGData: d.pgdata, Cluster: d.rep.Cluster, Backup: d.snap.ID, Target: d.o.Target,
+		TablespaceMap: tsmap, Owner: d.owner, RestoreCommand: d.o.Fetch.Line(d.pgdata), SpoolDir: d.o.Fetch.SpoolDir(d.pgdata),
+		Logger: d.log, Now: d.o.Now}
 	start := d.o.Now()
-	res, err := restore.Run(ctx, d.r, restore.ArchiveOf(d.w), opts)
+	res, err := d.o.Restore(ctx, req)
 	d.rep.RestoreSeconds = d.o.Now().Sub(start).Seconds()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -313,8 +306,8 @@ func (d *run) cleanup(failed bool) {
 	if err := d.stop(); err != nil {
 		d.log.Warn("drill: stopping PostgreSQL", "err", err)
 	}
-	if d.o.SpoolDir != nil {
-		wal.StopPrefetcher(d.o.SpoolDir(d.pgdata), 30*time.Second)
+	if d.o.Fetch != nil {
+		d.o.Fetch.StopPrefetcher(d.pgdata)
 	}
 	if failed && d.o.KeepOnFailure {
 		d.log.Warn("drill: failed; scratch directory kept for inspection (--keep-on-failure)", "dir", d.scratch)
