@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -433,6 +434,47 @@ func (s *spool) tryLock() (unlock func(), ok bool) {
 // for operators (and tests) who want to stop it.
 func (s *spool) lockPID() {
 	os.WriteFile(s.path("lock"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+}
+
+// StartPrefetcher starts the prefetcher (exe with args, normally tidemark
+// wal-prefetch and the flags of the wal-fetch call that starts it) in the
+// background for the data directory pgdata, logging to prefetch.log in the
+// spool. It runs in a session of its own, so PostgreSQL's wait for
+// restore_command ends with the calling process; StopPrefetcher ends it.
+func StartPrefetcher(exe string, args []string, pgdata, spoolDir string) error {
+	logPath := filepath.Join(spoolDir, "prefetch.log")
+	if fi, err := os.Stat(logPath); err == nil && fi.Size() > 1<<20 {
+		os.Rename(logPath, logPath+".1")
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	closeInheritedOnExec()
+	cmd := exec.Command(exe, args...)
+	cmd.Dir = pgdata
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
+
+// closeInheritedOnExec marks every descriptor above stderr close-on-exec:
+// PostgreSQL's startup process may have left some open across system(),
+// and a long-lived prefetcher must not hold them.
+func closeInheritedOnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
 
 // StopPrefetcher ends the background prefetcher of the spool at dir, if one

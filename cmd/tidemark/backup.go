@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -92,8 +91,8 @@ func runBackup(c *cli.Context) error {
 		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)
 	}
 	if v := c.String("max-read-rate"); v != "" {
-		if opts.MaxReadRate, err = parseByteSize(v); err != nil || opts.MaxReadRate <= 0 {
-			return usageErrorf("--max-read-rate %q: want bytes per second, e.g. 200MiB", v)
+		if opts.MaxReadRate, err = bytesize.Parse(v); err != nil || opts.MaxReadRate <= 0 {
+			return usageErrorf("--max-read-rate %q: want bytes per second, e.g. 200MiB (units are powers of 1024)", v)
 		}
 	}
 	if status != nil {
@@ -124,23 +123,6 @@ func runBackup(c *cli.Context) error {
 	}
 	printBackup(c.App.Writer, res)
 	return nil
-}
-
-// parseByteSize reads "200MiB", "1G", "512k" or a plain number of bytes.
-func parseByteSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mul    int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
-		{"k", 1 << 10}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
-	s = strings.TrimSpace(s)
-	for _, u := range units {
-		if n, ok := strings.CutSuffix(s, u.suffix); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(n), 64)
-			return int64(v * float64(u.mul)), err
-		}
-	}
-	return strconv.ParseInt(s, 10, 64)
 }
 
 // statusLine keeps one progress line at the bottom of a terminal: log

@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/repo"
 )
 
@@ -29,7 +31,7 @@ func initCommand() *cli.Command {
 			stringFlag("identity-out", "where to write the generated identity when neither --recipient nor --passphrase-file is given (default "+defaultIdentityOut+")"),
 			&cli.StringSliceFlag{Name: "escrow-recipient", Usage: "age public key every object is also encrypted to, for decryption with the age CLI (repeatable)", EnvVars: []string{envName("escrow-recipient")}},
 			stringFlag("label", "label of the first key, shown by key list"),
-			&cli.Int64Flag{Name: "pack-size", Usage: "target pack size in bytes", Value: repo.DefaultPackSize, EnvVars: []string{envName("pack-size")}},
+			&cli.StringFlag{Name: "pack-size", Usage: "target pack size (bytes, or with a unit: 32MiB)", Value: strconv.Itoa(repo.DefaultPackSize>>20) + "MiB", EnvVars: []string{envName("pack-size")}},
 			&cli.IntFlag{Name: "compression-level", Usage: "zstd level: 1 fastest, 2 zstd's default, 3 better, 4 best", Value: repo.DefaultCompressionLevel, EnvVars: []string{envName("compression-level")}},
 		},
 		Action: runInit,
@@ -59,6 +61,10 @@ func runInit(c *cli.Context) error {
 	rcpt, pass := c.String("recipient"), c.String("passphrase-file")
 	if rcpt != "" && pass != "" {
 		return usageErrorf("give either --recipient or --passphrase-file, not both")
+	}
+	packSize, err := bytesize.Parse(c.String("pack-size"))
+	if err != nil {
+		return usageErrorf("--pack-size: %v", err)
 	}
 	label := c.String("label")
 	var spec repo.KeySpec
@@ -106,7 +112,7 @@ func runInit(c *cli.Context) error {
 		Options:          repo.Options{Logger: log},
 		Key:              spec,
 		EscrowRecipients: c.StringSlice("escrow-recipient"),
-		PackSize:         c.Int64("pack-size"),
+		PackSize:         packSize,
 		CompressionLevel: c.Int("compression-level"),
 	})
 	if err != nil {

@@ -7,16 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -269,7 +268,7 @@ func fetchOptions(c *cli.Context, log *slog.Logger) (wal.FetchOptions, error) {
 			return o, err
 		}
 	}
-	if o.SpoolMax, err = parseBytes(c.String("spool-max")); err != nil {
+	if o.SpoolMax, err = bytesize.Parse(c.String("spool-max")); err != nil {
 		return o, usageErrorf("--spool-max: %v", err)
 	}
 	return o, nil
@@ -313,9 +312,8 @@ func newFetcher(c *cli.Context, log *slog.Logger, opts wal.FetchOptions) (*wal.F
 	return f, r, nil
 }
 
-// spawnPrefetcher starts wal-prefetch in the background with this call's
-// settings. It runs in a session of its own, so PostgreSQL's wait for
-// restore_command ends with this process, and logs to the spool.
+// spawnPrefetcher starts wal-prefetch in the background with the flags
+// this call was given (wal.StartPrefetcher).
 func spawnPrefetcher(c *cli.Context, f *wal.Fetcher) error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -342,39 +340,7 @@ func spawnPrefetcher(c *cli.Context, f *wal.Fetcher) error {
 			args = append(args, "--"+n, fmt.Sprint(c.Value(n)))
 		}
 	}
-	logPath := filepath.Join(f.SpoolDir(), "prefetch.log")
-	if fi, err := os.Stat(logPath); err == nil && fi.Size() > 1<<20 {
-		os.Rename(logPath, logPath+".1")
-	}
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	closeInheritedOnExec()
-	cmd := exec.Command(exe, args...)
-	cmd.Dir = pgdata
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	return cmd.Process.Release()
-}
-
-// closeInheritedOnExec marks every descriptor above stderr close-on-exec:
-// PostgreSQL's startup process may have left some open across system(),
-// and a long-lived prefetcher must not hold them.
-func closeInheritedOnExec() {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
+	return wal.StartPrefetcher(exe, args, pgdata, f.SpoolDir())
 }
 
 func walPrefetchCommand() *cli.Command {
@@ -636,28 +602,4 @@ func walSizeString(n int64) string {
 		return fmt.Sprintf("%d MiB", n>>20)
 	}
 	return fmt.Sprintf("%d bytes", n)
-}
-
-// parseBytes parses a size: a number of bytes, or one with a suffix
-// K/KB/KiB, M/MB/MiB, G/GB/GiB (all powers of 1024).
-func parseBytes(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	units := []struct {
-		suffix string
-		m      int64
-	}{{"KiB", 1 << 10}, {"KB", 1 << 10}, {"K", 1 << 10}, {"k", 1 << 10},
-		{"MiB", 1 << 20}, {"MB", 1 << 20}, {"M", 1 << 20},
-		{"GiB", 1 << 30}, {"GB", 1 << 30}, {"G", 1 << 30}}
-	for _, u := range units {
-		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
-			t, mult = strings.TrimSpace(rest), u.m
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size (e.g. 256MiB)", s)
-	}
-	return n * mult, nil
 }

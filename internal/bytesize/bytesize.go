@@ -1,4 +1,5 @@
-// Package bytesize formats byte counts for people, the same way in every
+// Package bytesize is the one reading and writing of byte counts in
+// tidemark: Parse for every size flag and setting, Format for every
 // command's output and report.
 package bytesize
 

@@ -11,3 +11,20 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestParse(t *testing.T) {
+	for s, want := range map[string]int64{
+		"0": 0, "512": 512, "512B": 512, "1k": 1 << 10, "1K": 1 << 10, "1kB": 1 << 10, "1KB": 1 << 10, "1KiB": 1 << 10,
+		"100MB": 100 << 20, "100MiB": 100 << 20, "100M": 100 << 20, "200 MiB": 200 << 20, "1.5G": 3 << 29,
+		"2GB": 2 << 30, "1T": 1 << 40, " 64MiB ": 64 << 20,
+	} {
+		if got, err := Parse(s); err != nil || got != want {
+			t.Errorf("Parse(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "MiB", "-1", "1 XB", "ten", "NaN", "9999999999T", "1e30"} {
+		if got, err := Parse(s); err == nil {
+			t.Errorf("Parse(%q) = %d, want an error", s, got)
+		}
+	}
+}
