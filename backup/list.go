@@ -162,20 +162,13 @@ func Info(ctx context.Context, r *repo.Repo) (*RepositoryInfo, error) {
 		in.Clusters = append(in.Clusters, *ci)
 	}
 	slices.SortFunc(in.Clusters, func(a, b ClusterInfo) int { return cmp.Compare(a.Cluster, b.Cluster) })
-	for _, p := range []struct {
-		prefix string
-		bytes  *int64
-		n      *int
-	}{{blob.ClassData.Prefix() + "/", &in.DataBytes, &in.Packs}, {blob.ClassMeta.Prefix() + "/", &in.MetaBytes, &in.Packs},
-		{walarchive.Prefix, &in.WALBytes, &in.WALObjects}} {
-		for oi, err := range r.Store().List(ctx, p.prefix, "") {
-			if err != nil {
-				return nil, fmt.Errorf("list %s: %w", strings.TrimSuffix(p.prefix, "/"), err)
-			}
-			*p.bytes += oi.Size
-			*p.n++
-		}
+	usage, err := repo.Usage(ctx, r.Store(), nil)
+	if err != nil {
+		return nil, err
 	}
+	data, meta, wal := usage[blob.ClassData.Prefix()], usage[blob.ClassMeta.Prefix()], usage[strings.TrimSuffix(walarchive.Prefix, "/")]
+	in.DataBytes, in.MetaBytes, in.Packs = data.Bytes, meta.Bytes, int(data.Objects+meta.Objects)
+	in.WALBytes, in.WALObjects = wal.Bytes, int(wal.Objects)
 	in.StoredBytes = in.DataBytes + in.MetaBytes
 	if in.StoredBytes > 0 {
 		in.DedupRatio = float64(in.LogicalBytes) / float64(in.StoredBytes)

@@ -24,7 +24,7 @@ import (
 
 // StateKey is the object that remembers how far the rotating subset got:
 // sealed JSON, so that any host running verify continues the rotation.
-const StateKey = "verify/state"
+const StateKey = repo.VerifyStateKey
 
 // ppm is the unit of the rotation: millionths of the pack name space.
 const ppm = 1_000_000

@@ -18,6 +18,7 @@ import (
 	"github.com/tidemarkdb/tidemark/backup"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
+	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/verify/drill"
 	"github.com/tidemarkdb/tidemark/wal"
 )
@@ -213,39 +214,27 @@ func addDrillMetrics(m *metrics, r *drill.Report) {
 // archived WAL object of each cluster is.
 func repositoryMetrics(ctx context.Context, r *repo.Repo) (*metrics, error) {
 	m := &metrics{}
-	sizes := map[string]float64{}
-	counts := map[string]float64{}
 	walNewest := map[uint64]time.Time{}
-	for oi, err := range r.Store().List(ctx, "", "") {
-		if err != nil {
-			return nil, fmt.Errorf("list the repository: %w", err)
+	usage, err := repo.Usage(ctx, r.Store(), func(oi storage.ObjectInfo) {
+		if c, ok := walarchive.ParseCluster(oi.Key); ok && oi.ModTime.After(walNewest[c]) && !strings.HasSuffix(oi.Key, "/"+walarchive.MarkerName) {
+			walNewest[c] = oi.ModTime
 		}
-		kind, _, _ := strings.Cut(oi.Key, "/")
-		switch kind {
-		case "data", "meta", "index", "snapshots", "wal", "drills", "keys", "leases", "gc", "retention", "verify":
-		default:
-			kind = "other"
-		}
-		sizes[kind] += float64(oi.Size)
-		counts[kind]++
-		if kind == "wal" {
-			if c, ok := walarchive.ParseCluster(oi.Key); ok && oi.ModTime.After(walNewest[c]) && !strings.HasSuffix(oi.Key, "/"+walarchive.MarkerName) {
-				walNewest[c] = oi.ModTime
-			}
-		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	var total float64
-	kinds := make([]string, 0, len(sizes))
-	for k := range sizes {
+	kinds := make([]string, 0, len(usage))
+	for k := range usage {
 		kinds = append(kinds, k)
 	}
 	slices.Sort(kinds)
 	for _, k := range kinds {
-		total += sizes[k]
-		m.gauge("tidemark_repository_bytes", "Bytes stored in the repository, by kind of object.", sizes[k], "kind", k)
+		total += float64(usage[k].Bytes)
+		m.gauge("tidemark_repository_bytes", "Bytes stored in the repository, by kind of object.", float64(usage[k].Bytes), "kind", k)
 	}
 	for _, k := range kinds {
-		m.gauge("tidemark_repository_objects", "Objects in the repository, by kind.", counts[k], "kind", k)
+		m.gauge("tidemark_repository_objects", "Objects in the repository, by kind.", float64(usage[k].Objects), "kind", k)
 	}
 	m.gauge("tidemark_repository_total_bytes", "Bytes stored in the repository.", total)
 	snaps, err := r.Snapshots(ctx, 0)
