@@ -61,11 +61,15 @@ type drillResult struct {
 	rep    drill.Report
 }
 
-func (e *restoreEnv) drill(args ...string) drillResult {
+// drill runs tidemark drill of source's backups. --pgdata names the running
+// source, whose server binaries the scratch cluster then uses (PostgreSQL
+// 16 and later come from npm here, in no place a drill looks by itself).
+func (e *restoreEnv) drill(source *testenv.Cluster, args ...string) drillResult {
 	e.t.Helper()
 	scratch := filepath.Join(e.shared, "scratch")
 	os.MkdirAll(scratch, 0o755)
-	out, errs, code := e.tidemark(append(append([]string{"drill", "--json", "--scratch-dir", scratch, "--timeout", "4m", "--log-level", "warn"}, e.repoArgs()...), args...)...)
+	out, errs, code := e.tidemark(append(append([]string{"drill", "--json", "--scratch-dir", scratch, "--timeout", "4m", "--log-level", "warn",
+		"--pgdata", source.DataDir}, e.repoArgs()...), args...)...)
 	var res drillResult
 	res.code, res.stderr = code, errs
 	if err := json.Unmarshal([]byte(out), &res.rep); err != nil && code != 1 {
@@ -112,7 +116,7 @@ func TestDrillHealthy(t *testing.T) {
 
 			checks := filepath.Join(e.shared, "checks.sql")
 			os.WriteFile(checks, []byte("SELECT count(*) = 20000 FROM data;\nSELECT count(*) > 0 FROM w\n"), 0o644)
-			res := e.drill("--check-sql", checks)
+			res := e.drill(c, "--check-sql", checks)
 			if res.code != 0 || !res.rep.OK {
 				t.Fatalf("drill exit %d: %s\n%+v", res.code, res.stderr, res.rep)
 			}
@@ -154,7 +158,7 @@ func TestDrillFailures(t *testing.T) {
 	t.Run("check query false", func(t *testing.T) {
 		checks := filepath.Join(e.shared, "false.sql")
 		os.WriteFile(checks, []byte("SELECT count(*) = 1 FROM data"), 0o644)
-		res := e.drill("--check-sql", checks)
+		res := e.drill(c, "--check-sql", checks)
 		t.Logf("drill: %s", res.stderr)
 		if res.code != 6 || res.rep.OK || !strings.Contains(res.rep.Reason, checks+":1") {
 			t.Fatalf("drill with a false check: exit %d, reason %q", res.code, res.rep.Reason)
@@ -182,7 +186,7 @@ func TestDrillFailures(t *testing.T) {
 		saved := getObject(t, st, segKey)
 		st.Delete(ctx, segKey)
 		defer putObject(t, st, segKey, saved)
-		res := e.drill()
+		res := e.drill(c)
 		t.Logf("drill: %s", res.stderr)
 		if res.code != 6 || !strings.Contains(res.rep.Reason, segName) {
 			t.Fatalf("drill without %s: exit %d, reason %q, stderr %s", segName, res.code, res.rep.Reason, res.stderr)
@@ -201,7 +205,7 @@ func TestDrillFailures(t *testing.T) {
 		bad[len(bad)/2] ^= 0x40
 		putObject(t, st, victim, bad)
 		defer putObject(t, st, victim, saved)
-		res := e.drill()
+		res := e.drill(c)
 		t.Logf("drill: %s", res.stderr)
 		if res.code != 6 || !strings.Contains(res.rep.Reason, victim) {
 			t.Fatalf("drill with %s corrupt: exit %d, reason %q, stderr %s", victim, res.code, res.rep.Reason, res.stderr)
@@ -218,7 +222,7 @@ func TestDrillFailures(t *testing.T) {
 		saved := getObject(t, st, victim)
 		st.Delete(ctx, victim)
 		defer putObject(t, st, victim, saved)
-		res := e.drill()
+		res := e.drill(c)
 		t.Logf("drill: %s", res.stderr)
 		if res.code != 6 || !strings.Contains(res.rep.Reason, victim) {
 			t.Fatalf("drill without %s: exit %d, reason %q, stderr %s", victim, res.code, res.rep.Reason, res.stderr)
@@ -230,7 +234,7 @@ func TestDrillFailures(t *testing.T) {
 	})
 	// Everything put back: all is well again.
 	e.verify(0, "--read-data")
-	if res := e.drill(); res.code != 0 {
+	if res := e.drill(c); res.code != 0 {
 		t.Fatalf("drill after repairs: exit %d: %s", res.code, res.rep.Reason)
 	}
 	if n, _ := e.count(drill.Prefix); n < 5 {

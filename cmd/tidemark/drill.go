@@ -38,7 +38,8 @@ func drillCommand() *cli.Command {
 			stringFlag("target", "immediate: stop as soon as the backup is consistent"),
 			&cli.BoolFlag{Name: "target-inclusive", Usage: "stop just after the target, or with --target-inclusive=false just before it", DefaultText: "true, as PostgreSQL", EnvVars: []string{envName("target-inclusive")}},
 			stringFlag("scratch-dir", "where to make the scratch cluster (default: the temporary directory)"),
-			stringFlag("pg-bin", "bin directory of the PostgreSQL server of the backup's major version (default: found)"),
+			stringFlag("pg-bin", "bin directory of the PostgreSQL server of the backup's major version (default: the server running on --pgdata, pg_config, the packagers' directories, PATH)"),
+			stringFlag("pgdata", "data directory of the source cluster on this host, if any: the drill uses its running server's binaries", "PGDATA"),
 			stringFlag("pg-user", "OS user to run the server as when run as root (default postgres)"),
 			stringFlag("db-user", "database superuser to connect as (default postgres)"),
 			stringFlag("db-name", "database of the heartbeat and the checks (default postgres)"),
@@ -61,7 +62,7 @@ func runDrill(c *cli.Context) error {
 		return err
 	}
 	opts := drill.Options{Backup: c.String("backup"), Random: c.Bool("random"), ScratchDir: c.String("scratch-dir"),
-		PGBin: c.String("pg-bin"), PGUser: c.String("pg-user"), DBUser: c.String("db-user"), DBName: c.String("db-name"),
+		PGBin: c.String("pg-bin"), PGData: c.String("pgdata"), PGUser: c.String("pg-user"), DBUser: c.String("db-user"), DBName: c.String("db-name"),
 		ServerOptions: c.StringSlice("pg-option"), Amcheck: c.String("amcheck"), HeartbeatSlack: c.Duration("heartbeat-slack"),
 		Timeout: c.Duration("timeout"), KeepOnFailure: c.Bool("keep-on-failure"),
 		ToolVersion: versionString(), Logger: log}

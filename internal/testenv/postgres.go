@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/tidemarkdb/tidemark/pg"
 )
 
 // PGConfig describes a throwaway cluster for NewCluster. The zero value is a
@@ -1048,22 +1049,12 @@ func npmPGVersion(major int) string {
 // checkServerVersion catches a bin directory of the wrong major version
 // (a mistyped TIDEMARK_PG<N>_BIN) before it confuses a test.
 func checkServerVersion(ctx context.Context, postgres string, major int) error {
-	out, err := exec.CommandContext(ctx, postgres, "-V").Output()
+	got, err := pg.ServerMajor(ctx, postgres)
 	if err != nil {
-		return fmt.Errorf("run %s -V: %w", postgres, err)
+		return err
 	}
-	// "postgres (PostgreSQL) 17.2" or "... 18beta1"
-	f := strings.Fields(string(out))
-	if len(f) == 0 {
-		return fmt.Errorf("%s -V printed nothing", postgres)
-	}
-	v := f[len(f)-1]
-	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
-	if end >= 0 {
-		v = v[:end]
-	}
-	if got, err := strconv.Atoi(v); err != nil || got != major {
-		return fmt.Errorf("%s is %q, not PostgreSQL %d", postgres, bytes.TrimSpace(out), major)
+	if got != major {
+		return fmt.Errorf("%s is PostgreSQL %d, not %d", postgres, got, major)
 	}
 	return nil
 }

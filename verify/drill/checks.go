@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -178,7 +177,7 @@ func (d *run) checkAmcheck(ctx context.Context) CheckResult {
 	if d.o.Amcheck == "on" {
 		skip = Fail
 	}
-	bin := FindClient("pg_amcheck", d.rep.PGBin, d.rep.PGMajor)
+	bin := pg.FindClientBin(ctx, "pg_amcheck", d.rep.PGBin, d.o.binSearch(), d.rep.PGMajor)
 	if bin == "" {
 		return d.result(name, skip, "no pg_amcheck installed (apt-get install postgresql-client-%d)", d.rep.PGMajor)
 	}
@@ -214,30 +213,6 @@ func tail(s string, n int) string {
 		return s
 	}
 	return "..." + s[len(s)-n:]
-}
-
-// FindClient finds a client tool: beside the server, then PostgreSQL
-// major's Debian directory, then the newest other Debian version (libpq
-// tools talk to older and newer servers), then PATH. "" when none.
-func FindClient(name, serverBin string, major int) string {
-	dirs := []string{serverBin, fmt.Sprintf("/usr/lib/postgresql/%d/bin", major)}
-	others, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	slices.SortFunc(others, func(a, b string) int {
-		na, _ := strconv.Atoi(filepath.Base(filepath.Dir(a)))
-		nb, _ := strconv.Atoi(filepath.Base(filepath.Dir(b)))
-		return nb - na
-	})
-	dirs = append(dirs, others...)
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	return ""
 }
 
 // checkPages reads every relation file of the stopped scratch cluster and

@@ -30,7 +30,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -115,8 +114,12 @@ type Options struct {
 	// inside it; default os.TempDir()).
 	ScratchDir string
 	// PGBin is the directory of the server binaries; empty: found by the
+	// snapshot's major version (pg.FindServerBin), those of the server
+	// running on PGData first.
 	// snapshot's major version.
 	PGBin string
+	// PGData is the source cluster's data directory on this host, if any.
+	PGData string
 	// PGUser is the OS user the server runs as when the drill runs as root.
 	PGUser string
 	// DBUser is the database superuser to connect as (default postgres),
@@ -344,7 +347,7 @@ func (d *run) run(ctx context.Context) (err error) {
 	if err := d.chooseTarget(ctx, snaps); err != nil {
 		return err
 	}
-	bin, err := FindServer(d.o.PGBin, d.rep.PGMajor)
+	bin, err := pg.FindServerBin(ctx, d.o.binSearch(), d.rep.PGMajor)
 	if err != nil {
 		return err
 	}
@@ -583,33 +586,5 @@ func Latest(ctx context.Context, r interface {
 	return &rep, nil
 }
 
-// FindServer finds the bin directory of PostgreSQL major: dir if given,
-// else Debian's /usr/lib/postgresql/<major>/bin, the unpacked npm build
-// /opt/tidemark/pg/<major>/package/native/bin, then PATH. The postgres in it
-// must be of that major version.
-func FindServer(dir string, major int) (string, error) {
-	var tried []string
-	if dir != "" {
-		tried = []string{dir}
-	} else {
-		tried = []string{
-			fmt.Sprintf("/usr/lib/postgresql/%d/bin", major),
-			fmt.Sprintf("/opt/tidemark/pg/%d/package/native/bin", major),
-		}
-		for _, p := range filepath.SplitList(os.Getenv("PATH")) {
-			if p != "" {
-				tried = append(tried, p)
-			}
-		}
-	}
-	for _, d := range tried {
-		bin := filepath.Join(d, "postgres")
-		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			continue
-		}
-		if m, err := serverMajor(bin); err == nil && m == major {
-			return d, nil
-		}
-	}
-	return "", fmt.Errorf("no PostgreSQL %d server found (looked in %s): install it, or pass --pg-bin with its bin directory", major, strings.Join(tried[:min(len(tried), 3)], ", "))
-}
+// binSearch is where the drill looks for PostgreSQL's programs.
+func (o *Options) binSearch() pg.BinSearch { return pg.BinSearch{Dir: o.PGBin, PGData: o.PGData} }

@@ -19,27 +19,6 @@ import (
 	"github.com/tidemarkdb/tidemark/internal/osuser"
 )
 
-// serverMajor runs postgres -V and returns its major version.
-func serverMajor(bin string) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "-V").Output()
-	if err != nil {
-		return 0, err
-	}
-	// "postgres (PostgreSQL) 17.2", "... 18beta1"
-	f := strings.Fields(string(out))
-	if len(f) == 0 {
-		return 0, fmt.Errorf("%s -V printed nothing", bin)
-	}
-	v := f[len(f)-1]
-	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
-	if end < 0 {
-		end = len(v)
-	}
-	return strconv.Atoi(v[:end])
-}
-
 // makeScratch creates the scratch directory, owned by the server's user.
 func (d *run) makeScratch() error {
 	dir, err := os.MkdirTemp(d.o.ScratchDir, "tidemark-drill-")
