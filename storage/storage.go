@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"strings"
 	"time"
 )
 
@@ -104,4 +105,33 @@ func IsTransient(err error) bool {
 		return se.Transient
 	}
 	return false
+}
+
+// ErrInvalidKey is matched by CheckKey's errors.
+var ErrInvalidKey = errors.New("invalid key")
+
+// CheckKey refuses keys that are not relative slash-separated paths: they
+// could escape a directory root or alias another key on some backend. Every
+// backend refuses the same keys, so that a repository can move between
+// them. The error wraps ErrInvalidKey and ErrPermanent.
+func CheckKey(key string) error {
+	why := ""
+	switch {
+	case key == "":
+		why = "empty"
+	case strings.ContainsRune(key, 0):
+		why = "contains a NUL byte"
+	default:
+		for seg := range strings.SplitSeq(key, "/") {
+			if seg == "" {
+				why = "empty path segment"
+			} else if seg == "." || seg == ".." {
+				why = `"." or ".." segment`
+			}
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return fmt.Errorf("%w: %s (%w)", ErrInvalidKey, why, ErrPermanent)
 }

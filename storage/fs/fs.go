@@ -123,27 +123,17 @@ func (s *Store) removeStale(minAge time.Duration) error {
 	return nil
 }
 
-// checkKey refuses keys that are not relative slash-separated paths: they
-// could escape the root or alias another key.
+// checkKey refuses the keys every backend refuses (storage.CheckKey), and
+// the directory of temporary files.
 func checkKey(op, key string) error {
 	bad := func(why string) error {
 		return &storage.Error{Op: op, Key: key, Err: permanent("invalid key", errors.New(why))}
 	}
-	if key == "" {
-		return bad("empty")
+	if err := storage.CheckKey(key); err != nil {
+		return &storage.Error{Op: op, Key: key, Err: err}
 	}
-	if strings.ContainsRune(key, 0) {
-		return bad("contains a NUL byte")
-	}
-	for i, seg := range strings.Split(key, "/") {
-		switch {
-		case seg == "":
-			return bad("empty path segment")
-		case seg == "." || seg == "..":
-			return bad(`"." or ".." segment`)
-		case i == 0 && seg == TempDirName:
-			return bad(TempDirName + " is reserved for temporary files")
-		}
+	if first, _, _ := strings.Cut(key, "/"); first == TempDirName {
+		return bad(TempDirName + " is reserved for temporary files")
 	}
 	return nil
 }

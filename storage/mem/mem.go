@@ -1,6 +1,7 @@
 // Package mem is an in-process object store for unit tests of tidemark's own
 // logic. It is not a backend users can choose: tests that exercise storage
-// behaviour run against storage/fs and real S3 servers.
+// behaviour run against storage/fs and real S3 servers. It passes the same
+// conformance suite (storage/storagetest) as they do.
 package mem
 
 import (
@@ -42,7 +43,7 @@ func read(r io.ReaderAt, size int64) ([]byte, error) {
 }
 
 func (s *Store) Put(ctx context.Context, key string, r io.ReaderAt, size int64) error {
-	if err := ctx.Err(); err != nil {
+	if err := check(ctx, "put", key); err != nil {
 		return err
 	}
 	buf, err := read(r, size)
@@ -56,7 +57,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.ReaderAt, size int64) 
 }
 
 func (s *Store) Create(ctx context.Context, key string, r io.ReaderAt, size int64) error {
-	if err := ctx.Err(); err != nil {
+	if err := check(ctx, "create", key); err != nil {
 		return err
 	}
 	buf, err := read(r, size)
@@ -83,18 +84,18 @@ func (s *Store) lookup(op, key string) (object, error) {
 }
 
 func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	if err := ctx.Err(); err != nil {
+	if err := check(ctx, "get", key); err != nil {
 		return nil, err
 	}
 	o, err := s.lookup("get", key)
 	if err != nil {
 		return nil, err
 	}
-	return io.NopCloser(bytes.NewReader(o.data)), nil
+	return &reader{ctx: ctx, r: bytes.NewReader(o.data)}, nil
 }
 
 func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
-	if err := ctx.Err(); err != nil {
+	if err := check(ctx, "get", key); err != nil {
 		return nil, err
 	}
 	o, err := s.lookup("get", key)
@@ -105,11 +106,11 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		return nil, &storage.Error{Op: "get", Key: key,
 			Err: fmt.Errorf("bytes %d-%d of %d: %w", off, off+length, len(o.data), storage.ErrRange)}
 	}
-	return io.NopCloser(bytes.NewReader(o.data[off : off+length])), nil
+	return &reader{ctx: ctx, r: bytes.NewReader(o.data[off : off+length])}, nil
 }
 
 func (s *Store) Head(ctx context.Context, key string) (storage.ObjectInfo, error) {
-	if err := ctx.Err(); err != nil {
+	if err := check(ctx, "head", key); err != nil {
 		return storage.ObjectInfo{}, err
 	}
 	o, err := s.lookup("head", key)
@@ -146,6 +147,11 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	for _, k := range keys {
+		if err := storage.CheckKey(k); err != nil {
+			return &storage.Error{Op: "delete", Key: k, Err: err}
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, k := range keys {
@@ -153,6 +159,32 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	}
 	return nil
 }
+
+// check refuses a call whose context ended or whose key no backend takes.
+func check(ctx context.Context, op, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := storage.CheckKey(key); err != nil {
+		return &storage.Error{Op: op, Key: key, Err: err}
+	}
+	return nil
+}
+
+// reader ends a read when its context does, as a network body would.
+type reader struct {
+	ctx context.Context
+	r   *bytes.Reader
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+func (r *reader) Close() error { return nil }
 
 // Corrupt flips one bit of a stored object, for tests of corruption
 // detection. It reports whether the object exists.

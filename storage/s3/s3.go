@@ -253,28 +253,12 @@ func (s *Store) Bucket() string { return s.bucket }
 // fullKey is the object key in the bucket.
 func (s *Store) fullKey(key string) *string { return aws.String(s.prefix + key) }
 
-// checkKey refuses keys that are not relative slash-separated paths, the
-// same ones storage/fs refuses, so a repository can move between backends.
+// checkKey refuses the keys every backend refuses (storage.CheckKey).
 func checkKey(op, key string) error {
-	why := ""
-	switch {
-	case key == "":
-		why = "empty"
-	case strings.ContainsRune(key, 0):
-		why = "contains a NUL byte"
-	default:
-		for _, seg := range strings.Split(key, "/") {
-			if seg == "" {
-				why = "empty path segment"
-			} else if seg == "." || seg == ".." {
-				why = `"." or ".." segment`
-			}
-		}
+	if err := storage.CheckKey(key); err != nil {
+		return &storage.Error{Op: op, Key: key, Err: &s3Error{msg: err.Error(), permanent: true}}
 	}
-	if why == "" {
-		return nil
-	}
-	return &storage.Error{Op: op, Key: key, Err: &s3Error{msg: "invalid key: " + why, permanent: true}}
+	return nil
 }
 
 // sdkLogger sends the SDK's few log lines (it logs warnings only, as
