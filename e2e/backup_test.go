@@ -72,6 +72,11 @@ func backupEnv(t *testing.T, s3 bool, packSize int64) *restoreEnv {
 	if !s3 {
 		testenv.ChownToServer(t, filepath.Join(e.shared, "repo"))
 	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			e.checkKeysDocumented()
+		}
+	})
 	return e
 }
 

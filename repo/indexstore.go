@@ -22,7 +22,7 @@ import (
 // Object keys of the index.
 const (
 	indexPrefix = "index/"
-	deltaPrefix = "index/delta/" // + SHA-256 of the ciphertext
+	deltaPrefix = "index/delta/" // + BLAKE3 of the ciphertext
 	genPrefix   = "index/gen/"   // + <seq, 10 digits>/ + part hash or "complete"
 	genComplete = "complete"
 	// genPartBlobs bounds the blobs in one generation part (52 MiB of
