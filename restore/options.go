@@ -55,6 +55,10 @@ type Options struct {
 	// Delta restores into an existing data directory, fetching only what
 	// differs.
 	Delta bool
+	// Standby, when set, makes the restored server a standby: it catches
+	// up from the archive and then streams from the primary, following
+	// the newest timeline. It takes no recovery target.
+	Standby *Standby
 	// Parallel is the number of local file workers (hashing, fsync).
 	// Repository reads run at the Repository's own concurrency.
 	Parallel int
@@ -83,6 +87,15 @@ type Options struct {
 	statfs func(path string) (avail uint64, fsid string, err error)
 }
 
+// Standby is how a restored standby reaches its primary.
+type Standby struct {
+	// PrimaryConnInfo is primary_conninfo ("" leaves the standby on the
+	// archive alone until one is set).
+	PrimaryConnInfo string
+	// SlotName is primary_slot_name ("" uses none).
+	SlotName string
+}
+
 // Result says what a restore did.
 type Result struct {
 	Cluster  uint64
@@ -103,6 +116,7 @@ type Result struct {
 	SkippedFiles    int64 // delta: files that were already right
 	RemovedPaths    int64 // delta: entries removed because the snapshot has none
 	Settings        []string
+	Standby         bool // the server starts as a standby
 }
 
 // ErrRefused is matched by every *RefusedError.

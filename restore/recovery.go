@@ -32,6 +32,13 @@ var recoveryKeys = map[string]bool{
 	"recovery_target_timeline":  true,
 }
 
+// standbyKeys are the settings a standby restore owns besides
+// recoveryKeys: the way to the primary is the operator's to give anew.
+var standbyKeys = map[string]bool{
+	"primary_conninfo":  true,
+	"primary_slot_name": true,
+}
+
 // setting is one name = value line.
 type setting struct{ name, value string }
 
@@ -39,9 +46,21 @@ func (s setting) String() string { return s.name + " = " + quoteConf(s.value) }
 
 // recoverySettings are the lines a restore writes for target t along
 // timeline tli. The timeline is always a number: recovery must not wander
-// onto whatever timeline is newest when it runs.
-func recoverySettings(t pg.RecoveryTarget, tli pg.TimelineID, restoreCommand string) []setting {
+// onto whatever timeline is newest when it runs. A standby is the
+// exception: it follows its primary onto every new timeline ("latest"),
+// with no target.
+func recoverySettings(t pg.RecoveryTarget, tli pg.TimelineID, restoreCommand string, standby *Standby) []setting {
 	s := []setting{{"restore_command", restoreCommand}}
+	if standby != nil {
+		s = append(s, setting{"recovery_target_timeline", "latest"})
+		if standby.PrimaryConnInfo != "" {
+			s = append(s, setting{"primary_conninfo", standby.PrimaryConnInfo})
+		}
+		if standby.SlotName != "" {
+			s = append(s, setting{"primary_slot_name", standby.SlotName})
+		}
+		return s
+	}
 	switch t.Kind {
 	case pg.TargetImmediate:
 		s = append(s, setting{"recovery_target", "immediate"})
@@ -77,10 +96,10 @@ func quoteConf(v string) string {
 
 // rewriteAutoConf drops the recovery settings from postgresql.auto.conf
 // and appends the new ones under a comment saying who wrote them.
-func rewriteAutoConf(old []byte, settings []setting, snapshot string, now time.Time) []byte {
+func rewriteAutoConf(old []byte, settings []setting, standby bool, snapshot string, now time.Time) []byte {
 	var out bytes.Buffer
 	for line := range strings.Lines(string(old)) {
-		if recoveryKeys[confKey(line)] {
+		if k := confKey(line); recoveryKeys[k] || standby && standbyKeys[k] {
 			continue
 		}
 		out.WriteString(line)
@@ -114,7 +133,8 @@ func confKey(line string) string {
 // recovery from the snapshot: backup_label and tablespace_map (verbatim, or
 // the map rewritten for moved tablespaces), the recovery settings and
 // recovery.signal. A standby.signal from a delta target would make the
-// server a standby instead: it goes.
+// server a standby instead: it goes. A standby restore writes it, and no
+// recovery.signal.
 func (w *writer) writeRecoveryFiles(s *repo.Snapshot, settings []setting, now time.Time) error {
 	pgdata := w.p.roots[0]
 	mode := fs.FileMode(w.p.fileMode())
@@ -146,13 +166,17 @@ func (w *writer) writeRecoveryFiles(s *repo.Snapshot, settings []setting, now ti
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("read %s: %w", auto, err)
 	}
-	if err := writeDurable(auto, rewriteAutoConf(old, settings, s.ID, now), mode, w.owner); err != nil {
+	if err := writeDurable(auto, rewriteAutoConf(old, settings, w.standby, s.ID, now), mode, w.owner); err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(pgdata, "standby.signal")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove standby.signal: %w", err)
+	signal, stale := "recovery.signal", "standby.signal"
+	if w.standby {
+		signal, stale = stale, signal
 	}
-	if err := writeDurable(filepath.Join(pgdata, "recovery.signal"), nil, mode, w.owner); err != nil {
+	if err := os.Remove(filepath.Join(pgdata, stale)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", stale, err)
+	}
+	if err := writeDurable(filepath.Join(pgdata, signal), nil, mode, w.owner); err != nil {
 		return err
 	}
 	for _, d := range pg.RequiredEmptyDirs(w.major) {

@@ -52,6 +52,12 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	if err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", opts.PGData, err)
 	}
+	if opts.Standby != nil {
+		if opts.Target.Kind != pg.TargetEnd || opts.Target.Timeline != 0 && opts.Target.Timeline != LatestTimeline {
+			return nil, refusef("--standby takes no recovery target or timeline: a standby replays to the end of the archive and then follows the primary along the newest timeline")
+		}
+		opts.Target.Timeline = LatestTimeline
+	}
 	if err := checkTarget(opts.Target); err != nil {
 		return nil, err
 	}
@@ -93,7 +99,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 		}
 		defer ls.Release(context.WithoutCancel(ctx))
 	}
-	res := &Result{Cluster: cluster}
+	res := &Result{Cluster: cluster, Standby: opts.Standby != nil}
 
 	var backup *repo.Snapshot
 	switch opts.Backup {
@@ -163,7 +169,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 		res.Bytes += p.files[i].size()
 	}
 
-	settings := recoverySettings(opts.Target, h.Timeline, opts.RestoreCommand)
+	settings := recoverySettings(opts.Target, h.Timeline, opts.RestoreCommand, opts.Standby)
 	for _, st := range settings {
 		res.Settings = append(res.Settings, st.String())
 	}
@@ -173,7 +179,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 		}
 	}
 	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{}, xors: map[blob.ID][]dest{},
-		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files))}
+		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files)), standby: opts.Standby != nil}
 	w.direct.Store(opts.DirectIO)
 	w.openDirect = opts.openDirect
 	if w.openDirect == nil {

@@ -536,7 +536,7 @@ func TestTablespaces(t *testing.T) {
 
 func TestRewriteAutoConf(t *testing.T) {
 	old := "# Do not edit\nwork_mem = '4MB'\nRestore_Command='x'\n  recovery_target_lsn = '0/1'\nrecovery_target_timeline=latest"
-	got := string(rewriteAutoConf([]byte(old), []setting{{"restore_command", `a 'b' \c`}}, "S1", t0))
+	got := string(rewriteAutoConf([]byte(old), []setting{{"restore_command", `a 'b' \c`}}, false, "S1", t0))
 	want := "# Do not edit\nwork_mem = '4MB'\n# Recovery settings written by tidemark restore of backup S1 at 2026-05-01T10:00:00Z.\nrestore_command = 'a ''b'' \\\\c'\n"
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
@@ -1069,5 +1069,52 @@ func requireDirectIO(t *testing.T, dir string) {
 	os.Remove(p)
 	if err != nil {
 		t.Skipf("%s does not take O_DIRECT writes: %v", dir, err)
+	}
+}
+
+// TestRestoreStandby: --standby writes standby.signal and no
+// recovery.signal, follows the newest timeline, names the primary, drops
+// an old primary_conninfo, and refuses a recovery target.
+func TestRestoreStandby(t *testing.T) {
+	ctx := context.Background()
+	r, a, _ := setup(t)
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	opts := baseOpts(t, dir)
+	opts.Standby = &Standby{PrimaryConnInfo: "host=primary user=replicator", SlotName: "replica1"}
+	if _, err := Run(ctx, r, a, opts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "standby.signal")); err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("recovery.signal: %v", err)
+	}
+	auto, _ := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+	for _, w := range []string{"recovery_target_timeline = 'latest'", "primary_conninfo = 'host=primary user=replicator'", "primary_slot_name = 'replica1'", "restore_command = "} {
+		if !strings.Contains(string(auto), w) {
+			t.Errorf("postgresql.auto.conf lacks %q:\n%s", w, auto)
+		}
+	}
+	if strings.Contains(string(auto), "recovery_target_action") {
+		t.Errorf("a standby got a recovery target:\n%s", auto)
+	}
+
+	opts = baseOpts(t, filepath.Join(t.TempDir(), "pgdata"))
+	opts.Standby = &Standby{}
+	opts.Target = pg.RecoveryTarget{Kind: pg.TargetImmediate}
+	if _, err := Run(ctx, r, a, opts); !errors.Is(err, ErrRefused) {
+		t.Errorf("standby with a target: %v", err)
+	}
+}
+
+func TestRewriteAutoConfStandby(t *testing.T) {
+	old := "primary_conninfo = 'host=old'\nwork_mem = '4MB'\nprimary_slot_name = 'x'\n"
+	got := string(rewriteAutoConf([]byte(old), []setting{{"primary_conninfo", "host=new"}}, true, "S1", t0))
+	if strings.Contains(got, "old") || strings.Contains(got, "'x'") || !strings.Contains(got, "host=new") || !strings.Contains(got, "work_mem") {
+		t.Errorf("standby rewrite:\n%s", got)
+	}
+	if got := string(rewriteAutoConf([]byte(old), nil, false, "S1", t0)); !strings.Contains(got, "host=old") {
+		t.Errorf("a PITR restore dropped primary_conninfo:\n%s", got)
 	}
 }

@@ -44,6 +44,7 @@ type dest struct {
 
 // writer lays a plan out on disk.
 type writer struct {
+	standby  bool // write standby.signal, not recovery.signal
 	r        Repository
 	p        *plan
 	log      *slog.Logger

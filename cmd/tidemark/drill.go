@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"time"
@@ -28,7 +29,6 @@ func drillCommand() *cli.Command {
 			"where installed and --check-sql, stops the server and verifies every data page's checksum. Stores a report\n" +
 			"in the repository (drills/<cluster>/<id>), removes the scratch cluster and exits 6 on any failure.",
 		Flags: flagSet(repoFlags(), []cli.Flag{
-			stringFlag("cluster", "system identifier of the cluster, when the repository holds several"),
 			stringFlag("backup", "backup id to drill, or latest (default)"),
 			&cli.BoolFlag{Name: "random", Usage: "drill a random kept backup", EnvVars: []string{envName("random")}},
 			stringFlag("target-time", "recover to this time instead of a random one"),
@@ -37,21 +37,13 @@ func drillCommand() *cli.Command {
 			stringFlag("target-name", "recover to this restore point"),
 			stringFlag("target", "immediate: stop as soon as the backup is consistent"),
 			&cli.BoolFlag{Name: "target-inclusive", Usage: "stop just after the target, or with --target-inclusive=false just before it", DefaultText: "true, as PostgreSQL", EnvVars: []string{envName("target-inclusive")}},
-			stringFlag("scratch-dir", "where to make the scratch cluster (default: the temporary directory)"),
-			stringFlag("pg-bin", "bin directory of the PostgreSQL server of the backup's major version (default: the server running on --pgdata, pg_config, the packagers' directories, PATH)"),
-			stringFlag("pgdata", "data directory of the source cluster on this host, if any: the drill uses its running server's binaries", "PGDATA"),
-			stringFlag("pg-user", "OS user to run the server as when run as root (default postgres)"),
-			stringFlag("db-user", "database superuser to connect as (default postgres)"),
 			stringFlag("db-name", "database of the heartbeat and the checks (default postgres)"),
-			&cli.StringSliceFlag{Name: "pg-option", Usage: "extra server setting NAME=VALUE for the scratch cluster (repeatable), e.g. shared_buffers=1GB", EnvVars: []string{envName("pg-option")}},
 			stringFlag("check-sql", "file of SQL checks; each statement must return one row holding true"),
 			&cli.StringFlag{Name: "amcheck", Value: "auto", Usage: "pg_amcheck: auto (when installed), on (required) or off", EnvVars: []string{envName("amcheck")}},
 			&cli.DurationFlag{Name: "heartbeat-slack", Value: 5 * time.Second, Usage: "how much more than one heartbeat interval the newest heartbeat may lie before the target", EnvVars: []string{envName("heartbeat-slack")}},
-			&cli.DurationFlag{Name: "timeout", Value: 6 * time.Hour, Usage: "give up recovery after this long", EnvVars: []string{envName("timeout")}},
-			&cli.BoolFlag{Name: "keep-on-failure", Usage: "leave the scratch directory of a failed drill for inspection", EnvVars: []string{envName("keep-on-failure")}},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON", EnvVars: []string{envName("json")}},
 			metricsFileFlag(),
-		}),
+		}, scratchFlags()),
 		Action: runDrill,
 	}
 }
@@ -61,11 +53,9 @@ func runDrill(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	opts := drill.Options{Backup: c.String("backup"), Random: c.Bool("random"), ScratchDir: c.String("scratch-dir"),
-		PGBin: c.String("pg-bin"), PGData: c.String("pgdata"), PGUser: c.String("pg-user"), DBUser: c.String("db-user"), DBName: c.String("db-name"),
-		ServerOptions: c.StringSlice("pg-option"), Amcheck: c.String("amcheck"), HeartbeatSlack: c.Duration("heartbeat-slack"),
-		Timeout: c.Duration("timeout"), KeepOnFailure: c.Bool("keep-on-failure"),
-		ToolVersion: versionString(), Logger: log}
+	opts := scratchOptions(c, log)
+	opts.Backup, opts.Random = c.String("backup"), c.Bool("random")
+	opts.Amcheck, opts.HeartbeatSlack = c.String("amcheck"), c.Duration("heartbeat-slack")
 	if opts.Random && opts.Backup != "" {
 		return usageErrorf("--random and --backup: give one")
 	}
@@ -73,11 +63,6 @@ func runDrill(c *cli.Context) error {
 	case "auto", "on", "off":
 	default:
 		return usageErrorf("--amcheck %q: want auto, on or off", opts.Amcheck)
-	}
-	if v := c.String("cluster"); v != "" {
-		if opts.Cluster, err = strconv.ParseUint(v, 10, 64); err != nil || opts.Cluster == 0 {
-			return usageErrorf("--cluster %q: want the system identifier, a decimal number", v)
-		}
 	}
 	if opts.Target, err = parseTarget(c); err != nil {
 		return err
@@ -94,26 +79,11 @@ func runDrill(c *cli.Context) error {
 			return usageErrorf("--check-sql %s holds no statement", p)
 		}
 	}
-	fetch, err := fetchCommand(c)
-	if err != nil {
-		return err
-	}
-	opts.Fetch = fetch
-	r, err := openRepo(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: 4 * restoreReadMemoryPerGET})
+	r, arch, err := openScratch(c, log, &opts)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	arch := walarchive.FromRepo(r, walarchive.Options{Logger: log})
-	opts.Restore = func(ctx context.Context, q drill.RestoreRequest) (drill.RestoreResult, error) {
-		res, err := restore.Run(ctx, r, restore.ArchiveOf(arch), restore.Options{PGData: q.PGData, Cluster: q.Cluster,
-			Backup: q.Backup, Target: q.Target, TablespaceMap: q.TablespaceMap, Owner: q.Owner,
-			RestoreCommand: q.RestoreCommand, SpoolDir: q.SpoolDir, Logger: q.Logger, Now: q.Now})
-		if err != nil {
-			return drill.RestoreResult{}, err
-		}
-		return drill.RestoreResult{Files: res.Files, Bytes: res.Bytes}, nil
-	}
 	rep, err := drill.Run(c.Context, r, arch, opts)
 	if rep != nil && rep.Snapshot != "" {
 		if c.Bool("json") {
@@ -130,6 +100,61 @@ func runDrill(c *cli.Context) error {
 		}
 	}
 	return err
+}
+
+// scratchFlags are the flags of the commands that restore into a scratch
+// cluster and start it (drill, rehearse).
+func scratchFlags() []cli.Flag {
+	return []cli.Flag{
+		stringFlag("cluster", "system identifier of the cluster, when the repository holds several"),
+		stringFlag("scratch-dir", "where to make the scratch cluster (default: the temporary directory)"),
+		stringFlag("pg-bin", "bin directory of the PostgreSQL server of the backup's major version (default: the server running on --pgdata, pg_config, the packagers' directories, PATH)"),
+		stringFlag("pgdata", "data directory of the source cluster on this host, if any: its running server's binaries are used", "PGDATA"),
+		stringFlag("pg-user", "OS user to run the server as when run as root (default postgres)"),
+		stringFlag("db-user", "database superuser to connect as (default postgres)"),
+		&cli.StringSliceFlag{Name: "pg-option", Usage: "extra server setting NAME=VALUE for the scratch cluster (repeatable), e.g. shared_buffers=1GB", EnvVars: []string{envName("pg-option")}},
+		&cli.DurationFlag{Name: "timeout", Value: 6 * time.Hour, Usage: "give up recovery after this long", EnvVars: []string{envName("timeout")}},
+		&cli.BoolFlag{Name: "keep-on-failure", Usage: "leave the scratch directory of a failed run for inspection", EnvVars: []string{envName("keep-on-failure")}},
+	}
+}
+
+// scratchOptions reads scratchFlags.
+func scratchOptions(c *cli.Context, log *slog.Logger) drill.Options {
+	return drill.Options{ScratchDir: c.String("scratch-dir"), PGBin: c.String("pg-bin"), PGData: c.String("pgdata"),
+		PGUser: c.String("pg-user"), DBUser: c.String("db-user"), DBName: c.String("db-name"),
+		ServerOptions: c.StringSlice("pg-option"), Timeout: c.Duration("timeout"), KeepOnFailure: c.Bool("keep-on-failure"),
+		ToolVersion: versionString(), Logger: log}
+}
+
+// openScratch opens the repository for a scratch-cluster command and wires
+// the restore and restore_command into opts.
+func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options) (*repo.Repo, *walarchive.Archive, error) {
+	if v := c.String("cluster"); v != "" {
+		var err error
+		if opts.Cluster, err = strconv.ParseUint(v, 10, 64); err != nil || opts.Cluster == 0 {
+			return nil, nil, usageErrorf("--cluster %q: want the system identifier, a decimal number", v)
+		}
+	}
+	fetch, err := fetchCommand(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Fetch = fetch
+	r, err := openRepo(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: 4 * restoreReadMemoryPerGET})
+	if err != nil {
+		return nil, nil, err
+	}
+	arch := walarchive.FromRepo(r, walarchive.Options{Logger: log})
+	opts.Restore = func(ctx context.Context, q drill.RestoreRequest) (drill.RestoreResult, error) {
+		res, err := restore.Run(ctx, r, restore.ArchiveOf(arch), restore.Options{PGData: q.PGData, Cluster: q.Cluster,
+			Backup: q.Backup, Target: q.Target, TablespaceMap: q.TablespaceMap, Owner: q.Owner,
+			RestoreCommand: q.RestoreCommand, SpoolDir: q.SpoolDir, Logger: q.Logger, Now: q.Now})
+		if err != nil {
+			return drill.RestoreResult{}, err
+		}
+		return drill.RestoreResult{Files: res.Files, Bytes: res.Bytes}, nil
+	}
+	return r, arch, nil
 }
 
 func printDrill(w io.Writer, rep *drill.Report) {

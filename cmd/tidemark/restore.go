@@ -45,6 +45,9 @@ func restoreCommand() *cli.Command {
 			&cli.BoolFlag{Name: "direct-io", Value: true, Usage: "write large runs of relation pages with O_DIRECT, bypassing the page cache (--direct-io=false: through the cache, which the server then starts with)", EnvVars: []string{envName("direct-io")}},
 			&cli.BoolFlag{Name: "delta", Usage: "restore into an existing data directory: remove what the backup lacks, fetch only what differs", EnvVars: []string{envName("delta")}},
 			stringFlag("owner", "OS user to own the files when run as root (default: the data directory's owner)"),
+			&cli.BoolFlag{Name: "standby", Usage: "make the server a standby: standby.signal, recovery_target_timeline = latest, catch up from the archive, then stream from --primary-conninfo", EnvVars: []string{envName("standby")}},
+			stringFlag("primary-conninfo", "with --standby: primary_conninfo, how the standby reaches its primary (e.g. 'host=db1 user=replicator')"),
+			stringFlag("primary-slot-name", "with --standby: primary_slot_name, the replication slot on the primary"),
 		}),
 		Action: runRestore,
 	}
@@ -81,6 +84,11 @@ func runRestore(c *cli.Context) error {
 	}
 	if opts.TablespaceMap, err = parseTablespaceMap(c.StringSlice("tablespace-map")); err != nil {
 		return err
+	}
+	// primary-conninfo may sit in the config file for the day a standby
+	// is needed: without --standby it is not used.
+	if c.Bool("standby") {
+		opts.Standby = &restore.Standby{PrimaryConnInfo: c.String("primary-conninfo"), SlotName: c.String("primary-slot-name")}
 	}
 	if name := c.String("owner"); name != "" {
 		if opts.Owner, err = lookupOwner(name); err != nil {
@@ -268,6 +276,10 @@ func printRestore(w io.Writer, pgdata string, res *restore.Result) {
 	fmt.Fprintln(w, "  postgresql.auto.conf:")
 	for _, st := range res.Settings {
 		fmt.Fprintf(w, "    %s\n", st)
+	}
+	if res.Standby {
+		fmt.Fprintf(w, "start the standby: pg_ctl -D %s start (it replays the archive, then streams from its primary)\n", wal.ShellQuote(pgdata))
+		return
 	}
 	fmt.Fprintf(w, "start the server to recover: pg_ctl -D %s start\n", wal.ShellQuote(pgdata))
 }

@@ -32,8 +32,10 @@ import (
 func walExitClassifier(err error) int {
 	switch {
 	case errors.Is(err, walarchive.ErrConflict), errors.Is(err, walarchive.ErrForeign),
-		errors.Is(err, walarchive.ErrInvalidFile):
+		errors.Is(err, walarchive.ErrInvalidFile), errors.Is(err, wal.ErrMarkRefused):
 		return exitRefused
+	case errors.Is(err, wal.ErrMarkNotArchived):
+		return exitIntegrity
 	case errors.Is(err, walarchive.ErrCorrupt), errors.Is(err, repo.ErrCorrupt):
 		return exitIntegrity
 	case errors.Is(err, repo.ErrNoIdentity):

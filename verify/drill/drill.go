@@ -62,6 +62,19 @@ type WAL interface {
 	ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, walarchive.Meta, error)
 }
 
+// Recovered is the scratch server once it has recovered and promoted.
+type Recovered struct {
+	// ConnString reaches database db over the server's socket as User.
+	ConnString func(db string) string
+	Socket     string
+	Port       int
+	User       string
+	BinDir     string // the server's bin directory
+	Search     pg.BinSearch
+	Major      int
+	Env        []string // an environment free of libpq's variables
+}
+
 // RestoreRequest is the restore a drill asks for: the snapshot into the
 // scratch data directory, every tablespace moved into the scratch
 // directory, files owned by the server's user, recovery settings for the
@@ -148,6 +161,13 @@ type Options struct {
 	Timeout time.Duration
 	// KeepOnFailure leaves the scratch directory of a failed drill.
 	KeepOnFailure bool
+	// Latest recovers to the end of the archive along the newest timeline
+	// instead of to Target or a random time.
+	Latest bool
+	// AfterRecovery, when set, runs on the recovered and promoted server
+	// in place of the checks (a rehearsal, see Rehearse); the run then
+	// stores no report.
+	AfterRecovery func(ctx context.Context, s Recovered) error
 	ToolVersion   string
 	Logger        *slog.Logger
 	Now           func() time.Time
@@ -298,7 +318,7 @@ func Run(ctx context.Context, r Repository, w WAL, opts Options) (*Report, error
 	default:
 		d.rep.Reason = oneLine(err.Error())
 	}
-	if d.rep.Snapshot != "" {
+	if d.rep.Snapshot != "" && o.AfterRecovery == nil {
 		// The report goes in whatever happened, on a context the
 		// interruption did not end.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -367,6 +387,10 @@ func (d *run) run(ctx context.Context) (err error) {
 	if err := d.replay(ctx, bin); err != nil {
 		return err
 	}
+	if d.o.AfterRecovery != nil {
+		return d.o.AfterRecovery(ctx, Recovered{ConnString: d.connString, Socket: d.sock, Port: d.port, User: d.o.DBUser,
+			BinDir: bin, Search: d.o.binSearch(), Major: d.rep.PGMajor, Env: serverEnv(nil)})
+	}
 	return d.checks(ctx)
 }
 
@@ -422,6 +446,11 @@ func (d *run) choose(snaps []*repo.Snapshot) error {
 // commit archived along its timeline (before the next snapshot's stop, so
 // that the replay stays the snapshot's own).
 func (d *run) chooseTarget(ctx context.Context, snaps []*repo.Snapshot) error {
+	if d.o.Latest {
+		d.o.Target = pg.RecoveryTarget{}
+		d.rep.Target.Kind = "end"
+		return nil
+	}
 	t := d.o.Target
 	s := d.snap
 	if t.Timeline == 0 {
