@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything tidemark's tests, checks and benchmarks need on Debian 12,
 # as root: PostgreSQL 15 (apt) and 16-18 (npm), pgBackRest, zstd, age, MinIO,
-# versitygw and staticcheck. It needs Go already; it uses only apt, npm and the
+# versitygw, fake-gcs-server, Azurite (npm) and staticcheck. It needs Go already; it uses only apt, npm and the
 # Go module proxy.
 #
 # Idempotent: whatever is present at the pinned version is left alone, so a warm
@@ -18,6 +18,8 @@ deps_dir=${TIDEMARK_DEPS_DIR:-/opt/tidemark}
 declare -A pg_npm=([16]=16.14.0-beta.17 [17]=17.10.0-beta.17 [18]=18.4.0-beta.17)
 minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
 versitygw_version=v1.8.0
+fake_gcs_version=v1.56.1
+azurite_version=3.37.0 # asks for node 22 but runs on the node 20 and 18 Debian and the image bring
 staticcheck_version=v0.8.2 # staticcheck 2026.2.2, the first to know Go 1.26
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -122,6 +124,32 @@ for major in 16 17 18; do
 	log "PostgreSQL $major: installed in $(since "$t")"
 done
 
+# --- Azurite (Azure Blob Storage emulator) from npm ----------------------------
+
+azurite_dir=$deps_dir/azurite
+have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$azurite_dir/node_modules/azurite/package.json" 2>/dev/null | head -n1 || true)
+if [ "$have" = "$azurite_version" ] && [ -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
+	log "Azurite: present ($azurite_version in $azurite_dir)"
+else
+	t=$EPOCHREALTIME
+	log "Azurite: installing azurite@$azurite_version from npm into $azurite_dir"
+	if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+		log "npm and node: installing from apt"
+		apt_install npm
+	fi
+	mkdir -p "$deps_dir" 2>/dev/null || need_root "writing $deps_dir"
+	tmp=$(mktemp -d "$deps_dir/.azurite.XXXXXX")
+	npm install --silent --no-audit --no-fund --prefix "$tmp" "azurite@$azurite_version" >/dev/null 2>&1 ||
+		die "npm install azurite@$azurite_version failed"
+	[ -x "$tmp/node_modules/.bin/azurite-blob" ] || die "azurite installed but azurite-blob is missing (see $tmp)"
+	rm -rf "$azurite_dir.old"
+	[ ! -e "$azurite_dir" ] || mv "$azurite_dir" "$azurite_dir.old"
+	mv "$tmp" "$azurite_dir"
+	chmod 755 "$azurite_dir"
+	rm -rf "$azurite_dir.old"
+	log "Azurite: installed in $(since "$t")"
+fi
+
 # --- Go tools -----------------------------------------------------------------
 
 gobin=$(go env GOBIN)
@@ -154,6 +182,7 @@ go_tool() { # NAME PACKAGE VERSION
 }
 go_tool minio github.com/minio/minio "$minio_version"
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$versitygw_version"
+go_tool fake-gcs-server github.com/fsouza/fake-gcs-server "$fake_gcs_version"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$staticcheck_version"
 
 failed=0

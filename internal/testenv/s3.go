@@ -17,13 +17,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,16 +45,7 @@ type S3Server struct {
 	Region    string
 	CAFile    string // PEM of the server's self-signed certificate; "" without TLS
 
-	t       testing.TB
-	name    string
-	args    []string // command line, fixed so Start brings back the same server
-	env     []string
-	logPath string
-	ready   func(context.Context, *http.Client) bool
-
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	process
 	client  *s3.Client
 	buckets atomic.Int64
 }
@@ -85,9 +73,7 @@ func startMinIO(t testing.TB, useTLS bool) *S3Server {
 		AccessKey: "tidemark-access",
 		SecretKey: "tidemark-secret-key",
 		Region:    "us-east-1",
-		t:         t,
-		name:      "minio",
-		logPath:   filepath.Join(dir, "server.log"),
+		process:   process{t: t, name: "minio", logPath: filepath.Join(dir, "server.log")},
 	}
 	scheme := "http"
 	if useTLS {
@@ -106,6 +92,7 @@ func startMinIO(t testing.TB, useTLS bool) *S3Server {
 	s.ready = func(ctx context.Context, c *http.Client) bool {
 		return httpStatus(ctx, c, s.Endpoint+"/minio/health/ready") == http.StatusOK
 	}
+	s.client0 = s.httpClient
 	s.launch(t)
 	return s
 }
@@ -129,9 +116,7 @@ func VersityGW(t testing.TB) *S3Server {
 		AccessKey: "tidemark-access",
 		SecretKey: "tidemark-secret-key",
 		Region:    "us-east-1",
-		t:         t,
-		name:      "versitygw",
-		logPath:   filepath.Join(dir, "server.log"),
+		process:   process{t: t, name: "versitygw", logPath: filepath.Join(dir, "server.log")},
 	}
 	s.args = []string{bin, "--access", s.AccessKey, "--secret", s.SecretKey,
 		"--region", s.Region, "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", data}
@@ -139,97 +124,9 @@ func VersityGW(t testing.TB) *S3Server {
 	s.ready = func(ctx context.Context, c *http.Client) bool {
 		return httpStatus(ctx, c, s.Endpoint+"/") != 0 // any answer: it is listening
 	}
+	s.client0 = s.httpClient
 	s.launch(t)
 	return s
-}
-
-// launch starts the server for the first time and arranges its end.
-func (s *S3Server) launch(t testing.TB) {
-	t.Helper()
-	t.Cleanup(func() {
-		s.kill()
-		if t.Failed() {
-			s.logTail(t)
-		}
-	})
-	if err := s.start(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (s *S3Server) start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		return nil
-	}
-	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(s.args[0], s.args[1:]...)
-	cmd.Env = s.env
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group, so the kill reaches any children; and killed
-	// with the test binary, so a test that times out leaves no server
-	// running on the machine.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", s.name, err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
-
-	hc := s.httpClient()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for {
-		if s.ready(ctx, hc) {
-			return nil
-		}
-		select {
-		case <-exited:
-			s.cmd = nil
-			return fmt.Errorf("%s exited during start-up (%s); log:\n%s", s.name, cmd.ProcessState, s.tail())
-		case <-ctx.Done():
-			s.killLocked()
-			return fmt.Errorf("%s not ready after 60s; log:\n%s", s.name, s.tail())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-func (s *S3Server) kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.killLocked()
-}
-
-func (s *S3Server) killLocked() {
-	if s.cmd == nil {
-		return
-	}
-	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-	<-s.exited
-	s.cmd = nil
-}
-
-// Stop takes the server down abruptly (SIGKILL), as an outage would; its
-// port then refuses connections until Start.
-func (s *S3Server) Stop() { s.kill() }
-
-// Start brings a stopped server back on the same port with the same data
-// and waits until it is ready. A failure is reported on the test that
-// started the server (t.Errorf, so any goroutine may call Start) and
-// returned.
-func (s *S3Server) Start() error {
-	err := s.start()
-	if err != nil {
-		s.t.Errorf("restart %s: %v", s.name, err)
-	}
-	return err
 }
 
 // httpClient trusts the server's certificate, if any.
@@ -244,29 +141,6 @@ func (s *S3Server) httpClient() *http.Client {
 		}
 	}
 	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
-}
-
-func httpStatus(ctx context.Context, c *http.Client, u string) int {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return 0
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-func (s *S3Server) tail() string {
-	b, _ := os.ReadFile(s.logPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-40):], "\n")
-}
-
-func (s *S3Server) logTail(t testing.TB) {
-	t.Logf("last lines of the %s log (%s):\n%s", s.name, s.logPath, s.tail())
 }
 
 // Client returns an SDK client for the server, for test set-up and for
