@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/azure"
+	"github.com/tidemarkdb/tidemark/storage/gcs"
 	"github.com/tidemarkdb/tidemark/storage/retry"
 	"github.com/tidemarkdb/tidemark/storage/s3"
 	"github.com/tidemarkdb/tidemark/storage/storagetest"
@@ -21,6 +24,8 @@ func TestParse(t *testing.T) {
 		url  string
 		fs   string
 		s3   *s3.Options
+		az   *azure.Options
+		gs   *gcs.Options
 		err  string // substring of the error; "" for success
 		leak string // must not appear in the error
 	}{
@@ -36,7 +41,29 @@ func TestParse(t *testing.T) {
 		{url: "/var/lib/tidemark", err: "write file:///var/lib/tidemark"},
 		{url: "relative/dir", err: "no scheme"},
 		{url: "", err: "no repository URL"},
-		{url: "gs://bucket/x", err: `unknown scheme "gs"`},
+		{url: "ftp://bucket/x", err: `unknown scheme "ftp"`},
+
+		{url: "azure://c/p/q?account=acct", az: &azure.Options{Container: "c", Prefix: "p/q", Account: "acct"}},
+		{url: "azure://c?account=devstoreaccount1&endpoint=http://127.0.0.1:10000/devstoreaccount1/",
+			az: &azure.Options{Container: "c", Account: "devstoreaccount1", Endpoint: "http://127.0.0.1:10000/devstoreaccount1"}},
+		{url: "azure://c/p", err: "add ?account=NAME"},
+		{url: "azure:///p?account=a", err: "no container"},
+		{url: "azure://c?account=a&sv=2024&sig=s3cr3t", err: "refused in URLs", leak: "s3cr3t"},
+		{url: "azure://c?account=a&endpoint=https://x/?sig=s3cr3t", err: "refused in URLs", leak: "s3cr3t"},
+		{url: "azure://c?account=a&region=x", err: "unknown option"},
+		{url: "gs://bucket/x", gs: &gcs.Options{Bucket: "bucket", Prefix: "x"}},
+		{url: "gs://b?endpoint=http://127.0.0.1:4443", gs: &gcs.Options{Bucket: "b", Endpoint: "http://127.0.0.1:4443"}},
+		{url: "gs://b/a//c", err: "segment"},
+		{url: "gs://b?account=x", err: "unknown option"},
+
+		{url: "s3://b?data-storage-class=STANDARD_IA&storage-class=STANDARD&sse=aws:kms&sse-kms-key-id=arn:aws:kms:eu-west-1:1:key/abc",
+			s3: &s3.Options{Bucket: "b", StorageClasses: []s3.PrefixClass{{Prefix: "", Class: "STANDARD"}, {Prefix: "data/", Class: "STANDARD_IA"}},
+				SSE: "aws:kms", SSEKMSKeyID: "arn:aws:kms:eu-west-1:1:key/abc"}},
+		{url: "s3://b?wal-storage-class=GLACIER_IR&sse=AES256",
+			s3: &s3.Options{Bucket: "b", StorageClasses: []s3.PrefixClass{{Prefix: "wal/", Class: "GLACIER_IR"}}, SSE: "AES256"}},
+		{url: "s3://b?storage-class=standard_ia", err: "not a storage class"},
+		{url: "s3://b?sse=kms", err: "use sse=AES256"},
+		{url: "s3://b?sse-kms-key-id=abc", err: "needs sse=aws:kms"},
 
 		{url: "s3://bucket", s3: &s3.Options{Bucket: "bucket"}},
 		{url: "s3://bucket/", s3: &s3.Options{Bucket: "bucket"}},
@@ -58,7 +85,7 @@ func TestParse(t *testing.T) {
 		{url: "s3://b?ca-file=relative.pem", err: "absolute path"},
 		{url: "s3://b?ca-file=", err: "ca-file is empty"},
 		{url: "s3://b?region=a&region=b", err: "given twice"},
-		{url: "s3://b?regoin=x", err: `unknown option "regoin" (known: endpoint, region, path-style, ca-file)`},
+		{url: "s3://b?regoin=x", err: `unknown option "regoin" (known: endpoint, region, path-style, ca-file, storage-class,`},
 		{url: "s3://b?sk=hunter22", err: "unknown option", leak: "hunter22"},
 		// Credentials are refused, and never echoed.
 		{url: "s3://AKIAEXAMPLE:s3cr3t@bucket/p", err: "AWS_ACCESS_KEY_ID", leak: "s3cr3t"},
@@ -92,8 +119,12 @@ func TestParse(t *testing.T) {
 		switch {
 		case (loc.S3 == nil) != (tc.s3 == nil):
 			t.Errorf("Parse(%q).S3 = %+v, want %+v", tc.url, loc.S3, tc.s3)
-		case tc.s3 != nil && *loc.S3 != *tc.s3:
+		case tc.s3 != nil && !reflect.DeepEqual(*loc.S3, *tc.s3):
 			t.Errorf("Parse(%q).S3 =\n  %+v\nwant\n  %+v", tc.url, *loc.S3, *tc.s3)
+		case (loc.Azure == nil) != (tc.az == nil) || (tc.az != nil && *loc.Azure != *tc.az):
+			t.Errorf("Parse(%q).Azure = %+v, want %+v", tc.url, loc.Azure, tc.az)
+		case (loc.GCS == nil) != (tc.gs == nil) || (tc.gs != nil && *loc.GCS != *tc.gs):
+			t.Errorf("Parse(%q).GCS = %+v, want %+v", tc.url, loc.GCS, tc.gs)
 		}
 	}
 }

@@ -32,16 +32,16 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Put uploads the object, in one request or, from MultipartThreshold on, in
 // parts.
 func (s *Store) Put(ctx context.Context, key string, r io.ReaderAt, size int64) error {
-	return s.put(ctx, "put", key, r, size, false)
+	return s.put(ctx, "put", key, r, size, false, lockSpec{})
 }
 
 // Create uploads the object only if the key is free, atomically on servers
 // that implement conditional writes.
 func (s *Store) Create(ctx context.Context, key string, r io.ReaderAt, size int64) error {
-	return s.put(ctx, "create", key, r, size, true)
+	return s.put(ctx, "create", key, r, size, true, lockSpec{})
 }
 
-func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool) error {
+func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool, lk lockSpec) error {
 	if err := checkKey(op, key); err != nil {
 		return err
 	}
@@ -64,9 +64,9 @@ func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int
 		}
 	}
 	if multipart {
-		return s.putMultipart(ctx, op, key, r, size, create)
+		return s.putMultipart(ctx, op, key, r, size, create, lk)
 	}
-	return s.putSingle(ctx, op, key, r, size, create)
+	return s.putSingle(ctx, op, key, r, size, create, lk)
 }
 
 // checkFree is the non-atomic stand-in for If-None-Match: * on servers
@@ -95,7 +95,7 @@ func (s *Store) warnNoConditional(flag interface{ CompareAndSwap(old, new bool) 
 	}
 }
 
-func (s *Store) putSingle(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool) error {
+func (s *Store) putSingle(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool, lk lockSpec) error {
 	for attempt := 1; ; attempt++ {
 		sum, err := s.crc32c(ctx, r, 0, size)
 		if err != nil {
@@ -112,6 +112,9 @@ func (s *Store) putSingle(ctx context.Context, op, key string, r io.ReaderAt, si
 		if create {
 			in.IfNoneMatch = aws.String("*")
 		}
+		st := s.settings(key, lk)
+		in.StorageClass, in.ServerSideEncryption, in.SSEKMSKeyId = st.class, st.sse, st.kmsKey
+		in.ObjectLockMode, in.ObjectLockRetainUntilDate = st.lockMode, st.lockUntil
 		_, err = s.client.PutObject(ctx, in, s.putOpts...)
 		switch {
 		case err == nil:
@@ -215,17 +218,23 @@ func (s *Store) crc32c(ctx context.Context, r io.ReaderAt, off, n int64) (string
 // putMultipart uploads the object in parts, several at a time, each with
 // its CRC32C, and completes the upload (conditionally for Create). Any
 // failure aborts the upload so no parts are left behind to be billed.
-func (s *Store) putMultipart(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool) error {
+func (s *Store) putMultipart(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool, lk lockSpec) error {
 	partSize := max(s.opts.PartSize, (size+maxParts-1)/maxParts)
 	nparts := int((size + partSize - 1) / partSize)
 
+	st := s.settings(key, lk)
 	created, err := s.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
 		Bucket: aws.String(s.bucket),
 		Key:    s.fullKey(key),
 		// With an algorithm declared, every part carries its checksum and
 		// so does the completion: the consistent form strict servers
 		// (versitygw) insist on.
-		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+		ChecksumAlgorithm:         types.ChecksumAlgorithmCrc32c,
+		StorageClass:              st.class,
+		ServerSideEncryption:      st.sse,
+		SSEKMSKeyId:               st.kmsKey,
+		ObjectLockMode:            st.lockMode,
+		ObjectLockRetainUntilDate: st.lockUntil,
 	})
 	if err != nil {
 		return s.classify(ctx, op, key, err)

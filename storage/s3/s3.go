@@ -90,7 +90,24 @@ type Options struct {
 	StallTimeout       time.Duration // default DefaultStallTimeout
 	MaxConnsPerHost    int           // cap on connections; default 0, no cap
 
+	// StorageClasses set the storage class of new objects by key prefix:
+	// the longest matching prefix wins, "" matches every key. None: the
+	// bucket's default (STANDARD on AWS).
+	StorageClasses []PrefixClass
+	// SSE is the server-side encryption asked for on every upload:
+	// "AES256", "aws:kms", "aws:kms:dsse" or "" (the bucket's default).
+	// SSEKMSKeyID names the KMS key for aws:kms ("" for the account's
+	// default key).
+	SSE         string
+	SSEKMSKeyID string
+
 	Logger *slog.Logger // warnings (fallbacks for missing server features); nil discards
+}
+
+// PrefixClass is the storage class of the objects under a key prefix.
+type PrefixClass struct {
+	Prefix string // "" for every key
+	Class  string // STANDARD, STANDARD_IA, INTELLIGENT_TIERING, ...
 }
 
 // Store is an S3 bucket (and key prefix) as an object store. It is safe for
