@@ -78,6 +78,34 @@ var (
 	// ErrPermanent: a failure that retrying will not cure (access denied, no
 	// such bucket, invalid request, a checksum the server rejected repeatedly).
 	ErrPermanent = errors.New("permanent storage failure")
+	// ErrLocked: a delete or overwrite the store refused because the object
+	// is under a retention lock (see Retention) that has not passed yet.
+	ErrLocked = errors.New("object is under a retention lock")
+)
+
+// Retention is a write-once-read-many lock on objects (S3 Object Lock): an
+// object written under it can be neither deleted nor overwritten until
+// Period after it was written, whatever the credentials (compliance mode)
+// or without a permission to bypass it (governance mode).
+//
+// It is an optional capability of a backend, asked for by the repository
+// (repo), which knows which keys must be immutable: the backend offers a
+// view of itself that writes the keys Covers reports under the lock. Keys
+// not covered (leases, records that are rewritten) are written as usual.
+type Retention struct {
+	Mode   string        // RetentionCompliance or RetentionGovernance
+	Period time.Duration // how long after its write an object stays locked
+	// Covers reports the keys to lock. They must be create-only or
+	// content-addressed: Put of a covered key that exists leaves the object
+	// as it is, since it cannot be replaced anyway.
+	Covers func(key string) bool
+	Now    func() time.Time // the clock the lock starts from; nil: time.Now
+}
+
+// Retention modes.
+const (
+	RetentionCompliance = "compliance"
+	RetentionGovernance = "governance"
 )
 
 // Error is a storage failure with its operation and object key. Backends

@@ -165,11 +165,27 @@ func (s *S3Server) Client() *s3.Client {
 // NewBucket creates a fresh, empty bucket and returns its name.
 func (s *S3Server) NewBucket(t testing.TB) string {
 	t.Helper()
+	return s.newBucket(t, false)
+}
+
+// NewLockedBucket creates a fresh bucket with S3 Object Lock enabled (and
+// so versioning), as a locked repository needs, and returns its name.
+func (s *S3Server) NewLockedBucket(t testing.TB) string {
+	t.Helper()
+	return s.newBucket(t, true)
+}
+
+func (s *S3Server) newBucket(t testing.TB, locked bool) string {
+	t.Helper()
 	name := bucketName(t.Name(), s.buckets.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
-		_, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
+		in := &s3.CreateBucketInput{Bucket: aws.String(name)}
+		if locked {
+			in.ObjectLockEnabledForBucket = aws.Bool(true)
+		}
+		_, err := s.Client().CreateBucket(ctx, in)
 		if err == nil {
 			return name
 		}

@@ -455,3 +455,33 @@ func (r *resumer) Close() error {
 
 // Size is the number of bytes the body delivers in total, -1 if unknown.
 func (r *resumer) Size() int64 { return r.length }
+
+// retainer is the retention capability of a backend (storage.Retention).
+type retainer interface {
+	CheckRetention(ctx context.Context) error
+	WithRetention(r storage.Retention) (storage.Store, error)
+}
+
+// CheckRetention passes the wrapped store's check on, once retried; a
+// store without the capability says so.
+func (s *Store) CheckRetention(ctx context.Context) error {
+	rt, ok := s.inner.(retainer)
+	if !ok {
+		return fmt.Errorf("%s cannot lock objects against deletion (object lock is supported on S3 only): %w", s.inner, storage.ErrPermanent)
+	}
+	return s.do(ctx, "check object lock", "", func() error { return rt.CheckRetention(ctx) })
+}
+
+// WithRetention returns the wrapped store's locking view, retried like the
+// store itself.
+func (s *Store) WithRetention(r storage.Retention) (storage.Store, error) {
+	rt, ok := s.inner.(retainer)
+	if !ok {
+		return nil, fmt.Errorf("%s cannot lock objects against deletion (object lock is supported on S3 only): %w", s.inner, storage.ErrPermanent)
+	}
+	inner, err := rt.WithRetention(r)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{inner: inner, opts: s.opts}, nil
+}
