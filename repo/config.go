@@ -44,6 +44,9 @@ type Config struct {
 	// EscrowRecipients are public age recipients every encrypted object is
 	// also encrypted to.
 	EscrowRecipients []string `json:"escrow_recipients,omitempty"`
+	// Lock, when set, is the object lock every immutable object is
+	// written under (see Lock).
+	Lock *Lock `json:"lock,omitempty"`
 }
 
 func (c *Config) validate() error {
@@ -58,6 +61,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("compression %q", c.Compression)
 	case c.CompressionLevel < 1 || c.CompressionLevel > 4:
 		return fmt.Errorf("compression level %d outside 1..4", c.CompressionLevel)
+	}
+	if c.Lock != nil {
+		return c.Lock.validate()
 	}
 	return nil
 }

@@ -131,6 +131,8 @@ type indexState struct {
 	// Generation gen's own objects are kept one more round, so that a
 	// reader that picked gen just before a compaction can still finish.
 	stale []string
+	// mod are the listed objects' modification times (for the lock).
+	mod map[string]time.Time
 }
 
 // ReloadIndex reloads the index from storage (after another process wrote
@@ -210,13 +212,14 @@ func (r *Repo) loadIndexFiltered(ctx context.Context, drop map[pack.ID]struct{})
 // loadIndexOnce reads the newest complete generation and the deltas it does
 // not cover, and hands each index file to add.
 func (r *Repo) loadIndexOnce(ctx context.Context, add func(*index.File)) (*indexState, error) {
-	st := &indexState{}
+	st := &indexState{mod: map[string]time.Time{}}
 	var all []string
 	for oi, err := range r.store.List(ctx, indexPrefix, "") {
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", indexPrefix, err)
 		}
 		all = append(all, oi.Key)
+		st.mod[oi.Key] = oi.ModTime
 	}
 	// Newest complete generation.
 	var marker *genMarker
@@ -298,6 +301,9 @@ type CompactStats struct {
 	Parts      int
 	Merged     int // deltas merged
 	Deleted    int // objects deleted (superseded by the previous generation)
+	// Locked are superseded objects left for a later compaction because
+	// the repository's object lock still holds them.
+	Locked int
 }
 
 // CompactIndex merges the newest generation and all deltas into a new
@@ -351,8 +357,18 @@ func (r *Repo) writeGeneration(ctx context.Context, idx *index.Index, st *indexS
 	// superseded can go now; the previous generation itself and the deltas
 	// merged just now stay until the next compaction, so that a reader that
 	// chose the previous generation a moment ago can still load it.
-	old := st.stale
-	if err := r.store.Delete(ctx, old...); err != nil {
+	// Objects still under the repository's lock stay until a later
+	// compaction finds them stale and released.
+	now := r.opts.Now()
+	var old []string
+	for _, k := range st.stale {
+		if r.StillLocked(k, st.mod[k], now) {
+			stats.Locked++
+			continue
+		}
+		old = append(old, k)
+	}
+	if err := r.store.Delete(ctx, old...); err != nil && !IsLocked(err) {
 		return stats, fmt.Errorf("delete superseded index objects: %w", err)
 	}
 	stats.Deleted = len(old)

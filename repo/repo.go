@@ -185,6 +185,9 @@ type InitOptions struct {
 	EscrowRecipients []string
 	PackSize         int64 // DefaultPackSize when zero
 	CompressionLevel int   // DefaultCompressionLevel when zero
+	// Lock, when set, makes a locked repository (see Lock): the store must
+	// be able to lock objects (an S3 bucket with object lock).
+	Lock *Lock
 }
 
 // InitResult reports what Init did.
@@ -219,7 +222,7 @@ func Init(ctx context.Context, store storage.Store, opts InitOptions) (*Repo, In
 	}
 	cfg := Config{Format: FormatVersion, ID: newRepoID(), Created: now().UTC().Truncate(time.Second),
 		PackSize: opts.PackSize, SlotSize: blob.SlotSize, Compression: "zstd",
-		CompressionLevel: opts.CompressionLevel}
+		CompressionLevel: opts.CompressionLevel, Lock: opts.Lock}
 	if cfg.PackSize == 0 {
 		cfg.PackSize = DefaultPackSize
 	}
@@ -244,6 +247,18 @@ func Init(ctx context.Context, store storage.Store, opts InitOptions) (*Repo, In
 	}
 	if _, err := cfg.Encode(); err != nil {
 		return nil, res, fmt.Errorf("init: %w", err)
+	}
+	if cfg.Lock != nil {
+		// The key file and the config are locked too: without them
+		// nothing else can be read.
+		if err := checkLockable(ctx, store); err != nil {
+			return nil, res, fmt.Errorf("init: %w", err)
+		}
+		ls, err := lockedStore(store, cfg.Lock, now)
+		if err != nil {
+			return nil, res, fmt.Errorf("init: %w", err)
+		}
+		store = ls
 	}
 	secret, err := keys.NewSecret(cfg.ID, classic)
 	if err != nil {
@@ -320,6 +335,13 @@ func Open(ctx context.Context, store storage.Store, identities []age.Identity, o
 	}
 	if len(identities) == 0 {
 		return nil, &NoIdentityError{URL: store.String()}
+	}
+	if cfg.Lock != nil {
+		ls, err := lockedStore(store, cfg.Lock, opts.Now)
+		if err != nil {
+			return nil, fmt.Errorf("open repository at %s: %w", store, err)
+		}
+		store = ls
 	}
 	envs, err := listKeys(ctx, store)
 	if err != nil {

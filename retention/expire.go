@@ -25,6 +25,9 @@ type Repository interface {
 	Leases(ctx context.Context, scope string) ([]lease.Info, error)
 	Encrypt(dst io.Writer) (io.WriteCloser, error)
 	Decrypt(src io.Reader) (io.Reader, error)
+	// LockedUntil is when the repository's object lock surely no longer
+	// holds an object written at mod (zero: not locked).
+	LockedUntil(key string, mod time.Time) time.Time
 }
 
 // Archive is what expire reads of the WAL archive. *walarchive.Archive has
@@ -63,6 +66,13 @@ type ClusterResult struct {
 	Skipped string
 	// Removed counts the snapshots removed.
 	Removed int
+	// LockedWAL are WAL files the policy no longer needs that the
+	// repository's object lock still holds: a later run removes them.
+	LockedWAL      int
+	LockedWALBytes int64
+	// LockedSnapshots are snapshots the policy would remove that the lock
+	// still holds; they are kept, with their WAL, until a later run.
+	LockedSnapshots int
 }
 
 // Result is what an expire run did.
@@ -172,7 +182,25 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	}
 	cr.UnknownTimelines = lin.Unknown
 	cr.Decisions = Plan(snaps, opts.Policy, lin, now)
+	if err := keepLocked(ctx, r, cluster, cr, now); err != nil {
+		return cr, err
+	}
 	cr.WAL = PlanWAL(cr.Decisions, lin, files, segSize)
+	// WAL the lock still holds stays for a later run; older WAL was
+	// written first and is released first, so what goes is a prefix.
+	kept := cr.WAL[:0]
+	for _, f := range cr.WAL {
+		if u := r.LockedUntil(f.Key, f.Mod); !u.IsZero() && now.Before(u) {
+			cr.LockedWAL++
+			cr.LockedWALBytes += f.Size
+			continue
+		}
+		kept = append(kept, f)
+	}
+	cr.WAL = kept
+	if cr.LockedWAL > 0 {
+		log.Info("expire: WAL no longer needed is still under the object lock; a later run removes it", "files", cr.LockedWAL, "bytes", cr.LockedWALBytes)
+	}
 	cr.WALRanges = walarchive.Ranges{}
 	for _, f := range cr.WAL {
 		cr.WALBytes += f.Size
@@ -196,7 +224,11 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 		}
 	}
 	if len(keys) > 0 {
-		if err := r.Store().Delete(ctx, keys...); err != nil {
+		if err := r.Store().Delete(ctx, keys...); repo.IsLocked(err) {
+			// Planned around the lock, so only a clock far off gets here:
+			// what the store refused stays for a later run.
+			log.Warn("expire: the store refused to delete snapshots still under the object lock; a later run removes them", "err", err)
+		} else if err != nil {
 			return cr, fmt.Errorf("remove %d snapshots (first %s): %w", len(keys), keys[0], err)
 		}
 		cr.Removed = len(keys)
@@ -216,7 +248,9 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	}
 	for i := 0; i < len(keys); i += 1000 {
 		batch := keys[i:min(i+1000, len(keys))]
-		if err := r.Store().Delete(ctx, batch...); err != nil {
+		if err := r.Store().Delete(ctx, batch...); repo.IsLocked(err) {
+			log.Warn("expire: the store refused to delete WAL still under the object lock; a later run removes it", "err", err)
+		} else if err != nil {
 			return cr, fmt.Errorf("remove %d WAL files (first %s): %w", len(batch), batch[0], err)
 		}
 	}
@@ -254,7 +288,7 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 		if err != nil {
 			continue
 		}
-		files = append(files, WALFile{Key: oi.Key, File: f, Seg: seg, Size: oi.Size})
+		files = append(files, WALFile{Key: oi.Key, File: f, Seg: seg, Size: oi.Size, Mod: oi.ModTime})
 		hasWAL[f.Timeline] = true
 		if !oi.ModTime.Before(since) {
 			active[f.Timeline] = true
@@ -278,4 +312,43 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 	}
 	slices.Sort(lin.Active)
 	return files, lin, nil
+}
+
+// keepLocked turns the removal of a snapshot the repository's object lock
+// still holds into a keep, with the lock as its reason: it stays listed and
+// restorable, and keeps its WAL, until the first run after the lock has
+// passed removes it. Nothing is attempted that the store would refuse.
+func keepLocked(ctx context.Context, r Repository, cluster uint64, cr *ClusterResult, now time.Time) error {
+	mods := map[string]time.Time{}
+	listed := false
+	for i := range cr.Decisions {
+		d := &cr.Decisions[i]
+		if d.Keep {
+			continue
+		}
+		key := repo.SnapshotKey(d.Snapshot.Cluster, d.Snapshot.ID)
+		if r.LockedUntil(key, time.Time{}).IsZero() {
+			return nil // the repository has no lock
+		}
+		if !listed {
+			prefix := repo.SnapshotKey(cluster, "")
+			for oi, err := range r.Store().List(ctx, prefix, "") {
+				if err != nil {
+					return fmt.Errorf("list %s: %w", prefix, err)
+				}
+				mods[oi.Key] = oi.ModTime
+			}
+			listed = true
+		}
+		mod, ok := mods[key]
+		if !ok {
+			continue
+		}
+		if u := r.LockedUntil(key, mod); now.Before(u) {
+			d.Keep = true
+			d.Reasons = append(d.Reasons, "object lock until "+u.UTC().Format(time.RFC3339))
+			cr.LockedSnapshots++
+		}
+	}
+	return nil
 }

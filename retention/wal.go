@@ -3,6 +3,7 @@ package retention
 import (
 	"math"
 	"slices"
+	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -16,6 +17,7 @@ type WALFile struct {
 	File pg.WALFile
 	Seg  pg.SegNo
 	Size int64
+	Mod  time.Time // when it was archived (the listing's modification time)
 }
 
 // spanSegments returns, for each timeline of history h, the segments

@@ -153,6 +153,8 @@ type expireClusterJSON struct {
 	WALRemoved       []expireRangeJSON    `json:"wal_removed"`
 	WALFiles         int                  `json:"wal_files"`
 	WALBytes         int64                `json:"wal_bytes"`
+	LockedSnapshots  int                  `json:"locked_snapshots,omitempty"`
+	LockedWALFiles   int                  `json:"locked_wal_files,omitempty"`
 	UnknownTimelines []pg.TimelineID      `json:"timelines_without_history,omitempty"`
 }
 
@@ -163,7 +165,8 @@ func expireJSON(res *retention.Result, opts retention.Options) any {
 		Clusters []expireClusterJSON `json:"clusters"`
 	}{DryRun: opts.DryRun, Policy: opts.Policy.String()}
 	for _, cr := range res.Clusters {
-		cj := expireClusterJSON{Cluster: cr.Cluster, Skipped: cr.Skipped, WALFiles: len(cr.WAL), WALBytes: cr.WALBytes, UnknownTimelines: cr.UnknownTimelines}
+		cj := expireClusterJSON{Cluster: cr.Cluster, Skipped: cr.Skipped, WALFiles: len(cr.WAL), WALBytes: cr.WALBytes, UnknownTimelines: cr.UnknownTimelines,
+			LockedSnapshots: cr.LockedSnapshots, LockedWALFiles: cr.LockedWAL}
 		for _, d := range cr.Decisions {
 			s := d.Snapshot
 			cj.Snapshots = append(cj.Snapshots, expireSnapshotJSON{ID: s.ID, StopTime: s.StopTime, StopLSN: pg.LSN(s.StopLSN).String(),
@@ -219,6 +222,10 @@ func printExpire(w io.Writer, res *retention.Result, opts retention.Options) {
 			for _, r := range rs {
 				fmt.Fprintf(w, "    WAL %s .. %s (%d segments)\n", pg.SegmentName(tli, r.First, segSize), pg.SegmentName(tli, r.Last, segSize), r.Last-r.First+1)
 			}
+		}
+		if cr.LockedSnapshots > 0 || cr.LockedWAL > 0 {
+			fmt.Fprintf(w, "  kept for the object lock: %d snapshot(s) and %d WAL file(s) (%s) no longer needed; a run after their lock passes removes them\n",
+				cr.LockedSnapshots, cr.LockedWAL, bytesize.Format(cr.LockedWALBytes))
 		}
 		for _, t := range cr.UnknownTimelines {
 			fmt.Fprintf(w, "  timeline %d has WAL but no history file: all its WAL is kept (tidemark verify reports it)\n", t)

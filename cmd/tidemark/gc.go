@@ -75,6 +75,7 @@ func runGC(c *cli.Context) error {
 	m.gauge("tidemark_gc_deleted_bytes", "Bytes of packs the last gc deleted.", float64(res.Deleted.Bytes))
 	m.gauge("tidemark_gc_deleted_packs", "Packs the last gc deleted.", float64(res.Deleted.Packs))
 	m.gauge("tidemark_gc_quarantined_bytes", "Bytes of packs the last gc quarantined.", float64(res.Quarantined.Bytes))
+	m.gauge("tidemark_gc_locked_bytes", "Bytes of packs the last gc left because the object lock still holds them.", float64(res.Locked.Bytes))
 	m.gauge("tidemark_gc_pending_quarantines", "Quarantine records waiting for leases to end.", float64(res.Pending))
 	m.gauge("tidemark_gc_pack_bytes_left", "Bytes of packs left after the last gc.", float64(res.PackBytes-res.Deleted.Bytes))
 	return writeMetrics(c, m)
@@ -96,5 +97,9 @@ func printGC(w io.Writer, res *gc.Result, opts gc.Options) {
 		res.Released.Packs, res.Repacked.Packs, bytesize.Format(res.CopiedBytes))
 	if res.Pending > 0 {
 		fmt.Fprintf(w, "%d quarantine(s) wait for %s to end; the next gc run deletes what they hold\n", res.Pending, strings.Join(res.Waiting, ", "))
+	}
+	if res.Locked.Packs > 0 {
+		fmt.Fprintf(w, "%d packs (%s) no longer needed are still under the object lock; the first gc after %s takes them\n",
+			res.Locked.Packs, bytesize.Format(res.Locked.Bytes), res.LockedUntil.UTC().Format(time.RFC3339))
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/storage"
 )
 
 func initCommand() *cli.Command {
@@ -23,9 +24,14 @@ func initCommand() *cli.Command {
 		Description: "Writes the config object (create-only: a second init on the same URL fails), a random master\n" +
 			"secret and one key file for the first recipient: --recipient (an age public key, age1... or age1pq1...),\n" +
 			"--passphrase-file, or, when neither is given, a newly generated age identity written to --identity-out\n" +
-			"(mode 0600). Losing every key loses the backups.",
+			"(mode 0600). Losing every key loses the backups.\n\n" +
+			"--lock-days N makes a locked repository (s3:// only, in a bucket created with S3 Object Lock): every\n" +
+			"pack, index object, snapshot, WAL object, key file and the config is written so that nobody, not even\n" +
+			"with these credentials, can delete or overwrite it for N days (--lock-mode compliance; governance lets\n" +
+			"principals with s3:BypassGovernanceRetention remove it). Expire and gc delete an object only after its\n" +
+			"lock has passed. The setting is permanent for the repository.",
 		Flags: []cli.Flag{
-			stringFlag("repo", "repository URL: file:///path or s3://bucket/prefix?endpoint=...&region=...&path-style=true&ca-file=..."),
+			stringFlag("repo", "repository URL: file:///path, s3://bucket/prefix?endpoint=...&region=..., azure://container/prefix?account=... or gs://bucket/prefix"),
 			stringFlag("recipient", "age public key (age1... or age1pq1...) that receives the first key"),
 			stringFlag("passphrase-file", "file whose first line is the passphrase of the first key"),
 			stringFlag("identity-out", "where to write the generated identity when neither --recipient nor --passphrase-file is given (default "+defaultIdentityOut+")"),
@@ -33,6 +39,8 @@ func initCommand() *cli.Command {
 			stringFlag("label", "label of the first key, shown by key list"),
 			&cli.StringFlag{Name: "pack-size", Usage: "target pack size (bytes, or with a unit: 32MiB)", Value: strconv.Itoa(repo.DefaultPackSize>>20) + "MiB", EnvVars: []string{envName("pack-size")}},
 			&cli.IntFlag{Name: "compression-level", Usage: "zstd level: 1 fastest, 2 zstd's default, 3 better, 4 best", Value: repo.DefaultCompressionLevel, EnvVars: []string{envName("compression-level")}},
+			&cli.IntFlag{Name: "lock-days", Usage: "lock every immutable object against deletion and overwrite for this many days (S3 Object Lock); 0: no lock", EnvVars: []string{envName("lock-days")}},
+			&cli.StringFlag{Name: "lock-mode", Usage: "object lock mode: compliance (nobody can remove a lock) or governance (principals with s3:BypassGovernanceRetention can)", Value: "compliance", EnvVars: []string{envName("lock-mode")}},
 		},
 		Action: runInit,
 	}
@@ -65,6 +73,15 @@ func runInit(c *cli.Context) error {
 	packSize, err := bytesize.Parse(c.String("pack-size"))
 	if err != nil {
 		return usageErrorf("--pack-size: %v", err)
+	}
+	var lock *repo.Lock
+	switch days, mode := c.Int("lock-days"), c.String("lock-mode"); {
+	case days < 0 || days > 36500:
+		return usageErrorf("--lock-days %d: give a number of days from 1 to 36500, or 0 for no lock", days)
+	case mode != storage.RetentionCompliance && mode != storage.RetentionGovernance:
+		return usageErrorf("--lock-mode %q: use compliance or governance", mode)
+	case days > 0:
+		lock = &repo.Lock{Mode: mode, PeriodSeconds: int64(days) * 86400}
 	}
 	label := c.String("label")
 	var spec repo.KeySpec
@@ -114,6 +131,7 @@ func runInit(c *cli.Context) error {
 		EscrowRecipients: c.StringSlice("escrow-recipient"),
 		PackSize:         packSize,
 		CompressionLevel: c.Int("compression-level"),
+		Lock:             lock,
 	})
 	if err != nil {
 		if generated != nil {
@@ -129,6 +147,10 @@ func runInit(c *cli.Context) error {
 	out := c.App.Writer
 	fmt.Fprintf(out, "created repository %s at %s\n", res.Config.ID, st)
 	fmt.Fprintf(out, "key %s (%s)\n", res.KeyID, spec.Type)
+	if lock != nil {
+		fmt.Fprintf(out, "object lock: %s mode, %d days: every immutable object stays undeletable for %d days after it is written\n",
+			lock.Mode, lock.PeriodSeconds/86400, lock.PeriodSeconds/86400)
+	}
 	for _, w := range res.Warnings {
 		fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
 	}
