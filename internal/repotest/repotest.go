@@ -11,16 +11,19 @@ import (
 	"iter"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"filippo.io/age"
 
+	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/location"
 	"github.com/tidemarkdb/tidemark/storage/mem"
 )
 
@@ -33,6 +36,7 @@ type Fixture struct {
 	Store    *AgedStore
 	Identity *age.X25519Identity
 	Repo     *repo.Repo
+	raw      storage.Store // what Open opens, when not Store
 }
 
 // New initialises a repository on a fresh in-memory store.
@@ -55,10 +59,37 @@ func New(t testing.TB) *Fixture {
 	return &Fixture{Store: st, Identity: id, Repo: r}
 }
 
+// NewLocked initialises a locked repository on st, which must be able to
+// lock objects (an S3 bucket with object lock, through storage/location).
+// Store views st without the capability: writes through it bypass the
+// lock, as a test that plants objects wants; Repo and Open write through
+// the lock.
+func NewLocked(t testing.TB, st storage.Store, lock *repo.Lock) *Fixture {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := repo.ParseRecipient(id.Recipient().String(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := repo.Init(context.Background(), st, repo.InitOptions{Key: spec, PackSize: PackSize, Lock: lock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return &Fixture{Store: &AgedStore{Store: st}, Identity: id, Repo: r, raw: st}
+}
+
 // Open opens the repository again: another process's view of it.
 func (f *Fixture) Open(t testing.TB) *repo.Repo {
 	t.Helper()
-	r, err := repo.Open(context.Background(), f.Store, []age.Identity{f.Identity}, repo.Options{})
+	var st storage.Store = f.Store
+	if f.raw != nil {
+		st = f.raw
+	}
+	r, err := repo.Open(context.Background(), st, []age.Identity{f.Identity}, repo.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,4 +273,21 @@ func (s *AgedStore) List(ctx context.Context, prefix, startAfter string) iter.Se
 			}
 		}
 	}
+}
+
+// LockedMinIO opens a fresh object-lock bucket of srv through
+// storage/location, as tidemark would, for NewLocked.
+func LockedMinIO(t testing.TB, srv *testenv.S3Server) storage.Store {
+	t.Helper()
+	env := map[string]string{}
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	st, err := location.Open(context.Background(), srv.URL(srv.NewLockedBucket(t), "repo"),
+		location.Options{Getenv: func(k string) string { return env[k] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
