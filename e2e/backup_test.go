@@ -10,9 +10,6 @@ import (
 	"syscall"
 	"testing"
 
-	"filippo.io/age"
-	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage"
@@ -29,49 +26,11 @@ import (
 // small database makes many packs and index deltas.
 func backupEnv(t *testing.T, s3 bool, packSize int64) *restoreEnv {
 	t.Helper()
-	e := &restoreEnv{t: t, bin: testenv.Tidemark(t), shared: testenv.SharedDir(t)}
+	backend := "file"
 	if s3 {
-		srv := testenv.MinIO(t)
-		// testenv reports MinIO ready a moment before it stops answering
-		// 503 "server not initialized" on a loaded machine.
-		waitFor(t, func() bool {
-			_, err := srv.Client().ListBuckets(t.Context(), &awss3.ListBucketsInput{})
-			return err == nil
-		})
-		e.url = srv.URL(srv.NewBucket(t), "tidemark")
-		e.env = srv.Env()
-		for _, kv := range e.env {
-			k, v, _ := strings.Cut(kv, "=")
-			t.Setenv(k, v)
-		}
-	} else {
-		e.url = "file://" + filepath.Join(e.shared, "repo")
+		backend = "s3"
 	}
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.identity = filepath.Join(e.shared, "identity.txt")
-	if err := os.WriteFile(e.identity, []byte(id.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	testenv.ChownToServer(t, e.identity)
-	st, err := location.Open(t.Context(), e.url, location.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := repo.ParseRecipient(id.Recipient().String(), "e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(t.Context(), st, repo.InitOptions{Key: spec, PackSize: packSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	if !s3 {
-		testenv.ChownToServer(t, filepath.Join(e.shared, "repo"))
-	}
+	e := newBackendEnv(t, backend, repo.InitOptions{PackSize: packSize})
 	t.Cleanup(func() {
 		if !t.Failed() {
 			e.checkKeysDocumented()

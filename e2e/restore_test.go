@@ -29,52 +29,18 @@ type restoreEnv struct {
 	bin      string
 	url      string
 	identity string
-	env      []string // for tidemark and the servers (S3 credentials)
-	shared   string   // a directory the server user owns
+	env      []string          // for tidemark and the servers (S3 credentials)
+	shared   string            // a directory the server user owns
+	s3       *testenv.S3Server // the S3 server, for backends on one
 }
 
 func newRestoreEnv(t *testing.T, s3 bool) *restoreEnv {
 	t.Helper()
-	e := &restoreEnv{t: t, bin: testenv.Tidemark(t), shared: testenv.SharedDir(t)}
+	backend := "file"
 	if s3 {
-		srv := testenv.MinIO(t)
-		e.url = srv.URL(srv.NewBucket(t), "tidemark")
-		e.env = srv.Env()
-	} else {
-		e.url = "file://" + filepath.Join(e.shared, "repo")
+		backend = "s3"
 	}
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.identity = filepath.Join(e.shared, "identity.txt")
-	if err := os.WriteFile(e.identity, []byte(id.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	testenv.ChownToServer(t, e.identity)
-	// The repository is made through the Go API: init's own flags are not
-	// what this test is about.
-	for _, kv := range e.env {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	st, err := location.Open(t.Context(), e.url, location.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := repo.ParseRecipient(id.Recipient().String(), "e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(t.Context(), st, repo.InitOptions{Key: spec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	if !s3 {
-		testenv.ChownToServer(t, filepath.Join(e.shared, "repo"))
-	}
-	return e
+	return newBackendEnv(t, backend, repo.InitOptions{})
 }
 
 func (e *restoreEnv) repoArgs() []string {
