@@ -118,3 +118,24 @@ func (r *Repo) StillLocked(key string, mod, now time.Time) bool {
 
 // IsLocked reports a delete the store refused because of the lock.
 func IsLocked(err error) bool { return errors.Is(err, storage.ErrLocked) }
+
+// versionRestorer is the optional capability of a store that keeps object
+// versions (an S3 bucket with object lock) to bring back the original of
+// an object that was deleted or overwritten.
+type versionRestorer interface {
+	RestoreOriginals(ctx context.Context, covers func(key string) bool) (restored, lost []string, err error)
+}
+
+// RestoreOriginals brings back every object of a locked repository that
+// someone deleted or overwrote (each was written once, so its oldest
+// version is the original): the recovery after an attacker with the
+// repository's credentials tried to destroy it. It works on the store
+// alone, since the config and key files may be hidden too. restored are
+// the keys brought back, lost those with no version left.
+func RestoreOriginals(ctx context.Context, store storage.Store) (restored, lost []string, err error) {
+	vr, ok := store.(versionRestorer)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s keeps no object versions to restore from: only an s3:// repository in a bucket with object lock does", store)
+	}
+	return vr.RestoreOriginals(ctx, LockCovers)
+}

@@ -33,10 +33,16 @@ func commonFlags() []cli.Flag {
 
 // repoFlags locate and unlock the repository.
 func repoFlags() []cli.Flag {
-	return []cli.Flag{
-		stringFlag("repo", "repository URL: file:///path or s3://bucket/prefix?endpoint=...&region=...&path-style=true&ca-file=..."),
+	return append(repoURLFlags(),
 		&cli.StringSliceFlag{Name: "identity", Usage: "age identity file that unlocks the repository (repeatable)", EnvVars: []string{envName("identity")}},
 		stringFlag("passphrase-file", "file holding a passphrase that unlocks the repository"),
+	)
+}
+
+// repoURLFlags locate the repository, for commands that need no key.
+func repoURLFlags() []cli.Flag {
+	return []cli.Flag{
+		stringFlag("repo", "repository URL: file:///path, s3://bucket/prefix?endpoint=...&region=..., azure://container/prefix?account=... or gs://bucket/prefix"),
 	}
 }
 

@@ -21,8 +21,44 @@ func repairCommand() *cli.Command {
 				&cli.BoolFlag{Name: "full", Usage: "rebuild the whole index from every pack's trailer", EnvVars: []string{envName("full")}},
 			}),
 			Action: runRepairIndex,
+		}, {
+			Name:  "versions",
+			Usage: "bring back the objects of a locked repository that were deleted or overwritten",
+			Description: "For a repository made with init --lock-days, after someone with its credentials deleted or\n" +
+				"overwrote objects: every locked object (config, keys, packs, index, snapshots, WAL) was written once,\n" +
+				"so its oldest version in the bucket is the original and the lock kept it. The versions and delete\n" +
+				"markers hiding it are removed (or, when locked themselves, the original is copied over them). Needs no\n" +
+				"identity. Leases, quarantine records and verify's state are not restored; delete stray ones by hand.",
+			Flags:  repoURLFlags(),
+			Action: runRepairVersions,
 		}},
 	}
+}
+
+func runRepairVersions(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(c, log)
+	if err != nil {
+		return err
+	}
+	restored, lost, err := repo.RestoreOriginals(c.Context, st)
+	for _, k := range restored {
+		fmt.Fprintf(c.App.Writer, "restored %s\n", k)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%d objects restored to their original version\n", len(restored))
+	for _, k := range lost {
+		fmt.Fprintf(c.App.ErrWriter, "no version left: %s\n", k)
+	}
+	if len(lost) > 0 {
+		return &repo.CorruptError{Key: lost[0], Err: fmt.Errorf("%d objects have no version left; run 'tidemark verify' to see which snapshots they affect", len(lost))}
+	}
+	return nil
 }
 
 func runRepairIndex(c *cli.Context) error {

@@ -485,3 +485,19 @@ func (s *Store) WithRetention(r storage.Retention) (storage.Store, error) {
 	}
 	return &Store{inner: inner, opts: s.opts}, nil
 }
+
+// RestoreOriginals passes the wrapped store's version recovery on (see
+// storage/s3), once retried.
+func (s *Store) RestoreOriginals(ctx context.Context, covers func(key string) bool) (restored, lost []string, err error) {
+	ro, ok := s.inner.(interface {
+		RestoreOriginals(ctx context.Context, covers func(key string) bool) ([]string, []string, error)
+	})
+	if !ok {
+		return nil, nil, fmt.Errorf("%s keeps no object versions to restore from (S3 buckets with object lock do): %w", s.inner, storage.ErrPermanent)
+	}
+	err = s.do(ctx, "restore versions", "", func() error {
+		restored, lost, err = ro.RestoreOriginals(ctx, covers)
+		return err
+	})
+	return restored, lost, err
+}

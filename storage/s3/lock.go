@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -255,4 +256,75 @@ func (l *Locked) deleteVersions(ctx context.Context, vs map[string][]version) er
 			msg: fmt.Sprintf("%v (%d objects still locked; they can be deleted once their retention date has passed)", storage.ErrLocked, len(locked))}}
 	}
 	return nil
+}
+
+// RestoreOriginals undoes deletes and overwrites of the objects covers
+// names, in a bucket with object lock: a covered object is written once,
+// so its oldest version is the original, and any newer version or delete
+// marker (an attacker's, with the same credentials) hides it. The newer
+// versions are deleted, or, when they cannot be (locked themselves), the
+// original is copied over them. restored lists the keys brought back;
+// lost those whose every version is gone (possible only once the lock
+// has passed). It needs no repository: the config itself may be hidden.
+func (s *Store) RestoreOriginals(ctx context.Context, covers func(key string) bool) (restored, lost []string, err error) {
+	byKey := map[string][]version{}
+	in := &s3.ListObjectVersionsInput{Bucket: aws.String(s.bucket), Prefix: aws.String(s.prefix)}
+	for {
+		page, err := s.client.ListObjectVersions(ctx, in)
+		if err != nil {
+			return nil, nil, s.classify(ctx, "list versions", "", err)
+		}
+		for _, v := range page.Versions {
+			if k := strings.TrimPrefix(aws.ToString(v.Key), s.prefix); covers(k) {
+				byKey[k] = append(byKey[k], version{id: aws.ToString(v.VersionId), mod: aws.ToTime(v.LastModified)})
+			}
+		}
+		for _, m := range page.DeleteMarkers {
+			if k := strings.TrimPrefix(aws.ToString(m.Key), s.prefix); covers(k) {
+				byKey[k] = append(byKey[k], version{id: aws.ToString(m.VersionId), marker: true, mod: aws.ToTime(m.LastModified)})
+			}
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			break
+		}
+		in.KeyMarker, in.VersionIdMarker = page.NextKeyMarker, page.NextVersionIdMarker
+	}
+	l := &Locked{Store: s}
+	for _, k := range slices.Sorted(maps.Keys(byKey)) {
+		vs := byKey[k]
+		// Oldest first; the original is the oldest real version.
+		slices.SortStableFunc(vs, func(a, b version) int { return a.mod.Compare(b.mod) })
+		orig := slices.IndexFunc(vs, func(v version) bool { return !v.marker })
+		if orig < 0 {
+			lost = append(lost, k)
+			continue
+		}
+		newer := vs[orig+1:]
+		if len(newer) == 0 {
+			continue
+		}
+		err := l.deleteVersions(ctx, map[string][]version{k: newer})
+		if errors.Is(err, storage.ErrLocked) {
+			// The hiding versions are locked too: put the original on top.
+			src := s.bucket + "/" + s.prefix + k + "?versionId=" + vs[orig].id
+			_, err = s.client.CopyObject(ctx, &s3.CopyObjectInput{Bucket: aws.String(s.bucket), Key: s.fullKey(k),
+				CopySource: aws.String(escapeCopySource(src))})
+			err = s.classify(ctx, "restore", k, err)
+		}
+		if err != nil {
+			return restored, lost, err
+		}
+		restored = append(restored, k)
+	}
+	return restored, lost, nil
+}
+
+// escapeCopySource URL-escapes the key part of an x-amz-copy-source.
+func escapeCopySource(src string) string {
+	path, query, _ := strings.Cut(src, "?")
+	segs := strings.Split(path, "/")
+	for i, seg := range segs {
+		segs[i] = url.PathEscape(seg)
+	}
+	return strings.Join(segs, "/") + "?" + query
 }
