@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -57,7 +58,19 @@ func MinIO(t testing.TB) *S3Server { return startMinIO(t, false) }
 // 127.0.0.1; CAFile holds the certificate.
 func MinIOTLS(t testing.TB) *S3Server { return startMinIO(t, true) }
 
-func startMinIO(t testing.TB, useTLS bool) *S3Server {
+// MinIOKMSKey is the one KMS key of MinIOWithKMS, for SSE-KMS.
+const MinIOKMSKey = "tidemark-test-key"
+
+// MinIOWithKMS starts a MinIO server with a built-in KMS holding one key,
+// MinIOKMSKey, so that SSE-KMS uploads naming it are encrypted and others
+// refused.
+func MinIOWithKMS(t testing.TB) *S3Server {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return startMinIO(t, false, "MINIO_KMS_SECRET_KEY="+MinIOKMSKey+":"+base64.StdEncoding.EncodeToString(key))
+}
+
+func startMinIO(t testing.TB, useTLS bool, env ...string) *S3Server {
 	t.Helper()
 	bin := FindBinary("minio", "TIDEMARK_MINIO_BIN", filepath.Join(DepsDir(), "bin"))
 	if bin == "" {
@@ -89,6 +102,7 @@ func startMinIO(t testing.TB, useTLS bool) *S3Server {
 	s.env = append(os.Environ(),
 		"MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
+	s.env = append(s.env, env...)
 	s.ready = func(ctx context.Context, c *http.Client) bool {
 		return httpStatus(ctx, c, s.Endpoint+"/minio/health/ready") == http.StatusOK
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"syscall"
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -143,6 +144,8 @@ func (s *Store) describeAPI(op, code, message string, status int, err error) *s3
 		return hint("the server rejected the request signature: check AWS_SECRET_ACCESS_KEY")
 	case "AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException", "InvalidRegion":
 		return hint(fmt.Sprintf("bucket %q is not in region %q: set region= in the repository URL", s.bucket, s.region()))
+	case "InvalidStorageClass":
+		return hint("the server does not offer this storage class: change storage-class=, data-storage-class= or wal-storage-class= in the repository URL")
 	case "RequestTimeTooSkewed":
 		return hint("the server refused this machine's clock: synchronise the clock (NTP)")
 	case "NotImplemented":
@@ -156,6 +159,9 @@ func (s *Store) describeAPI(op, code, message string, status int, err error) *s3
 		"XMinioServerNotInitialized", "XMinioReadQuorum", "XMinioWriteQuorum":
 		e.msg = detail
 		return e
+	}
+	if strings.HasPrefix(code, "KMS.") || strings.HasPrefix(code, "kms:") {
+		return hint("the server-side encryption key was refused: check sse-kms-key-id= in the repository URL and that these credentials may use the key")
 	}
 	switch {
 	case status == 404 && code == "":
