@@ -195,12 +195,7 @@ func (s *Store) Client() *container.Client { return s.c }
 
 func (s *Store) blob(key string) *blockblob.Client { return s.c.NewBlockBlobClient(s.prefix + key) }
 
-func checkKey(op, key string) error {
-	if why := driver.KeyProblem(key); why != "" {
-		return &storage.Error{Op: op, Key: key, Err: &azError{msg: "invalid key: " + why, permanent: true}}
-	}
-	return nil
-}
+func checkKey(op, key string) error { return driver.CheckKey(op, key) }
 
 // Put writes the object, replacing any existing one.
 func (s *Store) Put(ctx context.Context, key string, r io.ReaderAt, size int64) error {
@@ -213,14 +208,8 @@ func (s *Store) Create(ctx context.Context, key string, r io.ReaderAt, size int6
 }
 
 func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool) error {
-	if err := checkKey(op, key); err != nil {
+	if err := driver.CheckPut(ctx, op, key, size); err != nil {
 		return err
-	}
-	if size < 0 {
-		return &storage.Error{Op: op, Key: key, Err: &azError{msg: fmt.Sprintf("invalid size %d", size), permanent: true}}
-	}
-	if err := ctx.Err(); err != nil {
-		return &storage.Error{Op: op, Key: key, Err: err}
 	}
 	var cond *blob.AccessConditions
 	if create {
@@ -233,14 +222,14 @@ func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int
 			if _, err := s.Head(ctx, key); err == nil {
 				return s.exists(op, key)
 			} else if !errors.Is(err, storage.ErrNotFound) {
-				return renameOp(err, op)
+				return driver.RenameOp(err, op)
 			}
 		}
 		return s.putBlocks(ctx, op, key, r, size, cond)
 	}
 	sum, err := md5sum(r, 0, size)
 	if err != nil {
-		return s.sourceError(ctx, op, key, err)
+		return driver.SourceError(ctx, op, key, err)
 	}
 	src := driver.NewSource(r, 0, size)
 	_, err = s.blob(key).Upload(ctx, src, &blockblob.UploadOptions{
@@ -249,7 +238,7 @@ func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int
 	})
 	if err != nil {
 		if f := src.Failure(); f != nil {
-			return s.sourceError(ctx, op, key, f)
+			return driver.SourceError(ctx, op, key, f)
 		}
 		return s.classify(ctx, op, key, err)
 	}
@@ -284,14 +273,14 @@ func (s *Store) putBlocks(ctx context.Context, op, key string, r io.ReaderAt, si
 		sum, err := md5sum(r, b.off, b.len)
 		if err != nil {
 			cancel()
-			return s.sourceError(ctx, op, key, err)
+			return driver.SourceError(ctx, op, key, err)
 		}
 		src := driver.NewSource(r, b.off, b.len)
 		_, err = bc.StageBlock(ctx, b.id, src, &blockblob.StageBlockOptions{TransactionalValidation: blob.TransferValidationTypeMD5(sum)})
 		if err != nil {
 			cancel()
 			if f := src.Failure(); f != nil {
-				return s.sourceError(ctx, op, key, f)
+				return driver.SourceError(ctx, op, key, f)
 			}
 			return s.classify(ctx, op, key, err)
 		}
@@ -318,23 +307,8 @@ func md5sum(r io.ReaderAt, off, n int64) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-func (s *Store) sourceError(ctx context.Context, op, key string, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return &storage.Error{Op: op, Key: key, Err: ctxErr}
-	}
-	return &storage.Error{Op: op, Key: key, Err: fmt.Errorf("read the data to upload: %w", err)}
-}
-
 func (s *Store) exists(op, key string) error {
-	return &storage.Error{Op: op, Key: key, Err: &azError{msg: storage.ErrExists.Error(), sentinel: storage.ErrExists}}
-}
-
-func renameOp(err error, op string) error {
-	var se *storage.Error
-	if errors.As(err, &se) {
-		se.Op = op
-	}
-	return err
+	return &storage.Error{Op: op, Key: key, Err: &driver.Cause{Msg: storage.ErrExists.Error(), Sentinel: storage.ErrExists}}
 }
 
 // Get opens the whole object.
@@ -346,7 +320,7 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, s.classify(ctx, "get", key, err)
 	}
-	return &body{s: s, ctx: ctx, key: key, rc: resp.Body, size: deref(resp.ContentLength)}, nil
+	return s.body(ctx, key, resp.Body, deref(resp.ContentLength)), nil
 }
 
 // GetRange opens length bytes from off. The service answers a range that
@@ -356,10 +330,7 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 	if err := checkKey("get", key); err != nil {
 		return nil, err
 	}
-	rangeErr := func(size string) error {
-		return &storage.Error{Op: "get", Key: key, Err: &azError{sentinel: storage.ErrRange,
-			msg: fmt.Sprintf("bytes %d-%d of %s: %v", off, off+length, size, storage.ErrRange)}}
-	}
+	rangeErr := func(size string) error { return driver.RangeError(key, off, length, size) }
 	if off < 0 || length < 0 {
 		return nil, rangeErr("the object")
 	}
@@ -367,12 +338,12 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		// A zero count means "to the end" to the SDK: ask for the size.
 		info, err := s.Head(ctx, key)
 		if err != nil {
-			return nil, renameOp(err, "get")
+			return nil, driver.RenameOp(err, "get")
 		}
 		if off > info.Size {
 			return nil, rangeErr(fmt.Sprint(info.Size))
 		}
-		return &body{s: s, ctx: ctx, key: key, rc: io.NopCloser(bytes.NewReader(nil))}, nil
+		return s.body(ctx, key, io.NopCloser(bytes.NewReader(nil)), 0), nil
 	}
 	resp, err := s.blob(key).DownloadStream(ctx, &blob.DownloadStreamOptions{Range: blob.HTTPRange{Offset: off, Count: length}})
 	if err != nil {
@@ -390,31 +361,8 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		}
 		return nil, rangeErr(total)
 	}
-	return &body{s: s, ctx: ctx, key: key, rc: resp.Body, size: length}, nil
+	return s.body(ctx, key, resp.Body, length), nil
 }
-
-// body classifies read errors like request errors, so a connection reset
-// mid-body is a transient *storage.Error that storage/retry resumes from.
-type body struct {
-	s    *Store
-	ctx  context.Context
-	key  string
-	rc   io.ReadCloser
-	size int64
-}
-
-func (b *body) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
-		err = b.s.classify(b.ctx, "get", b.key, err)
-	}
-	return n, err
-}
-
-func (b *body) Close() error { return b.rc.Close() }
-
-// Size is the number of bytes the body delivers in total.
-func (b *body) Size() int64 { return b.size }
 
 // Head returns the object's size and modification time.
 func (s *Store) Head(ctx context.Context, key string) (storage.ObjectInfo, error) {
@@ -483,57 +431,25 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	})
 }
 
-// azError is the cause inside the *storage.Error this package returns.
-type azError struct {
-	msg       string
-	cause     error
-	sentinel  error
-	permanent bool
-}
-
-func (e *azError) Error() string { return e.msg }
-
-func (e *azError) Unwrap() []error {
-	errs := make([]error, 0, 3)
-	if e.sentinel != nil {
-		errs = append(errs, e.sentinel)
-	}
-	if e.permanent {
-		errs = append(errs, storage.ErrPermanent)
-	}
-	if e.cause != nil {
-		errs = append(errs, e.cause)
-	}
-	return errs
-}
-
-// classify turns an SDK error into a *storage.Error. The caller's context
-// ending wins and is never transient.
+// classify turns an SDK error into a *storage.Error.
 func (s *Store) classify(ctx context.Context, op, key string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return &storage.Error{Op: op, Key: key, Err: ctxErr}
-	}
-	e := s.describe(op, err)
-	return &storage.Error{Op: op, Key: key, Err: e, Transient: !e.permanent && e.sentinel == nil}
+	return driver.Classify(ctx, op, key, err, func(err error) *driver.Cause { return s.describe(op, err) })
 }
 
-func (s *Store) describe(op string, err error) *azError {
-	e := &azError{cause: err}
+func (s *Store) describe(op string, err error) *driver.Cause {
+	e := &driver.Cause{Err: err}
 	var re *azcore.ResponseError
 	if !errors.As(err, &re) {
-		e.msg = err.Error()
+		e.Msg = err.Error()
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			e.msg = ue.Err.Error()
+			e.Msg = ue.Err.Error()
 		}
 		if !driver.NetTransient(err) {
-			e.permanent = true
+			e.Permanent = true
 			var ae *azidentity.AuthenticationFailedError
-			if errors.As(err, &ae) || strings.Contains(e.msg, "DefaultAzureCredential") {
-				e.msg = "no usable Azure credential: set AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or configure the Azure default credential chain (" + e.msg + ")"
+			if errors.As(err, &ae) || strings.Contains(e.Msg, "DefaultAzureCredential") {
+				e.Msg = "no usable Azure credential: set AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or configure the Azure default credential chain (" + e.Msg + ")"
 			}
 		}
 		return e
@@ -543,17 +459,17 @@ func (s *Store) describe(op string, err error) *azError {
 	if detail == "" {
 		detail = fmt.Sprintf("HTTP %d", status)
 	}
-	hint := func(h string) *azError {
-		e.msg, e.permanent = h+" ("+detail+")", true
+	hint := func(h string) *driver.Cause {
+		e.Msg, e.Permanent = h+" ("+detail+")", true
 		return e
 	}
 	switch {
 	case bloberror.HasCode(err, bloberror.BlobNotFound):
-		e.msg, e.sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
+		e.Msg, e.Sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
 	case bloberror.HasCode(err, bloberror.InvalidRange) || status == 416:
-		e.msg, e.sentinel = "byte range outside the object ("+detail+")", storage.ErrRange
+		e.Msg, e.Sentinel = "byte range outside the object ("+detail+")", storage.ErrRange
 	case (op == "create") && (bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) || status == 412 || status == 409):
-		e.msg, e.sentinel = storage.ErrExists.Error(), storage.ErrExists
+		e.Msg, e.Sentinel = storage.ErrExists.Error(), storage.ErrExists
 	case bloberror.HasCode(err, bloberror.ContainerNotFound):
 		return hint(fmt.Sprintf("container %q does not exist in account %q: check the repository URL, or create the container", s.opts.Container, s.opts.Account))
 	case bloberror.HasCode(err, bloberror.AuthenticationFailed, bloberror.AuthorizationFailure, bloberror.AuthorizationPermissionMismatch,
@@ -561,13 +477,13 @@ func (s *Store) describe(op string, err error) *azError {
 		return hint(fmt.Sprintf("access to container %q of account %q denied: check AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or the identity's role on the container", s.opts.Container, s.opts.Account))
 	case bloberror.HasCode(err, bloberror.MD5Mismatch, bloberror.CRC64Mismatch):
 		// Damaged in transit: sending it again may well work.
-		e.msg = "the service received a body that does not match its checksum (" + detail + ")"
+		e.Msg = "the service received a body that does not match its checksum (" + detail + ")"
 	case status == 404 && code == "":
-		e.msg, e.sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
+		e.Msg, e.Sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
 	case status >= 500 || status == 429 || status == 408 || bloberror.HasCode(err, bloberror.ServerBusy, bloberror.OperationTimedOut, bloberror.InternalError):
-		e.msg = detail
+		e.Msg = detail
 	default:
-		e.msg, e.permanent = detail, true
+		e.Msg, e.Permanent = detail, true
 	}
 	return e
 }
@@ -579,4 +495,9 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// body classifies the read errors of a response body.
+func (s *Store) body(ctx context.Context, key string, rc io.ReadCloser, n int64) *driver.Body {
+	return &driver.Body{RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
 }

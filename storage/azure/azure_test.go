@@ -93,36 +93,11 @@ func TestAzurite(t *testing.T) {
 	t.Run("SmallListPages", func(t *testing.T) {
 		o := options(t, srv)
 		o.ListPageSize = 3
-		s := newStore(t, o)
-		var want []string
-		for i := range 10 {
-			k := fmt.Sprintf("k%02d", i)
-			want = append(want, k)
-			storagetest.PutBytes(t, s, k, nil)
-		}
-		if got := storagetest.ListKeys(t, s, "", "k01"); strings.Join(got, ",") != strings.Join(want[2:], ",") {
-			t.Fatalf("paged list = %q", got)
-		}
+		storagetest.PagedList(t, newStore(t, o))
 	})
 	t.Run("Outage", func(t *testing.T) {
-		o := options(t, srv)
-		s := retry.New(newStore(t, o), retry.Options{MaxElapsed: time.Minute, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
-		srv.Stop()
-		restarted := make(chan error, 1)
-		go func() {
-			time.Sleep(time.Second)
-			restarted <- srv.Start()
-		}()
-		data := storagetest.Data(9, 1<<20)
-		if err := s.Put(context.Background(), "during-outage", bytes.NewReader(data), int64(len(data))); err != nil {
-			t.Fatalf("put across an outage: %v", err)
-		}
-		if err := <-restarted; err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(storagetest.ReadAll(t, s, "during-outage"), data) {
-			t.Fatal("content differs")
-		}
+		s := retry.New(newStore(t, options(t, srv)), retry.Options{MaxElapsed: time.Minute, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
+		storagetest.Outage(t, s, srv.Stop, srv.Start)
 	})
 }
 

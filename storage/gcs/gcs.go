@@ -153,12 +153,7 @@ func (s *Store) Bucket() *gcs.BucketHandle { return s.bkt }
 
 func (s *Store) obj(key string) *gcs.ObjectHandle { return s.bkt.Object(s.prefix + key) }
 
-func checkKey(op, key string) error {
-	if why := driver.KeyProblem(key); why != "" {
-		return &storage.Error{Op: op, Key: key, Err: &gcsError{msg: "invalid key: " + why, permanent: true}}
-	}
-	return nil
-}
+func checkKey(op, key string) error { return driver.CheckKey(op, key) }
 
 // Put writes the object, replacing any existing one.
 func (s *Store) Put(ctx context.Context, key string, r io.ReaderAt, size int64) error {
@@ -173,18 +168,12 @@ func (s *Store) Create(ctx context.Context, key string, r io.ReaderAt, size int6
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int64, create bool) error {
-	if err := checkKey(op, key); err != nil {
+	if err := driver.CheckPut(ctx, op, key, size); err != nil {
 		return err
-	}
-	if size < 0 {
-		return &storage.Error{Op: op, Key: key, Err: &gcsError{msg: fmt.Sprintf("invalid size %d", size), permanent: true}}
-	}
-	if err := ctx.Err(); err != nil {
-		return &storage.Error{Op: op, Key: key, Err: err}
 	}
 	h := crc32.New(castagnoli)
 	if _, err := io.Copy(h, io.NewSectionReader(r, 0, size)); err != nil {
-		return s.sourceError(ctx, op, key, err)
+		return driver.SourceError(ctx, op, key, err)
 	}
 	o := s.obj(key)
 	if create {
@@ -206,7 +195,7 @@ func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int
 		cancel()
 		w.Close()
 		if f := src.Failure(); f != nil {
-			return s.sourceError(ctx, op, key, f)
+			return driver.SourceError(ctx, op, key, f)
 		}
 		return s.classify(ctx, op, key, err)
 	}
@@ -214,21 +203,6 @@ func (s *Store) put(ctx context.Context, op, key string, r io.ReaderAt, size int
 		return s.classify(ctx, op, key, err)
 	}
 	return nil
-}
-
-func (s *Store) sourceError(ctx context.Context, op, key string, err error) error {
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return &storage.Error{Op: op, Key: key, Err: ctxErr}
-	}
-	return &storage.Error{Op: op, Key: key, Err: fmt.Errorf("read the data to upload: %w", err)}
-}
-
-func renameOp(err error, op string) error {
-	var se *storage.Error
-	if errors.As(err, &se) {
-		se.Op = op
-	}
-	return err
 }
 
 // Get opens the whole object.
@@ -240,7 +214,7 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, s.classify(ctx, "get", key, err)
 	}
-	return &body{s: s, ctx: ctx, key: key, rc: rd, size: rd.Remain()}, nil
+	return s.body(ctx, key, rd, rd.Remain()), nil
 }
 
 // GetRange opens length bytes from off; a range past the end is ErrRange
@@ -249,22 +223,19 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 	if err := checkKey("get", key); err != nil {
 		return nil, err
 	}
-	rangeErr := func(size string) error {
-		return &storage.Error{Op: "get", Key: key, Err: &gcsError{sentinel: storage.ErrRange,
-			msg: fmt.Sprintf("bytes %d-%d of %s: %v", off, off+length, size, storage.ErrRange)}}
-	}
+	rangeErr := func(size string) error { return driver.RangeError(key, off, length, size) }
 	if off < 0 || length < 0 {
 		return nil, rangeErr("the object")
 	}
 	if length == 0 {
 		info, err := s.Head(ctx, key)
 		if err != nil {
-			return nil, renameOp(err, "get")
+			return nil, driver.RenameOp(err, "get")
 		}
 		if off > info.Size {
 			return nil, rangeErr(fmt.Sprint(info.Size))
 		}
-		return &body{s: s, ctx: ctx, key: key, rc: io.NopCloser(bytes.NewReader(nil))}, nil
+		return s.body(ctx, key, io.NopCloser(bytes.NewReader(nil)), 0), nil
 	}
 	rd, err := s.obj(key).NewRangeReader(ctx, off, length)
 	if err != nil {
@@ -278,31 +249,8 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		rd.Close()
 		return nil, rangeErr(fmt.Sprint(rd.Attrs.Size))
 	}
-	return &body{s: s, ctx: ctx, key: key, rc: rd, size: length}, nil
+	return s.body(ctx, key, rd, length), nil
 }
-
-// body classifies read errors like request errors, so a connection reset
-// mid-body is a transient *storage.Error that storage/retry resumes from.
-type body struct {
-	s    *Store
-	ctx  context.Context
-	key  string
-	rc   io.ReadCloser
-	size int64
-}
-
-func (b *body) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
-		err = b.s.classify(b.ctx, "get", b.key, err)
-	}
-	return n, err
-}
-
-func (b *body) Close() error { return b.rc.Close() }
-
-// Size is the number of bytes the body delivers in total.
-func (b *body) Size() int64 { return b.size }
 
 // Head returns the object's size and modification time.
 func (s *Store) Head(ctx context.Context, key string) (storage.ObjectInfo, error) {
@@ -371,60 +319,28 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	})
 }
 
-// gcsError is the cause inside the *storage.Error this package returns.
-type gcsError struct {
-	msg       string
-	cause     error
-	sentinel  error
-	permanent bool
-}
-
-func (e *gcsError) Error() string { return e.msg }
-
-func (e *gcsError) Unwrap() []error {
-	errs := make([]error, 0, 3)
-	if e.sentinel != nil {
-		errs = append(errs, e.sentinel)
-	}
-	if e.permanent {
-		errs = append(errs, storage.ErrPermanent)
-	}
-	if e.cause != nil {
-		errs = append(errs, e.cause)
-	}
-	return errs
-}
-
-// classify turns an SDK error into a *storage.Error. The caller's context
-// ending wins and is never transient.
+// classify turns an SDK error into a *storage.Error.
 func (s *Store) classify(ctx context.Context, op, key string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if ctxErr := ctx.Err(); ctxErr != nil {
-		return &storage.Error{Op: op, Key: key, Err: ctxErr}
-	}
-	e := s.describe(op, err)
-	return &storage.Error{Op: op, Key: key, Err: e, Transient: !e.permanent && e.sentinel == nil}
+	return driver.Classify(ctx, op, key, err, func(err error) *driver.Cause { return s.describe(op, err) })
 }
 
-func (s *Store) describe(op string, err error) *gcsError {
-	e := &gcsError{cause: err, msg: err.Error()}
+func (s *Store) describe(op string, err error) *driver.Cause {
+	e := &driver.Cause{Err: err, Msg: err.Error()}
 	if errors.Is(err, gcs.ErrObjectNotExist) {
-		e.msg, e.sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
+		e.Msg, e.Sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
 		return e
 	}
 	if errors.Is(err, gcs.ErrBucketNotExist) {
-		e.msg, e.permanent = fmt.Sprintf("bucket %q does not exist: check the bucket name in the repository URL, or create the bucket", s.opts.Bucket), true
+		e.Msg, e.Permanent = fmt.Sprintf("bucket %q does not exist: check the bucket name in the repository URL, or create the bucket", s.opts.Bucket), true
 		return e
 	}
 	var ge *googleapi.Error
 	if !errors.As(err, &ge) {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			e.msg = ue.Err.Error()
+			e.Msg = ue.Err.Error()
 		}
-		e.permanent = !driver.NetTransient(err)
+		e.Permanent = !driver.NetTransient(err)
 		return e
 	}
 	detail := fmt.Sprintf("HTTP %d", ge.Code)
@@ -434,22 +350,27 @@ func (s *Store) describe(op string, err error) *gcsError {
 	switch c := ge.Code; {
 	case c == http.StatusNotFound:
 		if strings.Contains(strings.ToLower(ge.Message), "bucket") {
-			e.msg, e.permanent = fmt.Sprintf("bucket %q does not exist: check the bucket name in the repository URL, or create the bucket (%s)", s.opts.Bucket, detail), true
+			e.Msg, e.Permanent = fmt.Sprintf("bucket %q does not exist: check the bucket name in the repository URL, or create the bucket (%s)", s.opts.Bucket, detail), true
 		} else {
-			e.msg, e.sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
+			e.Msg, e.Sentinel = storage.ErrNotFound.Error(), storage.ErrNotFound
 		}
 	case c == http.StatusRequestedRangeNotSatisfiable:
-		e.msg, e.sentinel = "byte range outside the object ("+detail+")", storage.ErrRange
+		e.Msg, e.Sentinel = "byte range outside the object ("+detail+")", storage.ErrRange
 	case c == http.StatusPreconditionFailed && op == "create":
-		e.msg, e.sentinel = storage.ErrExists.Error(), storage.ErrExists
+		e.Msg, e.Sentinel = storage.ErrExists.Error(), storage.ErrExists
 	case c == http.StatusUnauthorized || c == http.StatusForbidden:
-		e.msg, e.permanent = fmt.Sprintf("access to bucket %q denied: check the Application Default Credentials and the account's role on the bucket (%s)", s.opts.Bucket, detail), true
+		e.Msg, e.Permanent = fmt.Sprintf("access to bucket %q denied: check the Application Default Credentials and the account's role on the bucket (%s)", s.opts.Bucket, detail), true
 	case c == http.StatusBadRequest && strings.Contains(strings.ToLower(ge.Message), "checksum"):
-		e.msg = "the service received a body that does not match its checksum (" + detail + ")"
+		e.Msg = "the service received a body that does not match its checksum (" + detail + ")"
 	case c >= 500 || c == http.StatusTooManyRequests || c == http.StatusRequestTimeout:
-		e.msg = detail
+		e.Msg = detail
 	default:
-		e.msg, e.permanent = detail, true
+		e.Msg, e.Permanent = detail, true
 	}
 	return e
+}
+
+// body classifies the read errors of a response body.
+func (s *Store) body(ctx context.Context, key string, rc io.ReadCloser, n int64) *driver.Body {
+	return &driver.Body{RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/internal/driver"
 )
 
 // Get opens the whole object.
@@ -25,7 +26,7 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, s.classify(ctx, "get", key, err)
 	}
-	return &body{s: s, ctx: ctx, key: key, rc: out.Body, size: aws.ToInt64(out.ContentLength)}, nil
+	return s.body(ctx, key, out.Body, aws.ToInt64(out.ContentLength)), nil
 }
 
 // GetRange opens length bytes from off. S3 answers a range that runs past
@@ -55,7 +56,7 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		if off > info.Size {
 			return nil, rangeErr(fmt.Sprint(info.Size))
 		}
-		return &body{s: s, ctx: ctx, key: key, rc: io.NopCloser(strings.NewReader("")), size: 0}, nil
+		return s.body(ctx, key, io.NopCloser(strings.NewReader("")), 0), nil
 	}
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
 		Bucket: aws.String(s.bucket),
@@ -76,32 +77,15 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		}
 		return nil, rangeErr(total)
 	}
-	return &body{s: s, ctx: ctx, key: key, rc: out.Body, size: length}, nil
+	return s.body(ctx, key, out.Body, length), nil
 }
 
-// body is a response body whose read errors are classified like request
-// errors, so a connection reset mid-body is a transient *storage.Error that
-// storage/retry can resume from.
-type body struct {
-	s    *Store
-	ctx  context.Context
-	key  string
-	rc   io.ReadCloser
-	size int64
+// body classifies the read errors of a response body, so a connection
+// reset mid-body is a transient *storage.Error that storage/retry can
+// resume from.
+func (s *Store) body(ctx context.Context, key string, rc io.ReadCloser, n int64) *driver.Body {
+	return &driver.Body{RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
 }
-
-func (b *body) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err != nil && err != io.EOF {
-		err = b.s.classify(b.ctx, "get", b.key, err)
-	}
-	return n, err
-}
-
-func (b *body) Close() error { return b.rc.Close() }
-
-// Size is the number of bytes the body delivers in total.
-func (b *body) Size() int64 { return b.size }
 
 // Head returns the object's size and modification time.
 func (s *Store) Head(ctx context.Context, key string) (storage.ObjectInfo, error) {

@@ -39,6 +39,7 @@ import (
 	"github.com/aws/smithy-go/logging"
 
 	"github.com/tidemarkdb/tidemark/storage"
+	"github.com/tidemarkdb/tidemark/storage/internal/driver"
 )
 
 // Defaults for Options fields left zero.
@@ -54,9 +55,8 @@ const (
 	// at once. Callers upload many objects in parallel already.
 	DefaultPartConcurrency = 4
 	// DefaultStallTimeout: a connection on which nothing moves for this
-	// long is dropped (a transient error). Longer than the idle time of a
-	// pooled connection, so pooled connections are never cut by it.
-	DefaultStallTimeout = 2 * time.Minute
+	// long is dropped (a transient error).
+	DefaultStallTimeout = driver.DefaultStallTimeout
 	// DefaultRegion is used when neither the options nor the environment
 	// name one; S3-compatible servers mostly ignore it but SigV4 needs one.
 	DefaultRegion = "us-east-1"

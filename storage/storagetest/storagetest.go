@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tidemarkdb/tidemark/storage"
 )
@@ -522,4 +523,40 @@ func testInvalidKeys(t *testing.T, s storage.Store) {
 	if got := ListKeys(t, s, "", ""); len(got) != 0 {
 		t.Errorf("invalid keys were stored: %q", got)
 	}
+}
+
+// PagedList checks a listing that takes several pages: s must be a store
+// whose list pages hold only a few keys (3, say).
+func PagedList(t *testing.T, s storage.Store) {
+	t.Helper()
+	var want []string
+	for i := range 10 {
+		k := fmt.Sprintf("k%02d", i)
+		want = append(want, k)
+		PutBytes(t, s, k, nil)
+	}
+	if got := ListKeys(t, s, "", "k01"); !slices.Equal(got, want[2:]) {
+		t.Fatalf("paged list after k01 = %q, want %q", got, want[2:])
+	}
+}
+
+// Outage takes a server down (stop) in the middle of a write through s,
+// which must retry (storage/retry), and brings it back (start) a second
+// later: the write completes, and the object reads back.
+func Outage(t *testing.T, s storage.Store, stop func(), start func() error) {
+	t.Helper()
+	stop()
+	restarted := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		restarted <- start()
+	}()
+	data := Data(9, 1<<20)
+	if err := s.Put(context.Background(), "during-outage", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("put across an outage: %v", err)
+	}
+	if err := <-restarted; err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "during-outage", ReadAll(t, s, "during-outage"), data)
 }

@@ -1,6 +1,5 @@
 // Package driver holds what the network object-store drivers (storage/s3,
-// storage/azure, storage/gcs) share: the key rules of the storage
-// contract, an HTTP transport tuned for many parallel transfers that turns a
+// storage/azure, storage/gcs) share: an HTTP transport tuned for many parallel transfers that turns a
 // silent connection into an error, and the classification of network
 // failures as transient or permanent.
 //
@@ -11,40 +10,22 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tidemarkdb/tidemark/storage"
 )
 
 // DefaultStallTimeout: a connection on which nothing moves for this long is
 // dropped (a transient error). Longer than the idle time of a pooled
 // connection, so pooled connections are never cut by it.
 const DefaultStallTimeout = 2 * time.Minute
-
-// KeyProblem says why key is not a valid object key ("" when it is): keys
-// are relative slash-separated paths without empty, "." or ".." segments,
-// the ones storage/fs accepts, so a repository can move between backends.
-func KeyProblem(key string) string {
-	switch {
-	case key == "":
-		return "empty"
-	case strings.ContainsRune(key, 0):
-		return "contains a NUL byte"
-	}
-	for _, seg := range strings.Split(key, "/") {
-		if seg == "" {
-			return "empty path segment"
-		} else if seg == "." || seg == ".." {
-			return `"." or ".." segment`
-		}
-	}
-	return ""
-}
 
 // TuneTransport sets tr up for many parallel transfers to one endpoint: a
 // deep idle pool (the default keeps 2 connections per host, so 16 parallel
@@ -203,4 +184,120 @@ func ParallelEach[T any](items []T, parallel int, f func(T) error) error {
 	}
 	wg.Wait()
 	return firstErr
+}
+
+// Cause is the cause inside the *storage.Error a driver returns: a
+// one-line message for the operator, the SDK's error for errors.As, and
+// the storage sentinel it matches.
+type Cause struct {
+	Msg       string
+	Err       error // the SDK's error, or nil
+	Sentinel  error // storage.ErrNotFound, ErrRange, ErrExists, ErrLocked or nil
+	Permanent bool
+}
+
+func (e *Cause) Error() string { return e.Msg }
+
+func (e *Cause) Unwrap() []error {
+	errs := make([]error, 0, 3)
+	if e.Sentinel != nil {
+		errs = append(errs, e.Sentinel)
+	}
+	if e.Permanent {
+		errs = append(errs, storage.ErrPermanent)
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}
+
+// Fail wraps a described failure: transient is whatever is neither
+// permanent nor an answer (not found, exists, range).
+func Fail(op, key string, c *Cause) *storage.Error {
+	return &storage.Error{Op: op, Key: key, Err: c, Transient: !c.Permanent && c.Sentinel == nil}
+}
+
+// Classify turns an SDK error into a *storage.Error with describe. The
+// caller's context ending wins over whatever the SDK made of it, and is
+// never transient.
+func Classify(ctx context.Context, op, key string, err error, describe func(error) *Cause) error {
+	if err == nil {
+		return nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return &storage.Error{Op: op, Key: key, Err: ctxErr}
+	}
+	return Fail(op, key, describe(err))
+}
+
+// SourceError reports a failure to read the caller's data to upload.
+func SourceError(ctx context.Context, op, key string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return &storage.Error{Op: op, Key: key, Err: ctxErr}
+	}
+	return &storage.Error{Op: op, Key: key, Err: fmt.Errorf("read the data to upload: %w", err)}
+}
+
+// RenameOp makes a *storage.Error from one operation (a Head done for a
+// Get) name the operation the caller asked for.
+func RenameOp(err error, op string) error {
+	var se *storage.Error
+	if errors.As(err, &se) {
+		se.Op = op
+	}
+	return err
+}
+
+// RangeError is the ErrRange of a read of length bytes at off of an object
+// of size (a number, or a phrase when unknown).
+func RangeError(key string, off, length int64, size string) error {
+	return &storage.Error{Op: "get", Key: key, Err: &Cause{Sentinel: storage.ErrRange,
+		Msg: fmt.Sprintf("bytes %d-%d of %s: %v", off, off+length, size, storage.ErrRange)}}
+}
+
+// Body is a response body whose read errors are classified like request
+// errors, so a connection reset mid-body is a transient *storage.Error
+// that storage/retry resumes from.
+type Body struct {
+	RC       io.ReadCloser
+	N        int64             // bytes it delivers in total
+	Classify func(error) error // turns a read error into a *storage.Error
+}
+
+func (b *Body) Read(p []byte) (int, error) {
+	n, err := b.RC.Read(p)
+	if err != nil && err != io.EOF {
+		err = b.Classify(err)
+	}
+	return n, err
+}
+
+// Close closes the response body.
+func (b *Body) Close() error { return b.RC.Close() }
+
+// Size is the number of bytes the body delivers in total.
+func (b *Body) Size() int64 { return b.N }
+
+// CheckKey refuses a key every backend refuses (storage.CheckKey).
+func CheckKey(op, key string) error {
+	if err := storage.CheckKey(key); err != nil {
+		return &storage.Error{Op: op, Key: key, Err: err}
+	}
+	return nil
+}
+
+// CheckPut refuses an upload before anything is sent: an invalid key or
+// size, or a context already ended.
+func CheckPut(ctx context.Context, op, key string, size int64) error {
+	if err := CheckKey(op, key); err != nil {
+		return err
+	}
+	if size < 0 {
+		return &storage.Error{Op: op, Key: key, Err: &Cause{Msg: fmt.Sprintf("invalid size %d", size), Permanent: true}}
+	}
+	if err := ctx.Err(); err != nil {
+		return &storage.Error{Op: op, Key: key, Err: err}
+	}
+	return nil
 }
