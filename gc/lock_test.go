@@ -46,6 +46,15 @@ func TestLockedRepository(t *testing.T) {
 	if got := len(packKeys(t, f)); got != packs {
 		t.Fatalf("%d packs left of %d while locked", got, packs)
 	}
+	// Index compaction leaves the superseded index objects the lock holds.
+	for range 2 {
+		if _, err := f.Repo.CompactIndex(ctx); err != nil {
+			t.Fatalf("compaction while the lock holds: %v", err)
+		}
+	}
+	if st, err := f.Repo.CompactIndex(ctx); err != nil || st.Locked == 0 || st.Deleted != 0 {
+		t.Fatalf("third compaction while the lock holds: %+v %v; want superseded objects left locked", st, err)
+	}
 
 	time.Sleep(time.Until(res.LockedUntil.Add(500 * time.Millisecond)))
 	res, err = Run(ctx, f.Open(t), o)

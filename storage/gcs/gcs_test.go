@@ -1,9 +1,15 @@
 package gcs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -14,16 +20,9 @@ import (
 	"github.com/tidemarkdb/tidemark/storage/storagetest"
 )
 
-// options for a store in a fresh bucket, with resumable uploads from 5 MiB
-// so the suite's large object takes that path too.
+// options for a store in a fresh bucket.
 func options(t *testing.T, srv *testenv.GCSServer) Options {
-	return Options{
-		Bucket:             srv.NewBucket(t),
-		Prefix:             "repo/",
-		Endpoint:           srv.Endpoint,
-		ResumableThreshold: 5 << 20,
-		ChunkSize:          4 << 20,
-	}
+	return Options{Bucket: srv.NewBucket(t), Prefix: "repo/", Endpoint: srv.Endpoint}
 }
 
 func newStore(t *testing.T, o Options) *Store {
@@ -51,6 +50,32 @@ func TestFakeGCS(t *testing.T) {
 		}
 		if !errors.Is(err, storage.ErrPermanent) || !strings.Contains(err.Error(), "no-such-bucket") {
 			t.Fatalf("list of a missing bucket: %v", err)
+		}
+	})
+	t.Run("DamagedUpload", func(t *testing.T) {
+		// A proxy flips the last byte of every upload body on the way:
+		// the service refuses it by its CRC32C, and the store says the
+		// failure is transient (sending again cures damage in transit).
+		target, _ := url.Parse(srv.Endpoint)
+		p := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			if r.In.Method == http.MethodPost {
+				b, _ := io.ReadAll(r.In.Body)
+				i := bytes.LastIndex(b, []byte("\r\n--"))
+				b[i-1] ^= 0xff
+				r.Out.Body = io.NopCloser(bytes.NewReader(b))
+			}
+		}})
+		defer p.Close()
+		o := options(t, srv)
+		o.Endpoint = p.URL
+		err := newStore(t, o).Put(context.Background(), "k", bytes.NewReader([]byte("payload")), 7)
+		if !storage.IsTransient(err) || !strings.Contains(err.Error(), "checksum") {
+			t.Fatalf("upload damaged on the way: %v, want a transient checksum failure", err)
+		}
+		o.Endpoint = srv.Endpoint
+		if _, err := newStore(t, o).Head(context.Background(), "k"); !errors.Is(err, storage.ErrNotFound) {
+			t.Fatalf("the damaged object was stored: %v", err)
 		}
 	})
 	t.Run("SmallListPages", func(t *testing.T) {
