@@ -32,6 +32,9 @@ func FuzzDecodeConfig(f *testing.F) {
 	b, _ := c.Encode()
 	f.Add(b)
 	f.Add([]byte(`{"format":2}`))
+	c.Lock = &Lock{Mode: "governance", PeriodSeconds: 86400}
+	b, _ = c.Encode()
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeConfig(b)
 		if err != nil {
