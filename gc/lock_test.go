@@ -22,6 +22,7 @@ func TestLockedRepository(t *testing.T) {
 	srv := testenv.MinIO(t)
 	lock := &repo.Lock{Mode: storage.RetentionCompliance, PeriodSeconds: 6}
 	f := repotest.NewLocked(t, repotest.LockedMinIO(t, srv), lock)
+	before := time.Now()
 	live := repotest.File{Name: "a", Data: randData(300 << 10)}
 	s := repotest.Commit(t, f.Repo, repotest.Snap{}, live)
 	repotest.Garbage(t, f.Open(t), randData(400<<10))
@@ -39,7 +40,7 @@ func TestLockedRepository(t *testing.T) {
 	if err != nil {
 		t.Fatalf("gc while the lock holds: %v", err)
 	}
-	if res.Deleted.Packs != 0 || res.Quarantined.Packs != 0 || res.Locked.Packs == 0 || res.LockedUntil.Before(written.Add(lock.Period())) {
+	if res.Deleted.Packs != 0 || res.Quarantined.Packs != 0 || res.Locked.Packs == 0 || res.LockedUntil.Before(before.Add(lock.Period())) {
 		t.Fatalf("gc while the lock holds: deleted %+v, quarantined %+v, locked %+v until %v; want only locked packs",
 			res.Deleted, res.Quarantined, res.Locked, res.LockedUntil)
 	}
@@ -56,7 +57,8 @@ func TestLockedRepository(t *testing.T) {
 		t.Fatalf("third compaction while the lock holds: %+v %v; want superseded objects left locked", st, err)
 	}
 
-	time.Sleep(time.Until(res.LockedUntil.Add(500 * time.Millisecond)))
+	// Past the lock of the last pack written, and the slack gc allows.
+	time.Sleep(time.Until(written.Add(lock.Period() + lock.Period()/10 + 500*time.Millisecond)))
 	res, err = Run(ctx, f.Open(t), o)
 	if err != nil {
 		t.Fatalf("gc after the lock: %v", err)

@@ -42,21 +42,10 @@ type Fixture struct {
 // New initialises a repository on a fresh in-memory store.
 func New(t testing.TB) *Fixture {
 	t.Helper()
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := repo.ParseRecipient(id.Recipient().String(), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
 	st := &AgedStore{Store: mem.New()}
-	r, _, err := repo.Init(context.Background(), st, repo.InitOptions{Key: spec, PackSize: PackSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return &Fixture{Store: st, Identity: id, Repo: r}
+	f := initOn(t, st, nil)
+	f.Store = st
+	return f
 }
 
 // NewLocked initialises a locked repository on st, which must be able to
@@ -65,6 +54,14 @@ func New(t testing.TB) *Fixture {
 // lock, as a test that plants objects wants; Repo and Open write through
 // the lock.
 func NewLocked(t testing.TB, st storage.Store, lock *repo.Lock) *Fixture {
+	t.Helper()
+	f := initOn(t, st, lock)
+	f.Store, f.raw = &AgedStore{Store: st}, st
+	return f
+}
+
+// initOn initialises a repository on st with a new X25519 identity.
+func initOn(t testing.TB, st storage.Store, lock *repo.Lock) *Fixture {
 	t.Helper()
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
@@ -79,7 +76,7 @@ func NewLocked(t testing.TB, st storage.Store, lock *repo.Lock) *Fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close() })
-	return &Fixture{Store: &AgedStore{Store: st}, Identity: id, Repo: r, raw: st}
+	return &Fixture{Identity: id, Repo: r}
 }
 
 // Open opens the repository again: another process's view of it.

@@ -54,6 +54,7 @@ func TestMinIOObjectLock(t *testing.T) {
 			if err := v.Create(ctx, "data/large", bytes.NewReader(large), int64(len(large))); err != nil {
 				t.Fatal(err)
 			}
+			done := time.Now()
 			// A second Put of a covered key leaves it alone.
 			storagetest.PutBytes(t, v, "data/small", []byte("other"))
 			if got := storagetest.ReadAll(t, v, "data/small"); string(got) != "pack" {
@@ -92,7 +93,7 @@ func TestMinIOObjectLock(t *testing.T) {
 				t.Errorf("leases/x has %d versions after delete, want 0", n)
 			}
 
-			time.Sleep(time.Until(written.Add(period + 2*time.Second)))
+			time.Sleep(time.Until(done.Add(period + 2*time.Second)))
 			if err := v.Delete(ctx, "data/small", "data/large"); err != nil {
 				t.Fatalf("delete after the lock passed: %v", err)
 			}
