@@ -124,32 +124,6 @@ for major in 16 17 18; do
 	log "PostgreSQL $major: installed in $(since "$t")"
 done
 
-# --- Azurite (Azure Blob Storage emulator) from npm ----------------------------
-
-azurite_dir=$deps_dir/azurite
-have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$azurite_dir/node_modules/azurite/package.json" 2>/dev/null | head -n1 || true)
-if [ "$have" = "$azurite_version" ] && [ -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
-	log "Azurite: present ($azurite_version in $azurite_dir)"
-else
-	t=$EPOCHREALTIME
-	log "Azurite: installing azurite@$azurite_version from npm into $azurite_dir"
-	if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
-		log "npm and node: installing from apt"
-		apt_install npm
-	fi
-	mkdir -p "$deps_dir" 2>/dev/null || need_root "writing $deps_dir"
-	tmp=$(mktemp -d "$deps_dir/.azurite.XXXXXX")
-	npm install --silent --no-audit --no-fund --prefix "$tmp" "azurite@$azurite_version" >/dev/null 2>&1 ||
-		die "npm install azurite@$azurite_version failed"
-	[ -x "$tmp/node_modules/.bin/azurite-blob" ] || die "azurite installed but azurite-blob is missing (see $tmp)"
-	rm -rf "$azurite_dir.old"
-	[ ! -e "$azurite_dir" ] || mv "$azurite_dir" "$azurite_dir.old"
-	mv "$tmp" "$azurite_dir"
-	chmod 755 "$azurite_dir"
-	rm -rf "$azurite_dir.old"
-	log "Azurite: installed in $(since "$t")"
-fi
-
 # --- Go tools -----------------------------------------------------------------
 
 gobin=$(go env GOBIN)
@@ -184,6 +158,33 @@ go_tool minio github.com/minio/minio "$minio_version"
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$versitygw_version"
 go_tool fake-gcs-server github.com/fsouza/fake-gcs-server "$fake_gcs_version"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$staticcheck_version"
+
+# --- Azurite (Azure Blob Storage emulator) from npm, while the Go tools build ---
+
+azurite_dir=$deps_dir/azurite
+have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$azurite_dir/node_modules/azurite/package.json" 2>/dev/null | head -n1 || true)
+if [ "$have" = "$azurite_version" ] && [ -x "$azurite_dir/node_modules/.bin/azurite-blob" ]; then
+	log "Azurite: present ($azurite_version in $azurite_dir)"
+else
+	t=$EPOCHREALTIME
+	log "Azurite: installing azurite@$azurite_version from npm into $azurite_dir"
+	if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+		log "npm and node: installing from apt"
+		apt_install npm
+	fi
+	mkdir -p "$deps_dir" 2>/dev/null || need_root "writing $deps_dir"
+	tmp=$(mktemp -d "$deps_dir/.azurite.XXXXXX")
+	npm install --silent --no-audit --no-fund --prefix "$tmp" "azurite@$azurite_version" >/dev/null 2>&1 ||
+		die "npm install azurite@$azurite_version failed"
+	[ -x "$tmp/node_modules/.bin/azurite-blob" ] || die "azurite installed but azurite-blob is missing (see $tmp)"
+	rm -rf "$azurite_dir.old"
+	[ ! -e "$azurite_dir" ] || mv "$azurite_dir" "$azurite_dir.old"
+	mv "$tmp" "$azurite_dir"
+	chmod 755 "$azurite_dir"
+	rm -rf "$azurite_dir.old"
+	log "Azurite: installed in $(since "$t")"
+fi
+
 
 failed=0
 for i in "${!jobs_pids[@]}"; do
