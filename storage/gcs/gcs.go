@@ -246,16 +246,9 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 		return nil, err
 	}
 	rangeErr := func(size string) error { return driver.RangeError(key, off, length, size) }
-	if off < 0 || length < 0 {
-		return nil, rangeErr("the object")
-	}
-	if length == 0 {
-		info, err := s.Head(ctx, key)
+	if empty, err := driver.CheckRange(ctx, key, off, length, s.Head); err != nil || empty {
 		if err != nil {
-			return nil, driver.RenameOp(err, "get")
-		}
-		if off > info.Size {
-			return nil, rangeErr(fmt.Sprint(info.Size))
+			return nil, err
 		}
 		return s.body(ctx, key, io.NopCloser(bytes.NewReader(nil)), 0), nil
 	}

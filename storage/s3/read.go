@@ -7,7 +7,6 @@ import (
 	"io"
 	"iter"
 	"strings"
-	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -196,27 +195,11 @@ func (s *Store) deleteBatch(ctx context.Context, keys []string) error {
 
 // deleteEach deletes with one DeleteObject per key, a few at a time.
 func (s *Store) deleteEach(ctx context.Context, keys []string) error {
-	const parallel = 8
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-		sem      = make(chan struct{}, parallel)
-	)
-	for _, key := range keys {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: s.fullKey(key)})
-			if err = s.classify(ctx, "delete", key, err); err != nil && !errors.Is(err, storage.ErrNotFound) {
-				mu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return firstErr
+	return driver.ParallelEach(keys, 8, func(key string) error {
+		_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: s.fullKey(key)})
+		if err = s.classify(ctx, "delete", key, err); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		return nil
+	})
 }

@@ -301,3 +301,25 @@ func CheckPut(ctx context.Context, op, key string, size int64) error {
 	}
 	return nil
 }
+
+// CheckRange settles the ranged reads a driver need not send: a negative
+// offset or length is ErrRange, and a zero length (which SDKs and Range
+// headers cannot express) is answered with a Head. empty reports a valid
+// empty range; the caller returns an empty body.
+func CheckRange(ctx context.Context, key string, off, length int64,
+	head func(context.Context, string) (storage.ObjectInfo, error)) (empty bool, err error) {
+	if off < 0 || length < 0 {
+		return false, RangeError(key, off, length, "the object")
+	}
+	if length != 0 {
+		return false, nil
+	}
+	info, err := head(ctx, key)
+	if err != nil {
+		return false, RenameOp(err, "get")
+	}
+	if off > info.Size {
+		return false, RangeError(key, off, length, fmt.Sprint(info.Size))
+	}
+	return true, nil
+}
