@@ -30,6 +30,9 @@ var (
 	ErrLastKey = errors.New("refusing to remove the last key")
 	// ErrWriterClosed: the writer was committed, closed or aborted.
 	ErrWriterClosed = errors.New("writer is closed")
+	// ErrSecretMismatch: a second repository does not share the first
+	// one's master secret.
+	ErrSecretMismatch = errors.New("repositories do not share a master secret")
 )
 
 // LockedError is returned when a conflicting lease is held; it names the
@@ -66,6 +69,18 @@ func (e *ExistsError) Error() string {
 }
 
 func (e *ExistsError) Unwrap() error { return ErrRepositoryExists }
+
+// SecretMismatchError says that the repository at URL, named as the second
+// repository of the one at First, was initialized on its own.
+type SecretMismatchError struct{ URL, First string }
+
+func (e *SecretMismatchError) Error() string {
+	return fmt.Sprintf("%s does not share the master secret of %s (it was initialized on its own, so blob IDs and WAL "+
+		"MACs differ): create the second repository with 'tidemark init --repo2 URL --from-repo' against the first, "+
+		"or unset repo2", e.URL, e.First)
+}
+
+func (e *SecretMismatchError) Unwrap() error { return ErrSecretMismatch }
 
 // VersionError says that an object has a format version this build cannot read.
 type VersionError struct {

@@ -188,6 +188,12 @@ type InitOptions struct {
 	// Lock, when set, makes a locked repository (see Lock): the store must
 	// be able to lock objects (an S3 bucket with object lock).
 	Lock *Lock
+	// ShareSecretOf, when set, makes the new repository a second
+	// repository of that open one: it takes its master secret (so blob
+	// IDs and the WAL MAC key agree, and copy sends only what is missing)
+	// with a repository id, key files and repository identity of its own
+	// (docs/format.md, "A second repository").
+	ShareSecretOf *Repo
 }
 
 // InitResult reports what Init did.
@@ -260,7 +266,13 @@ func Init(ctx context.Context, store storage.Store, opts InitOptions) (*Repo, In
 		}
 		store = ls
 	}
-	secret, err := keys.NewSecret(cfg.ID, classic)
+	var secret *keys.Secret
+	var err error
+	if opts.ShareSecretOf != nil {
+		secret, err = keys.ShareSecret(cfg.ID, opts.ShareSecretOf.secret.Master, classic)
+	} else {
+		secret, err = keys.NewSecret(cfg.ID, classic)
+	}
 	if err != nil {
 		return nil, res, err
 	}
@@ -395,6 +407,17 @@ func (r *Repo) Store() storage.Store { return r.store }
 
 // KeyID returns the id of the key file the repository was opened with.
 func (r *Repo) KeyID() string { return r.keyID }
+
+// CheckSharedSecret returns nil when o shares this repository's master
+// secret (one was made from the other with InitOptions.ShareSecretOf),
+// else a *SecretMismatchError: blob IDs and WAL MACs of the two do not
+// agree, so one cannot stand in for or be copied into the other.
+func (r *Repo) CheckSharedSecret(o *Repo) error {
+	if keys.SameMaster(r.secret, o.secret) {
+		return nil
+	}
+	return &SecretMismatchError{URL: o.store.String(), First: r.store.String()}
+}
 
 // WALMACKey returns the key the WAL archive authenticates segments with.
 func (r *Repo) WALMACKey() [keys.SubKeySize]byte { return r.secret.WALMACKey() }

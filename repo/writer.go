@@ -156,6 +156,22 @@ func (w *Writer) failed() error {
 	return nil
 }
 
+// Has reports whether the writer would deduplicate the blob: it is in the
+// index the writer started with (without quarantined packs), or this run
+// added it. The zero sentinel always is. A copy between repositories asks
+// it to read from the source only what the target lacks.
+func (w *Writer) Has(id blob.ID) bool {
+	if id.IsZero() {
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.pending[id]; ok {
+		return true
+	}
+	return w.idx.Has(id)
+}
+
 // Add stores a blob of kind k unless the repository (or this run) already
 // has it, and returns its ID. An all-zero slot returns blob.ZeroID and is
 // not stored. data is not retained.

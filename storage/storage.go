@@ -81,6 +81,12 @@ var (
 	// ErrLocked: a delete or overwrite the store refused because the object
 	// is under a retention lock (see Retention) that has not passed yet.
 	ErrLocked = errors.New("object is under a retention lock")
+	// ErrUnavailable: the store could not be reached, or kept failing in
+	// ways a retry may cure until the retries gave up (connection refused,
+	// a name that does not resolve, timeouts, 5xx). It says nothing about
+	// any object, so a second repository may be tried where the first
+	// stands for it (restore, wal-fetch and drill fall back on it).
+	ErrUnavailable = errors.New("object store unavailable")
 )
 
 // Retention is a write-once-read-many lock on objects (S3 Object Lock): an
@@ -133,6 +139,14 @@ func IsTransient(err error) bool {
 		return se.Transient
 	}
 	return false
+}
+
+// IsUnavailable reports whether err says that the store could not be
+// reached rather than anything about an object: a transient failure, or
+// one matching ErrUnavailable (the retries gave up). Not found, exists,
+// a corrupt object, access denied and the caller's context ending are not.
+func IsUnavailable(err error) bool {
+	return IsTransient(err) || errors.Is(err, ErrUnavailable)
 }
 
 // ErrInvalidKey is matched by CheckKey's errors.

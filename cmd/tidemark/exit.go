@@ -76,7 +76,7 @@ var exitClassifiers = []classifier{
 		switch {
 		case errors.Is(err, repo.ErrNoIdentity):
 			return exitAccess
-		case errors.Is(err, repo.ErrNotRepository), errors.Is(err, repo.ErrRepositoryExists),
+		case errors.Is(err, repo.ErrNotRepository), errors.Is(err, repo.ErrRepositoryExists), errors.Is(err, repo.ErrSecretMismatch),
 			errors.Is(err, repo.ErrUnsupportedVersion):
 			return exitRepository
 		case errors.As(err, &locked):
@@ -90,7 +90,7 @@ var exitClassifiers = []classifier{
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 			return exitIntegrity
-		case storage.IsTransient(err), errors.Is(err, storage.ErrPermanent):
+		case storage.IsUnavailable(err), errors.Is(err, storage.ErrPermanent):
 			return exitStorage
 		}
 		return 0

@@ -20,6 +20,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -174,6 +175,30 @@ func NewSecret(repoID string, classic bool) (*Secret, error) {
 		s.Identities = []string{id.String()}
 	}
 	return s, nil
+}
+
+// ShareSecret returns the secret of a second repository, repoID, that
+// shares master (the first repository's master secret, so that blob IDs
+// and the WAL MAC key agree and one repository's contents can be checked
+// and deduplicated against the other's) but has a repository identity of
+// its own: data stored in it is encrypted to that identity, never to the
+// first repository's. classic is as for NewSecret.
+func ShareSecret(repoID string, master []byte, classic bool) (*Secret, error) {
+	if len(master) != MasterSize {
+		return nil, fmt.Errorf("%w: master secret of %d bytes", ErrFormat, len(master))
+	}
+	s, err := NewSecret(repoID, classic)
+	if err != nil {
+		return nil, err
+	}
+	copy(s.Master, master)
+	return s, nil
+}
+
+// SameMaster reports, in constant time, whether two secrets share their
+// master secret.
+func SameMaster(a, b *Secret) bool {
+	return len(a.Master) == MasterSize && subtle.ConstantTimeCompare(a.Master, b.Master) == 1
 }
 
 // Validate checks a decrypted payload.

@@ -96,6 +96,11 @@ func parseKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
 	return cluster, f, true
 }
 
+// ParseKey splits the key of an archived WAL file into its cluster and
+// file. ok is false for the marker and for any key that is not an archived
+// WAL file in its right place.
+func ParseKey(key string) (cluster uint64, f pg.WALFile, ok bool) { return parseKey(key) }
+
 // ParseCluster parses the cluster part of a key prefix "wal/<cluster>/...".
 func ParseCluster(key string) (uint64, bool) {
 	rest, found := strings.CutPrefix(key, Prefix)

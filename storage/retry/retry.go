@@ -103,7 +103,9 @@ func (e *GiveUpError) Error() string {
 		e.Attempts, e.Elapsed.Round(time.Millisecond), e.Store, e.Last)
 }
 
-func (e *GiveUpError) Unwrap() error { return e.Last }
+// Unwrap gives the last failure's cause and storage.ErrUnavailable: the
+// store stayed unreachable for the whole retry budget.
+func (e *GiveUpError) Unwrap() []error { return []error{e.Last, storage.ErrUnavailable} }
 
 // policy is the state of one run of retries. A run that makes progress (a
 // listed key, a body byte) starts over, so a long read that suffers a few
@@ -406,8 +408,8 @@ func (r *resumer) resume() error {
 	at := r.off + r.pos
 	if r.resumes > r.s.opts.MaxResumes {
 		return &storage.Error{Op: "get", Key: r.key, Err: fmt.Errorf(
-			"gave up after %d resumes at byte %d without progress on %s: %w",
-			r.resumes-1, at, r.s.inner.String(), cause(r.broken))}
+			"gave up after %d resumes at byte %d without progress on %s: %w (%w)",
+			r.resumes-1, at, r.s.inner.String(), cause(r.broken), storage.ErrUnavailable)}
 	}
 	if err := r.ctx.Err(); err != nil {
 		return &storage.Error{Op: "get", Key: r.key, Err: err}

@@ -1,0 +1,71 @@
+package walarchive
+
+import (
+	"context"
+	"sync"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo"
+)
+
+// Failover reads the WAL archive of whichever repository a repo.Failover
+// has active: the first, and the second once the first is unreachable.
+// The two share the WAL MAC key, so a file read from either is checked the
+// same way. It reads only; archiving writes to both (wal.Pusher).
+type Failover struct {
+	f    *repo.Failover
+	opts Options
+
+	mu    sync.Mutex
+	archs map[*repo.Repo]*Archive
+}
+
+// NewFailover returns the WAL archive reader of f.
+func NewFailover(f *repo.Failover, opts Options) *Failover {
+	return &Failover{f: f, opts: opts, archs: map[*repo.Repo]*Archive{}}
+}
+
+func (a *Failover) of(r *repo.Repo) *Archive {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	arch, ok := a.archs[r]
+	if !ok {
+		arch = FromRepo(r, a.opts)
+		a.archs[r] = arch
+	}
+	return arch
+}
+
+// Active returns the archive reads go to now.
+func (a *Failover) Active() *Archive { return a.of(a.f.Active()) }
+
+// List lists a cluster's archive (see Archive.List).
+func (a *Failover) List(ctx context.Context, cluster uint64) (*Listing, error) {
+	var l *Listing
+	err := a.f.Do(ctx, func(r *repo.Repo) (err error) {
+		l, err = a.of(r).List(ctx, cluster)
+		return err
+	})
+	return l, err
+}
+
+// History reads a timeline's history (see Archive.History).
+func (a *Failover) History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error) {
+	var h pg.History
+	err := a.f.Do(ctx, func(r *repo.Repo) (err error) {
+		h, err = a.of(r).History(ctx, cluster, tli)
+		return err
+	})
+	return h, err
+}
+
+// ReadFile reads one archived file (see Archive.ReadFile).
+func (a *Failover) ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, Meta, error) {
+	var b []byte
+	var m Meta
+	err := a.f.Do(ctx, func(r *repo.Repo) (err error) {
+		b, m, err = a.of(r).ReadFile(ctx, cluster, name)
+		return err
+	})
+	return b, m, err
+}
