@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
+	"github.com/tidemarkdb/tidemark/storage"
 )
 
 // AgentOptions configure an Agent. Zero values take the defaults.
@@ -99,7 +101,8 @@ type Agent struct {
 	// or done): PostgreSQL writes the one after it.
 	newest string
 
-	stats agentStats
+	stats   agentStats
+	targets []targetStat // per repository, Pusher.Stores order
 }
 
 type agentStats struct {
@@ -120,9 +123,14 @@ const (
 // entry is one file the agent knows of. done is open while the file is
 // pending or running and is closed when the attempt ends.
 type entry struct {
-	name      string
-	history   bool // a .history file: archived first, never held back
-	state     entryState
+	name    string
+	history bool // a .history file: archived first, never held back
+	seen    time.Time
+	state   entryState
+	// durable says, per repository (Pusher.Stores order), that it has the
+	// file as read from the file res.file identifies: a retry pushes only
+	// where it is false. The file is durable (state) once all are.
+	durable   []bool
 	urgent    bool // a client waits: goes first, ignores backoff and blocks
 	waiters   int
 	done      chan struct{}
@@ -150,7 +158,7 @@ func NewAgent(p *Pusher, opts AgentOptions) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w (is %s a data directory?)", err, opts.PGData)
 	}
 	if opts.AheadPoll > 0 {
-		a.comp = newCompressor(p.arch, p.cluster, a.walDir, a.log)
+		a.comp = newCompressor(p.targets[0].arch, p.cluster, a.walDir, a.log)
 	}
 	return a, nil
 }
@@ -174,12 +182,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.log.Info("agent started", "pgdata", a.opts.PGData, "socket", a.opts.Socket,
-		"cluster", a.p.cluster.SystemID, "parallel", a.opts.Parallel, "store", a.p.arch.Store().String())
+		"cluster", a.p.cluster.SystemID, "parallel", a.opts.Parallel, "store", strings.Join(a.p.Stores(), ", "))
 
 	// Uploads outlive ctx by up to ShutdownTimeout.
 	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer upCancel()
-	if _, err := a.p.arch.EnsureCluster(upCtx, a.p.cluster); err != nil {
+	if _, err := a.p.targets[0].arch.EnsureCluster(upCtx, a.p.cluster); err != nil {
 		// Not fatal: the store may come back; every upload checks again.
 		a.log.Warn("cannot check the cluster's archive yet", "err", err)
 	}
@@ -349,7 +357,7 @@ func (a *Agent) scan() {
 		e := a.entries[name]
 		switch {
 		case e == nil:
-			a.entries[name] = newEntry(name)
+			a.entries[name] = a.newEntry(name)
 			changed = true
 		case e.state == stateFailed && !e.retryAt.After(now):
 			e.requeue()
@@ -391,8 +399,9 @@ func (a *Agent) aheadTarget() string {
 	return next
 }
 
-func newEntry(name string) *entry {
-	return &entry{name: name, history: strings.HasSuffix(name, ".history"), state: statePending, done: make(chan struct{})}
+func (a *Agent) newEntry(name string) *entry {
+	return &entry{name: name, history: strings.HasSuffix(name, ".history"), state: statePending, done: make(chan struct{}),
+		seen: time.Now(), durable: make([]bool, len(a.p.targets))}
 }
 
 // requeue makes a finished entry pending again.
@@ -458,16 +467,36 @@ func (a *Agent) work(ctx context.Context) {
 		}
 		e.state = stateRunning
 		e.attempts++
+		// A repository that was unreachable a moment ago is left out until
+		// its backoff ends, so that while it is down each upload is not
+		// held up by its retries and the other keeps up; a file a client
+		// waits for tries it anyway.
+		skip := slices.Clone(e.durable)
+		var held error
+		var heldUntil time.Time
+		for i := range skip {
+			if ts := a.targetStats(i); !skip[i] && !e.urgent && time.Now().Before(ts.downUntil) {
+				skip[i], held, heldUntil = true, ts.err, ts.downUntil
+			}
+		}
 		a.mu.Unlock()
 
 		var ahead *walarchive.Ahead
 		if a.comp != nil {
 			ahead = a.comp.take(e.name)
 		}
-		res, err := a.p.PushAhead(ctx, filepath.Join(a.walDir, e.name), ahead)
+		var res PushResult
+		var err error
+		if slices.Contains(skip, false) {
+			res, err = a.p.PushAheadTo(ctx, filepath.Join(a.walDir, e.name), ahead, skip)
+		}
 
 		a.mu.Lock()
-		e.res, e.err = res, err
+		a.record(e, res, err)
+		if err == nil && held != nil {
+			err = held
+			e.err = held
+		}
 		e.urgent = false
 		if err == nil {
 			e.state = stateDurable
@@ -485,6 +514,9 @@ func (a *Agent) work(ctx context.Context) {
 			kind := errorKind(err)
 			e.permanent = kind == KindConflict || kind == KindForeign || kind == KindInvalid || kind == KindCorrupt
 			e.retryAt = time.Now().Add(backoff(e.attempts, a.opts.MaxBackoff))
+			if heldUntil.After(e.retryAt) {
+				e.retryAt = heldUntil
+			}
 			a.stats.failures++
 		}
 		close(e.done)
@@ -502,6 +534,99 @@ func (a *Agent) work(ctx context.Context) {
 			a.log.Warn("upload failed; will retry", "file", e.name, "attempt", e.attempts, "err", err)
 		}
 	}
+}
+
+// record notes in which repositories a push made the file durable, and
+// what to tell a client that asks. The caller holds a.mu.
+func (a *Agent) record(e *entry, res PushResult, err error) {
+	ok := false
+	for i, tr := range res.Targets {
+		if ts := a.targetStats(i); tr.Err != nil && storage.IsUnavailable(tr.Err) {
+			ts.fails++
+			ts.downUntil, ts.err = time.Now().Add(backoff(ts.fails, a.opts.MaxBackoff)), tr.Err
+		} else if tr.Err == nil && !tr.Skipped {
+			ts.fails, ts.downUntil, ts.err = 0, time.Time{}, nil
+		}
+		if !tr.Skipped && tr.Err == nil {
+			if !ok && slices.Contains(e.durable, true) && res.file != e.res.file {
+				// Another file under the name than the one archived before:
+				// what the other repository has is of that one.
+				clear(e.durable)
+			}
+			ok = true
+			e.durable[i] = true
+			a.targetStats(i).last = time.Now()
+		}
+	}
+	if ok || e.res.Name == "" {
+		e.res = res
+	}
+	e.err = err
+	if err == nil || !slices.Contains(e.durable, true) {
+		return
+	}
+	for _, tr := range res.Targets {
+		if tr.Err != nil {
+			// One repository has it, the other not yet: PostgreSQL waits,
+			// and the other's lag grows.
+			a.log.Warn("a repository lacks a file the other has; will retry", "file", e.name, "store", tr.Store, "err", tr.Err)
+		}
+	}
+}
+
+// targetStats returns the counters of repository i. The caller holds a.mu.
+func (a *Agent) targetStats(i int) *targetStat {
+	for len(a.targets) <= i {
+		a.targets = append(a.targets, targetStat{})
+	}
+	return &a.targets[i]
+}
+
+// targetStat is what the agent tracks per repository.
+type targetStat struct {
+	last time.Time // when it last made a file durable there
+	// fails counts the pushes in a row that found it unreachable; until
+	// downUntil only files a client waits for are pushed to it, and err
+	// is the last failure.
+	fails     int
+	downUntil time.Time
+	err       error
+}
+
+// Lag is how far one repository is behind what PostgreSQL has ready.
+type Lag struct {
+	Store string
+	// Files is the number of ready files the repository lacks, and Oldest
+	// how long the oldest of them has waited since the agent saw it.
+	Files  int
+	Oldest time.Duration
+	// LastArchived is when the agent last made a file durable there.
+	LastArchived time.Time
+}
+
+// Lag reports, per repository (Pusher.Stores order), how far it is behind.
+// With two repositories, PostgreSQL waits for the one further behind.
+func (a *Agent) Lag() []Lag {
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Lag, len(a.p.targets))
+	for i, t := range a.p.targets {
+		out[i] = Lag{Store: t.store, LastArchived: a.targetStats(i).last}
+	}
+	for _, e := range a.entries {
+		if e.state == stateDurable {
+			continue
+		}
+		for i, d := range e.durable {
+			if d {
+				continue
+			}
+			out[i].Files++
+			out[i].Oldest = max(out[i].Oldest, now.Sub(e.seen))
+		}
+	}
+	return out
 }
 
 // backoff is the wait before the n-th background retry.
@@ -525,6 +650,12 @@ func (a *Agent) logSummary(last agentStats) agentStats {
 			"bytes", s.bytes-last.bytes, "stored_bytes", s.stored-last.stored, "failures", s.failures-last.failures,
 			"pieces_compressed_ahead", s.ahead-last.ahead,
 			"queued", queued)
+		if len(a.p.targets) > 1 {
+			for _, l := range a.Lag() {
+				a.log.Info("archive lag", "store", l.Store, "files", l.Files, "oldest", l.Oldest.Round(time.Second),
+					"last_archived", l.LastArchived.Format(time.RFC3339))
+			}
+		}
 	}
 	return s
 }
@@ -598,7 +729,7 @@ func (a *Agent) push(name string) Response {
 	a.mu.Lock()
 	e := a.entries[name]
 	if e == nil {
-		e = newEntry(name)
+		e = a.newEntry(name)
 		a.entries[name] = e
 	}
 	e.waiters++
@@ -638,6 +769,7 @@ func (a *Agent) push(name string) Response {
 			a.mu.Lock()
 			if e.state == stateDurable {
 				e.requeue()
+				clear(e.durable)
 				e.urgent = true
 				triggered = true
 				a.cond.Broadcast()

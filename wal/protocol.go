@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage"
 )
@@ -87,7 +88,7 @@ func errorKind(err error) string {
 	switch {
 	case errors.Is(err, walarchive.ErrConflict):
 		return KindConflict
-	case errors.Is(err, walarchive.ErrForeign):
+	case errors.Is(err, walarchive.ErrForeign), errors.Is(err, repo.ErrSecretMismatch):
 		return KindForeign
 	case errors.Is(err, walarchive.ErrInvalidFile), errors.Is(err, ErrFileChanged):
 		return KindInvalid

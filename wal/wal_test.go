@@ -163,6 +163,12 @@ func TestPush(t *testing.T) {
 // runAgent starts an agent and returns a function that stops it and waits.
 func runAgent(t *testing.T, e *env, opts AgentOptions) (*Agent, func()) {
 	t.Helper()
+	return runAgentWith(t, e, NewPusher(e.arch, cluster, nil), opts)
+}
+
+// runAgentWith is runAgent with the agent archiving through p.
+func runAgentWith(t *testing.T, e *env, p *Pusher, opts AgentOptions) (*Agent, func()) {
+	t.Helper()
 	opts.PGData = e.pgdata
 	if opts.Socket == "" {
 		// t.TempDir paths can be too long for a socket.
@@ -176,7 +182,7 @@ func runAgent(t *testing.T, e *env, opts AgentOptions) (*Agent, func()) {
 	if opts.Rescan == 0 {
 		opts.Rescan = 20 * time.Millisecond
 	}
-	a, err := NewAgent(NewPusher(e.arch, cluster, nil), opts)
+	a, err := NewAgent(p, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
