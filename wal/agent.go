@@ -710,6 +710,10 @@ func (a *Agent) handle(req Request) Response {
 	if fi, err := os.Stat(req.PGData); err != nil || !os.SameFile(fi, a.pgdataFI) {
 		return Response{Kind: KindPGData, Error: fmt.Sprintf("this agent archives %s, not %s", a.opts.PGData, req.PGData)}
 	}
+	if len(req.Stores) > 0 && !slices.Equal(req.Stores, a.p.Stores()) {
+		return Response{Kind: KindInvalid, Error: fmt.Sprintf("this agent archives to %s, wal-push to %s: give the agent the same repo and repo2",
+			strings.Join(a.p.Stores(), " and "), strings.Join(req.Stores, " and "))}
+	}
 	if req.Name != filepath.Base(req.Name) {
 		return Response{Kind: KindInvalid, Error: fmt.Sprintf("%q is not a file name", req.Name)}
 	}

@@ -38,6 +38,11 @@ type Request struct {
 	Op     string `json:"op"`               // "push" or "ping"
 	Name   string `json:"name,omitempty"`   // file name in pg_wal, for push
 	PGData string `json:"pgdata,omitempty"` // the client's data directory
+	// Stores names the repositories the client archives to (repo, then
+	// repo2); an agent that archives to others answers KindInvalid, so
+	// that the client uploads itself rather than take the agent's word for
+	// a repository it does not write. Absent: not checked.
+	Stores []string `json:"stores,omitempty"`
 }
 
 // Response is the agent's answer.

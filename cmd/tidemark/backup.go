@@ -44,7 +44,9 @@ func backupCommand() *cli.Command {
 		Description: "Runs pg_backup_start, reads PGDATA and the tablespaces directly, pg_control last, then pg_backup_stop,\n" +
 			"and commits the snapshot once the WAL from start to stop is in the repository. Incremental against the\n" +
 			"newest snapshot of the cluster on the same timeline unless --full. Run it on the database host.",
-		Flags: flagSet(repoFlags(), pgFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), pgFlags(), []cli.Flag{
+			&cli.StringFlag{Name: "to", Value: firstRepo,
+				Usage: "repository to write the snapshot to: repo, or repo2 (the second repository, which must have the WAL too)"},
 			&cli.BoolFlag{Name: "full", Usage: "read and store everything instead of only what changed", EnvVars: []string{envName("full")}},
 			&cli.IntFlag{Name: "parallel", Usage: "files (and ranges of big files) read at once", DefaultText: "the number of CPUs", EnvVars: []string{envName("parallel")}},
 			&cli.BoolFlag{Name: "no-fast-checkpoint", Usage: "let pg_backup_start wait for a spread checkpoint", EnvVars: []string{envName("no-fast-checkpoint")}},
@@ -100,7 +102,11 @@ func runBackup(c *cli.Context) error {
 	} else {
 		opts.Progress, opts.ProgressEvery = logProgress(log), logProgressEvery
 	}
-	r, err := openRepo(c, log, backupRepoOptions())
+	to, err := repoChoice(c, "to")
+	if err != nil {
+		return err
+	}
+	r, err := openRepoAt(c.Context, c, log, to, backupRepoOptions(), 0)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
+	"github.com/tidemarkdb/tidemark/storage/retry"
 	"github.com/tidemarkdb/tidemark/verify/drill"
 )
 
@@ -28,7 +29,7 @@ func drillCommand() *cli.Command {
 			"promotes; then checks where it stopped (the heartbeat row of tidemark agent --heartbeat), runs pg_amcheck\n" +
 			"where installed and --check-sql, stops the server and verifies every data page's checksum. Stores a report\n" +
 			"in the repository (drills/<cluster>/<id>), removes the scratch cluster and exits 6 on any failure.",
-		Flags: flagSet(repoFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
 			stringFlag("backup", "backup id to drill, or latest (default)"),
 			&cli.BoolFlag{Name: "random", Usage: "drill a random kept backup", EnvVars: []string{envName("random")}},
 			stringFlag("target-time", "recover to this time instead of a random one"),
@@ -115,6 +116,7 @@ func scratchFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "pg-option", Usage: "extra server setting NAME=VALUE for the scratch cluster (repeatable), e.g. shared_buffers=1GB", EnvVars: []string{envName("pg-option")}},
 		&cli.DurationFlag{Name: "timeout", Value: 6 * time.Hour, Usage: "give up recovery after this long", EnvVars: []string{envName("timeout")}},
 		&cli.BoolFlag{Name: "keep-on-failure", Usage: "leave the scratch directory of a failed run for inspection", EnvVars: []string{envName("keep-on-failure")}},
+		retryForFlag(retry.DefaultMaxElapsed),
 	}
 }
 
@@ -127,8 +129,10 @@ func scratchOptions(c *cli.Context, log *slog.Logger) drill.Options {
 }
 
 // openScratch opens the repository for a scratch-cluster command and wires
-// the restore and restore_command into opts.
-func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options) (*repo.Repo, *walarchive.Archive, error) {
+// the restore and restore_command into opts. With repo2 set, it falls back
+// to it as a restore does, and a drill stores its report where it read
+// from.
+func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options) (*repo.Failover, *walarchive.Failover, error) {
 	if v := c.String("cluster"); v != "" {
 		var err error
 		if opts.Cluster, err = strconv.ParseUint(v, 10, 64); err != nil || opts.Cluster == 0 {
@@ -140,11 +144,11 @@ func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options) (*repo.R
 		return nil, nil, err
 	}
 	opts.Fetch = fetch
-	r, err := openRepo(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: 4 * restoreReadMemoryPerGET})
+	r, err := openFailover(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: 4 * restoreReadMemoryPerGET}, c.Duration("retry-for"))
 	if err != nil {
 		return nil, nil, err
 	}
-	arch := walarchive.FromRepo(r, walarchive.Options{Logger: log})
+	arch := walarchive.NewFailover(r, walarchive.Options{Logger: log})
 	opts.Restore = func(ctx context.Context, q drill.RestoreRequest) (drill.RestoreResult, error) {
 		res, err := restore.Run(ctx, r, restore.ArchiveOf(arch), restore.Options{PGData: q.PGData, Cluster: q.Cluster,
 			Backup: q.Backup, Target: q.Target, TablespaceMap: q.TablespaceMap, Owner: q.Owner,

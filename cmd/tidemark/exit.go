@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/backup"
+	"github.com/tidemarkdb/tidemark/replicate"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage"
@@ -66,7 +67,7 @@ var exitClassifiers = []classifier{
 			return exitRefused
 		case errors.Is(err, backup.ErrChecksum), errors.Is(err, backup.ErrWALNotArchived),
 			errors.Is(err, restore.ErrWALMissing), errors.Is(err, verify.ErrProblems),
-			errors.Is(err, drill.ErrFailed):
+			errors.Is(err, drill.ErrFailed), errors.Is(err, replicate.ErrWALMissing):
 			return exitIntegrity
 		}
 		return 0

@@ -46,6 +46,17 @@ func repoURLFlags() []cli.Flag {
 	}
 }
 
+// repo2Flags locate and unlock the second repository (another region or
+// provider) of the commands that use it: WAL goes to both, restores fall
+// back to it, backup and copy write to it.
+func repo2Flags() []cli.Flag {
+	return []cli.Flag{
+		stringFlag("repo2", "second repository URL (another region or provider), created with init --repo2 URL --from-repo"),
+		&cli.StringSliceFlag{Name: "repo2-identity", Usage: "age identity file that unlocks the second repository (repeatable; default: the --identity files)", EnvVars: []string{envName("repo2-identity")}},
+		stringFlag("repo2-passphrase-file", "file holding a passphrase that unlocks the second repository (default: --passphrase-file)"),
+	}
+}
+
 // pgFlags locate the PostgreSQL cluster: its data directory and a connection.
 // The connection also honours the libpq variables (PGHOST, PGPORT, PGUSER,
 // PGDATABASE, PGPASSWORD, ...).

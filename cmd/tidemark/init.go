@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,9 +31,16 @@ func initCommand() *cli.Command {
 			"pack, index object, snapshot, WAL object, key file and the config is written so that nobody, not even\n" +
 			"with these credentials, can delete or overwrite it for N days (--lock-mode compliance; governance lets\n" +
 			"principals with s3:BypassGovernanceRetention remove it). Expire and gc delete an object only after its\n" +
-			"lock has passed. The setting is permanent for the repository.",
+			"lock has passed. The setting is permanent for the repository.\n\n" +
+			"With --from-repo it creates the second repository at --repo2 instead: it shares the master secret of the\n" +
+			"repository at --repo (unlocked with --identity or --passphrase-file), so that blob IDs and WAL MACs agree\n" +
+			"and tidemark copy sends only what is missing, but has its own id, key files and repository identity. Its\n" +
+			"first key is --recipient, else --repo2-passphrase-file, else the first --repo2-identity, else the same\n" +
+			"passphrase or identity as the first repository's.",
 		Flags: []cli.Flag{
 			stringFlag("repo", "repository URL: file:///path, s3://bucket/prefix?endpoint=...&region=..., azure://container/prefix?account=... or gs://bucket/prefix"),
+			&cli.BoolFlag{Name: "from-repo", Usage: "create the second repository (--repo2) from the one at --repo: same master secret, own keys"},
+			&cli.StringSliceFlag{Name: "identity", Usage: "with --from-repo: age identity file that unlocks --repo (repeatable)", EnvVars: []string{envName("identity")}},
 			stringFlag("recipient", "age public key (age1... or age1pq1...) that receives the first key"),
 			stringFlag("passphrase-file", "file whose first line is the passphrase of the first key"),
 			stringFlag("identity-out", "where to write the generated identity when neither --recipient nor --passphrase-file is given (default "+defaultIdentityOut+")"),
@@ -41,9 +50,23 @@ func initCommand() *cli.Command {
 			&cli.IntFlag{Name: "compression-level", Usage: "zstd level: 1 fastest, 2 zstd's default, 3 better, 4 best", Value: repo.DefaultCompressionLevel, EnvVars: []string{envName("compression-level")}},
 			&cli.IntFlag{Name: "lock-days", Usage: "lock every immutable object against deletion and overwrite for this many days (S3 Object Lock); 0: no lock", EnvVars: []string{envName("lock-days")}},
 			&cli.StringFlag{Name: "lock-mode", Usage: "object lock mode: compliance (nobody can remove a lock) or governance (principals with s3:BypassGovernanceRetention can)", Value: "compliance", EnvVars: []string{envName("lock-mode")}},
+			repo2Flags()[0], repo2Flags()[1], repo2Flags()[2],
 		},
 		Action: runInit,
 	}
+}
+
+// lockOption reads --lock-days and --lock-mode: nil for no lock.
+func lockOption(c *cli.Context) (*repo.Lock, error) {
+	switch days, mode := c.Int("lock-days"), c.String("lock-mode"); {
+	case days < 0 || days > 36500:
+		return nil, usageErrorf("--lock-days %d: give a number of days from 1 to 36500, or 0 for no lock", days)
+	case mode != storage.RetentionCompliance && mode != storage.RetentionGovernance:
+		return nil, usageErrorf("--lock-mode %q: use compliance or governance", mode)
+	case days > 0:
+		return &repo.Lock{Mode: mode, PeriodSeconds: int64(days) * 86400}, nil
+	}
+	return nil, nil
 }
 
 // defaultIdentityOut is where init writes a generated identity, relative to
@@ -66,6 +89,9 @@ func runInit(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("from-repo") {
+		return runInitSecond(c, log)
+	}
 	rcpt, pass := c.String("recipient"), c.String("passphrase-file")
 	if rcpt != "" && pass != "" {
 		return usageErrorf("give either --recipient or --passphrase-file, not both")
@@ -74,14 +100,9 @@ func runInit(c *cli.Context) error {
 	if err != nil {
 		return usageErrorf("--pack-size: %v", err)
 	}
-	var lock *repo.Lock
-	switch days, mode := c.Int("lock-days"), c.String("lock-mode"); {
-	case days < 0 || days > 36500:
-		return usageErrorf("--lock-days %d: give a number of days from 1 to 36500, or 0 for no lock", days)
-	case mode != storage.RetentionCompliance && mode != storage.RetentionGovernance:
-		return usageErrorf("--lock-mode %q: use compliance or governance", mode)
-	case days > 0:
-		lock = &repo.Lock{Mode: mode, PeriodSeconds: int64(days) * 86400}
+	lock, err := lockOption(c)
+	if err != nil {
+		return err
 	}
 	label := c.String("label")
 	var spec repo.KeySpec
@@ -197,4 +218,105 @@ func printIdentityWarning(w io.Writer, path, recipient string) {
 		"!!! Copy it somewhere safe now (a password manager, another machine), or add a second key:\n"+
 		"!!!     tidemark key add --repo ... --identity %s --recipient age1...\n\n",
 		path, recipient, path)
+}
+
+// runInitSecond is init --from-repo: the second repository at --repo2,
+// sharing the master secret of the one at --repo.
+func runInitSecond(c *cli.Context, log *slog.Logger) error {
+	if _, err := requireString(c, secondRepo); err != nil {
+		return err
+	}
+	packSize, err := bytesize.Parse(c.String("pack-size"))
+	if err != nil {
+		return usageErrorf("--pack-size: %v", err)
+	}
+	lock, err := lockOption(c)
+	if err != nil {
+		return err
+	}
+	first, err := openRepo(c, log, repo.Options{})
+	if err != nil {
+		return err
+	}
+	defer first.Close()
+	spec, err := secondKey(c)
+	if err != nil {
+		return err
+	}
+	st, err := openStoreAt(c.Context, c, log, secondRepo, 0)
+	if err != nil {
+		return err
+	}
+	r, res, err := repo.Init(c.Context, st, repo.InitOptions{
+		Options:          repo.Options{Logger: log},
+		Key:              spec,
+		EscrowRecipients: c.StringSlice("escrow-recipient"),
+		PackSize:         packSize,
+		CompressionLevel: c.Int("compression-level"),
+		Lock:             lock,
+		ShareSecretOf:    first,
+	})
+	if err != nil {
+		var ee *repo.ExistsError
+		if errors.As(err, &ee) {
+			return err
+		}
+		return fmt.Errorf("init %s: %w", st, err)
+	}
+	defer r.Close()
+	out := c.App.Writer
+	fmt.Fprintf(out, "created repository %s at %s, the second repository of %s (%s)\n", res.Config.ID, st, first.Config().ID, first.Store())
+	fmt.Fprintf(out, "key %s (%s)\n", res.KeyID, spec.Type)
+	for _, w := range res.Warnings {
+		fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
+	}
+	fmt.Fprintf(out, "next: set repo2 = %s in the config, then run tidemark copy to bring the existing backups and WAL over\n", c.String(secondRepo))
+	return nil
+}
+
+// secondKey is the first key of a second repository: --recipient, else
+// --repo2-passphrase-file, else the first --repo2-identity, else the
+// first repository's passphrase or first identity (repo2's keys default to
+// repo's).
+func secondKey(c *cli.Context) (repo.KeySpec, error) {
+	label := c.String("label")
+	if r := c.String("recipient"); r != "" {
+		spec, err := repo.ParseRecipient(r, label)
+		if err != nil {
+			return spec, usageErrorf("--recipient: %v", err)
+		}
+		return spec, nil
+	}
+	for _, prefix := range []string{"repo2-", ""} {
+		if path := c.String(prefix + "passphrase-file"); path != "" {
+			p, err := readPassphrase(path)
+			if err != nil {
+				return repo.KeySpec{}, err
+			}
+			return repo.PassphraseKey(p, label, 0)
+		}
+		for _, path := range c.StringSlice(prefix + "identity") {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return repo.KeySpec{}, usageErrorf("--%sidentity: %v", prefix, err)
+			}
+			ids, err := age.ParseIdentities(bytes.NewReader(b))
+			if err != nil {
+				return repo.KeySpec{}, usageErrorf("--%sidentity %s: %v", prefix, path, err)
+			}
+			for _, id := range ids {
+				var pub string
+				switch id := id.(type) {
+				case *age.X25519Identity:
+					pub = id.Recipient().String()
+				case *age.HybridIdentity:
+					pub = id.Recipient().String()
+				default:
+					continue
+				}
+				return repo.ParseRecipient(pub, label)
+			}
+		}
+	}
+	return repo.KeySpec{}, usageErrorf("no key for the second repository: give --recipient, --repo2-passphrase-file or --repo2-identity")
 }

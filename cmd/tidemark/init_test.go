@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/storage/location"
 )
 
 // runRepoCmd runs the repository commands (init, key, repair) through the
@@ -110,5 +111,59 @@ func TestInitRecipientAndPassphrase(t *testing.T) {
 	}
 	if _, _, err := runRepoCmd(t, "init", "--repo", "file://"+filepath.Join(dir, "c"), "--recipient", "nope"); exitCode(err) != exitUsage {
 		t.Fatalf("bad recipient: %v", err)
+	}
+}
+
+// TestInitSecond: init --from-repo makes a second repository that shares
+// the first one's master secret, opens with the same identity by default,
+// and has its own id; one initialized on its own is refused as repo2 in one
+// line that says how to make one (exit 3).
+func TestInitSecond(t *testing.T) {
+	dir := t.TempDir()
+	url1, url2, url3 := "file://"+filepath.Join(dir, "one"), "file://"+filepath.Join(dir, "two"), "file://"+filepath.Join(dir, "three")
+	id := filepath.Join(dir, "id.txt")
+	if _, _, err := runRepoCmd(t, "init", "--repo", url1, "--identity-out", id); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runRepoCmd(t, "init", "--from-repo", "--repo", url1, "--identity", id, "--repo2", url2)
+	if err != nil || !strings.Contains(out, "the second repository of") {
+		t.Fatalf("init --from-repo: %v\n%s", err, out)
+	}
+	// A second time: the repository exists.
+	if _, _, err := runRepoCmd(t, "init", "--from-repo", "--repo", url1, "--identity", id, "--repo2", url2); exitCode(err) != exitRepository {
+		t.Fatalf("second init --from-repo: %v", err)
+	}
+	open := func(url string) *repo.Repo {
+		t.Helper()
+		st, err := location.Open(context.Background(), url, location.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(id)
+		ids, err := age.ParseIdentities(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := repo.Open(context.Background(), st, ids, repo.Options{})
+		if err != nil {
+			t.Fatalf("open %s with the first repository's identity: %v", url, err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	r1, r2 := open(url1), open(url2)
+	if r1.Config().ID == r2.Config().ID || r1.CheckSharedSecret(r2) != nil {
+		t.Fatalf("ids %s %s, shared secret: %v", r1.Config().ID, r2.Config().ID, r1.CheckSharedSecret(r2))
+	}
+
+	if _, _, err := runRepoCmd(t, "init", "--repo", url3, "--identity-out", filepath.Join(dir, "id3.txt")); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	app := newApp(&stdout, &stderr, []*cli.Command{copyCommand()})
+	err = app.RunContext(context.Background(), []string{"tidemark", "copy", "--repo", url1, "--identity", id, "--repo2", url3,
+		"--repo2-identity", filepath.Join(dir, "id3.txt")})
+	if exitCode(err) != exitRepository || !strings.Contains(err.Error(), "--from-repo") {
+		t.Fatalf("copy into an independent repository: %v (exit %d)", err, exitCode(err))
 	}
 }

@@ -74,7 +74,7 @@ func commands() []*cli.Command {
 		backupCommand(), listCommand(), infoCommand(),
 		restoreCommand(),
 		walPushCommand(), walFetchCommand(), walPrefetchCommand(), agentCommand(), walCommand(), markCommand(),
-		rehearseCommand(),
+		rehearseCommand(), copyCommand(),
 		verifyCommand(), drillCommand(), expireCommand(), gcCommand(), metricsCommand(),
 		repairCommand(),
 		versionCommand(),

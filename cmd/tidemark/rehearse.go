@@ -22,7 +22,7 @@ func rehearseCommand() *cli.Command {
 			"one by one and reports for each its duration, the strongest lock it held and for how long, the tables it\n" +
 			"rewrote and their rows, the WAL it generated, and whether it would have queued behind the load. The clone is\n" +
 			"then discarded; nothing is written to the repository. Exits 1 when a statement fails.",
-		Flags: flagSet(repoFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
 			stringFlag("sql", "file holding the migration: statements separated by semicolons"),
 			stringFlag("db-name", "database to run the migration and the load in (default postgres)"),
 			stringFlag("load", "pgbench arguments for a load during the migration, e.g. '-c 4 -j 2 -N' or '-c 8 -f workload.sql'"),

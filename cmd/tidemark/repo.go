@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
@@ -15,15 +17,56 @@ import (
 	"github.com/tidemarkdb/tidemark/storage/location"
 )
 
+// The two repositories a command may know of: repo, and repo2, a second
+// repository in another region or provider (docs/operations.md, "A second
+// region"). repo2 has flags of its own for its URL and keys; its keys
+// default to repo's.
+const (
+	firstRepo  = "repo"
+	secondRepo = "repo2"
+)
+
+// repoChoice reads a flag that names one of the two repositories (backup
+// --to, copy --from and --to).
+func repoChoice(c *cli.Context, flag string) (string, error) {
+	switch v := c.String(flag); v {
+	case firstRepo, secondRepo:
+		if c.String(v) == "" {
+			return "", usageErrorf("--%s %s: no %s is configured (--%s, %s, or %q in the config file)", flag, v, v, v, envName(v), v)
+		}
+		return v, nil
+	default:
+		return "", usageErrorf("--%s %q: want repo or repo2", flag, v)
+	}
+}
+
 // openStore opens the object store named by --repo.
 func openStore(c *cli.Context, log *slog.Logger) (storage.Store, error) {
-	url, err := requireString(c, "repo")
+	return openStoreAt(c.Context, c, log, firstRepo, 0)
+}
+
+// openStoreAt opens the object store of repository which (firstRepo or
+// secondRepo), retrying one operation for up to retryFor (0: the
+// default). repo2's storage credentials may differ from repo's: a variable
+// TIDEMARK_REPO2_<NAME> (TIDEMARK_REPO2_AWS_ACCESS_KEY_ID, ...) stands in
+// for <NAME> when it is set.
+func openStoreAt(ctx context.Context, c *cli.Context, log *slog.Logger, which string, retryFor time.Duration) (storage.Store, error) {
+	url, err := requireString(c, which)
 	if err != nil {
 		return nil, err
 	}
-	st, err := location.Open(c.Context, url, location.Options{Logger: log})
+	opts := location.Options{Logger: log, RetryFor: retryFor}
+	if which == secondRepo {
+		opts.Getenv = func(k string) string {
+			if v, ok := os.LookupEnv("TIDEMARK_REPO2_" + k); ok {
+				return v
+			}
+			return os.Getenv(k)
+		}
+	}
+	st, err := location.Open(ctx, url, opts)
 	if err != nil {
-		return nil, usageErrorf("--repo: %v", err)
+		return nil, usageErrorf("--%s: %v", which, err)
 	}
 	return st, nil
 }
@@ -32,26 +75,37 @@ func openStore(c *cli.Context, log *slog.Logger) (storage.Store, error) {
 // --identity file and --passphrase-file. Neither given is not an error here:
 // repo.Open then says that no identity matches and what to pass.
 func loadIdentities(c *cli.Context) ([]age.Identity, error) {
+	return loadIdentitiesOf(c, firstRepo)
+}
+
+// loadIdentitiesOf reads the identities of repository which: for repo2,
+// --repo2-identity and --repo2-passphrase-file, or repo's when neither is
+// given.
+func loadIdentitiesOf(c *cli.Context, which string) ([]age.Identity, error) {
+	prefix := ""
+	if which == secondRepo && (len(c.StringSlice("repo2-identity")) > 0 || c.String("repo2-passphrase-file") != "") {
+		prefix = "repo2-"
+	}
 	var ids []age.Identity
-	for _, path := range c.StringSlice("identity") {
+	for _, path := range c.StringSlice(prefix + "identity") {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return nil, usageErrorf("--identity: %v", err)
+			return nil, usageErrorf("--%sidentity: %v", prefix, err)
 		}
 		parsed, err := age.ParseIdentities(bytes.NewReader(b))
 		if err != nil {
-			return nil, usageErrorf("--identity %s: %v (want an age identity file, AGE-SECRET-KEY-1... or AGE-SECRET-KEY-PQ-1...)", path, err)
+			return nil, usageErrorf("--%sidentity %s: %v (want an age identity file, AGE-SECRET-KEY-1... or AGE-SECRET-KEY-PQ-1...)", prefix, path, err)
 		}
 		ids = append(ids, parsed...)
 	}
-	if path := c.String("passphrase-file"); path != "" {
+	if path := c.String(prefix + "passphrase-file"); path != "" {
 		pass, err := readPassphrase(path)
 		if err != nil {
 			return nil, err
 		}
 		id, err := age.NewScryptIdentity(pass)
 		if err != nil {
-			return nil, usageErrorf("--passphrase-file %s: %v", path, err)
+			return nil, usageErrorf("--%spassphrase-file %s: %v", prefix, path, err)
 		}
 		ids = append(ids, id)
 	}
@@ -76,20 +130,69 @@ func readPassphrase(path string) (string, error) {
 // openRepo opens and unlocks the repository for a command. The caller closes
 // it.
 func openRepo(c *cli.Context, log *slog.Logger, opts repo.Options) (*repo.Repo, error) {
-	st, err := openStore(c, log)
+	return openRepoAt(c.Context, c, log, firstRepo, opts, 0)
+}
+
+// openRepoAt opens and unlocks repository which (firstRepo or secondRepo)
+// with the given retry bound (0: the default). The caller closes it.
+func openRepoAt(ctx context.Context, c *cli.Context, log *slog.Logger, which string, opts repo.Options, retryFor time.Duration) (*repo.Repo, error) {
+	st, err := openStoreAt(ctx, c, log, which, retryFor)
 	if err != nil {
 		return nil, err
 	}
-	ids, err := loadIdentities(c)
+	ids, err := loadIdentitiesOf(c, which)
 	if err != nil {
 		return nil, err
 	}
 	if opts.Logger == nil {
 		opts.Logger = log
 	}
-	r, err := repo.Open(c.Context, st, ids, opts)
+	r, err := repo.Open(ctx, st, ids, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open repository %s: %w", st, err)
 	}
 	return r, nil
+}
+
+// openSecondOf opens repo2 and checks that it is a second repository of
+// first (it shares the master secret), so that blob IDs and WAL MACs agree.
+func openSecondOf(ctx context.Context, c *cli.Context, log *slog.Logger, first *repo.Repo, opts repo.Options, retryFor time.Duration) (*repo.Repo, error) {
+	r2, err := openRepoAt(ctx, c, log, secondRepo, opts, retryFor)
+	if err != nil {
+		return nil, err
+	}
+	if err := first.CheckSharedSecret(r2); err != nil {
+		r2.Close()
+		return nil, err
+	}
+	return r2, nil
+}
+
+// openFailover opens repo for a reader (restore, drill) that falls back to
+// repo2, when one is configured, once repo is unreachable: right away if
+// repo cannot even be opened for that reason, else the first time a read
+// finds it so. retryFor bounds the retries of one operation on repo before
+// that happens. The caller closes the result.
+func openFailover(c *cli.Context, log *slog.Logger, opts repo.Options, retryFor time.Duration) (*repo.Failover, error) {
+	first, err := openRepoAt(c.Context, c, log, firstRepo, opts, retryFor)
+	if c.String(secondRepo) == "" {
+		if err != nil {
+			return nil, err
+		}
+		return repo.NewFailover(first, nil, log), nil
+	}
+	if err != nil {
+		if !storage.IsUnavailable(err) || c.Context.Err() != nil {
+			return nil, err
+		}
+		log.Warn("repository unreachable: using the second repository", "first", c.String(firstRepo), "err", err)
+		second, err2 := openRepoAt(c.Context, c, log, secondRepo, opts, 0)
+		if err2 != nil {
+			return nil, fmt.Errorf("%w; the second repository: %v", err, err2)
+		}
+		return repo.FailoverTo(second, err, log), nil
+	}
+	return repo.NewFailover(first, func(ctx context.Context) (*repo.Repo, error) {
+		return openRepoAt(ctx, c, log, secondRepo, opts, 0)
+	}, log), nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
+	"github.com/tidemarkdb/tidemark/storage/retry"
 	"github.com/tidemarkdb/tidemark/wal"
 )
 
@@ -27,7 +28,7 @@ func restoreCommand() *cli.Command {
 		Description: "Chooses the newest backup that ends before the target on a timeline leading to it, checks that the\n" +
 			"archive holds the WAL recovery needs, writes the files, backup_label, the recovery settings (restore_command\n" +
 			"= tidemark wal-fetch) and recovery.signal, and global/pg_control last. Start the server afterwards.",
-		Flags: flagSet(repoFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
 			stringFlag("pgdata", "data directory to restore into (must be empty, or an existing one with --delta)", "PGDATA"),
 			stringFlag("backup", "backup id to restore, or latest (default: the newest that ends before the target)"),
 			stringFlag("cluster", "system identifier of the cluster, when the repository holds several"),
@@ -48,6 +49,7 @@ func restoreCommand() *cli.Command {
 			&cli.BoolFlag{Name: "standby", Usage: "make the server a standby: standby.signal, recovery_target_timeline = latest, catch up from the archive, then stream from --primary-conninfo", EnvVars: []string{envName("standby")}},
 			stringFlag("primary-conninfo", "with --standby: primary_conninfo, how the standby reaches its primary (e.g. 'host=db1 user=replicator')"),
 			stringFlag("primary-slot-name", "with --standby: primary_slot_name, the replication slot on the primary"),
+			retryForFlag(retry.DefaultMaxElapsed),
 		}),
 		Action: runRestore,
 	}
@@ -104,7 +106,9 @@ func runRestore(c *cli.Context) error {
 	// A coalesced read of a pack holds up to about 2 x 16 MiB (ciphertext
 	// and plaintext) while it is decoded: the memory bound must let
 	// --parallel of them be in flight, or reads run one at a time.
-	r, err := openRepo(c, log, repo.Options{ReadConcurrency: opts.Parallel, ReadMemory: int64(opts.Parallel) * restoreReadMemoryPerGET})
+	// With repo2 set, reads fall back to it once repo is unreachable
+	// (after --retry-for of retries), for the rest of the restore.
+	r, err := openFailover(c, log, repo.Options{ReadConcurrency: opts.Parallel, ReadMemory: int64(opts.Parallel) * restoreReadMemoryPerGET}, c.Duration("retry-for"))
 	if err != nil {
 		return err
 	}
@@ -114,11 +118,14 @@ func runRestore(c *cli.Context) error {
 		return err
 	}
 	defer stop()
-	res, err := restore.Run(c.Context, r, restore.ArchiveOf(walarchive.FromRepo(r, walarchive.Options{Logger: log})), opts)
+	res, err := restore.Run(c.Context, r, restore.ArchiveOf(walarchive.NewFailover(r, walarchive.Options{Logger: log})), opts)
 	if err != nil {
 		return fmt.Errorf("restore into %s: %w", pgdata, err)
 	}
 	printRestore(c.App.Writer, pgdata, res)
+	if why := r.FailedOver(); why != nil {
+		fmt.Fprintf(c.App.Writer, "  read from the second repository %s: the first was unreachable (%s)\n", r.Active().Store(), oneLine(why.Error()))
+	}
 	return nil
 }
 
@@ -254,6 +261,24 @@ func walFetchArgs(c *cli.Context) ([]string, error) {
 			return nil, usageErrorf("--passphrase-file: %v", err)
 		}
 		args = append(args, "--passphrase-file", abs)
+	}
+	// The second repository, so that recovery falls back to it too.
+	if v := c.String(secondRepo); v != "" {
+		args = append(args, "--repo2", v)
+		for _, id := range c.StringSlice("repo2-identity") {
+			abs, err := filepath.Abs(id)
+			if err != nil {
+				return nil, usageErrorf("--repo2-identity: %v", err)
+			}
+			args = append(args, "--repo2-identity", abs)
+		}
+		if v := c.String("repo2-passphrase-file"); v != "" {
+			abs, err := filepath.Abs(v)
+			if err != nil {
+				return nil, usageErrorf("--repo2-passphrase-file: %v", err)
+			}
+			args = append(args, "--repo2-passphrase-file", abs)
+		}
 	}
 	return args, nil
 }

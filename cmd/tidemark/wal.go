@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -19,6 +21,7 @@ import (
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
+	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/location"
 	"github.com/tidemarkdb/tidemark/wal"
 )
@@ -66,7 +69,7 @@ func walPushCommand() *cli.Command {
 		Description: "Archives the file at <path> (relative to the data directory, as PostgreSQL's %p) and exits 0 only " +
 			"once it is durable in the repository. When an agent serves the data directory, it asks the agent; " +
 			"otherwise, or if the agent fails, it uploads the file itself.",
-		Flags: flagSet(repoFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
 			walPGDataFlag(),
 			stringFlag("socket", "the agent's socket (default PGDATA/tidemark-agent.sock)"),
 			&cli.BoolFlag{Name: "no-agent", Usage: "upload without asking an agent", EnvVars: []string{envName("no-agent")}},
@@ -97,7 +100,7 @@ func walPush(c *cli.Context) error {
 		if socket == "" {
 			socket = wal.DefaultSocket(pgdata)
 		}
-		resp, err := wal.AskAgent(c.Context, socket, wal.Request{Op: "push", Name: name, PGData: pgdata}, c.Duration("agent-wait"))
+		resp, err := wal.AskAgent(c.Context, socket, wal.Request{Op: "push", Name: name, PGData: pgdata, Stores: storeNames(c)}, c.Duration("agent-wait"))
 		if err == nil {
 			log.Debug("archived by the agent", "file", name, "result", resp.Result)
 			return nil
@@ -123,8 +126,16 @@ func walPush(c *cli.Context) error {
 		return err
 	}
 	defer r.Close()
-	res, err := wal.NewPusher(arch, ci, log).Push(c.Context, path)
+	p, closeSecond, err := pusher(c, log, arch, r, ci)
 	if err != nil {
+		return err
+	}
+	defer closeSecond()
+	res, err := p.Push(c.Context, path)
+	if err != nil {
+		if len(p.Stores()) > 1 {
+			return fmt.Errorf("%w (PostgreSQL will call archive_command again; it succeeds once both repositories have the file)", err)
+		}
 		return err
 	}
 	log.Debug("archived", "file", name, "created", res.Created, "bytes", res.Size, "stored", res.Stored, "elapsed", res.Elapsed)
@@ -142,27 +153,69 @@ func inPGWal(pgdata, path string) bool {
 // openWALArchive opens the repository with the given retry bound, and its
 // WAL archive. The caller closes the repository.
 func openWALArchive(c *cli.Context, log *slog.Logger, retryFor time.Duration) (*repo.Repo, *walarchive.Archive, error) {
-	url, err := requireString(c, "repo")
+	return openWALArchiveOf(c, log, firstRepo, retryFor)
+}
+
+// openWALArchiveOf is openWALArchive of repository which.
+func openWALArchiveOf(c *cli.Context, log *slog.Logger, which string, retryFor time.Duration) (*repo.Repo, *walarchive.Archive, error) {
+	r, err := openRepoAt(c.Context, c, log, which, repo.Options{}, retryFor)
 	if err != nil {
 		return nil, nil, err
-	}
-	st, err := location.Open(c.Context, url, location.Options{Logger: log, RetryFor: retryFor})
-	if err != nil {
-		return nil, nil, usageErrorf("--repo: %v", err)
-	}
-	ids, err := loadIdentities(c)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := repo.Open(c.Context, st, ids, repo.Options{Logger: log})
-	if err != nil {
-		return nil, nil, fmt.Errorf("open repository %s: %w", st, err)
 	}
 	return r, walarchive.FromRepo(r, walarchive.Options{Logger: log}), nil
 }
 
+// pusher is the Pusher of wal-push and the agent: into repo, and into repo2
+// too when one is configured, which is opened the first time a push needs
+// it (it may be unreachable when the agent starts) and checked to share
+// repo's master secret. closeSecond closes it once pushing is over.
+func pusher(c *cli.Context, log *slog.Logger, arch *walarchive.Archive, first *repo.Repo, ci walarchive.ClusterInfo) (p *wal.Pusher, closeSecond func(), err error) {
+	p = wal.NewPusher(arch, ci, log)
+	if c.String(secondRepo) == "" {
+		return p, func() {}, nil
+	}
+	name, err := location.Name(c.String(secondRepo))
+	if err != nil {
+		return nil, nil, usageErrorf("--repo2: %v", err)
+	}
+	var mu sync.Mutex
+	var second *repo.Repo
+	retryFor := c.Duration("retry-for")
+	p.WithSecond(name, func(ctx context.Context) (*walarchive.Archive, error) {
+		r2, err := openSecondOf(ctx, c, log, first, repo.Options{}, retryFor)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		second = r2
+		mu.Unlock()
+		return walarchive.FromRepo(r2, walarchive.Options{Logger: log}), nil
+	})
+	return p, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if second != nil {
+			second.Close()
+		}
+	}, nil
+}
+
+// storeNames names the repositories wal-push archives to, as the agent's
+// Pusher.Stores does, without opening them.
+func storeNames(c *cli.Context) []string {
+	var out []string
+	for _, which := range []string{firstRepo, secondRepo} {
+		if u := c.String(which); u != "" {
+			if n, err := location.Name(u); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
 func walFetchFlags() []cli.Flag {
-	return flagSet(repoFlags(), []cli.Flag{
+	return flagSet(repoFlags(), repo2Flags(), []cli.Flag{
 		walPGDataFlag(),
 		stringFlag("spool-dir", "spool for prefetched WAL (default: beside the data directory, PGDATA.tidemark-spool)"),
 		&cli.BoolFlag{Name: "no-spool", Usage: "fetch each file directly; no spool, no prefetch", EnvVars: []string{envName("no-spool")}},
@@ -229,15 +282,31 @@ func walFetchRun(c *cli.Context) error {
 	if served, err := serveSpooled(c, opts, name, dest); served || err != nil {
 		return err
 	}
+	spoolDir := opts.SpoolDir
+	if spoolDir == "" {
+		spoolDir = wal.DefaultSpoolDir(opts.PGData)
+	}
+	mark := wal.FallbackMarkFor(spoolDir)
+	hasSecond := c.String(secondRepo) != ""
+	if hasSecond && mark.Recent(fallbackFor) {
+		return fetchSecond(c, log, opts, name, dest, errors.New("it was unreachable moments ago"))
+	}
+	start := time.Now()
 	f, r, err := newFetcher(c, log, opts)
+	var res wal.FetchResult
+	if err == nil {
+		defer r.Close()
+		res, err = f.Fetch(c.Context, name, dest)
+	}
+	if err != nil && hasSecond && storage.IsUnavailable(err) && c.Context.Err() == nil {
+		mark.Set()
+		return fetchSecond(c, log, opts, name, dest, err)
+	}
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	start := time.Now()
-	res, err := f.Fetch(c.Context, name, dest)
-	if err != nil {
-		return err
+	if hasSecond {
+		mark.Clear()
 	}
 	log.Debug("fetched", "file", res.Name, "source", res.Source, "bytes", res.Size, "elapsed", time.Since(start))
 	// Only once a segment was there: a standby that polls for the next
@@ -247,6 +316,33 @@ func walFetchRun(c *cli.Context) error {
 			log.Warn("cannot start the prefetcher; fetching without it", "err", err)
 		}
 	}
+	return nil
+}
+
+// fallbackFor is how long wal-fetch goes straight to the second repository
+// after a call found the first unreachable (wal.FallbackMark).
+const fallbackFor = time.Minute
+
+// fetchSecond fetches name from repo2 after repo was found unreachable
+// (why): directly, without spool or prefetch, which belong to repo.
+func fetchSecond(c *cli.Context, log *slog.Logger, opts wal.FetchOptions, name, dest string, why error) error {
+	log.Warn("repository unreachable: fetching from the second repository", "file", name,
+		"first", c.String(firstRepo), "second", c.String(secondRepo), "err", why)
+	r, arch, err := openWALArchiveOf(c, log, secondRepo, c.Duration("retry-for"))
+	if err != nil {
+		return fmt.Errorf("the first repository is unreachable (%v), and the second: %w", why, err)
+	}
+	defer r.Close()
+	opts.NoSpool, opts.RepoID = true, r.Config().ID
+	f, err := wal.NewFetcher(arch, opts)
+	if err != nil {
+		return err
+	}
+	res, err := f.Fetch(c.Context, name, dest)
+	if err != nil {
+		return err
+	}
+	log.Debug("fetched", "file", res.Name, "source", "second repository", "bytes", res.Size)
 	return nil
 }
 
@@ -377,7 +473,7 @@ func agentCommand() *cli.Command {
 		Description: "Watches PGDATA/pg_wal/archive_status for ready files, uploads them in parallel, oldest first, " +
 			"and answers wal-push over a Unix socket once the file asked for is durable. It never renames or deletes " +
 			"PostgreSQL's status files. Logs to stderr; stops cleanly on SIGTERM or SIGINT.",
-		Flags: flagSet(repoFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
 			stringFlag("pgdata", "PostgreSQL data directory (default: the working directory)", "PGDATA"),
 			stringFlag("socket", "Unix socket to answer wal-push on (default PGDATA/tidemark-agent.sock)"),
 			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{envName("parallel")},
@@ -432,7 +528,12 @@ func agentCommand() *cli.Command {
 				aheadPoll = 0 // the default
 			}
 			debug.SetMemoryLimit(segs*int64(ci.SegSize) + 64<<20)
-			a, err := wal.NewAgent(wal.NewPusher(arch, ci, log), wal.AgentOptions{
+			p, closeSecond, err := pusher(c, log, arch, r, ci)
+			if err != nil {
+				return err
+			}
+			defer closeSecond()
+			a, err := wal.NewAgent(p, wal.AgentOptions{
 				PGData: pgdata, Socket: c.String("socket"), Parallel: c.Int("parallel"),
 				ShutdownTimeout: c.Duration("shutdown-timeout"), AheadPoll: aheadPoll, Logger: log,
 			})
