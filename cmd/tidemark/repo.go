@@ -71,16 +71,11 @@ func openStoreAt(ctx context.Context, c *cli.Context, log *slog.Logger, which st
 	return st, nil
 }
 
-// loadIdentities reads the identities that may unlock the repository: every
-// --identity file and --passphrase-file. Neither given is not an error here:
-// repo.Open then says that no identity matches and what to pass.
-func loadIdentities(c *cli.Context) ([]age.Identity, error) {
-	return loadIdentitiesOf(c, firstRepo)
-}
-
-// loadIdentitiesOf reads the identities of repository which: for repo2,
+// loadIdentitiesOf reads the identities that may unlock repository which:
+// every --identity file and --passphrase-file, and for repo2
 // --repo2-identity and --repo2-passphrase-file, or repo's when neither is
-// given.
+// given. None is not an error here: repo.Open then says that no identity
+// matches and what to pass.
 func loadIdentitiesOf(c *cli.Context, which string) ([]age.Identity, error) {
 	prefix := ""
 	if which == secondRepo && (len(c.StringSlice("repo2-identity")) > 0 || c.String("repo2-passphrase-file") != "") {
