@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
@@ -89,19 +87,11 @@ func (b *run) setPhase(p string) { b.phase.Store(&p) }
 
 // acquireLease takes the cluster's backup lease. A lease left by a backup
 // on this host whose process is gone (kill -9, a crash) is removed at once
-// rather than after its TTL, so that the next backup can resume right away;
-// a holder on another host, or a live process here, is never touched.
+// rather than after its TTL, so that the next backup can resume right away.
 func acquireLease(ctx context.Context, r *repo.Repo, cluster uint64, opts *Options) (*lease.Lease, error) {
-	lo := lease.Options{Exclusive: true, Command: "backup", Logger: opts.Logger, Now: opts.Now}
+	lo := lease.Options{Exclusive: true, Command: "backup", Logger: opts.Logger, Now: opts.Now, ReclaimGone: true}
 	l, err := r.AcquireLease(ctx, lease.BackupScope(cluster), lo)
 	var le *lease.LockedError
-	if errors.As(err, &le) && holderGone(le.Holder) {
-		opts.Logger.Warn("removing the lease of an earlier backup on this host whose process is gone", "holder", le.Holder.String())
-		if derr := r.Store().Delete(ctx, le.Holder.Key()); derr != nil {
-			return nil, fmt.Errorf("remove the stale lease %s: %w", le.Holder.Key(), derr)
-		}
-		l, err = r.AcquireLease(ctx, lease.BackupScope(cluster), lo)
-	}
 	switch {
 	case errors.As(err, &le):
 		return nil, fmt.Errorf("another backup of cluster %d is running: %w", cluster, err)
@@ -109,16 +99,6 @@ func acquireLease(ctx context.Context, r *repo.Repo, cluster uint64, opts *Optio
 		return nil, fmt.Errorf("take the backup lease of cluster %d: %w", cluster, err)
 	}
 	return l, nil
-}
-
-// holderGone reports whether a lease holder was a process on this host that
-// no longer exists. A reused PID makes it look alive: the safe side.
-func holderGone(h lease.Info) bool {
-	host, err := os.Hostname()
-	if err != nil || h.Host != host || h.PID <= 0 || h.PID == os.Getpid() {
-		return false
-	}
-	return errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH)
 }
 
 func (b *run) run(ctx context.Context) (*Result, error) {

@@ -184,12 +184,12 @@ func (c *copier) plan(ctx context.Context) ([]uint64, map[uint64][]*repo.Snapsho
 
 // cluster copies one cluster's WAL, then its snapshots, under the leases.
 func (c *copier) cluster(ctx context.Context, cl uint64, snaps []*repo.Snapshot) error {
-	rl, err := c.from.AcquireLease(ctx, lease.RestoreScope(cl), lease.Options{Command: "copy (source)", Logger: c.log})
+	rl, err := c.from.AcquireLease(ctx, lease.RestoreScope(cl), lease.Options{Command: "copy (source)", Logger: c.log, ReclaimGone: true})
 	if err != nil {
 		return fmt.Errorf("take the reader lease on %s: %w", c.from.Store(), err)
 	}
 	defer rl.Release(context.WithoutCancel(ctx))
-	wl, err := c.to.AcquireLease(ctx, lease.BackupScope(cl), lease.Options{Exclusive: true, Command: "copy (target)", Logger: c.log})
+	wl, err := c.to.AcquireLease(ctx, lease.BackupScope(cl), lease.Options{Exclusive: true, Command: "copy (target)", Logger: c.log, ReclaimGone: true})
 	if err != nil {
 		return fmt.Errorf("take the writer lease on %s: %w", c.to.Store(), err)
 	}

@@ -51,7 +51,7 @@ func (t *target) archive(ctx context.Context) (*walarchive.Archive, error) {
 	}
 	a, err := t.open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open the repository at %s: %w", t.store, err)
+		return nil, err
 	}
 	t.arch = a
 	return a, nil

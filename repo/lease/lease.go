@@ -32,6 +32,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/storage"
@@ -167,6 +168,11 @@ type Options struct {
 	Logger    *slog.Logger  // slog.DiscardHandler when nil
 	// Now is the clock (time.Now when nil); tests inject one.
 	Now func() time.Time
+	// ReclaimGone removes a conflicting lease whose holder was a process
+	// on this host that no longer exists (kill -9, a crash) rather than
+	// waiting out its TTL, so that a rerun resumes at once. A holder on
+	// another host, or a live process here, is never touched.
+	ReclaimGone bool
 }
 
 // Lease is a held lease.
@@ -250,6 +256,14 @@ func Acquire(ctx context.Context, store storage.Store, scope string, opts Option
 			}
 			continue
 		}
+		if (opts.Exclusive || o.Exclusive) && opts.ReclaimGone && HolderGone(*o) {
+			l.log.Warn("removing the lease of an earlier run on this host whose process is gone", "lease", o.Key(), "holder", o.String())
+			if err := store.Delete(ctx, o.Key()); err != nil {
+				l.deleteOwn()
+				return nil, fmt.Errorf("remove the stale lease %s: %w", o.Key(), err)
+			}
+			continue
+		}
 		if (opts.Exclusive || o.Exclusive) && conflict == nil {
 			conflict = o
 		}
@@ -260,6 +274,16 @@ func Acquire(ctx context.Context, store storage.Store, scope string, opts Option
 	}
 	go l.refreshLoop(opts.TTL / refreshDivisor)
 	return l, nil
+}
+
+// HolderGone reports whether a lease holder was a process on this host that
+// no longer exists. A reused PID makes it look alive: the safe side.
+func HolderGone(h Info) bool {
+	host, err := os.Hostname()
+	if err != nil || h.Host != host || h.PID <= 0 || h.PID == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH)
 }
 
 func (l *Lease) deleteOwn() {

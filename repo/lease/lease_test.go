@@ -3,6 +3,8 @@ package lease
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -184,4 +186,38 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoded lease does not decode: %v", err)
 		}
 	})
+}
+
+// TestReclaimGone: a lease held by a process of this host that is gone is
+// removed by an Acquire that asks for it; a live holder, or one on another
+// host, still conflicts.
+func TestReclaimGone(t *testing.T) {
+	store := mem.New()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Skip("no true(1):", err)
+	}
+	dead := cmd.Process.Pid
+	host, _ := os.Hostname()
+	if _, err := Acquire(ctx, store, "backup/1", Options{Exclusive: true, Host: host, PID: dead}); err != nil {
+		t.Fatal(err)
+	}
+	var le *LockedError
+	if _, err := Acquire(ctx, store, "backup/1", Options{Exclusive: true}); !errors.As(err, &le) {
+		t.Fatalf("without ReclaimGone: %v", err)
+	}
+	l, err := Acquire(ctx, store, "backup/1", Options{Exclusive: true, ReclaimGone: true})
+	if err != nil {
+		t.Fatalf("with ReclaimGone: %v", err)
+	}
+	defer l.Release(ctx)
+	if _, err := Acquire(ctx, store, "backup/1", Options{Exclusive: true, ReclaimGone: true}); !errors.As(err, &le) {
+		t.Fatalf("a live holder was reclaimed: %v", err)
+	}
+	if _, err := Acquire(ctx, store, "backup/2", Options{Exclusive: true, Host: "elsewhere", PID: dead}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Acquire(ctx, store, "backup/2", Options{Exclusive: true, ReclaimGone: true}); !errors.As(err, &le) {
+		t.Fatalf("a holder on another host was reclaimed: %v", err)
+	}
 }
