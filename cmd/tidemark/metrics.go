@@ -301,14 +301,24 @@ func runMetrics(c *cli.Context) error {
 }
 
 // heartbeatMetrics writes the agent's --metrics-file after each heartbeat:
-// what the source server says about its archiver.
-func heartbeatMetrics(c *cli.Context, log *slog.Logger) func(wal.Beat) {
+// what the source server says about its archiver, and how far behind each
+// repository the agent archives to is (lag returns nil until the agent
+// runs).
+func heartbeatMetrics(c *cli.Context, log *slog.Logger, lag func() []wal.Lag) func(wal.Beat) {
 	path := c.String("metrics-file")
 	if path == "" {
 		return nil
 	}
 	return func(b wal.Beat) {
 		m := &metrics{}
+		for _, l := range lag() {
+			rl := []string{"repository", l.Store}
+			m.gauge("tidemark_archive_repository_lag_files", "Ready WAL files the agent has not yet made durable in this repository.", float64(l.Files), rl...)
+			m.gauge("tidemark_archive_repository_lag_seconds", "How long the oldest of them has waited.", l.Oldest.Seconds(), rl...)
+			if !l.LastArchived.IsZero() {
+				m.gauge("tidemark_archive_repository_last_archived_timestamp_seconds", "When the agent last made a file durable in this repository (Unix time).", unixSeconds(l.LastArchived), rl...)
+			}
+		}
 		if !b.InRecovery {
 			m.gauge("tidemark_heartbeat_timestamp_seconds", "When the agent last wrote tidemark.heartbeat (Unix time).", unixSeconds(b.At))
 			m.gauge("tidemark_archive_lag_segments", "Complete WAL segments PostgreSQL has not archived yet (pg_stat_archiver against pg_current_wal_lsn).", float64(b.LagSegments))

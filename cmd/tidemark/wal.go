@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -493,6 +494,8 @@ func agentCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			// The agent, once it runs, for the heartbeat's metrics.
+			var running atomic.Pointer[wal.Agent]
 			if c.String("metrics-file") != "" && c.Duration("heartbeat") <= 0 {
 				return usageErrorf("--metrics-file: the agent writes its metrics after each heartbeat; give --heartbeat too (e.g. --heartbeat 10s)")
 			}
@@ -500,7 +503,12 @@ func agentCommand() *cli.Command {
 				// Beside the agent, never in its way: a failing heartbeat
 				// is logged and retried, archiving goes on.
 				go wal.RunHeartbeat(c.Context, wal.HeartbeatOptions{ConnString: c.String("pg-conn"), Every: every, Logger: log,
-					OnBeat: heartbeatMetrics(c, log)})
+					OnBeat: heartbeatMetrics(c, log, func() []wal.Lag {
+						if a := running.Load(); a != nil {
+							return a.Lag()
+						}
+						return nil
+					})})
 			}
 			pgdata, err := wal.DataDir(c.String("pgdata"))
 			if err != nil {
@@ -540,6 +548,7 @@ func agentCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			running.Store(a)
 			return a.Run(c.Context)
 		},
 	}
