@@ -12,12 +12,12 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/repotest"
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/replicate"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/refs"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/repo/walarchive/walarchivetest"
-	"github.com/tidemarkdb/tidemark/replicate"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/fault"
 	"github.com/tidemarkdb/tidemark/storage/mem"
