@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"net"
 	"strings"
 	"time"
 )
@@ -142,11 +143,16 @@ func IsTransient(err error) bool {
 }
 
 // IsUnavailable reports whether err says that the store could not be
-// reached rather than anything about an object: a transient failure, or
-// one matching ErrUnavailable (the retries gave up). Not found, exists,
+// reached rather than anything about an object: a transient failure, one
+// matching ErrUnavailable (the retries gave up), or a name that does not
+// resolve. Not found, exists,
 // a corrupt object, access denied and the caller's context ending are not.
 func IsUnavailable(err error) bool {
-	return IsTransient(err) || errors.Is(err, ErrUnavailable)
+	// A name that does not resolve is permanent for retries (a typo in the
+	// endpoint stays a typo) but, for a second repository, a region that
+	// cannot be reached.
+	var dns *net.DNSError
+	return IsTransient(err) || errors.Is(err, ErrUnavailable) || errors.As(err, &dns)
 }
 
 // ErrInvalidKey is matched by CheckKey's errors.

@@ -29,10 +29,6 @@ type s3Error struct {
 	cause     error
 	sentinel  error // storage.ErrNotFound, ErrRange, ErrExists or nil
 	permanent bool
-	// unreachable: the server cannot be found at all (its name does not
-	// resolve); permanent for retries, but a second repository may be
-	// tried (storage.ErrUnavailable).
-	unreachable bool
 }
 
 func (e *s3Error) Error() string { return e.msg }
@@ -44,9 +40,6 @@ func (e *s3Error) Unwrap() []error {
 	}
 	if e.permanent {
 		errs = append(errs, storage.ErrPermanent)
-	}
-	if e.unreachable {
-		errs = append(errs, storage.ErrUnavailable)
 	}
 	if e.cause != nil {
 		errs = append(errs, e.cause)
@@ -208,7 +201,7 @@ func (s *Store) describeNet(err error) *s3Error {
 		e.permanent = true
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		e.msg = fmt.Sprintf("cannot resolve %s: check the endpoint in the repository URL (%s)", dnsErr.Name, e.msg)
-		e.permanent, e.unreachable = true, true
+		e.permanent = true
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		e.msg = fmt.Sprintf("connection to %s stalled: nothing moved for %s (%s)", s.endpoint(), s.opts.StallTimeout, e.msg)
 	case errors.As(err, &netErr) && netErr.Timeout(),
