@@ -137,9 +137,19 @@ func (f *Failover) Do(ctx context.Context, fn func(r *Repo) error) error {
 	r := f.Active()
 	err := fn(r)
 	if r2 := f.switchOver(ctx, r, err); r2 != nil {
-		return fn(r2)
+		return f.fromSecond(fn(r2))
 	}
 	return err
+}
+
+// fromSecond says, on an error of the second repository right after the
+// switch, where it came from: "blob X is not in the index" means something
+// else there (the second has not been copied that far) than in the first.
+func (f *Failover) fromSecond(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("in the second repository %s (the first is unreachable): %w", f.Active().store, err)
 }
 
 // Snapshots lists the snapshots of the active repository (see Repo.Snapshots).
@@ -222,7 +232,7 @@ func (f *Failover) ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob
 			rest = append(rest, id)
 		}
 	}
-	return r2.ReadBlobs(ctx, rest, fn)
+	return f.fromSecond(r2.ReadBlobs(ctx, rest, fn))
 }
 
 // AcquireLease takes a lease in the active repository.
