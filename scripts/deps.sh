@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything tidemark's tests, checks and benchmarks need on Debian 12,
-# as root: PostgreSQL 15 (apt) and 16-18 (npm), pgBackRest, zstd, age, MinIO,
-# versitygw, fake-gcs-server, Azurite (npm) and staticcheck. It needs Go already; it uses only apt, npm and the
+# as root: PostgreSQL 15 (apt) and 16-18 (npm), pgBackRest, zstd, age, systemd
+# (systemd-analyze), MinIO, versitygw, fake-gcs-server, Azurite (npm), staticcheck
+# and goreleaser. It needs Go already; it uses only apt, npm and the
 # Go module proxy.
 #
 # Idempotent: whatever is present at the pinned version is left alone, so a warm
@@ -76,11 +77,12 @@ else
 fi
 
 missing=()
-for p in pgbackrest zstd age ca-certificates; do
+# systemd: systemd-analyze, for the test of the shipped units.
+for p in pgbackrest zstd age ca-certificates systemd; do
 	installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-	log "pgbackrest zstd age ca-certificates: present"
+	log "pgbackrest zstd age ca-certificates systemd: present"
 else
 	t=$EPOCHREALTIME
 	log "installing ${missing[*]} from apt"
@@ -158,6 +160,21 @@ go_tool minio github.com/minio/minio "$minio_version"
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$versitygw_version"
 go_tool fake-gcs-server github.com/fsouza/fake-gcs-server "$fake_gcs_version"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$staticcheck_version"
+
+# goreleaser is pinned in go.mod as a tool (go get -tool): built from the
+# module at that version, in the background with the rest (about 4.5 CPU
+# minutes; "go tool goreleaser" would build it again in every fresh cache).
+root=$(cd "$(dirname "$0")/.." && pwd)
+goreleaser_version=$(cd "$root" && go list -m -f '{{.Version}}' github.com/goreleaser/goreleaser/v2)
+if go_tool_current goreleaser "$goreleaser_version"; then
+	log "goreleaser: present ($goreleaser_version in $gobin)"
+else
+	log "goreleaser: go build of $goreleaser_version, the go.mod tool (in the background)"
+	(cd "$root" && go build -o "$gobin/goreleaser" github.com/goreleaser/goreleaser/v2) >"$logs/goreleaser.log" 2>&1 &
+	jobs_names+=(goreleaser)
+	jobs_pids+=($!)
+	jobs_start+=("$EPOCHREALTIME")
+fi
 
 # --- Azurite (Azure Blob Storage emulator) from npm, while the Go tools build ---
 

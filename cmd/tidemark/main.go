@@ -17,10 +17,12 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// Set at build time: go build -ldflags "-X main.version=... -X main.commit=...".
+// Set at build time: go build -ldflags "-X main.version=... -X main.commit=...
+// -X main.date=..." (goreleaser.yaml sets all three).
 var (
 	version = ""
 	commit  = ""
+	date    = ""
 )
 
 func main() {
@@ -77,7 +79,7 @@ func commands() []*cli.Command {
 		rehearseCommand(), copyCommand(),
 		verifyCommand(), drillCommand(), expireCommand(), gcCommand(), metricsCommand(),
 		repairCommand(),
-		versionCommand(),
+		versionCommand(), completionCommand(), manCommand(),
 	}
 }
 
@@ -174,8 +176,9 @@ func versionCommand() *cli.Command {
 	}
 }
 
-// versionString is "tidemark <version> (commit <hash>, <go version>)". Without
-// ldflags it falls back to what the Go toolchain recorded in the binary.
+// versionString is "tidemark <version> (commit <hash>[, built <date>], <go
+// version>)". Without ldflags it falls back to what the Go toolchain
+// recorded in the binary.
 func versionString() string {
 	v, c := version, commit
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -193,6 +196,9 @@ func versionString() string {
 	}
 	if c == "" {
 		c = "unknown"
+	}
+	if date != "" {
+		return fmt.Sprintf("tidemark %s (commit %s, built %s, %s)", v, c, date, runtime.Version())
 	}
 	return fmt.Sprintf("tidemark %s (commit %s, %s)", v, c, runtime.Version())
 }
