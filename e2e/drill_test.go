@@ -22,12 +22,13 @@ import (
 )
 
 // heartbeatAgent starts `tidemark agent --heartbeat` beside c (as the
-// server user): it archives and writes tidemark.heartbeat every second.
-func (e *restoreEnv) heartbeatAgent(c *testenv.Cluster) {
+// server user), with extra flags: it archives and writes
+// tidemark.heartbeat every second.
+func (e *restoreEnv) heartbeatAgent(c *testenv.Cluster, extra ...string) {
 	t := e.t
 	t.Helper()
-	cmd := c.Command(context.Background(), e.bin, append([]string{"agent", "--pgdata", c.DataDir, "--heartbeat", "1s",
-		"--pg-conn", c.ConnString()}, e.repoArgs()...)...)
+	cmd := c.Command(context.Background(), e.bin, append(append([]string{"agent", "--pgdata", c.DataDir, "--heartbeat", "1s",
+		"--pg-conn", c.ConnString()}, e.repoArgs()...), extra...)...)
 	cmd.Env = append(cmd.Env, e.env...)
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log

@@ -109,6 +109,43 @@ type agentStats struct {
 	files, created, bytes, stored int64
 	failures                      int64
 	ahead                         int64 // pieces compressed ahead and used
+	lastAt                        time.Time
+}
+
+// AgentStats is what an agent did since it started, for metrics.
+type AgentStats struct {
+	Files    int64 // files made durable (uploaded, or found already archived)
+	Uploaded int64 // of them, uploaded by this agent
+	Bytes    int64 // bytes of those files
+	Stored   int64 // bytes stored for the uploaded ones (compressed, encrypted)
+	Failures int64 // failed upload attempts
+	// Queued is the files waiting for an upload or in one; Ready the
+	// files PostgreSQL marked ready for archiving and has not seen
+	// archived yet (its backlog, whatever the agent did).
+	Queued, Ready int
+	// LastArchived is when the agent last made a file durable.
+	LastArchived time.Time
+}
+
+// Stats returns what the agent did so far. Safe to call while it runs.
+func (a *Agent) Stats() AgentStats {
+	a.mu.Lock()
+	s := a.stats
+	out := AgentStats{Files: s.files, Uploaded: s.created, Bytes: s.bytes, Stored: s.stored, Failures: s.failures, LastArchived: s.lastAt}
+	for _, e := range a.entries {
+		if e.state == statePending || e.state == stateRunning {
+			out.Queued++
+		}
+	}
+	a.mu.Unlock()
+	if ents, err := os.ReadDir(a.statusDir); err == nil {
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".ready") {
+				out.Ready++
+			}
+		}
+	}
+	return out
 }
 
 type entryState int
@@ -505,6 +542,7 @@ func (a *Agent) work(ctx context.Context) {
 			a.stats.files++
 			a.stats.bytes += res.Size
 			a.stats.ahead += int64(res.Ahead)
+			a.stats.lastAt = time.Now()
 			if res.Created {
 				a.stats.created++
 				a.stats.stored += res.Stored

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/backup"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -121,8 +122,12 @@ func runBackup(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := writeBackupMetrics(c, res); err != nil {
-		return err
+	if res != nil && res.Snapshot != nil {
+		m := metrics.NewSet()
+		m.AddBackup(res)
+		if err := writeMetrics(c, m); err != nil {
+			return err
+		}
 	}
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, backupJSON(res))

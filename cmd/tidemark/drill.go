@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
@@ -94,8 +95,8 @@ func runDrill(c *cli.Context) error {
 		} else {
 			printDrill(c.App.Writer, rep)
 		}
-		m := &metrics{}
-		addDrillMetrics(m, rep)
+		m := metrics.NewSet()
+		m.AddDrill(rep)
 		if merr := writeMetrics(c, m); merr != nil && err == nil {
 			return merr
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -104,20 +105,8 @@ func runExpire(c *cli.Context) error {
 	} else {
 		printExpire(c.App.Writer, res, opts)
 	}
-	m := &metrics{}
-	m.gauge("tidemark_expire_last_run_timestamp_seconds", "When tidemark expire last finished (Unix time).", unixSeconds(time.Now()))
-	for _, cr := range res.Clusters {
-		l := clusterLabel(cr.Cluster)
-		kept := 0
-		for _, d := range cr.Decisions {
-			if d.Keep {
-				kept++
-			}
-		}
-		m.gauge("tidemark_expire_snapshots_kept", "Snapshots the policy keeps.", float64(kept), l...)
-		m.gauge("tidemark_expire_snapshots_removed", "Snapshots the last expire removed.", float64(cr.Removed), l...)
-		m.gauge("tidemark_expire_wal_removed_bytes", "Bytes of WAL the last expire removed.", float64(cr.WALBytes), l...)
-	}
+	m := metrics.NewSet()
+	m.AddExpire(res, time.Now())
 	if !opts.DryRun {
 		if merr := writeMetrics(c, m); merr != nil && err == nil {
 			return merr

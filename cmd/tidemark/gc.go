@@ -10,6 +10,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/gc"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/repo"
 )
 
@@ -69,15 +70,8 @@ func runGC(c *cli.Context) error {
 	if opts.DryRun {
 		return nil
 	}
-	m := &metrics{}
-	m.gauge("tidemark_gc_last_run_timestamp_seconds", "When tidemark gc last finished (Unix time).", unixSeconds(time.Now()))
-	m.gauge("tidemark_gc_duration_seconds", "How long the last gc took.", time.Since(start).Seconds())
-	m.gauge("tidemark_gc_deleted_bytes", "Bytes of packs the last gc deleted.", float64(res.Deleted.Bytes))
-	m.gauge("tidemark_gc_deleted_packs", "Packs the last gc deleted.", float64(res.Deleted.Packs))
-	m.gauge("tidemark_gc_quarantined_bytes", "Bytes of packs the last gc quarantined.", float64(res.Quarantined.Bytes))
-	m.gauge("tidemark_gc_locked_bytes", "Bytes of packs the last gc left because the object lock still holds them.", float64(res.Locked.Bytes))
-	m.gauge("tidemark_gc_pending_quarantines", "Quarantine records waiting for leases to end.", float64(res.Pending))
-	m.gauge("tidemark_gc_pack_bytes_left", "Bytes of packs left after the last gc.", float64(res.PackBytes-res.Deleted.Bytes))
+	m := metrics.NewSet()
+	m.AddGC(res, time.Now(), time.Since(start))
 	return writeMetrics(c, m)
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/verify"
@@ -84,14 +85,8 @@ func runVerify(c *cli.Context) error {
 	} else {
 		printVerify(c.App.Writer, rep)
 	}
-	m := &metrics{}
-	m.gauge("tidemark_verify_last_run_timestamp_seconds", "When tidemark verify last finished (Unix time).", unixSeconds(rep.Finished))
-	m.gauge("tidemark_verify_success", "1 if the last verify found no problem.", boolValue(rep.OK()))
-	m.gauge("tidemark_verify_problems", "Problems the last verify found.", float64(len(rep.Problems)))
-	m.gauge("tidemark_verify_duration_seconds", "How long the last verify took.", rep.Finished.Sub(rep.Started).Seconds())
-	m.gauge("tidemark_verify_packs_read", "Packs the last verify downloaded and checked.", float64(rep.Stats.PacksRead))
-	m.gauge("tidemark_repository_pack_bytes", "Bytes of packs in the repository.", float64(rep.Stats.PackBytes))
-	m.gauge("tidemark_repository_snapshot_and_pack_bytes", "Bytes of snapshots and packs listed by the last verify.", float64(rep.Stats.RepositoryBytes))
+	m := metrics.NewSet()
+	m.AddVerify(rep)
 	if merr := writeMetrics(c, m); merr != nil && err == nil {
 		return merr
 	}

@@ -13,12 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -487,71 +487,87 @@ func agentCommand() *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", EnvVars: []string{envName("heartbeat")},
 				Usage: "write a heartbeat row (tidemark.heartbeat) this often for restore drills to check their target against (0: off)"},
 			stringFlag("pg-conn", "connection string for the heartbeat (default: libpq environment variables)"),
-			stringFlag("metrics-file", "write the archiver's Prometheus metrics to this file after each heartbeat (needs --heartbeat)"),
+			stringFlag("metrics-file", "write the agent's Prometheus metrics to this file (node_exporter textfile format) every 15 s and after each heartbeat"),
+			stringFlag("metrics-listen", "serve the agent's Prometheus metrics over HTTP at this address (e.g. 127.0.0.1:9187, :9187), path /metrics"),
+			&cli.DurationFlag{Name: "metrics-refresh", Value: metrics.DefaultRefresh, EnvVars: []string{envName("metrics-refresh")},
+				Usage: "how often the metrics read the repository state (the cluster's snapshots and newest drill report)"},
 		}),
-		Action: func(c *cli.Context) error {
-			log, err := newLogger(c, c.App.ErrWriter)
-			if err != nil {
-				return err
-			}
-			// The agent, once it runs, for the heartbeat's metrics.
-			var running atomic.Pointer[wal.Agent]
-			if c.String("metrics-file") != "" && c.Duration("heartbeat") <= 0 {
-				return usageErrorf("--metrics-file: the agent writes its metrics after each heartbeat; give --heartbeat too (e.g. --heartbeat 10s)")
-			}
-			if every := c.Duration("heartbeat"); every > 0 {
-				// Beside the agent, never in its way: a failing heartbeat
-				// is logged and retried, archiving goes on.
-				go wal.RunHeartbeat(c.Context, wal.HeartbeatOptions{ConnString: c.String("pg-conn"), Every: every, Logger: log,
-					OnBeat: heartbeatMetrics(c, log, func() []wal.Lag {
-						if a := running.Load(); a != nil {
-							return a.Lag()
-						}
-						return nil
-					})})
-			}
-			pgdata, err := wal.DataDir(c.String("pgdata"))
-			if err != nil {
-				return err
-			}
-			ci, err := wal.ReadCluster(pgdata)
-			if err != nil {
-				return err
-			}
-			r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			// A long-running process next to the database: hold the heap
-			// near what the uploads in flight need (about one segment each,
-			// two and a half for incompressible WAL, of which the limit
-			// covers two: the rest is the margin) rather than letting the
-			// collector double it. Compressing ahead holds up to two
-			// more segments with their frames.
-			segs := int64(max(c.Int("parallel"), 1)) * 2
-			aheadPoll := time.Duration(-1)
-			if c.Bool("compress-ahead") {
-				segs += 3
-				aheadPoll = 0 // the default
-			}
-			debug.SetMemoryLimit(segs*int64(ci.SegSize) + 64<<20)
-			p, closeSecond, err := pusher(c, log, arch, r, ci)
-			if err != nil {
-				return err
-			}
-			defer closeSecond()
-			a, err := wal.NewAgent(p, wal.AgentOptions{
-				PGData: pgdata, Socket: c.String("socket"), Parallel: c.Int("parallel"),
-				ShutdownTimeout: c.Duration("shutdown-timeout"), AheadPoll: aheadPoll, Logger: log,
-			})
-			if err != nil {
-				return err
-			}
-			running.Store(a)
-			return a.Run(c.Context)
-		},
+		Action: runAgent,
 	}
+}
+
+func runAgent(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	pgdata, err := wal.DataDir(c.String("pgdata"))
+	if err != nil {
+		return err
+	}
+	ci, err := wal.ReadCluster(pgdata)
+	if err != nil {
+		return err
+	}
+	r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	var am *metrics.Agent
+	listen := c.String("metrics-listen")
+	if c.String("metrics-file") != "" || listen != "" {
+		am = metrics.NewAgent(metrics.AgentOptions{Repo: r, Cluster: ci.SystemID, Refresh: c.Duration("metrics-refresh"),
+			File: c.String("metrics-file"), Logger: log})
+	}
+	if every := c.Duration("heartbeat"); every > 0 {
+		var onBeat func(wal.Beat)
+		if am != nil {
+			onBeat = am.Beat
+		}
+		// Beside the agent, never in its way: a failing heartbeat
+		// is logged and retried, archiving goes on.
+		go wal.RunHeartbeat(c.Context, wal.HeartbeatOptions{ConnString: c.String("pg-conn"), Every: every, Logger: log, OnBeat: onBeat})
+	}
+	if listen != "" {
+		addr, err := metrics.Serve(c.Context, listen, am.Handler(), log)
+		if err != nil {
+			return usageErrorf("%v", err)
+		}
+		log.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
+	}
+	if am != nil {
+		go am.Run(c.Context)
+	}
+	// A long-running process next to the database: hold the heap
+	// near what the uploads in flight need (about one segment each,
+	// two and a half for incompressible WAL, of which the limit
+	// covers two: the rest is the margin) rather than letting the
+	// collector double it. Compressing ahead holds up to two
+	// more segments with their frames.
+	segs := int64(max(c.Int("parallel"), 1)) * 2
+	aheadPoll := time.Duration(-1)
+	if c.Bool("compress-ahead") {
+		segs += 3
+		aheadPoll = 0 // the default
+	}
+	debug.SetMemoryLimit(segs*int64(ci.SegSize) + 64<<20)
+	p, closeSecond, err := pusher(c, log, arch, r, ci)
+	if err != nil {
+		return err
+	}
+	defer closeSecond()
+	a, err := wal.NewAgent(p, wal.AgentOptions{
+		PGData: pgdata, Socket: c.String("socket"), Parallel: c.Int("parallel"),
+		ShutdownTimeout: c.Duration("shutdown-timeout"), AheadPoll: aheadPoll, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if am != nil {
+		am.SetAgent(a)
+	}
+	return a.Run(c.Context)
 }
 
 func walCommand() *cli.Command {
