@@ -96,6 +96,9 @@ func storageError(op, key string, e *s3Error) *storage.Error {
 }
 
 func (s *Store) describe(op string, err error) *s3Error {
+	if errors.Is(err, errNoCredentials) {
+		return &s3Error{msg: errNoCredentials.Error(), cause: err, permanent: true}
+	}
 	code, status := codeOf(err)
 	var ae smithy.APIError
 	if errors.As(err, &ae) {

@@ -78,7 +78,9 @@ type Options struct {
 	CAFile    string // PEM bundle of the CAs trusted instead of the system roots
 
 	// Static credentials. When AccessKeyID is empty the SDK's default chain
-	// is used (environment, shared files, SSO, web identity, IMDS).
+	// is used (environment, shared files, SSO, web identity, and on EC2
+	// the instance metadata service); when it has nowhere to look, every
+	// request fails with one line naming the variables to set.
 	AccessKeyID     string
 	SecretAccessKey string
 	SessionToken    string
@@ -207,9 +209,12 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	if opts.Region != "" {
 		loadOpts = append(loadOpts, config.WithRegion(opts.Region))
 	}
-	if opts.AccessKeyID != "" {
+	switch {
+	case opts.AccessKeyID != "":
 		loadOpts = append(loadOpts, config.WithCredentialsProvider(
 			credentials.NewStaticCredentialsProvider(opts.AccessKeyID, opts.SecretAccessKey, opts.SessionToken)))
+	case !chainHasSource(os.Getenv) && !onEC2():
+		loadOpts = append(loadOpts, config.WithCredentialsProvider(noCredentials))
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
