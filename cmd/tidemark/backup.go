@@ -45,7 +45,7 @@ func backupCommand() *cli.Command {
 		Description: "Runs pg_backup_start, reads PGDATA and the tablespaces directly, pg_control last, then pg_backup_stop,\n" +
 			"and commits the snapshot once the WAL from start to stop is in the repository. Incremental against the\n" +
 			"newest snapshot of the cluster on the same timeline unless --full. Run it on the database host.",
-		Flags: flagSet(repoFlags(), repo2Flags(), pgFlags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), rateFlags(), pgFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "to", Value: firstRepo,
 				Usage: "repository to write the snapshot to: repo, or repo2 (the second repository, which must have the WAL too)"},
 			&cli.BoolFlag{Name: "full", Usage: "read and store everything instead of only what changed", EnvVars: []string{envName("full")}},

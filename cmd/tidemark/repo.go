@@ -12,9 +12,11 @@ import (
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/location"
+	"github.com/tidemarkdb/tidemark/storage/ratelimit"
 )
 
 // The two repositories a command may know of: repo, and repo2, a second
@@ -55,6 +57,16 @@ func openStoreAt(ctx context.Context, c *cli.Context, log *slog.Logger, which st
 	if err != nil {
 		return nil, err
 	}
+	// --max-upload-rate and --max-download-rate, on the commands that
+	// have them, limit each repository's store.
+	var rates [2]int64
+	for i, name := range []string{"max-upload-rate", "max-download-rate"} {
+		if v := c.String(name); v != "" {
+			if rates[i], err = bytesize.Parse(v); err != nil || rates[i] <= 0 {
+				return nil, usageErrorf("--%s %q: want bytes per second, e.g. 20MiB (units are powers of 1024)", name, v)
+			}
+		}
+	}
 	opts := location.Options{Logger: log, RetryFor: retryFor}
 	if which == secondRepo {
 		opts.Getenv = func(k string) string {
@@ -68,7 +80,15 @@ func openStoreAt(ctx context.Context, c *cli.Context, log *slog.Logger, which st
 	if err != nil {
 		return nil, usageErrorf("--%s: %v", which, err)
 	}
-	return st, nil
+	return ratelimit.New(st, rates[0], rates[1]), nil
+}
+
+// rateFlags limit the bandwidth to the object store.
+func rateFlags() []cli.Flag {
+	return []cli.Flag{
+		stringFlag("max-upload-rate", "upload at most this many bytes per second to the repository, over all uploads at once (e.g. 20MiB)"),
+		stringFlag("max-download-rate", "download at most this many bytes per second from the repository, over all downloads at once (e.g. 50MiB)"),
+	}
 }
 
 // loadIdentitiesOf reads the identities that may unlock repository which:

@@ -28,7 +28,7 @@ func restoreCommand() *cli.Command {
 		Description: "Chooses the newest backup that ends before the target on a timeline leading to it, checks that the\n" +
 			"archive holds the WAL recovery needs, writes the files, backup_label, the recovery settings (restore_command\n" +
 			"= tidemark wal-fetch) and recovery.signal, and global/pg_control last. Start the server afterwards.",
-		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), rateFlags(), []cli.Flag{
 			stringFlag("pgdata", "data directory to restore into (must be empty, or an existing one with --delta)", "PGDATA"),
 			stringFlag("backup", "backup id to restore, or latest (default: the newest that ends before the target)"),
 			stringFlag("cluster", "system identifier of the cluster, when the repository holds several"),
@@ -279,6 +279,10 @@ func walFetchArgs(c *cli.Context) ([]string, error) {
 			}
 			args = append(args, "--repo2-passphrase-file", abs)
 		}
+	}
+	// Recovery fetches WAL under the limit the restore had.
+	if v := c.String("max-download-rate"); v != "" {
+		args = append(args, "--max-download-rate", v)
 	}
 	return args, nil
 }

@@ -70,7 +70,7 @@ func walPushCommand() *cli.Command {
 		Description: "Archives the file at <path> (relative to the data directory, as PostgreSQL's %p) and exits 0 only " +
 			"once it is durable in the repository. When an agent serves the data directory, it asks the agent; " +
 			"otherwise, or if the agent fails, it uploads the file itself.",
-		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), rateFlags(), []cli.Flag{
 			walPGDataFlag(),
 			stringFlag("socket", "the agent's socket (default PGDATA/tidemark-agent.sock)"),
 			&cli.BoolFlag{Name: "no-agent", Usage: "upload without asking an agent", EnvVars: []string{envName("no-agent")}},
@@ -216,7 +216,7 @@ func storeNames(c *cli.Context) []string {
 }
 
 func walFetchFlags() []cli.Flag {
-	return flagSet(repoFlags(), repo2Flags(), []cli.Flag{
+	return flagSet(repoFlags(), repo2Flags(), rateFlags(), []cli.Flag{
 		walPGDataFlag(),
 		stringFlag("spool-dir", "spool for prefetched WAL (default: beside the data directory, PGDATA.tidemark-spool)"),
 		&cli.BoolFlag{Name: "no-spool", Usage: "fetch each file directly; no spool, no prefetch", EnvVars: []string{envName("no-spool")}},
@@ -474,7 +474,7 @@ func agentCommand() *cli.Command {
 		Description: "Watches PGDATA/pg_wal/archive_status for ready files, uploads them in parallel, oldest first, " +
 			"and answers wal-push over a Unix socket once the file asked for is durable. It never renames or deletes " +
 			"PostgreSQL's status files. Logs to stderr; stops cleanly on SIGTERM or SIGINT.",
-		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
+		Flags: flagSet(repoFlags(), repo2Flags(), rateFlags(), []cli.Flag{
 			stringFlag("pgdata", "PostgreSQL data directory (default: the working directory)", "PGDATA"),
 			stringFlag("socket", "Unix socket to answer wal-push on (default PGDATA/tidemark-agent.sock)"),
 			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{envName("parallel")},

@@ -191,6 +191,7 @@ func (b *sourceBody) Read(p []byte) (int, error) {
 // (base64 of the big-endian value). Reading exactly n bytes also proves the
 // source is as long as claimed before anything is sent.
 func (s *Store) crc32c(ctx context.Context, r io.ReaderAt, off, n int64) (string, error) {
+	r = storage.Unmetered(r) // read here, sent later: only the send counts against a rate limit
 	bufp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bufp)
 	buf := *bufp
