@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -91,7 +90,7 @@ func (e *restoreEnv) backupJSON(c *testenv.Cluster, extra ...string) backupJSON 
 	args := append([]string{"backup", "--json", "--pgdata", c.DataDir, "--pg-conn", c.ConnString()}, e.repoArgs()...)
 	out := e.mustTidemark(append(args, extra...)...)
 	var res backupJSON
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
+	if err := fromJSON(out, "backup", &res); err != nil {
 		e.t.Fatalf("backup --json printed %q: %v", out, err)
 	}
 	return res
@@ -143,7 +142,7 @@ func TestBackupCLI(t *testing.T) {
 				NewBytes       int64  `json:"new_bytes"`
 				ChecksumErrors int    `json:"checksum_errors"`
 			}
-			if err := json.Unmarshal([]byte(e.mustTidemark(append([]string{"list", "--json"}, e.repoArgs()...)...)), &list); err != nil {
+			if err := fromJSON(e.mustTidemark(append([]string{"list", "--json"}, e.repoArgs()...)...), "snapshots", &list); err != nil {
 				t.Fatal(err)
 			}
 			if len(list) != 2 || list[0].ID != full.Snapshot.ID || list[1].ID != inc.Snapshot.ID || list[1].Type != "incremental" ||
@@ -159,7 +158,7 @@ func TestBackupCLI(t *testing.T) {
 				StoredBytes int64   `json:"stored_bytes"`
 				DedupRatio  float64 `json:"dedup_ratio"`
 			}
-			if err := json.Unmarshal([]byte(e.mustTidemark(append([]string{"info", "--json"}, e.repoArgs()...)...)), &info); err != nil {
+			if err := fromJSON(e.mustTidemark(append([]string{"info", "--json"}, e.repoArgs()...)...), "repository", &info); err != nil {
 				t.Fatal(err)
 			}
 			if info.Snapshots != 2 || info.StoredBytes == 0 || info.DedupRatio < 2 {

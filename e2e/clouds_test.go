@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -51,7 +50,7 @@ func TestCloudBackends(t *testing.T) {
 			_, packBytes := e.count("data/")
 			out := e.mustTidemark(append([]string{"gc", "--json", "--grace", "1s", "--wait", "1m"}, e.repoArgs()...)...)
 			var g gcJSON
-			if err := json.Unmarshal([]byte(out), &g); err != nil {
+			if err := fromJSON(out, "gc", &g); err != nil {
 				t.Fatalf("gc --json: %v\n%s", err, out)
 			}
 			if _, after := e.count("data/"); g.Deleted.Packs == 0 || after >= packBytes {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -73,7 +72,7 @@ func (e *restoreEnv) drill(source *testenv.Cluster, args ...string) drillResult 
 		"--pgdata", source.DataDir}, e.repoArgs()...), args...)...)
 	var res drillResult
 	res.code, res.stderr = code, errs
-	if err := json.Unmarshal([]byte(out), &res.rep); err != nil && code != 1 {
+	if err := fromJSON(out, "drill", &res.rep); err != nil && code != 1 {
 		e.t.Fatalf("drill --json printed %q (stderr %s): %v", out, errs, err)
 	}
 	// The scratch cluster is gone, whatever happened.
@@ -308,7 +307,7 @@ func (e *restoreEnv) verify(wantCode int, args ...string) verifyReport {
 	e.t.Helper()
 	out, errs, code := e.tidemark(append(append([]string{"verify", "--json"}, e.repoArgs()...), args...)...)
 	var rep verifyReport
-	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+	if err := fromJSON(out, "verify", &rep); err != nil {
 		e.t.Fatalf("verify --json printed %q (stderr %s): %v", out, errs, err)
 	}
 	if code != wantCode {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -33,10 +32,10 @@ func gcLoopDuration(t *testing.T) time.Duration {
 }
 
 type gcJSON struct {
-	Deleted     struct{ Packs int } `json:"Deleted"`
-	Quarantined struct{ Packs int } `json:"Quarantined"`
-	Released    struct{ Packs int } `json:"Released"`
-	Repacked    struct{ Packs int } `json:"Repacked"`
+	Deleted     struct{ Packs int } `json:"deleted"`
+	Quarantined struct{ Packs int } `json:"quarantined"`
+	Released    struct{ Packs int } `json:"released"`
+	Repacked    struct{ Packs int } `json:"repacked"`
 }
 
 // TestGCConcurrent runs garbage collection in a loop while backups (some
@@ -118,7 +117,7 @@ func TestGCConcurrent(t *testing.T) {
 				continue
 			}
 			var res backupJSON
-			if err := json.Unmarshal([]byte(out.String()), &res); err != nil {
+			if err := fromJSON(out.String(), "backup", &res); err != nil {
 				t.Errorf("backup %d printed %q", i, out.String())
 				continue
 			}
@@ -146,7 +145,7 @@ func TestGCConcurrent(t *testing.T) {
 				continue
 			}
 			var res gcJSON
-			json.Unmarshal([]byte(out), &res)
+			fromJSON(out, "gc", &res)
 			gcRuns++
 			total.Deleted.Packs += res.Deleted.Packs
 			total.Quarantined.Packs += res.Quarantined.Packs
@@ -242,7 +241,7 @@ func TestExpirePITR(t *testing.T) {
 			}
 		}
 	}
-	if err := json.Unmarshal([]byte(out), &dry); err != nil || len(dry.Clusters) != 1 {
+	if err := fromJSON(out, "expire", &dry); err != nil || len(dry.Clusters) != 1 {
 		t.Fatalf("expire --dry-run --json: %v\n%s", err, out)
 	}
 	var keep []string
@@ -267,7 +266,7 @@ func TestExpirePITR(t *testing.T) {
 	_, packBytes := e.count("data/")
 	out = e.mustTidemark(append([]string{"gc", "--json", "--grace", "1s", "--wait", "1m"}, e.repoArgs()...)...)
 	var g gcJSON
-	json.Unmarshal([]byte(out), &g)
+	fromJSON(out, "gc", &g)
 	if _, after := e.count("data/"); g.Deleted.Packs == 0 || after >= packBytes {
 		t.Fatalf("gc after expire deleted %d packs (%d -> %d bytes of data packs)", g.Deleted.Packs, packBytes, after)
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,7 +34,7 @@ func TestRehearse(t *testing.T) {
 		t.Fatalf("rehearse exit %d: %s\n%s", code, errs, out)
 	}
 	var reh drill.Rehearsal
-	if err := json.Unmarshal([]byte(out), &reh); err != nil {
+	if err := fromJSON(out, "rehearsal", &reh); err != nil {
 		t.Fatalf("rehearse --json: %v\n%s", err, out)
 	}
 	t.Logf("rehearsal: %s", out)

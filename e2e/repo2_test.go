@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -123,7 +122,7 @@ func (s *secondRegion) copy(args ...string) copyJSONResult {
 	s.t.Helper()
 	out := s.mustTidemark(append(append([]string{"copy", "--json"}, s.repoArgs()...), args...)...)
 	var res copyJSONResult
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
+	if err := fromJSON(out, "copy", &res); err != nil {
 		s.t.Fatalf("copy --json printed %q: %v", out, err)
 	}
 	s.t.Logf("copy: %d snapshots, %d blobs (%d bytes) sent in %d packs, %d blobs there, %d WAL files sent, %d there, %.2f s, %.1f MiB/s",

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -314,7 +313,7 @@ func (w *walRepo) list(t *testing.T, c *testenv.Cluster) listing {
 		t.Fatalf("wal list: exit %d: %s", r.code, r.stderr)
 	}
 	var out struct{ Clusters []listing }
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || len(out.Clusters) != 1 {
+	if err := fromJSON(r.stdout, "wal", &out); err != nil || len(out.Clusters) != 1 {
 		t.Fatalf("wal list --json: %v\n%s", err, r.stdout)
 	}
 	return out.Clusters[0]

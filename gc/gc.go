@@ -121,29 +121,29 @@ func (o *Options) fill() {
 
 // Result says what a run did.
 type Result struct {
-	Snapshots   int   // snapshots marked
-	MetaBlobs   int   // metadata blobs read to mark
-	Referenced  int   // distinct blobs referenced
-	Packs       int   // pack objects found
-	PackBytes   int64 // their bytes
-	IndexBlobs  int   // blob entries in the index
-	Quarantined Count // packs put in quarantine by this run
-	Deleted     Count // packs deleted
-	Released    Count // quarantined packs kept because a snapshot needs them
-	Repacked    Count // mostly dead packs whose live blobs were copied
+	Snapshots   int   `json:"snapshots"`   // snapshots marked
+	MetaBlobs   int   `json:"meta_blobs"`  // metadata blobs read to mark
+	Referenced  int   `json:"referenced"`  // distinct blobs referenced
+	Packs       int   `json:"packs"`       // pack objects found
+	PackBytes   int64 `json:"pack_bytes"`  // their bytes
+	IndexBlobs  int   `json:"index_blobs"` // blob entries in the index
+	Quarantined Count `json:"quarantined"` // packs put in quarantine by this run
+	Deleted     Count `json:"deleted"`     // packs deleted
+	Released    Count `json:"released"`    // quarantined packs kept because a snapshot needs them
+	Repacked    Count `json:"repacked"`    // mostly dead packs whose live blobs were copied
 	// Locked are packs that would be candidates but that the repository's
 	// object lock still holds; the first run after LockedUntil (the
 	// earliest of their locks) takes them.
-	Locked      Count
-	LockedUntil time.Time
-	CopiedBytes int64 // plaintext bytes of blobs copied by repacking
+	Locked      Count     `json:"locked"`
+	LockedUntil time.Time `json:"locked_until,omitzero"`
+	CopiedBytes int64     `json:"copied_bytes"` // plaintext bytes of blobs copied by repacking
 	// Pending are quarantine records left for a later run, and Waiting the
 	// leases they wait for.
-	Pending int
-	Waiting []string
+	Pending int      `json:"pending"`
+	Waiting []string `json:"waiting"`
 	// Candidates describe the packs quarantined (or, in a dry run, that
 	// would be) and deleted, for --dry-run and logs.
-	Candidates []Candidate
+	Candidates []Candidate `json:"candidates"`
 }
 
 // Count is a number of packs and their bytes.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -130,7 +129,7 @@ func runBackup(c *cli.Context) error {
 		}
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, backupJSON(res))
+		return writeJSON(c.App.Writer, "backup", backupJSON(res))
 	}
 	printBackup(c.App.Writer, res)
 	return nil
@@ -226,12 +225,6 @@ func backupJSON(res *backup.Result) backupResultJSON {
 		Fallback: res.Fallback, Stats: res.Stats, Errors: res.Snapshot.ChecksumErrors}
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func listCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "list",
@@ -272,10 +265,7 @@ func runList(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		if list == nil {
-			list = []backup.SnapshotInfo{}
-		}
-		return writeJSON(c.App.Writer, list)
+		return writeJSON(c.App.Writer, "snapshots", list)
 	}
 	printList(c.App.Writer, list)
 	return nil
@@ -324,7 +314,7 @@ func runInfo(c *cli.Context) error {
 			return err
 		}
 		if c.Bool("json") {
-			return writeJSON(c.App.Writer, d)
+			return writeJSON(c.App.Writer, "snapshot", d)
 		}
 		printSnapshotDetail(c.App.Writer, d)
 		return nil
@@ -334,7 +324,7 @@ func runInfo(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, info)
+		return writeJSON(c.App.Writer, "repository", info)
 	}
 	printInfo(c.App.Writer, info)
 	return nil

@@ -94,7 +94,7 @@ func runCopy(c *cli.Context) error {
 	res, err := replicate.Run(c.Context, src, dst, opts)
 	if res != nil {
 		if c.Bool("json") {
-			if jerr := writeJSON(c.App.Writer, copyJSON(src, dst, res)); jerr != nil && err == nil {
+			if jerr := writeJSON(c.App.Writer, "copy", copyJSON(src, dst, res)); jerr != nil && err == nil {
 				err = jerr
 			}
 		} else {

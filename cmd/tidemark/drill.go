@@ -89,7 +89,7 @@ func runDrill(c *cli.Context) error {
 	rep, err := drill.Run(c.Context, r, arch, opts)
 	if rep != nil && rep.Snapshot != "" {
 		if c.Bool("json") {
-			if jerr := writeJSON(c.App.Writer, rep); jerr != nil {
+			if jerr := writeJSON(c.App.Writer, "drill", rep); jerr != nil {
 				return jerr
 			}
 		} else {

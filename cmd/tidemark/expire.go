@@ -99,7 +99,7 @@ func runExpire(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		if jerr := writeJSON(c.App.Writer, expireJSON(res, opts)); jerr != nil {
+		if jerr := writeJSON(c.App.Writer, "expire", expireJSON(res, opts)); jerr != nil {
 			return jerr
 		}
 	} else {

@@ -61,7 +61,7 @@ func runGC(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		if err := writeJSON(c.App.Writer, res); err != nil {
+		if err := writeJSON(c.App.Writer, "gc", res); err != nil {
 			return err
 		}
 	} else {

@@ -51,6 +51,7 @@ func initCommand() *cli.Command {
 			&cli.IntFlag{Name: "lock-days", Usage: "lock every immutable object against deletion and overwrite for this many days (S3 Object Lock); 0: no lock", EnvVars: []string{envName("lock-days")}},
 			&cli.StringFlag{Name: "lock-mode", Usage: "object lock mode: compliance (nobody can remove a lock) or governance (principals with s3:BypassGovernanceRetention can)", Value: "compliance", EnvVars: []string{envName("lock-mode")}},
 			repo2Flags()[0], repo2Flags()[1], repo2Flags()[2],
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}},
 		},
 		Action: runInit,
 	}
@@ -165,6 +166,18 @@ func runInit(c *cli.Context) error {
 		return fmt.Errorf("init %s: %w", st, err)
 	}
 	defer r.Close()
+	if c.Bool("json") {
+		// stdout is the JSON alone; the warning about the only key goes
+		// to stderr, where a person still sees it.
+		if generated != nil {
+			printIdentityWarning(c.App.ErrWriter, idPath, generated.Recipient().String())
+		}
+		j := initJSON{RepositoryID: res.Config.ID, Repository: st.String(), KeyID: res.KeyID, KeyType: spec.Type, Warnings: res.Warnings}
+		if generated != nil {
+			j.IdentityFile, j.Recipient = idPath, generated.Recipient().String()
+		}
+		return writeJSON(c.App.Writer, "init", j)
+	}
 	out := c.App.Writer
 	fmt.Fprintf(out, "created repository %s at %s\n", res.Config.ID, st)
 	fmt.Fprintf(out, "key %s (%s)\n", res.KeyID, spec.Type)
@@ -179,6 +192,17 @@ func runInit(c *cli.Context) error {
 		printIdentityWarning(out, idPath, generated.Recipient().String())
 	}
 	return nil
+}
+
+// initJSON is init --json's output.
+type initJSON struct {
+	RepositoryID string   `json:"repository_id"`
+	Repository   string   `json:"repository"`
+	KeyID        string   `json:"key_id"`
+	KeyType      string   `json:"key_type"`
+	IdentityFile string   `json:"identity_file,omitempty"` // a generated identity
+	Recipient    string   `json:"recipient,omitempty"`     // its public key
+	Warnings     []string `json:"warnings"`
 }
 
 // writeIdentityFile writes an age identity file with mode 0600, refusing to

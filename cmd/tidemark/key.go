@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -28,6 +27,7 @@ func keyCommand() *cli.Command {
 					stringFlag("new-passphrase-file", "file whose first line is the passphrase of the new key"),
 					stringFlag("identity-out", "write a newly generated identity here (mode 0600) and grant it access"),
 					stringFlag("label", "label of the new key, shown by key list"),
+					&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}},
 				}),
 				Action: runKeyAdd,
 			},
@@ -41,7 +41,7 @@ func keyCommand() *cli.Command {
 				Name:      "remove",
 				Usage:     "revoke a key by id (or a unique prefix of at least 4 digits)",
 				ArgsUsage: "KEY-ID",
-				Flags:     repoFlags(),
+				Flags:     flagSet(repoFlags(), []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}}}),
 				Action:    runKeyRemove,
 			},
 		},
@@ -104,11 +104,31 @@ func runKeyAdd(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("json") {
+		j := keyAddJSON{ID: env.ID, RecipientType: env.RecipientType}
+		if generated != nil {
+			j.IdentityFile = out
+		}
+		return writeJSON(c.App.Writer, "key", j)
+	}
 	fmt.Fprintf(c.App.Writer, "added key %s (%s)\n", env.ID, env.RecipientType)
 	if generated != nil {
 		fmt.Fprintf(c.App.Writer, "its identity is in %s (mode 0600): keep it safe\n", out)
 	}
 	return nil
+}
+
+// keyAddJSON is key add --json's output.
+type keyAddJSON struct {
+	ID            string `json:"id"`
+	RecipientType string `json:"recipient_type"`
+	IdentityFile  string `json:"identity_file,omitempty"` // a generated identity
+}
+
+// keyRemoveJSON is key remove --json's output.
+type keyRemoveJSON struct {
+	ID      string `json:"id"`
+	Current bool   `json:"was_current"` // the key that opened the repository
 }
 
 // keyJSON is one line of key list --json.
@@ -147,9 +167,7 @@ func runKeyList(c *cli.Context) error {
 		rows = append(rows, row)
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		return writeJSON(c.App.Writer, "keys", rows)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTYPE\tCREATED\tHOST\tLABEL\tRECIPIENT")
@@ -188,9 +206,13 @@ func runKeyRemove(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "removed key %s\n", id)
-	if id == r.KeyID() {
+	current := id == r.KeyID()
+	if current {
 		fmt.Fprintln(c.App.ErrWriter, "warning: that was the key you opened the repository with; use another one from now on")
 	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, "removed_key", keyRemoveJSON{ID: id, Current: current})
+	}
+	fmt.Fprintf(c.App.Writer, "removed key %s\n", id)
 	return nil
 }

@@ -40,7 +40,7 @@ func runMark(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, res)
+		return writeJSON(c.App.Writer, "mark", res)
 	}
 	fmt.Fprintf(c.App.Writer, "restore point %s at LSN %s (cluster %d) is archived in %s after %.1f s: tidemark restore --target-name %s goes back to it\n",
 		res.Name, res.LSN, res.Cluster, res.Segment, res.Archived.Seconds(), res.Name)

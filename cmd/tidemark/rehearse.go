@@ -62,7 +62,7 @@ func runRehearse(c *cli.Context) error {
 	reh, err := drill.Rehearse(c.Context, r, arch, opts, ro)
 	if reh != nil && reh.Snapshot != "" {
 		if c.Bool("json") {
-			if jerr := writeJSON(c.App.Writer, reh); jerr != nil {
+			if jerr := writeJSON(c.App.Writer, "rehearsal", reh); jerr != nil {
 				return jerr
 			}
 		} else {

@@ -79,7 +79,7 @@ func runVerify(c *cli.Context) error {
 		return fmt.Errorf("verify did not finish, so it proves nothing: %w", err)
 	}
 	if c.Bool("json") {
-		if jerr := writeJSON(c.App.Writer, rep); jerr != nil {
+		if jerr := writeJSON(c.App.Writer, "verify", rep); jerr != nil {
 			return jerr
 		}
 	} else {

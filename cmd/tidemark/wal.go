@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -649,9 +648,7 @@ func walList(c *cli.Context) error {
 		out.Clusters = append(out.Clusters, describeListing(l))
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return writeJSON(c.App.Writer, "wal", out)
 	}
 	return printWALList(c.App.Writer, out)
 }

@@ -173,7 +173,9 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 			Start, Copy, Stop, Commit float64
 		} `json:"timing_seconds"`
 	}
-	if err := json.Unmarshal([]byte(out.String()), &res); err != nil {
+	if err := json.Unmarshal([]byte(out.String()), &struct {
+		Backup any `json:"backup"`
+	}{&res}); err != nil {
 		t.Fatalf("tidemark backup --json: %v\n%s", err, out.String())
 	}
 	r := backupRun{wall: m.Wall, stored: bucketBytes(t, b.srv, b.tmBucket, "tidemark/", "tidemark/wal/") - before,

@@ -169,7 +169,9 @@ func (b *restoreBench) drill(target string) (Measurement, drillReport) {
 	cmd.Stdout, cmd.Stderr = &out, &errs
 	m := Measure(cmd)
 	var rep drillReport
-	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || m.Err != nil || !rep.OK {
+	if err := json.Unmarshal(out.Bytes(), &struct {
+		Drill any `json:"drill"`
+	}{&rep}); err != nil || m.Err != nil || !rep.OK {
 		t.Fatalf("tidemark drill: %v (report: %v, %s)\n%s%s", m.Err, err, rep.Reason, out.String(), errs.String())
 	}
 	return m, rep
