@@ -81,6 +81,14 @@ type Options struct {
 	// restore writes: it could serve WAL of another history.
 	SpoolDir string
 	Logger   *slog.Logger
+	// DryRun plans and checks everything a restore would, writes nothing
+	// (no lease either), and returns the plan in Result.Plan; refusals the
+	// restore would meet are listed there instead of returned.
+	DryRun bool
+	// Rates returns the measured rates the dry run's time estimate uses
+	// for the cluster, when the caller knows some (its newest drill's);
+	// nil, or a nil *Measured: the chosen backup's own read rate.
+	Rates func(ctx context.Context, cluster uint64) (*Measured, error)
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	// statfs is replaced by tests to simulate a small disk.
@@ -117,6 +125,8 @@ type Result struct {
 	RemovedPaths    int64 // delta: entries removed because the snapshot has none
 	Settings        []string
 	Standby         bool // the server starts as a standby
+	// Plan is what a dry run found (Options.DryRun); nil otherwise.
+	Plan *Plan
 }
 
 // ErrRefused is matched by every *RefusedError.

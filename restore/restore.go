@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -61,25 +62,50 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	if err := checkTarget(opts.Target); err != nil {
 		return nil, err
 	}
+	// A dry run meets every refusal the restore would, notes it in the
+	// plan, and goes on planning; it writes nothing.
+	var plan *Plan
+	refuse := func(err error) error { return err }
+	if opts.DryRun {
+		plan = &Plan{WALComplete: true}
+		refuse = func(err error) error {
+			var re *RefusedError
+			var wm *WALMissingError
+			if errors.As(err, &re) || errors.As(err, &wm) {
+				plan.Problems = append(plan.Problems, err.Error())
+				if wm != nil {
+					plan.WALComplete = false
+				}
+				return nil
+			}
+			return err
+		}
+	}
 
 	// Local checks first: they are cheap and need no repository.
 	if pid, err := runningServer(pgdata); err != nil {
 		return nil, err
 	} else if pid != 0 {
-		return nil, refusef("a PostgreSQL server (pid %d) is running on %s: stop it first (pg_ctl stop -D %s)", pid, pgdata, pgdata)
+		if err := refuse(refusef("a PostgreSQL server (pid %d) is running on %s: stop it first (pg_ctl stop -D %s)", pid, pgdata, pgdata)); err != nil {
+			return nil, err
+		}
 	}
 	dir, err := inspectDir(pgdata)
 	if err != nil {
 		return nil, err
 	}
 	if len(dir.entries) > 0 {
+		var err error
 		switch {
 		case !opts.Delta && slices.Contains(dir.entries, markerName):
-			return nil, refusef("%s holds a restore that was interrupted: rerun with --delta to finish it, or empty the directory", pgdata)
+			err = refusef("%s holds a restore that was interrupted: rerun with --delta to finish it, or empty the directory", pgdata)
 		case !opts.Delta:
-			return nil, refusef("%s is not empty: pass --delta to restore into it (files the backup does not have are removed), or choose an empty directory", pgdata)
+			err = refusef("%s is not empty: pass --delta to restore into it (files the backup does not have are removed), or choose an empty directory", pgdata)
 		case !slices.Contains(dir.entries, "PG_VERSION") && !slices.Contains(dir.entries, markerName):
-			return nil, refusef("--delta into %s, which is not a PostgreSQL data directory (no PG_VERSION): choose the data directory, or an empty one without --delta", pgdata)
+			err = refusef("--delta into %s, which is not a PostgreSQL data directory (no PG_VERSION): choose the data directory, or an empty one without --delta", pgdata)
+		}
+		if err := refuse(err); err != nil {
+			return nil, err
 		}
 	}
 
@@ -89,10 +115,14 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	}
 	if opts.Delta {
 		if cf := existingControl(pgdata); cf != nil && cf.SystemIdentifier != cluster {
-			return nil, refusef("%s belongs to cluster %d, not %d: choose its own repository or --cluster, or an empty directory without --delta", pgdata, cf.SystemIdentifier, cluster)
+			if err := refuse(refusef("%s belongs to cluster %d, not %d: choose its own repository or --cluster, or an empty directory without --delta", pgdata, cf.SystemIdentifier, cluster)); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if l, ok := r.(leaser); ok {
+	// A dry run takes no lease: it reads only, and a backup or gc running
+	// meanwhile is no reason to refuse it.
+	if l, ok := r.(leaser); ok && !opts.DryRun {
 		ls, err := l.AcquireLease(ctx, lease.RestoreScope(cluster), lease.Options{Command: "restore", Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("take the restore lease: %w", err)
@@ -139,7 +169,11 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	res.Snapshot = s
 	log.Info("restore: chose backup", "backup", s.ID, "stopped", s.StopTime.UTC(), "stop_lsn", pg.LSN(s.StopLSN), "timeline", h.Timeline, "why", why)
 
-	if err := checkWAL(ctx, a, cluster, h, s, snaps, opts.Target, res, log); err != nil {
+	span, err := checkWAL(ctx, a, cluster, h, s, snaps, opts.Target, res, log)
+	if err != nil && plan != nil {
+		plan.WALComplete = false
+	}
+	if err := refuse(err); err != nil {
 		return nil, err
 	}
 
@@ -153,15 +187,16 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 		return nil, err
 	}
 	for i := 1; i < len(p.roots); i++ {
-		if err := checkTablespace(p, i, opts.Delta); err != nil {
+		if err := refuse(checkTablespace(p, i, opts.Delta)); err != nil {
 			return nil, err
 		}
 	}
 	owner, err := resolveOwner(opts.Owner, pgdata)
-	if err != nil {
+	if err := refuse(err); err != nil {
 		return nil, err
 	}
-	if err := checkSpace(p, opts.Delta, s.WALSegmentSize, opts.statfs); err != nil {
+	space, err := checkSpace(p, opts.Delta, s.WALSegmentSize, opts.statfs)
+	if err := refuse(err); err != nil {
 		return nil, err
 	}
 	for i := range p.files {
@@ -172,6 +207,15 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	settings := recoverySettings(opts.Target, h.Timeline, opts.RestoreCommand, opts.Standby)
 	for _, st := range settings {
 		res.Settings = append(res.Settings, st.String())
+	}
+	if plan != nil {
+		plan.SnapshotReason = snapshotReason(opts, s, h)
+		plan.Space = space
+		if err := plan.fill(ctx, r, p, s, h, span, opts, res); err != nil {
+			return nil, err
+		}
+		res.Plan = plan
+		return res, nil
 	}
 	if opts.SpoolDir != "" {
 		if err := os.RemoveAll(opts.SpoolDir); err != nil {
@@ -255,17 +299,24 @@ func listSnapshots(ctx context.Context, r Repository, cluster uint64) ([]*repo.S
 // position only the WAL knows (a time, an xid, a name, the end) the WAL must
 // run without a gap to the newest segment archived along the timeline;
 // for a time target the last commit in it must lie past the target.
-func checkWAL(ctx context.Context, a Archive, cluster uint64, h pg.History, s *repo.Snapshot, snaps []*repo.Snapshot, t pg.RecoveryTarget, res *Result, log *slog.Logger) error {
+func checkWAL(ctx context.Context, a Archive, cluster uint64, h pg.History, s *repo.Snapshot, snaps []*repo.Snapshot, t pg.RecoveryTarget, res *Result, log *slog.Logger) (walSpan, error) {
 	segSize := uint32(s.WALSegmentSize)
 	if err := pg.ValidateWALSegSize(uint64(segSize)); err != nil {
-		return fmt.Errorf("backup %s: %w", s.ID, err)
+		return walSpan{}, fmt.Errorf("backup %s: %w", s.ID, err)
 	}
 	first := pg.LSN(s.StartLSN).Segment(segSize)
 	stop := pg.LSN(s.StopLSN).PrevSegment(segSize)
 	span, err := scanWAL(ctx, a, cluster, h, first, segSize)
 	if err != nil {
-		return err
+		return span, err
 	}
+	err = checkWALSpan(ctx, a, cluster, h, s, snaps, t, res, log, span, first, stop, segSize)
+	return span, err
+}
+
+// checkWALSpan is checkWAL once the archive is scanned.
+func checkWALSpan(ctx context.Context, a Archive, cluster uint64, h pg.History, s *repo.Snapshot, snaps []*repo.Snapshot, t pg.RecoveryTarget, res *Result, log *slog.Logger,
+	span walSpan, first, stop pg.SegNo, segSize uint32) error {
 	name := func(seg pg.SegNo) string { return pg.SegmentName(h.SegmentTimeline(seg, segSize), seg, segSize) }
 	if span.last < stop {
 		return &WALMissingError{Snapshot: s.ID, Segment: name(span.last + 1), Need: fmt.Sprintf("for backup %s to become consistent (its WAL runs from %s to %s)", s.ID, name(first), name(stop))}
@@ -401,8 +452,8 @@ func checkTablespace(p *plan, i int, delta bool) error {
 }
 
 // checkSpace compares what the restore will add with the free space of
-// each file system it writes to.
-func checkSpace(p *plan, delta bool, segSize int64, stat func(string) (uint64, string, error)) error {
+// each file system it writes to, and returns both per file system.
+func checkSpace(p *plan, delta bool, segSize int64, stat func(string) (uint64, string, error)) ([]Space, error) {
 	type fsNeed struct {
 		path  string
 		avail uint64
@@ -410,13 +461,15 @@ func checkSpace(p *plan, delta bool, segSize int64, stat func(string) (uint64, s
 	}
 	byFS := map[string]*fsNeed{}
 	rootFS := make([]*fsNeed, len(p.roots))
+	var order []*fsNeed
 	for i, root := range p.roots {
 		avail, id, err := stat(root)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if byFS[id] == nil {
 			byFS[id] = &fsNeed{path: root, avail: avail}
+			order = append(order, byFS[id])
 		}
 		rootFS[i] = byFS[id]
 	}
@@ -432,16 +485,20 @@ func checkSpace(p *plan, delta bool, segSize int64, stat func(string) (uint64, s
 	for _, d := range p.dirs {
 		rootFS[d.root].need += 4096
 	}
-	for _, f := range byFS {
+	var out []Space
+	for _, f := range order {
+		out = append(out, Space{Path: f.path, Available: int64(min(f.avail, 1<<62)), Needed: f.need, Enough: f.need <= 0 || uint64(f.need) <= f.avail})
+	}
+	for _, f := range order {
 		if f.need > 0 && uint64(f.need) > f.avail {
 			what := "the restore needs"
 			if delta {
 				what = "the delta restore adds about"
 			}
-			return refusef("not enough free space for %s: %s %s, %s is available; free some space or restore elsewhere (--pgdata, --tablespace-map)", f.path, what, humanBytes(f.need), humanBytes(int64(f.avail)))
+			return out, refusef("not enough free space for %s: %s %s, %s is available; free some space or restore elsewhere (--pgdata, --tablespace-map)", f.path, what, humanBytes(f.need), humanBytes(int64(f.avail)))
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // run writes the plan: fresh or delta, then settles, recovery files, and

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/restore"
 	"github.com/tidemarkdb/tidemark/storage/retry"
+	"github.com/tidemarkdb/tidemark/verify/drill"
 	"github.com/tidemarkdb/tidemark/wal"
 )
 
@@ -50,6 +52,8 @@ func restoreCommand() *cli.Command {
 			stringFlag("primary-conninfo", "with --standby: primary_conninfo, how the standby reaches its primary (e.g. 'host=db1 user=replicator')"),
 			stringFlag("primary-slot-name", "with --standby: primary_slot_name, the replication slot on the primary"),
 			retryForFlag(retry.DefaultMaxElapsed),
+			&cli.BoolFlag{Name: "dry-run", Usage: "say what the restore would do (backup and why, timeline, WAL needed and whether it is archived, bytes to fetch and write, free space, time estimate) and write nothing", EnvVars: []string{envName("dry-run")}},
+			&cli.BoolFlag{Name: "json", Usage: "print the result (or with --dry-run the plan) as JSON", EnvVars: []string{envName("json")}},
 		}),
 		Action: runRestore,
 	}
@@ -72,7 +76,7 @@ func runRestore(c *cli.Context) error {
 		return usageErrorf("--pgdata: %v", err)
 	}
 	opts := restore.Options{PGData: pgdata, Backup: c.String("backup"), Delta: c.Bool("delta"), DirectIO: c.Bool("direct-io"), Parallel: c.Int("parallel"), Logger: log,
-		SpoolDir: wal.DefaultSpoolDir(pgdata)}
+		SpoolDir: wal.DefaultSpoolDir(pgdata), DryRun: c.Bool("dry-run")}
 	if opts.Parallel < 1 {
 		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)
 	}
@@ -118,15 +122,60 @@ func runRestore(c *cli.Context) error {
 		return err
 	}
 	defer stop()
+	if opts.DryRun {
+		return dryRunRestore(c, r, opts)
+	}
 	res, err := restore.Run(c.Context, r, restore.ArchiveOf(walarchive.NewFailover(r, walarchive.Options{Logger: log})), opts)
 	if err != nil {
 		return fmt.Errorf("restore into %s: %w", pgdata, err)
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, "restore", describeRestore(pgdata, res))
 	}
 	printRestore(c.App.Writer, pgdata, res)
 	if why := r.FailedOver(); why != nil {
 		fmt.Fprintf(c.App.Writer, "  read from the second repository %s: the first was unreachable (%s)\n", r.Active().Store(), oneLine(why.Error()))
 	}
 	return nil
+}
+
+// dryRunRestore prints what the restore would do. It exits 8 (refused)
+// when the restore would refuse, after printing the plan.
+func dryRunRestore(c *cli.Context, r *repo.Failover, opts restore.Options) error {
+	log := opts.Logger
+	opts.Rates = drillRates(r)
+	res, err := restore.Run(c.Context, r, restore.ArchiveOf(walarchive.NewFailover(r, walarchive.Options{Logger: log})), opts)
+	if err != nil {
+		return fmt.Errorf("restore --dry-run into %s: %w", opts.PGData, err)
+	}
+	out := describeRestore(opts.PGData, res)
+	if c.Bool("json") {
+		if err := writeJSON(c.App.Writer, "restore_plan", out); err != nil {
+			return err
+		}
+	} else {
+		printRestorePlan(c.App.Writer, out)
+	}
+	if n := len(res.Plan.Problems); n > 0 {
+		return &restore.RefusedError{Msg: fmt.Sprintf("restore --dry-run: the restore would refuse (%d problem(s)): %s", n, res.Plan.Problems[0])}
+	}
+	return nil
+}
+
+// drillRates are the rates the newest passed drill of the cluster
+// measured, for restore --dry-run's estimate; nil without one.
+func drillRates(r *repo.Failover) func(ctx context.Context, cluster uint64) (*restore.Measured, error) {
+	return func(ctx context.Context, cluster uint64) (*restore.Measured, error) {
+		rep, err := drill.Latest(ctx, r, cluster)
+		if err != nil || rep == nil || !rep.OK || rep.RestoreSeconds <= 0 {
+			return nil, err
+		}
+		m := &restore.Measured{Source: "drill " + rep.ID, At: rep.Finished, RestoreBytesPerSecond: float64(rep.RestoredBytes) / rep.RestoreSeconds}
+		if rep.Target.Kind == "time" && rep.ReplaySeconds > 0 && rep.Target.Time.After(rep.SnapshotStop) {
+			m.ReplayRatio = rep.Target.Time.Sub(rep.SnapshotStop).Seconds() / rep.ReplaySeconds
+		}
+		return m, nil
+	}
 }
 
 // parseTarget reads the recovery target flags; at most one target.
@@ -311,4 +360,128 @@ func printRestore(w io.Writer, pgdata string, res *restore.Result) {
 		return
 	}
 	fmt.Fprintf(w, "start the server to recover: pg_ctl -D %s start\n", wal.ShellQuote(pgdata))
+}
+
+// restoreJSON is restore --json's output, and with --dry-run the plan.
+type restoreJSON struct {
+	PGData             string     `json:"pgdata"`
+	Cluster            uint64     `json:"cluster,string"`
+	Snapshot           string     `json:"snapshot"`
+	SnapshotStopTime   time.Time  `json:"snapshot_stop_time"`
+	SnapshotStopLSN    string     `json:"snapshot_stop_lsn"`
+	Timeline           uint32     `json:"timeline"`
+	TimelineReason     string     `json:"timeline_reason"`
+	LastRecoverableLSN string     `json:"last_recoverable_lsn"`
+	LastCommit         *time.Time `json:"last_commit,omitempty"`
+	Files              int64      `json:"files"`
+	Bytes              int64      `json:"bytes"`
+	RecoverySettings   []string   `json:"recovery_settings"`
+	// A restore that ran.
+	FetchedBytes *int64 `json:"fetched_bytes,omitempty"`
+	FetchedBlobs *int64 `json:"fetched_blobs,omitempty"`
+	WrittenBytes *int64 `json:"written_bytes,omitempty"`
+	SkippedFiles *int64 `json:"skipped_files,omitempty"`
+	RemovedPaths *int64 `json:"removed_paths,omitempty"`
+	// A dry run.
+	Plan *restorePlanJSON `json:"plan,omitempty"`
+}
+
+type restorePlanJSON struct {
+	SnapshotReason string               `json:"snapshot_reason"`
+	WALFirst       string               `json:"wal_first"`
+	WALLast        string               `json:"wal_last"`
+	WALSegments    int64                `json:"wal_segments"`
+	WALBytes       int64                `json:"wal_bytes"`
+	WALComplete    bool                 `json:"wal_complete"`
+	FetchBytes     int64                `json:"fetch_bytes"`
+	FetchBlobs     int64                `json:"fetch_blobs"`
+	WriteBytes     int64                `json:"write_bytes"`
+	Space          []restoreSpaceJSON   `json:"space"`
+	Estimate       *restoreEstimateJSON `json:"estimate,omitempty"`
+	Problems       []string             `json:"problems"`
+}
+
+type restoreSpaceJSON struct {
+	Path      string `json:"path"`
+	Available int64  `json:"available_bytes"`
+	Needed    int64  `json:"needed_bytes"`
+	Enough    bool   `json:"enough"`
+}
+
+type restoreEstimateJSON struct {
+	RestoreSeconds float64  `json:"restore_seconds"`
+	ReplaySeconds  *float64 `json:"replay_seconds,omitempty"`
+	Basis          string   `json:"basis"`
+}
+
+func describeRestore(pgdata string, res *restore.Result) restoreJSON {
+	s := res.Snapshot
+	j := restoreJSON{PGData: pgdata, Cluster: res.Cluster, Snapshot: s.ID, SnapshotStopTime: s.StopTime, SnapshotStopLSN: pg.LSN(s.StopLSN).String(),
+		Timeline: uint32(res.Timeline), TimelineReason: res.TimelineReason, LastRecoverableLSN: res.LastRecoverable.String(),
+		Files: res.Files, Bytes: res.Bytes, RecoverySettings: res.Settings}
+	if !res.LastCommit.IsZero() {
+		t := res.LastCommit
+		j.LastCommit = &t
+	}
+	p := res.Plan
+	if p == nil {
+		j.FetchedBytes, j.FetchedBlobs, j.WrittenBytes = &res.FetchedBytes, &res.FetchedBlobs, &res.WrittenBytes
+		j.SkippedFiles, j.RemovedPaths = &res.SkippedFiles, &res.RemovedPaths
+		return j
+	}
+	pj := &restorePlanJSON{SnapshotReason: p.SnapshotReason, WALFirst: p.WALFirst, WALLast: p.WALLast, WALSegments: p.WALSegments,
+		WALBytes: p.WALBytes, WALComplete: p.WALComplete, FetchBytes: p.FetchBytes, FetchBlobs: p.FetchBlobs, WriteBytes: p.WriteBytes,
+		Problems: p.Problems}
+	for _, sp := range p.Space {
+		pj.Space = append(pj.Space, restoreSpaceJSON{Path: sp.Path, Available: sp.Available, Needed: sp.Needed, Enough: sp.Enough})
+	}
+	if e := p.Estimate; e != nil {
+		pj.Estimate = &restoreEstimateJSON{RestoreSeconds: e.RestoreSeconds, Basis: e.Basis}
+		if e.ReplayKnown {
+			r := e.ReplaySeconds
+			pj.Estimate.ReplaySeconds = &r
+		}
+	}
+	j.Plan = pj
+	return j
+}
+
+func printRestorePlan(w io.Writer, j restoreJSON) {
+	p := j.Plan
+	fmt.Fprintf(w, "dry run: nothing written. A restore into %s would:\n", j.PGData)
+	fmt.Fprintf(w, "  restore backup %s of cluster %d (stopped %s, LSN %s): %s\n", j.Snapshot, j.Cluster,
+		j.SnapshotStopTime.UTC().Format(time.RFC3339), j.SnapshotStopLSN, p.SnapshotReason)
+	fmt.Fprintf(w, "  recover along %s\n", j.TimelineReason)
+	archived := "all archived"
+	if !p.WALComplete {
+		archived = "NOT ALL ARCHIVED"
+	}
+	fmt.Fprintf(w, "  WAL: %s .. %s, %d segments (%s), %s; archived WAL reaches LSN %s\n", p.WALFirst, p.WALLast, p.WALSegments,
+		bytesize.Format(p.WALBytes), archived, j.LastRecoverableLSN)
+	fmt.Fprintf(w, "  fetch %s in %d blobs; write %d files, %s (%s with holes)\n", bytesize.Format(p.FetchBytes), p.FetchBlobs,
+		j.Files, bytesize.Format(p.WriteBytes), bytesize.Format(j.Bytes))
+	for _, sp := range p.Space {
+		verdict := "enough"
+		if !sp.Enough {
+			verdict = "NOT ENOUGH"
+		}
+		fmt.Fprintf(w, "  space at %s: needs %s, %s available: %s\n", sp.Path, bytesize.Format(sp.Needed), bytesize.Format(sp.Available), verdict)
+	}
+	if e := p.Estimate; e != nil {
+		replay := "replay not estimated"
+		if e.ReplaySeconds != nil {
+			replay = fmt.Sprintf("replay about %s", (time.Duration(*e.ReplaySeconds * float64(time.Second))).Round(time.Second))
+		}
+		fmt.Fprintf(w, "  time: restore about %s, %s (%s)\n", (time.Duration(e.RestoreSeconds * float64(time.Second))).Round(time.Second), replay, e.Basis)
+	}
+	fmt.Fprintln(w, "  recovery settings:")
+	for _, st := range j.RecoverySettings {
+		fmt.Fprintf(w, "    %s\n", st)
+	}
+	for _, pr := range p.Problems {
+		fmt.Fprintf(w, "  REFUSED: %s\n", pr)
+	}
+	if len(p.Problems) == 0 {
+		fmt.Fprintln(w, "  nothing stands in the way")
+	}
 }
