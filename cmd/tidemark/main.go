@@ -72,7 +72,7 @@ func oneLine(s string) string {
 // commands lists every command tidemark has, in help order.
 func commands() []*cli.Command {
 	return []*cli.Command{
-		initCommand(), keyCommand(),
+		initCommand(), keyCommand(), checkCommand(),
 		backupCommand(), listCommand(), infoCommand(),
 		restoreCommand(),
 		walPushCommand(), walFetchCommand(), walPrefetchCommand(), agentCommand(), walCommand(), markCommand(),

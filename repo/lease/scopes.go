@@ -19,6 +19,9 @@ const (
 	ScopeVerify = "verify"
 	// ScopeGC is exclusive: one garbage collection at a time.
 	ScopeGC = "gc"
+	// ScopeCheck is shared: tidemark check creates and deletes one to
+	// prove the repository writable and to read the store's clock.
+	ScopeCheck = "check"
 )
 
 // BackupScope is the scope that makes backups of one cluster exclusive:
