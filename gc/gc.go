@@ -35,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/index"
@@ -97,8 +98,11 @@ type Options struct {
 	// DryRun reports what a run would quarantine and delete, and changes
 	// nothing.
 	DryRun bool
-	Logger *slog.Logger
-	Now    func() time.Time
+	// Progress, when set, counts the snapshots marked (phase "mark"), the
+	// packs repacked and the packs swept.
+	Progress *progress.Counter
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 func (o *Options) fill() {
@@ -423,10 +427,13 @@ func (g *run) mark(ctx context.Context) error {
 			return fmt.Errorf("mark: reload the index: %w", err)
 		}
 	}
+	g.o.Progress.Phase("mark: read metadata", 0, "")
 	if err := g.g.Load(ctx, roots); err != nil {
 		return fmt.Errorf("mark: %w", err)
 	}
+	g.o.Progress.Phase("mark", int64(len(fresh)), "snapshots")
 	for _, s := range fresh {
+		g.o.Progress.Add(1)
 		var bad *IncompleteError
 		// g.ref doubles as the walk's visited set: what an earlier snapshot
 		// reached is not walked again.
@@ -710,7 +717,9 @@ func (g *run) repack(ctx context.Context, q *repo.Quarantine) error {
 	if err != nil {
 		return err
 	}
+	g.o.Progress.Phase("repack", int64(len(todo)), "packs")
 	for _, pi := range todo {
+		g.o.Progress.Add(1)
 		_, err := g.r.ReadPack(ctx, pi.p, func(e pack.Entry, plain []byte) error {
 			if _, ok := g.ref[e.ID]; !ok {
 				return nil

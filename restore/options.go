@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/osuser"
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
@@ -89,6 +90,9 @@ type Options struct {
 	// for the cluster, when the caller knows some (its newest drill's);
 	// nil, or a nil *Measured: the chosen backup's own read rate.
 	Rates func(ctx context.Context, cluster uint64) (*Measured, error)
+	// Progress, when set, counts the bytes written as the restore fetches
+	// (phase "fetch").
+	Progress *progress.Counter
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 	// statfs is replaced by tests to simulate a small disk.

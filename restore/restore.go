@@ -225,6 +225,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{}, xors: map[blob.ID][]dest{},
 		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files)), standby: opts.Standby != nil}
 	w.direct.Store(opts.DirectIO)
+	w.progress = opts.Progress
 	w.openDirect = opts.openDirect
 	if w.openDirect == nil {
 		w.openDirect = openDirect
@@ -526,6 +527,11 @@ func (w *writer) run(ctx context.Context, s *repo.Snapshot, settings []setting, 
 	}
 	w.log.Info("restore: fetching", "blobs", len(w.dests), "delta_blobs", len(w.xors), "files", len(w.p.files), "layout_seconds", now().Sub(start).Seconds())
 	fetchStart := now()
+	var total int64
+	for i := range w.pending {
+		total += w.pending[i].Load()
+	}
+	w.progress.Phase("fetch", total, "")
 	if err := w.fetch(ctx); err != nil {
 		return err
 	}

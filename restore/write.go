@@ -17,6 +17,7 @@ import (
 	"unsafe"
 
 	"github.com/tidemarkdb/tidemark/internal/osuser"
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
@@ -71,6 +72,7 @@ type writer struct {
 	openDirect func(p string) (directFile, error)
 
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
+	progress                                         *progress.Counter
 }
 
 func (w *writer) addDest(id blob.ID, d dest) {
@@ -429,6 +431,7 @@ func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 // it was the last.
 func (w *writer) done(d dest) {
 	w.written.Add(d.n)
+	w.progress.Add(d.n)
 	if w.pending[d.file].Add(-d.n) == 0 {
 		w.syncq <- d.file
 	}

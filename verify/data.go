@@ -121,6 +121,11 @@ func (v *run) readData(ctx context.Context) error {
 	}
 	slices.SortFunc(todo, func(a, b *indexedPack) int { return bytes.Compare(a.p.ID[:], b.p.ID[:]) })
 
+	var total int64
+	for _, ip := range todo {
+		total += ip.p.CipherSize()
+	}
+	v.o.Progress.Phase("read packs", total, "")
 	failed := map[pack.ID]error{}
 	var mu sync.Mutex
 	work := make(chan *indexedPack)
@@ -136,6 +141,7 @@ func (v *run) readData(ctx context.Context) error {
 				mu.Lock()
 				v.rep.Stats.PacksRead++
 				v.rep.Stats.BytesRead += ip.p.CipherSize()
+				v.o.Progress.Add(ip.p.CipherSize())
 				v.rep.Stats.BlobsRehashed += int64(n)
 				v.rep.ReadPacks = append(v.rep.ReadPacks, ip.p.Key())
 				if err != nil {

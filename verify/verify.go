@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
@@ -72,6 +73,9 @@ type Options struct {
 	Subset float64
 	// Parallel is the number of packs read at once (default 4).
 	Parallel int
+	// Progress, when set, counts the bytes of packs read (phase "read
+	// packs").
+	Progress *progress.Counter
 	Logger   *slog.Logger
 	Now      func() time.Time
 }

@@ -3,12 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -33,9 +31,6 @@ func backupRepoOptions() repo.Options {
 		UploadConcurrency: max(2, runtime.GOMAXPROCS(0)/2),
 	}
 }
-
-// logProgressEvery is how often a backup without a terminal logs progress.
-const logProgressEvery = 30 * time.Second
 
 func backupCommand() *cli.Command {
 	return &cli.Command{
@@ -69,13 +64,7 @@ func backupCommand() *cli.Command {
 }
 
 func runBackup(c *cli.Context) error {
-	var status *statusLine
-	logTo := c.App.ErrWriter
-	if isTerminal(c.App.ErrWriter) {
-		status = &statusLine{w: c.App.ErrWriter}
-		logTo = status
-	}
-	log, err := newLogger(c, logTo)
+	log, status, err := progressLogger(c)
 	if err != nil {
 		return err
 	}
@@ -98,7 +87,7 @@ func runBackup(c *cli.Context) error {
 		}
 	}
 	if status != nil {
-		opts.Progress = status.progress
+		opts.Progress = func(p backup.Progress) { status.show(p.String(), p.Final) }
 	} else {
 		opts.Progress, opts.ProgressEvery = logProgress(log), logProgressEvery
 	}
@@ -133,52 +122,6 @@ func runBackup(c *cli.Context) error {
 	}
 	printBackup(c.App.Writer, res)
 	return nil
-}
-
-// statusLine keeps one progress line at the bottom of a terminal: log
-// lines written through it appear above the line, which is redrawn.
-type statusLine struct {
-	mu   sync.Mutex
-	w    io.Writer
-	line string
-}
-
-// Write writes a log line above the status line.
-func (s *statusLine) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.line != "" {
-		io.WriteString(s.w, "\r\x1b[K")
-	}
-	n, err := s.w.Write(p)
-	if s.line != "" {
-		io.WriteString(s.w, s.line)
-	}
-	return n, err
-}
-
-// progress redraws the status line; the final report ends it.
-func (s *statusLine) progress(p backup.Progress) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.line = p.String()
-	fmt.Fprintf(s.w, "\r\x1b[K%s", s.line)
-	if p.Final {
-		io.WriteString(s.w, "\n")
-		s.line = ""
-	}
-}
-
-// logProgress logs progress as structured lines.
-func logProgress(log *slog.Logger) func(backup.Progress) {
-	return func(p backup.Progress) {
-		if p.Final {
-			return // the backup logs its own outcome
-		}
-		log.Info("backup progress", "phase", p.Phase, "method", p.Method, "done_bytes", p.DoneBytes, "total_bytes", p.TotalBytes,
-			"read_bytes", p.ReadBytes, "stored_bytes", p.StoredBytes, "files", p.Files,
-			"rate", bytesize.Format(int64(p.Rate))+"/s", "eta", p.ETA.Round(time.Second).String())
-	}
 }
 
 func printBackup(w io.Writer, res *backup.Result) {

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -51,7 +52,7 @@ func drillCommand() *cli.Command {
 }
 
 func runDrill(c *cli.Context) error {
-	log, err := newLogger(c, c.App.ErrWriter)
+	log, status, err := progressLogger(c)
 	if err != nil {
 		return err
 	}
@@ -81,11 +82,16 @@ func runDrill(c *cli.Context) error {
 			return usageErrorf("--check-sql %s holds no statement", p)
 		}
 	}
-	r, arch, err := openScratch(c, log, &opts)
+	// The drill's progress: the restore counts its bytes; recovery and
+	// the checks that follow are shown as a phase with its elapsed time.
+	ctr := progress.NewCounter()
+	ctr.Phase("choose a backup", 0, "")
+	r, arch, err := openScratch(c, log, &opts, ctr)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	defer watchProgress("drill", status, log, ctr)()
 	rep, err := drill.Run(c.Context, r, arch, opts)
 	if rep != nil && rep.Snapshot != "" {
 		if c.Bool("json") {
@@ -132,8 +138,9 @@ func scratchOptions(c *cli.Context, log *slog.Logger) drill.Options {
 // openScratch opens the repository for a scratch-cluster command and wires
 // the restore and restore_command into opts. With repo2 set, it falls back
 // to it as a restore does, and a drill stores its report where it read
-// from.
-func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options) (*repo.Failover, *walarchive.Failover, error) {
+// from. The restore counts its bytes on ctr (nil: not shown), and then
+// starts ctr's recovery phase.
+func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options, ctr *progress.Counter) (*repo.Failover, *walarchive.Failover, error) {
 	if v := c.String("cluster"); v != "" {
 		var err error
 		if opts.Cluster, err = strconv.ParseUint(v, 10, 64); err != nil || opts.Cluster == 0 {
@@ -153,7 +160,8 @@ func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options) (*repo.F
 	opts.Restore = func(ctx context.Context, q drill.RestoreRequest) (drill.RestoreResult, error) {
 		res, err := restore.Run(ctx, r, restore.ArchiveOf(arch), restore.Options{PGData: q.PGData, Cluster: q.Cluster,
 			Backup: q.Backup, Target: q.Target, TablespaceMap: q.TablespaceMap, Owner: q.Owner,
-			RestoreCommand: q.RestoreCommand, SpoolDir: q.SpoolDir, Logger: q.Logger, Now: q.Now})
+			RestoreCommand: q.RestoreCommand, SpoolDir: q.SpoolDir, Logger: q.Logger, Now: q.Now, Progress: ctr})
+		ctr.Phase("recover (WAL replay) and check", 0, "")
 		if err != nil {
 			return drill.RestoreResult{}, err
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/gc"
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/repo"
 )
@@ -37,7 +38,7 @@ func gcCommand() *cli.Command {
 }
 
 func runGC(c *cli.Context) error {
-	log, err := newLogger(c, c.App.ErrWriter)
+	log, status, err := progressLogger(c)
 	if err != nil {
 		return err
 	}
@@ -56,7 +57,11 @@ func runGC(c *cli.Context) error {
 	}
 	defer r.Close()
 	start := time.Now()
+	opts.Progress = progress.NewCounter()
+	opts.Progress.Phase("list", 0, "")
+	stopProgress := watchProgress("gc", status, log, opts.Progress)
 	res, err := gc.Run(c.Context, r, opts)
+	stopProgress()
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,7 @@ func runRehearse(c *cli.Context) error {
 		return usageErrorf("--sql %s holds no statement", path)
 	}
 	opts := scratchOptions(c, log)
-	r, arch, err := openScratch(c, log, &opts)
+	r, arch, err := openScratch(c, log, &opts, nil)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/internal/osuser"
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -64,7 +65,7 @@ func restoreCommand() *cli.Command {
 const restoreReadMemoryPerGET = 34 << 20
 
 func runRestore(c *cli.Context) error {
-	log, err := newLogger(c, c.App.ErrWriter)
+	log, status, err := progressLogger(c)
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,10 @@ func runRestore(c *cli.Context) error {
 	if opts.DryRun {
 		return dryRunRestore(c, r, opts)
 	}
+	opts.Progress = progress.NewCounter()
+	stopProgress := watchProgress("restore", status, log, opts.Progress)
 	res, err := restore.Run(c.Context, r, restore.ArchiveOf(walarchive.NewFailover(r, walarchive.Options{Logger: log})), opts)
+	stopProgress()
 	if err != nil {
 		return fmt.Errorf("restore into %s: %w", pgdata, err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
@@ -47,7 +48,7 @@ func parsePercent(s string) (float64, error) {
 }
 
 func runVerify(c *cli.Context) error {
-	log, err := newLogger(c, c.App.ErrWriter)
+	log, status, err := progressLogger(c)
 	if err != nil {
 		return err
 	}
@@ -71,6 +72,11 @@ func runVerify(c *cli.Context) error {
 		return err
 	}
 	defer r.Close()
+	if opts.ReadData || opts.Subset > 0 {
+		opts.Progress = progress.NewCounter()
+		opts.Progress.Phase("check snapshots and WAL", 0, "")
+		defer watchProgress("verify", status, log, opts.Progress)()
+	}
 	rep, err := verify.Run(c.Context, r, walarchive.FromRepo(r, walarchive.Options{Logger: log}), opts)
 	if rep == nil {
 		return err
