@@ -2,7 +2,16 @@ package e2e
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/tidemarkdb/tidemark/internal/testenv"
 )
 
 // fromJSON decodes the value under key of a --json output, after checking
@@ -29,3 +38,141 @@ func keysOf(m map[string]json.RawMessage) []string {
 	}
 	return ks
 }
+
+// jsonKeys returns the key paths of a --json output ("drill.checks[].name"),
+// failing on a key that is not snake_case and on a null.
+func jsonKeys(t *testing.T, cmd string, out string) []string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("%s --json: %v\n%s", cmd, err, out)
+	}
+	seen := map[string]bool{}
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch x := v.(type) {
+		case nil:
+			t.Errorf("%s --json: %s is null", cmd, path)
+		case map[string]any:
+			for k, e := range x {
+				if !snakeCase.MatchString(k) {
+					t.Errorf("%s --json: key %q of %s is not snake_case", cmd, k, path)
+				}
+				p := k
+				if path != "" {
+					p = path + "." + k
+				}
+				seen[p] = true
+				walk(p, e)
+			}
+		case []any:
+			for _, e := range x {
+				walk(path+"[]", e)
+			}
+		}
+	}
+	walk("", v)
+	var keys []string
+	for k := range seen {
+		keys = append(keys, cmd+": "+k)
+	}
+	return keys
+}
+
+var snakeCase = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// TestJSONKeys runs every command that has --json against PostgreSQL and a
+// repository and pins the keys of what each prints to
+// testdata/json-keys.txt (go test -run TestJSONKeys ./e2e -update writes
+// it): a key that changes is a change of the output's format number. Every
+// key is snake_case, every value non-null, and every output has the one
+// shape (format, and one key).
+func TestJSONKeys(t *testing.T) {
+	e := backupEnv(t, false, 0)
+	c := e.backupCluster(15, nil)
+	e.heartbeatAgent(c)
+	var keys []string
+	run := func(name, key string, wantCode int, args ...string) string {
+		t.Helper()
+		out, errs, code := e.tidemark(args...)
+		if code != wantCode {
+			t.Fatalf("%s: exit %d, want %d\n%s%s", name, code, wantCode, out, errs)
+		}
+		var v any
+		if err := fromJSON(out, key, &v); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		keys = append(keys, jsonKeys(t, name, out)...)
+		return out
+	}
+	// with adds --json and the repository flags, before any argument
+	// after "--" (urfave/cli reads no flag after the first argument).
+	with := func(args ...string) []string {
+		var pos []string
+		if i := slices.Index(args, "--"); i >= 0 {
+			args, pos = args[:i], args[i+1:]
+		}
+		return append(append(append(args, "--json"), e.repoArgs()...), pos...)
+	}
+
+	other := "file://" + filepath.Join(e.shared, "other")
+	run("init", "init", 0, "init", "--json", "--repo", other, "--identity-out", filepath.Join(e.shared, "other-id.txt"))
+	added := run("key add", "key", 0, with("key", "add", "--identity-out", filepath.Join(e.shared, "second.txt"))...)
+	run("key list", "keys", 0, with("key", "list")...)
+	var k struct {
+		ID string `json:"id"`
+	}
+	fromJSON(added, "key", &k)
+	run("key remove", "removed_key", 0, with("key", "remove", "--", k.ID)...)
+
+	testenv.LoadRandomTable(t, c, "data", 2000)
+	b := run("backup", "backup", 0, with("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())...)
+	var snap backupJSON
+	fromJSON(b, "backup", &snap)
+	workload(t, c, 4)
+	switchAndWait(t, c)
+	run("list", "snapshots", 0, with("list")...)
+	run("info", "repository", 0, with("info")...)
+	run("info ID", "snapshot", 0, with("info", "--", snap.Snapshot.ID)...)
+	run("wal list", "wal", 0, with("wal", "list")...)
+	run("check", "check", 0, with("check", "--no-switch", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())...)
+	run("restore --dry-run", "restore_plan", 0, with("restore", "--dry-run", "--pgdata", e.target("r"))...)
+	run("restore", "restore", 0, with("restore", "--pgdata", e.target("r"))...)
+	run("verify", "verify", 0, with("verify")...)
+	scratch := filepath.Join(e.shared, "scratch")
+	os.MkdirAll(scratch, 0o755)
+	run("drill", "drill", 0, with("drill", "--scratch-dir", scratch, "--pgdata", c.DataDir, "--log-level", "warn")...)
+	run("expire", "expire", 0, with("expire", "--keep-last", "5")...)
+	run("gc", "gc", 0, with("gc")...)
+
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	got := strings.Join(keys, "\n") + "\n"
+	golden := filepath.Join("testdata", "json-keys.txt")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (go test -run TestJSONKeys ./e2e -update writes it)", err)
+	}
+	if string(want) != got {
+		wl, gl := strings.Split(string(want), "\n"), strings.Split(got, "\n")
+		for _, l := range gl {
+			if !slices.Contains(wl, l) {
+				t.Errorf("new key: %s", l)
+			}
+		}
+		for _, l := range wl {
+			if !slices.Contains(gl, l) {
+				t.Errorf("key gone: %s", l)
+			}
+		}
+		t.Errorf("the --json keys changed: update testdata/json-keys.txt (-update) and raise jsonFormat in cmd/tidemark/json.go")
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite testdata/json-keys.txt")
