@@ -81,7 +81,8 @@ func jsonKeys(t *testing.T, cmd string, out string) []string {
 
 var snakeCase = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 
-// TestJSONKeys runs every command that has --json against PostgreSQL and a
+// TestJSONKeys runs every command that has --json (but rehearse, whose
+// report e2e TestRehearse reads) against PostgreSQL and a
 // repository and pins the keys of what each prints to
 // testdata/json-keys.txt (go test -run TestJSONKeys ./e2e -update writes
 // it): a key that changes is a change of the output's format number. Every
@@ -135,6 +136,7 @@ func TestJSONKeys(t *testing.T) {
 	run("info", "repository", 0, with("info")...)
 	run("info ID", "snapshot", 0, with("info", "--", snap.Snapshot.ID)...)
 	run("wal list", "wal", 0, with("wal", "list")...)
+	run("mark", "mark", 0, with("mark", "--pg-conn", c.ConnString(), "--", "before-restore")...)
 	run("check", "check", 0, with("check", "--no-switch", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())...)
 	run("restore --dry-run", "restore_plan", 0, with("restore", "--dry-run", "--pgdata", e.target("r"))...)
 	run("restore", "restore", 0, with("restore", "--pgdata", e.target("r"))...)

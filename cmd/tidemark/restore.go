@@ -380,6 +380,7 @@ type restoreJSON struct {
 	Files              int64      `json:"files"`
 	Bytes              int64      `json:"bytes"`
 	RecoverySettings   []string   `json:"recovery_settings"`
+	Standby            bool       `json:"standby"`
 	// A restore that ran.
 	FetchedBytes *int64 `json:"fetched_bytes,omitempty"`
 	FetchedBlobs *int64 `json:"fetched_blobs,omitempty"`
@@ -422,7 +423,7 @@ func describeRestore(pgdata string, res *restore.Result) restoreJSON {
 	s := res.Snapshot
 	j := restoreJSON{PGData: pgdata, Cluster: res.Cluster, Snapshot: s.ID, SnapshotStopTime: s.StopTime, SnapshotStopLSN: pg.LSN(s.StopLSN).String(),
 		Timeline: uint32(res.Timeline), TimelineReason: res.TimelineReason, LastRecoverableLSN: res.LastRecoverable.String(),
-		Files: res.Files, Bytes: res.Bytes, RecoverySettings: res.Settings}
+		Files: res.Files, Bytes: res.Bytes, RecoverySettings: res.Settings, Standby: res.Standby}
 	if !res.LastCommit.IsZero() {
 		t := res.LastCommit
 		j.LastCommit = &t
