@@ -14,6 +14,7 @@ package ratelimit
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"io"
 	"iter"
 	"slices"
@@ -199,4 +200,35 @@ func (s *Store) List(ctx context.Context, prefix, startAfter string) iter.Seq2[s
 // Delete is not limited.
 func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	return s.inner.Delete(ctx, keys...)
+}
+
+// retainer is the retention capability of the wrapped store
+// (storage.Retention, S3 Object Lock): a locked repository must open
+// through a limited store as through any other.
+type retainer interface {
+	CheckRetention(ctx context.Context) error
+	WithRetention(r storage.Retention) (storage.Store, error)
+}
+
+// CheckRetention passes the wrapped store's check on.
+func (s *Store) CheckRetention(ctx context.Context) error {
+	rt, ok := s.inner.(retainer)
+	if !ok {
+		return fmt.Errorf("%s cannot lock objects against deletion (object lock is supported on S3 only): %w", s.inner, storage.ErrPermanent)
+	}
+	return rt.CheckRetention(ctx)
+}
+
+// WithRetention returns the wrapped store's locking view, limited like the
+// store itself.
+func (s *Store) WithRetention(r storage.Retention) (storage.Store, error) {
+	rt, ok := s.inner.(retainer)
+	if !ok {
+		return nil, fmt.Errorf("%s cannot lock objects against deletion (object lock is supported on S3 only): %w", s.inner, storage.ErrPermanent)
+	}
+	inner, err := rt.WithRetention(r)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{inner: inner, up: s.up, down: s.down}, nil
 }

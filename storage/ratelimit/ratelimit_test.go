@@ -3,9 +3,14 @@ package ratelimit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 	"github.com/tidemarkdb/tidemark/storage"
@@ -134,5 +139,42 @@ func TestUncharged(t *testing.T) {
 	}
 	if len(b.charged) != 1 || b.charged[0] != (span{0, 1010}) {
 		t.Errorf("charged spans %v, want one [0, 1010)", b.charged)
+	}
+}
+
+// TestLockedBucket: a limited store keeps the object lock capability of the
+// store beneath it (a locked repository opens through it as through any
+// other): on a MinIO bucket with S3 Object Lock, an object written through
+// the limited locking view is locked, and its upload charged.
+func TestLockedBucket(t *testing.T) {
+	srv := testenv.MinIO(t)
+	inner, err := s3.New(t.Context(), s3.Options{Bucket: srv.NewLockedBucket(t), Endpoint: srv.Endpoint, PathStyle: true,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &counter{burst: 64 << 10}
+	st := &Store{inner: retry.New(inner, retry.Options{}), up: up}
+	if err := st.CheckRetention(t.Context()); err != nil {
+		t.Fatalf("CheckRetention through the limited store: %v", err)
+	}
+	locked, err := st.WithRetention(storage.Retention{Mode: storage.RetentionGovernance, Period: time.Hour, Covers: func(string) bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := locked.Create(t.Context(), "data/x", bytes.NewReader(make([]byte, 1000)), 1000); err != nil {
+		t.Fatal(err)
+	}
+	if up.charged.Load() != 1000 {
+		t.Errorf("the locking view charged %d bytes, want 1000", up.charged.Load())
+	}
+	out, err := inner.Client().HeadObject(t.Context(), &awss3.HeadObjectInput{Bucket: aws.String(inner.Bucket()), Key: aws.String("data/x")})
+	if err != nil || out.ObjectLockRetainUntilDate == nil {
+		t.Fatalf("the object is not locked: %v %+v", err, out)
+	}
+	// A store without the capability says so, as retry does.
+	plain, _ := fs.New(t.TempDir())
+	if err := (&Store{inner: plain}).CheckRetention(t.Context()); !errors.Is(err, storage.ErrPermanent) {
+		t.Errorf("CheckRetention on fs: %v", err)
 	}
 }
