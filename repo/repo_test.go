@@ -2,15 +2,20 @@ package repo
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"filippo.io/age"
+	"github.com/tidemarkdb/tidemark/repo/agestream"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/index"
 	"github.com/tidemarkdb/tidemark/repo/keys"
@@ -558,5 +563,115 @@ func TestPackNameIsCiphertextHash(t *testing.T) {
 func TestIndexBytesPerEntry(t *testing.T) {
 	if index.EntryMemSize > 52 {
 		t.Fatalf("index entry takes %d bytes in memory", index.EntryMemSize)
+	}
+}
+
+// ReadBlobs decrypts a span chunk by chunk and hands each blob over as soon
+// as it is in: blobs smaller than a chunk, blobs over several chunks, gaps
+// between the blobs asked for (every other one skipped), each delivered
+// intact; a flipped byte in the middle of a span fails that span with a
+// *CorruptError after the blobs before it, and a truncated pack fails as
+// truncated.
+func TestReadBlobsStreamsSpans(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	var list [][]byte
+	for i := range 24 {
+		n := 3_000 + i*17 // several per chunk
+		if i%3 == 0 {
+			n = 2*agestream.ChunkSize + 5_000 + i // over three chunks
+		}
+		list = append(list, randBytes(n))
+	}
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: list})
+	var sorted []index.Location
+	for id := range ids {
+		loc, err := f.repo.Lookup(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sorted = append(sorted, loc)
+	}
+	slices.SortFunc(sorted, func(a, b index.Location) int {
+		return cmp.Or(strings.Compare(a.Pack.Key(), b.Pack.Key()), cmp.Compare(a.Offset, b.Offset))
+	})
+	var some []blob.ID
+	for i, l := range sorted {
+		if i%2 == 1 {
+			some = append(some, l.ID)
+		}
+	}
+	read := func(want []blob.ID) (map[blob.ID]bool, error) {
+		var mu sync.Mutex
+		got := map[blob.ID]bool{}
+		err := f.repo.ReadBlobs(ctx, want, func(id blob.ID, data []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if !bytes.Equal(data, ids[id]) {
+				return fmt.Errorf("blob %s differs", id)
+			}
+			got[id] = true
+			return nil
+		})
+		return got, err
+	}
+	for _, want := range [][]blob.ID{some, slices.Collect(maps.Keys(ids))} {
+		got, err := read(want)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("read %d blobs: %d delivered, %v", len(want), len(got), err)
+		}
+	}
+
+	// A flipped byte inside the last blob of a pack: what comes before it
+	// in the span is delivered, the span fails.
+	last := sorted[len(sorted)-1]
+	key := last.Pack.Key()
+	off := int(last.Pack.PayloadOffset) + int(last.Offset) + int(last.Length)/2
+	store.Corrupt(key, off)
+	var inPack []blob.ID
+	for _, l := range sorted {
+		if l.Pack.Key() == key {
+			inPack = append(inPack, l.ID)
+		}
+	}
+	got, err := read(inPack)
+	var ce *CorruptError
+	if !errors.As(err, &ce) || ce.Key != key || got[last.ID] || len(inPack) > 1 && len(got) == 0 {
+		t.Fatalf("flipped byte: %v, %d of %d delivered", err, len(got), len(inPack))
+	}
+	store.Corrupt(key, off)
+
+	rc, err := store.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, _ := io.ReadAll(rc)
+	rc.Close()
+	cut := int64(last.Pack.PayloadOffset) + int64(last.Offset) + 10
+	store.Put(ctx, key, bytes.NewReader(whole[:cut]), cut)
+	_, err = read(inPack)
+	if !errors.As(err, &ce) || ce.Key != key || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("truncated pack: %v", err)
+	}
+}
+
+// A writer fills packs of the repository's size when its memory holds two
+// of them and a meta pack, smaller ones when it does not, and never packs
+// below MinPackSize.
+func TestPackTargetFitsPackMemory(t *testing.T) {
+	for _, c := range []struct{ packSize, mem, want int64 }{
+		{32 << 20, 128 << 20, 32 << 20},
+		{32 << 20, DefaultPackMemory, 0},
+		{1 << 20, DefaultPackMemory, 1 << 20},
+		{32 << 20, 1 << 20, MinPackSize},
+	} {
+		r := &Repo{cfg: Config{PackSize: c.packSize}, opts: Options{PackMemory: c.mem}}
+		got := r.packTarget()
+		switch {
+		case c.want != 0 && got != c.want:
+			t.Errorf("pack size %d, memory %d: target %d, want %d", c.packSize, c.mem, got, c.want)
+		case c.want == 0 && (got >= c.packSize || 2*packCap(got)+metaPackRoom > c.mem || 2*packCap(got+got/16)+metaPackRoom <= c.mem):
+			t.Errorf("pack size %d, memory %d: target %d does not just fit two packs", c.packSize, c.mem, got)
+		}
 	}
 }

@@ -43,6 +43,8 @@ type WriterStats struct {
 type Writer struct {
 	r    *Repo
 	name string
+	// packSize is the plaintext a pack is filled to (Repo.packTarget).
+	packSize int64
 	// idx is the index this writer deduplicates against and adds its own
 	// deltas to; the Repo may swap its index (reload, compaction) meanwhile.
 	idx *index.Index
@@ -112,8 +114,9 @@ func (r *Repo) NewWriter(ctx context.Context, name string) (*Writer, error) {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	maxPacks := int(max(2, r.opts.PackMemory/r.cfg.PackSize))
-	w := &Writer{r: r, name: name, idx: idx, ctx: wctx, cancel: cancel,
+	packSize := r.packTarget()
+	maxPacks := int(max(2, r.opts.PackMemory/packSize))
+	w := &Writer{r: r, name: name, idx: idx, ctx: wctx, cancel: cancel, packSize: packSize,
 		budget:  newBudget(r.opts.PackMemory, 2),
 		queue:   make(chan *openPack, maxPacks+2),
 		pending: make(map[blob.ID]struct{}),
@@ -264,9 +267,30 @@ func putCompressBuf(stored, data []byte) {
 
 // targetCap is the ciphertext capacity of a full pack: header, the target
 // plaintext plus one more slot-sized blob and a dense trailer, and tags.
-func (w *Writer) targetCap() int64 {
-	plain := w.r.cfg.PackSize + blob.SlotSize + w.r.cfg.PackSize/64
+func (w *Writer) targetCap() int64 { return packCap(w.packSize) }
+
+func packCap(target int64) int64 {
+	plain := target + blob.SlotSize + target/64
 	return 16<<10 + agestream.CiphertextSize(plain)
+}
+
+// metaPackRoom is what PackMemory keeps for the open meta pack (file maps,
+// small files) beside two data packs.
+const metaPackRoom = 4 << 20
+
+// packTarget is the plaintext a Writer fills its packs to: the
+// repository's pack size, or less when PackMemory would not hold two data
+// packs (one filling while the other uploads) and a meta pack, but never
+// less than MinPackSize. Readers take packs of any size up to
+// pack.MaxSize, so the repository's pack size is a target, not a format
+// rule.
+func (r *Repo) packTarget() int64 {
+	t := r.cfg.PackSize
+	per := (r.opts.PackMemory - metaPackRoom) / 2
+	for t > MinPackSize && packCap(t) > per {
+		t -= max(t/32, 64<<10)
+	}
+	return max(t, MinPackSize)
 }
 
 // ensure makes room in p's buffer for extra more plaintext bytes, reserving
@@ -333,7 +357,7 @@ func (w *Writer) append(ctx context.Context, id blob.ID, k blob.Kind, comp blob.
 		return err
 	}
 	p.plain += int64(len(stored))
-	if p.b.Size() >= w.r.cfg.PackSize {
+	if p.b.Size() >= w.packSize {
 		return w.finishLocked(ctx, class)
 	}
 	return nil

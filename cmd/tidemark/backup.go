@@ -20,12 +20,13 @@ import (
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 )
 
-// backupRepoOptions bound what a backup holds in memory (peak RSS stays
-// under 256 MiB whatever the database size) and make an interrupted backup
-// index what it uploaded often enough for the next run to reuse most of it.
-func backupRepoOptions() repo.Options {
+// backupRepoOptions bound what a backup holds in memory (--pack-memory:
+// with the default, peak RSS stays under 96 MiB whatever the database
+// size) and make an interrupted backup index what it uploaded often enough
+// for the next run to reuse most of it.
+func backupRepoOptions(packMemory int64) repo.Options {
 	return repo.Options{
-		PackMemory:        96 << 20,
+		PackMemory:        packMemory,
 		IndexEveryPacks:   4,
 		IndexEvery:        time.Minute,
 		UploadConcurrency: max(2, runtime.GOMAXPROCS(0)/2),
@@ -50,6 +51,8 @@ func backupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-page-deltas", EnvVars: []string{envName("no-page-deltas")},
 				Usage: "store changed pages whole instead of as deltas against their base slot (no base slots read back; larger incrementals)"},
 			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
+			&cli.StringFlag{Name: "pack-memory", Value: "40MiB", EnvVars: []string{envName("pack-memory")},
+				Usage: "bytes of packs held while they fill and upload; packs are filled smaller than the repository's pack size when two would not fit"},
 			&cli.DurationFlag{Name: "archive-timeout", Value: backup.DefaultArchiveWait, EnvVars: []string{envName("archive-timeout")},
 				Usage: "how long to wait for the WAL up to the backup's stop to be archived before failing"},
 			&cli.IntFlag{Name: "rebase-pages", Hidden: true, EnvVars: []string{envName("rebase-pages")},
@@ -91,11 +94,16 @@ func runBackup(c *cli.Context) error {
 	} else {
 		opts.Progress, opts.ProgressEvery = logProgress(log), logProgressEvery
 	}
+	packMemory, err := bytesize.Parse(c.String("pack-memory"))
+	if err != nil || packMemory < 8<<20 {
+		return usageErrorf("--pack-memory %q: want a size of at least 8MiB, such as 40MiB", c.String("pack-memory"))
+	}
+	setMemoryLimit(packMemory)
 	to, err := repoChoice(c, "to")
 	if err != nil {
 		return err
 	}
-	r, err := openRepoAt(c.Context, c, log, to, backupRepoOptions(), 0)
+	r, err := openRepoAt(c.Context, c, log, to, backupRepoOptions(packMemory), 0)
 	if err != nil {
 		return err
 	}

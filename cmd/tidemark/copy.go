@@ -40,9 +40,9 @@ func copyCommand() *cli.Command {
 // copyRepoOptions make an interrupted copy index what it uploaded often
 // enough for the rerun to reuse most of it, as a backup does.
 func copyRepoOptions(parallel int) repo.Options {
-	o := backupRepoOptions()
+	o := backupRepoOptions(repo.DefaultPackMemory)
 	o.ReadConcurrency = max(parallel, 1)
-	o.ReadMemory = int64(max(parallel, 1)) * restoreReadMemoryPerGET
+	o.ReadMemory = defaultReadMemory
 	return o
 }
 

@@ -152,7 +152,7 @@ func openScratch(c *cli.Context, log *slog.Logger, opts *drill.Options, ctr *pro
 		return nil, nil, err
 	}
 	opts.Fetch = fetch
-	r, err := openFailover(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: 4 * restoreReadMemoryPerGET}, c.Duration("retry-for"))
+	r, err := openFailover(c, log, repo.Options{ReadConcurrency: 4, ReadMemory: defaultReadMemory}, c.Duration("retry-for"))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -27,7 +27,9 @@ var (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	writeProfiles := startProfiles(os.Args)
 	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	writeProfiles()
 	stop()
 	os.Exit(code)
 }

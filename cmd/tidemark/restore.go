@@ -45,6 +45,8 @@ func restoreCommand() *cli.Command {
 			stringFlag("target-timeline", "timeline to recover along: a number, or latest (default: the timeline of the newest backup, stated explicitly)"),
 			&cli.StringSliceFlag{Name: "tablespace-map", Usage: "move a tablespace: OLD=NEW (repeatable)", EnvVars: []string{envName("tablespace-map")}},
 			&cli.IntFlag{Name: "parallel", Usage: "parallel reads and file workers", Value: 4, EnvVars: []string{envName("parallel")}},
+			&cli.StringFlag{Name: "read-memory", Value: "32MiB", EnvVars: []string{envName("read-memory")},
+				Usage: "bytes of blobs the parallel reads hold at once (each holds about two slots, 2 MiB)"},
 			cpuProfileFlag(),
 			&cli.BoolFlag{Name: "direct-io", Value: true, Usage: "write large runs of relation pages with O_DIRECT, bypassing the page cache (--direct-io=false: through the cache, which the server then starts with)", EnvVars: []string{envName("direct-io")}},
 			&cli.BoolFlag{Name: "delta", Usage: "restore into an existing data directory: remove what the backup lacks, fetch only what differs", EnvVars: []string{envName("delta")}},
@@ -60,9 +62,20 @@ func restoreCommand() *cli.Command {
 	}
 }
 
-// restoreReadMemoryPerGET is the read memory a restore allows per parallel
-// GET (see runRestore).
-const restoreReadMemoryPerGET = 34 << 20
+// defaultReadMemory bounds what the reads of a restore (and of a drill's
+// restore) hold at once. A read holds one stored blob and its plaintext,
+// about 2 MiB for relation slots: 32 MiB lets --parallel 4 run unhindered
+// with room for the odd large file map.
+const defaultReadMemory = 32 << 20
+
+// readMemory parses --read-memory.
+func readMemory(c *cli.Context) (int64, error) {
+	n, err := bytesize.Parse(c.String("read-memory"))
+	if err != nil || n < 4<<20 {
+		return 0, usageErrorf("--read-memory %q: want a size of at least 4MiB, such as 32MiB", c.String("read-memory"))
+	}
+	return n, nil
+}
 
 func runRestore(c *cli.Context) error {
 	log, status, err := progressLogger(c)
@@ -108,12 +121,14 @@ func runRestore(c *cli.Context) error {
 	}
 	opts.RestoreCommand = fetch.Line(pgdata)
 
-	// A coalesced read of a pack holds up to about 2 x 16 MiB (ciphertext
-	// and plaintext) while it is decoded: the memory bound must let
-	// --parallel of them be in flight, or reads run one at a time.
+	mem, err := readMemory(c)
+	if err != nil {
+		return err
+	}
+	setMemoryLimit(mem)
 	// With repo2 set, reads fall back to it once repo is unreachable
 	// (after --retry-for of retries), for the rest of the restore.
-	r, err := openFailover(c, log, repo.Options{ReadConcurrency: opts.Parallel, ReadMemory: int64(opts.Parallel) * restoreReadMemoryPerGET}, c.Duration("retry-for"))
+	r, err := openFailover(c, log, repo.Options{ReadConcurrency: opts.Parallel, ReadMemory: mem}, c.Duration("retry-for"))
 	if err != nil {
 		return err
 	}

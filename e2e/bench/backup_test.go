@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,20 +20,22 @@ import (
 
 // The backup benchmark (TestBenchBackup): on a pgbench database plus a
 // table of random md5 text (ENVIRONMENT.md: scale 100 and 10 million rows,
-// about 2.5 GiB), a full backup by tidemark and by pgBackRest 2.45 (zst,
-// process-max 2, block incremental, start-fast) to one MinIO over TLS; then,
+// about 2.5 GiB), full backups by tidemark and by pgBackRest 2.45 (zst,
+// process-max 2, block incremental, start-fast) to one MinIO over TLS, as
+// alternating pairs (Pairs), each tidemark run into a fresh repository so
+// that nothing deduplicates against the run before; then, three times,
 // after pgbench updates about 1% of the accounts and 1% of the md5 table is
-// rewritten, an incremental by each. Wall time, bytes added to each
-// repository (WAL excluded) and the peak RSS of each tool's process tree.
-// TestBenchBackupMemory shows tidemark's peak RSS at two database sizes.
+// rewritten, an incremental by each. Wall time, CPU per GiB (the tool's
+// process tree and MinIO's), bytes added to each repository (WAL excluded)
+// and the peak RSS of each tool's process tree.
 //
 // Knobs: TIDEMARK_BENCH_SCALE (100), TIDEMARK_BENCH_ROWS (10000000),
 // TIDEMARK_BENCH_MD5_UPDATE ("range": the first 1% of ids, a hot region,
 // the default; "random": 1% of rows anywhere, which touches most pages of
 // the table and of its index, so any page-level incremental stores most of
-// it), TIDEMARK_BENCH_RSS_SCALES ("20,200"), TIDEMARK_BENCH_REBASE_PAGES
-// (tidemark's --rebase-pages, to compare rebase thresholds),
-// TIDEMARK_BENCH_CPUPROFILE (a directory for tidemark's CPU profiles).
+// it), TIDEMARK_BENCH_REBASE_PAGES (tidemark's --rebase-pages, to compare
+// rebase thresholds), TIDEMARK_BENCH_CPUPROFILE (a directory for
+// tidemark's CPU profiles), TIDEMARK_BENCH_PAIRS.
 
 func backupBenchInt(t *testing.T, name string, def int) int {
 	v := os.Getenv(name)
@@ -48,10 +51,9 @@ func backupBenchInt(t *testing.T, name string, def int) int {
 
 // backupRun is one backup by one tool.
 type backupRun struct {
-	wall    time.Duration
-	stored  int64 // bytes added to the repository, WAL excluded
-	peakRSS int64 // bytes, whole process tree
-	detail  string
+	Measurement
+	stored int64 // bytes added to the repository, WAL excluded
+	detail string
 }
 
 // bucketBytes adds up the objects under prefix, less those under except.
@@ -87,11 +89,13 @@ func quiesceArchive(t *testing.T, c *testenv.Cluster) {
 type backupBench struct {
 	t        *testing.T
 	srv      *testenv.S3Server
+	meter    *Meter
 	tm       *Tidemark
 	tmBucket string
 	pgbr     *PGBackRest
 	pbBucket string
 	c        *testenv.Cluster
+	runs     int // tidemark backups, naming their profiles
 }
 
 // waitS3Initialised waits until srv answers requests: MinIO reports
@@ -116,25 +120,40 @@ func newBackupBench(t *testing.T, version int, withPGBackRest bool, settings map
 	t.Helper()
 	b := &backupBench{t: t, srv: testenv.MinIOTLS(t)}
 	waitS3Initialised(t, b.srv)
-	b.tmBucket = b.srv.NewBucket(t)
-	b.tm = NewTidemark(t, b.srv, b.tmBucket)
+	b.meter = NewMeter(t, b.srv)
 	s := map[string]string{"archive_mode": "on", "archive_command": "", "max_wal_size": "8GB",
 		"checkpoint_timeout": "30min", "shared_buffers": "256MB"}
 	for k, v := range settings {
 		s[k] = v
 	}
-	b.c = testenv.NewCluster(t, testenv.PGConfig{Version: version, Settings: s, Env: b.tm.Env})
-	command := b.tm.ArchiveCommand()
+	b.c = testenv.NewCluster(t, testenv.PGConfig{Version: version, Settings: s, Env: b.srv.Env()})
 	if withPGBackRest {
 		b.pbBucket = b.srv.NewBucket(t)
 		b.pgbr = NewPGBackRest(t, b.srv, b.pbBucket, b.c, PGBackRestOptions{ProcessMax: 2,
 			Extra: map[string]string{"beta": "y", "repo1-bundle": "y", "repo1-block": "y", "repo1-retention-full": "100"}})
+	}
+	b.freshTidemark()
+	return b
+}
+
+// freshTidemark makes a new, empty tidemark repository the one backups
+// and archive_command use: a full backup into it stores everything again.
+func (b *backupBench) freshTidemark() {
+	t := b.t
+	if b.tm != nil {
+		// Everything up to here goes to the old repository.
+		quiesceArchive(t, b.c)
+	}
+	b.tmBucket = b.srv.NewBucket(t)
+	b.tm = NewTidemark(t, b.srv, b.tmBucket)
+	command := fmt.Sprintf("%s wal-push --repo %s --identity %s %%p", b.tm.Bin,
+		shellQuote(strings.ReplaceAll(b.tm.URL, "%", "%%")), b.tm.Identity)
+	if b.pgbr != nil {
 		// pgBackRest backs up only with its own archive_command; tidemark
 		// commits only once its WAL is in its repository: archive to both.
 		command = b.pgbr.ArchiveCommand() + " && " + command
 	}
 	setArchiveCommand(t, b.c, command)
-	return b
 }
 
 func (b *backupBench) tidemark(what string, args ...string) backupRun {
@@ -143,7 +162,8 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 		args = append(args, "--rebase-pages", v)
 	}
 	if dir := os.Getenv("TIDEMARK_BENCH_CPUPROFILE"); dir != "" {
-		args = append(args, "--cpuprofile", filepath.Join(dir, "tidemark-"+strings.Fields(what)[0]+".prof"))
+		b.runs++
+		args = append(args, "--cpuprofile", filepath.Join(dir, fmt.Sprintf("tidemark-%s-%d.prof", strings.Fields(what)[0], b.runs)))
 	}
 	quiesceArchive(t, c)
 	settle()
@@ -155,7 +175,7 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 	cmd.Stdout = &out
 	var errb strings.Builder
 	cmd.Stderr = &errb
-	m := Measure(cmd)
+	m := b.meter.Measure(cmd)
 	if m.Err != nil {
 		t.Fatalf("tidemark backup: %v\n%s", m.Err, errb.String())
 	}
@@ -178,14 +198,14 @@ func (b *backupBench) tidemark(what string, args ...string) backupRun {
 	}{&res}); err != nil {
 		t.Fatalf("tidemark backup --json: %v\n%s", err, out.String())
 	}
-	r := backupRun{wall: m.Wall, stored: bucketBytes(t, b.srv, b.tmBucket, "tidemark/", "tidemark/wal/") - before,
-		peakRSS: max(m.PeakTreeRSS, m.MaxRSS)}
+	r := backupRun{Measurement: m, stored: bucketBytes(t, b.srv, b.tmBucket, "tidemark/", "tidemark/wal/") - before}
 	r.detail = fmt.Sprintf("%s: %s, read %.0f MiB, %d pages in patches (%d as deltas, %.0f MiB of base slots read back), "+
 		"%d slots rewritten whole, %d files reused unread; start %.1fs, copy %.1fs, stop %.1fs, commit %.1fs",
 		what, res.Method, MiB(res.Stats.ReadBytes), res.Stats.PatchedPages, res.Stats.DeltaPages, MiB(res.Stats.BaseReadBytes),
 		res.Stats.RebasedSlots, res.Stats.ReusedFiles,
 		res.Timing.Start, res.Timing.Copy, res.Timing.Stop, res.Timing.Commit)
-	t.Logf("tidemark %s in %s", r.detail, r.wall.Round(10*time.Millisecond))
+	t.Logf("tidemark %s in %s, CPU %s + store %s", r.detail, r.Wall.Round(10*time.Millisecond),
+		r.CPU.Round(10*time.Millisecond), r.StoreCPU.Round(10*time.Millisecond))
 	return r
 }
 
@@ -194,12 +214,13 @@ func (b *backupBench) pgbackrest(typ string) backupRun {
 	quiesceArchive(t, c)
 	settle()
 	before := bucketBytes(t, b.srv, b.pbBucket, "pgbackrest/backup/", "")
-	m := Measure(b.pgbr.Command(t.Context(), c, "--type="+typ, "backup"))
+	m := b.meter.Measure(b.pgbr.Command(t.Context(), c, "--type="+typ, "backup"))
 	if m.Err != nil {
 		t.Fatalf("pgbackrest backup --type=%s: %v", typ, m.Err)
 	}
-	return backupRun{wall: m.Wall, stored: bucketBytes(t, b.srv, b.pbBucket, "pgbackrest/backup/", "") - before,
-		peakRSS: max(m.PeakTreeRSS, m.MaxRSS)}
+	t.Logf("pgbackrest %s in %s, CPU %s + store %s", typ, m.Wall.Round(10*time.Millisecond),
+		m.CPU.Round(10*time.Millisecond), m.StoreCPU.Round(10*time.Millisecond))
+	return backupRun{Measurement: m, stored: bucketBytes(t, b.srv, b.pbBucket, "pgbackrest/backup/", "") - before}
 }
 
 // loadBackupData makes the benchmark database and returns its size.
@@ -241,75 +262,66 @@ func TestBenchBackup(t *testing.T) {
 		testenv.Missing(t, "pgbackrest", "apt-get install --no-install-recommends pgbackrest")
 	}
 	scale, rows := backupBenchInt(t, "TIDEMARK_BENCH_SCALE", 100), backupBenchInt(t, "TIDEMARK_BENCH_ROWS", 10_000_000)
+	pairs := Pairs(t)
 	// pgBackRest 2.45 supports PostgreSQL up to 15.
 	b := newBackupBench(t, 15, true, nil)
 	size := loadBackupData(t, b.c, scale, rows)
-	tmFull := b.tidemark("full")
-	pbFull := b.pgbackrest("full")
-	changed := changeBackupData(t, b.c, scale, rows)
-	tmInc := b.tidemark("incremental")
-	pbInc := b.pgbackrest("incr")
+	bytes, _ := strconv.ParseInt(b.c.QueryString(t, "SELECT sum(pg_database_size(datname)) FROM pg_database"), 10, 64)
+	gib := GiB(bytes)
 
-	tab := Table{
-		Title: fmt.Sprintf("backup, PostgreSQL 15, pgbench scale %d + %d md5 rows (%s), MinIO over TLS; incremental after %s",
-			scale, rows, size, changed),
-		Columns: []string{"tidemark", "pgBackRest 2.45"},
-		Ratios:  [][2]int{{0, 1}},
-	}
-	tab.Add("full backup, s", "%.1f", tmFull.wall.Seconds(), pbFull.wall.Seconds())
-	tab.Add("full backup stored, MiB", "%.1f", MiB(tmFull.stored), MiB(pbFull.stored))
-	tab.Add("full backup peak RSS, MiB", "%.1f", MiB(tmFull.peakRSS), MiB(pbFull.peakRSS))
-	tab.Add("incremental, s", "%.1f", tmInc.wall.Seconds(), pbInc.wall.Seconds())
-	tab.Add("incremental stored, MiB", "%.1f", MiB(tmInc.stored), MiB(pbInc.stored))
-	tab.Add("incremental peak RSS, MiB", "%.1f", MiB(tmInc.peakRSS), MiB(pbInc.peakRSS))
-	var s strings.Builder
-	tab.Print(&s)
-	fmt.Fprintf(&s, "targets: full time <= 0.50x with stored <= 1.00x; incremental stored <= 0.50x; peak RSS < 256 MiB\n")
-	fmt.Fprintf(&s, "tidemark %s\ntidemark %s\n", tmFull.detail, tmInc.detail)
-	t.Log(s.String())
-	fmt.Print(s.String())
-}
-
-// TestBenchBackupMemory shows that tidemark's peak RSS does not grow with
-// the database: a full and an incremental backup (WAL summaries) at each
-// scale of TIDEMARK_BENCH_RSS_SCALES.
-func TestBenchBackupMemory(t *testing.T) {
-	Enabled(t)
-	spec, set := os.LookupEnv("TIDEMARK_BENCH_RSS_SCALES")
-	if !set {
-		spec = "20,200"
-	}
-	tab := Table{Title: "tidemark backup peak RSS by database size, PostgreSQL 17 (MiB; time in s)"}
-	var full, inc, fullT, incT []float64
-	for _, s := range strings.Split(spec, ",") {
-		scale, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil {
-			t.Fatalf("TIDEMARK_BENCH_RSS_SCALES=%q: %v", spec, err)
+	waitQuiet(t)
+	var tmFull, pbFull []backupRun
+	Alternate(pairs, func(i int) Measurement {
+		if i > 0 {
+			b.freshTidemark()
 		}
-		t.Run("scale"+strconv.Itoa(scale), func(t *testing.T) {
-			b := newBackupBench(t, 17, false, map[string]string{"summarize_wal": "on"})
-			size := loadBackupData(t, b.c, scale, 0)
-			f := b.tidemark("full")
-			changeBackupData(t, b.c, scale, 0)
-			i := b.tidemark("incremental")
-			tab.Columns = append(tab.Columns, fmt.Sprintf("scale %d (%s)", scale, size))
-			full, inc = append(full, MiB(f.peakRSS)), append(inc, MiB(i.peakRSS))
-			fullT, incT = append(fullT, f.wall.Seconds()), append(incT, i.wall.Seconds())
-		})
+		r := b.tidemark("full")
+		tmFull = append(tmFull, r)
+		return r.Measurement
+	}, func(int) Measurement {
+		r := b.pgbackrest("full")
+		pbFull = append(pbFull, r)
+		return r.Measurement
+	})
+	var tmInc, pbInc []backupRun
+	var changed string
+	for range 3 {
+		changed = changeBackupData(t, b.c, scale, rows)
+		waitQuiet(t)
+		tmInc = append(tmInc, b.tidemark("incremental"))
+		pbInc = append(pbInc, b.pgbackrest("incr"))
 	}
-	if len(full) == 0 {
-		return
-	}
-	tab.Add("full backup peak RSS", "%.1f", full...)
-	tab.Add("incremental peak RSS", "%.1f", inc...)
-	tab.Add("full backup time", "%.1f", fullT...)
-	tab.Add("incremental time", "%.1f", incT...)
-	if len(full) > 1 {
-		tab.Ratios = [][2]int{{len(full) - 1, 0}}
-	}
-	var s strings.Builder
-	tab.Print(&s)
-	t.Log(s.String())
-	fmt.Print(s.String())
 
+	ms := func(rs []backupRun) []Measurement {
+		out := make([]Measurement, len(rs))
+		for i, r := range rs {
+			out[i] = r.Measurement
+		}
+		return out
+	}
+	stored := func(rs []backupRun) Series {
+		s := make(Series, len(rs))
+		for i, r := range rs {
+			s[i] = MiB(r.stored)
+		}
+		return s
+	}
+	tab := PairTable{
+		Title: fmt.Sprintf("backup: PostgreSQL 15, pgbench scale %d + %d md5 rows (%s, %.2f GiB), MinIO over TLS, %d alternating pairs; "+
+			"pgBackRest 2.45 zst, process-max 2, block incremental; each incremental after %s",
+			scale, rows, size, gib, pairs, changed),
+		Columns: [2]string{"tidemark", "pgBackRest"},
+	}
+	tab.Step("full backup (tidemark: each into a fresh repository)")
+	tab.AddRuns(ms(tmFull), ms(pbFull), gib, "<= 0.50x", "<= 0.50x")
+	tab.Add("stored, MiB", "%.1f", stored(tmFull), stored(pbFull), "<= 1.00x")
+	tab.Step("incremental backups 1-3 (one pair each)")
+	tab.AddRuns(ms(tmInc), ms(pbInc), gib, "", "")
+	tab.Add("stored, MiB", "%.1f", stored(tmInc), stored(pbInc), "<= 0.50x")
+	Report(t, func(w io.Writer) {
+		tab.Print(w)
+		for _, r := range append(tmFull, tmInc...) {
+			fmt.Fprintf(w, "tidemark %s\n", r.detail)
+		}
+	})
 }

@@ -36,16 +36,21 @@ func Enabled(t testing.TB) {
 	}
 }
 
-// Measurement is what Measure observed of one command.
+// Measurement is what Measure observed of one command (or a Span).
 type Measurement struct {
 	Wall time.Duration
+	// CPU is user + system time of the command and every descendant it
+	// waited for; StoreCPU what the object store used meanwhile (Meter).
+	CPU, StoreCPU time.Duration
 	// PeakTreeRSS is the largest sum of the resident sets of the command
 	// and all its descendants seen by sampling (every SampleEvery).
 	PeakTreeRSS int64
 	// MaxRSS is the kernel's figure for the largest single process among
 	// the command and the descendants it waited for (getrusage).
 	MaxRSS int64
-	Err    error
+	// Fetched is what a tidemark restore says it fetched, in bytes.
+	Fetched int64
+	Err     error
 }
 
 // SampleEvery is how often Measure samples the process tree's memory.
@@ -81,6 +86,7 @@ func Measure(cmd *exec.Cmd) Measurement {
 	m.Wall = time.Since(start)
 	close(stop)
 	m.PeakTreeRSS = <-peak
+	m.CPU = processTreeCPU(cmd.ProcessState)
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		m.MaxRSS = ru.Maxrss << 10 // KiB on Linux
 	}
@@ -144,26 +150,29 @@ func rssOf(pid int) int64 {
 	return pages * int64(os.Getpagesize())
 }
 
-// RSSSampler records the peak TreeRSS of a running process until Stop.
+// RSSSampler records the peak of a memory figure until Stop.
 type RSSSampler struct {
 	stop chan struct{}
 	peak chan int64
 }
 
-// SampleRSS starts sampling pid's process tree.
+// SampleRSS starts sampling pid's process tree (TreeRSS).
 func SampleRSS(pid int) *RSSSampler {
+	return SampleMemory(func() int64 { return TreeRSS(pid) })
+}
+
+// SampleMemory starts sampling rss every SampleEvery.
+func SampleMemory(rss func() int64) *RSSSampler {
 	s := &RSSSampler{stop: make(chan struct{}), peak: make(chan int64, 1)}
 	go func() {
-		var max int64
-		t := time.NewTicker(100 * time.Millisecond)
+		var peak int64
+		t := time.NewTicker(SampleEvery)
 		defer t.Stop()
 		for {
-			if rss := TreeRSS(pid); rss > max {
-				max = rss
-			}
+			peak = max(peak, rss())
 			select {
 			case <-s.stop:
-				s.peak <- max
+				s.peak <- peak
 				return
 			case <-t.C:
 			}
@@ -263,8 +272,9 @@ func cell(format string, v float64) string {
 }
 
 // CommandTimer wraps a command so that every call of it is timed: a bash
-// script (no extra processes: bash's own clock) appends "start end status
-// last-argument" to a log for each call. It is how archive_command's and
+// script (no extra processes: bash's own clock, and its own
+// /proc/PID/stat for the CPU time of the children it waited for) appends
+// "start end status child-cpu-ticks last-argument" to a log for each call. It is how archive_command's and
 // restore_command's latency is measured, the same way for every tool.
 type CommandTimer struct {
 	// Script runs the command and its arguments after it, or with -c a
@@ -283,7 +293,10 @@ func NewCommandTimer(dir string) (*CommandTimer, error) {
 		"if [ \"$1\" = -c ]; then eval \"$2\"; else \"$@\"; fi\n" +
 		"rc=$?\n" +
 		"t1=$EPOCHREALTIME\n" +
-		"echo \"$t0 $t1 $rc ${@: -1}\" >> " + shellQuote(ct.Log) + "\n" +
+		// Fields 16 and 17, cutime and cstime: the command's whole tree
+		// (the script's name has no spaces, so the fields split cleanly).
+		"read -r -a st < /proc/$$/stat\n" +
+		"echo \"$t0 $t1 $rc $((st[15] + st[16])) ${@: -1}\" >> " + shellQuote(ct.Log) + "\n" +
 		"exit $rc\n"
 	if err := os.WriteFile(ct.Script, []byte(script), 0o755); err != nil {
 		return nil, err
@@ -298,6 +311,7 @@ func NewCommandTimer(dir string) (*CommandTimer, error) {
 type Call struct {
 	Start, End time.Time
 	Status     int
+	CPU        time.Duration // user + system time of the call's process tree
 	Arg        string
 }
 
@@ -315,18 +329,19 @@ func (ct *CommandTimer) Calls() ([]Call, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) < 3 {
+		if len(fs) < 4 {
 			continue
 		}
 		t0, err0 := parseEpoch(fs[0])
 		t1, err1 := parseEpoch(fs[1])
 		st, err2 := strconv.Atoi(fs[2])
-		if err0 != nil || err1 != nil || err2 != nil {
+		ticks, err3 := strconv.ParseInt(fs[3], 10, 64)
+		if err0 != nil || err1 != nil || err2 != nil || err3 != nil {
 			continue
 		}
-		c := Call{Start: t0, End: t1, Status: st}
-		if len(fs) > 3 {
-			c.Arg = fs[3]
+		c := Call{Start: t0, End: t1, Status: st, CPU: time.Duration(ticks) * clockTick}
+		if len(fs) > 4 {
+			c.Arg = fs[4]
 		}
 		out = append(out, c)
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,17 +23,24 @@ import (
 // pgbench scale 100 plus a 10-million-row md5 table, both repositories in
 // one MinIO over TLS: a full backup's restore, the restore of the newest of
 // a full and three incrementals, a delta restore of a copy where about 1%
-// of the pages differ, and the time from restore --target-time to a
-// promoted server replaying at least 1 GiB of WAL, with and without
-// wal-fetch's prefetch, with the time recovery waited on restore_command.
+// of the pages differ (the copy in the page cache, and cold), and the time
+// from restore --target-time to a promoted server replaying at least 1 GiB
+// of WAL, with and without wal-fetch's prefetch. Every timed step runs as
+// alternating pairs (tidemark, pgBackRest, tidemark, ...; Pairs), the page
+// cache emptied before each run; the table gives each tool's median and
+// range, the ratio of the medians, and CPU seconds per GiB of the tool's
+// process tree and of MinIO (measure.go says how they are counted).
 //
-// About 20 minutes on 2 cores. TIDEMARK_BENCH_SCALE, TIDEMARK_BENCH_ROWS
-// and TIDEMARK_BENCH_WAL_MIB shrink it for a try-out.
+// About 30 minutes on 2 cores with 3 pairs. TIDEMARK_BENCH_SCALE,
+// TIDEMARK_BENCH_ROWS, TIDEMARK_BENCH_WAL_MIB and TIDEMARK_BENCH_PAIRS
+// shrink it for a try-out; TIDEMARK_BENCH_MAX_LOAD waits for a quiet
+// machine before each step.
 func TestBenchRestore(t *testing.T) {
 	Enabled(t)
 	scale := backupBenchInt(t, "TIDEMARK_BENCH_SCALE", 100)
 	rows := backupBenchInt(t, "TIDEMARK_BENCH_ROWS", 10_000_000)
 	walWant := int64(backupBenchInt(t, "TIDEMARK_BENCH_WAL_MIB", 1088)) << 20
+	pairs := Pairs(t)
 
 	srv := testenv.MinIOTLS(t)
 	tm := NewTidemark(t, srv, srv.NewBucket(t))
@@ -47,55 +53,61 @@ func TestBenchRestore(t *testing.T) {
 	testenv.PGBenchInit(t, c, scale)
 	testenv.LoadRandomTable(t, c, "md5", rows)
 	c.Exec(t, "CHECKPOINT")
-	size := c.QueryString(t, "SELECT sum(pg_database_size(datname)) FROM pg_database")
+	size, _ := strconv.ParseInt(c.QueryString(t, "SELECT sum(pg_database_size(datname)) FROM pg_database"), 10, 64)
 	br := NewPGBackRest(t, srv, srv.NewBucket(t), c, PGBackRestOptions{Extra: map[string]string{
 		"repo1-bundle": "y", "repo1-block": "y", "beta": "y", "archive-timeout": "600",
 	}})
 	push := fmt.Sprintf("%s wal-push --repo %s --identity %s %%p", tm.Bin, shellQuote(strings.ReplaceAll(tm.URL, "%", "%%")), tm.Identity)
 	c.Exec(t, "ALTER SYSTEM SET archive_command = "+restoreSQLLiteral(br.ArchiveCommand()+" && "+push))
 	c.Exec(t, "SELECT pg_reload_conf()")
-	rb := &restoreBench{t: t, c: c, tm: tm, br: br, shared: testenv.SharedDir(t)}
+	rb := &restoreBench{t: t, c: c, tm: tm, br: br, shared: testenv.SharedDir(t), meter: NewMeter(t, srv)}
 	rb.switchAndWait()
 
-	tab := &Table{Title: "restore: pgbench scale " + strconv.Itoa(scale) + " + " + strconv.Itoa(rows) + " md5 rows, MinIO over TLS (seconds unless noted)",
-		Columns: []string{"tidemark", "pgBackRest"}, Ratios: [][2]int{{0, 1}}}
-	n, _ := strconv.ParseInt(size, 10, 64)
-	tab.Add("data (MiB)", "%.0f", MiB(n), MiB(n))
+	gib := GiB(size)
+	tab := &PairTable{Title: fmt.Sprintf("restore: PostgreSQL 15, pgbench scale %d + %d md5 rows (%.2f GiB), MinIO over TLS, "+
+		"%d alternating pairs per step, page cache emptied before each run; pgBackRest 2.45 zst, process-max 2",
+		scale, rows, gib, pairs), Columns: [2]string{"tidemark", "pgBackRest"}}
 
 	tmB := rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString(), "--full")
 	brB := rb.pgbackrest("backup", "--type=full")
-	tab.Add("full backup", "%.1f", tmB.Wall.Seconds(), brB.Wall.Seconds())
-	tmR, brR, _, _ := rb.restorePair("full", false)
-	tab.Add("restore of the full backup", "%.1f", tmR.Wall.Seconds(), brR.Wall.Seconds())
-	tab.Add("  peak RSS of the process tree (MiB)", "%.0f", MiB(tmR.PeakTreeRSS), MiB(brR.PeakTreeRSS))
-	// restore writes with O_DIRECT by default; through the page cache, as
-	// pgBackRest does, it costs more CPU, much more on this VM once the
-	// cache grows (fresh pages fault in from the host).
-	tmX := rb.restoreOne("full-cached", "--direct-io=false")
-	tab.Add("restore of the full backup, --direct-io=false", "%.1f", tmX.Wall.Seconds(), brR.Wall.Seconds())
+	tab.Step("full backup (one run; TestBenchBackup times it in pairs)")
+	tab.AddRuns([]Measurement{tmB}, []Measurement{brB}, gib, "", "")
 
-	for i := range 3 {
+	_, _ = rb.restoreStep(tab, "full", "restore of the full backup", pairs, gib)
+
+	var tmInc, brInc []Measurement
+	for range 3 {
 		testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: 2, Jobs: 2, Transactions: 10000, Builtin: "simple-update"})
 		testenv.UpdateRandomRows(t, c, "md5", 0.01)
 		// Both tools wait for their stop segment to be archived; let the
 		// archiver catch up first so that whichever runs first does not
 		// absorb the other's backlog (one archive_command feeds both).
 		rb.switchAndWait()
-		a := rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())
-		b := rb.pgbackrest("backup", "--type=incr")
-		tab.Add(fmt.Sprintf("incremental backup %d", i+1), "%.1f", a.Wall.Seconds(), b.Wall.Seconds())
+		settle()
+		tmInc = append(tmInc, rb.tidemark("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString()))
+		settle()
+		brInc = append(brInc, rb.pgbackrest("backup", "--type=incr"))
 	}
-	tmI, brI, _, _ := rb.restorePair("incr", false)
-	tab.Add("restore after 3 incrementals", "%.1f", tmI.Wall.Seconds(), brI.Wall.Seconds())
-	tmIX := rb.restoreOne("incr-cached", "--direct-io=false")
-	tab.Add("restore after 3 incrementals, --direct-io=false", "%.1f", tmIX.Wall.Seconds(), brI.Wall.Seconds())
-	tmD, brD, tmDC, brDC := rb.restorePair("delta", true)
-	tab.Add("delta restore, ~1% of pages differ, copy in the page cache", "%.1f", tmD.Wall.Seconds(), brD.Wall.Seconds())
-	tab.Add("  delta / full restore (target <= 0.2)", "%.2f", tmD.Wall.Seconds()/tmI.Wall.Seconds(), brD.Wall.Seconds()/brI.Wall.Seconds())
-	tab.Add("  tidemark fetched (MiB)", "%.1f", MiB(rb.lastFetched), math.NaN())
-	if tmDC.Wall > 0 {
-		tab.Add("delta restore, copy not in the page cache", "%.1f", tmDC.Wall.Seconds(), brDC.Wall.Seconds())
-		tab.Add("  delta / full restore (target <= 0.2)", "%.2f", tmDC.Wall.Seconds()/tmI.Wall.Seconds(), brDC.Wall.Seconds()/brI.Wall.Seconds())
+	tab.Step("incremental backups 1-3 (each after 20000 pgbench updates and 1% of md5 rows)")
+	tab.AddRuns(tmInc, brInc, gib, "", "")
+
+	tmI, brI := rb.restoreStep(tab, "incr", "restore after 3 incrementals", pairs, gib)
+
+	waitQuiet(t)
+	dw, dc := rb.deltaPairs(pairs)
+	fullWall := func(ms []Measurement) Series {
+		return Series{Of(ms, Wall).Median()}
+	}
+	tab.Step("delta restore, ~1% of pages differ, copy in the page cache")
+	tab.AddRuns(dw[0], dw[1], gib, "", "")
+	tab.Add("delta / own full restore (medians)", "%.2f", Series{Of(dw[0], Wall).Median() / fullWall(tmI)[0]},
+		Series{Of(dw[1], Wall).Median() / fullWall(brI)[0]}, "tidemark <= 0.20")
+	tab.Add("tidemark fetched, MiB", "%.1f", Of(dw[0], func(m Measurement) float64 { return MiB(m.Fetched) }), nil, "")
+	if len(dc[0]) > 0 {
+		tab.Step("delta restore, copy not in the page cache")
+		tab.AddRuns(dc[0], dc[1], gib, "", "")
+		tab.Add("delta / own full restore (medians)", "%.2f", Series{Of(dc[0], Wall).Median() / fullWall(tmI)[0]},
+			Series{Of(dc[1], Wall).Median() / fullWall(brI)[0]}, "tidemark <= 0.20")
 	}
 
 	// At least 1 GiB of WAL after the newest backup: updates of a quarter
@@ -110,43 +122,66 @@ func TestBenchRestore(t *testing.T) {
 	target := c.QueryString(t, "SELECT clock_timestamp()")
 	c.Exec(t, "INSERT INTO pitr_mark VALUES (clock_timestamp())")
 	rb.switchAndWait()
-	tab.Add("WAL replayed by PITR (MiB)", "%.0f", MiB(walBytes), math.NaN())
+	pitrGiB := gib + GiB(walBytes)
 	for _, prefetch := range []bool{true, false} {
-		r := rb.pitr(target, prefetch)
-		q := rb.pitrPGBackRest(target, prefetch)
+		waitQuiet(t)
+		var rs, qs []pitrResult
+		tmP, brP := Alternate(pairs, func(int) Measurement {
+			r := rb.pitr(target, prefetch)
+			rs = append(rs, r)
+			return r.m
+		}, func(int) Measurement {
+			q := rb.pitrPGBackRest(target, prefetch)
+			qs = append(qs, q)
+			return q.m
+		})
 		what := map[bool]string{true: "with prefetch (pgBackRest: archive-async)", false: "without prefetch (--no-spool; pgBackRest sync)"}[prefetch]
-		tab.Add("PITR to promoted server, "+what, "%.1f", r.total.Seconds(), q.total.Seconds())
-		tab.Add("  of which the restore", "%.1f", r.restore.Seconds(), q.restore.Seconds())
-		tab.Add("  recovery waited on restore_command", "%.1f", r.wait.Seconds(), q.wait.Seconds())
-		tab.Add("  of which in segment calls", "%.1f", r.segWait.Seconds(), q.segWait.Seconds())
-		tab.Add("  segment calls", "%.0f", float64(r.segments), float64(q.segments))
-		tab.Add("  history probes (not replay: timeline choice)", "%.0f", float64(r.calls-r.segments), float64(q.calls-q.segments))
-		tab.Add("  per segment p50 after the first 3 (ms)", "%.0f", Millis(r.p50), Millis(q.p50))
-		tab.Add("  per segment p99 after the first 3 (ms)", "%.0f", Millis(r.p99), Millis(q.p99))
-		tab.Add("  segments over 50 ms after the first 3 (misses)", "%.0f", float64(r.slow), float64(q.slow))
-		tab.Add("  time replay waited in those", "%.1f", r.slowWait.Seconds(), q.slowWait.Seconds())
+		tab.Step(fmt.Sprintf("PITR to a promoted server replaying %.0f MiB of WAL, %s; CPU per GiB of data + WAL", MiB(walBytes), what))
+		tab.AddRuns(tmP, brP, pitrGiB, "", "")
+		pick := func(rs []pitrResult, f func(pitrResult) float64) Series {
+			s := make(Series, len(rs))
+			for i, r := range rs {
+				s[i] = f(r)
+			}
+			return s
+		}
+		sec := func(d func(pitrResult) time.Duration) func(pitrResult) float64 {
+			return func(r pitrResult) float64 { return d(r).Seconds() }
+		}
+		row := func(name, format string, f func(pitrResult) float64, target string) {
+			tab.Add(name, format, pick(rs, f), pick(qs, f), target)
+		}
+		row("of which the restore, s", "%.1f", sec(func(r pitrResult) time.Duration { return r.restore }), "")
+		row("recovery waited on restore_command, s", "%.1f", sec(func(r pitrResult) time.Duration { return r.wait }), "")
+		row("  of which in segment calls, s", "%.1f", sec(func(r pitrResult) time.Duration { return r.segWait }), "")
+		row("segment calls", "%.0f", func(r pitrResult) float64 { return float64(r.segments) }, "")
+		row("history probes (timeline choice, not replay)", "%.0f", func(r pitrResult) float64 { return float64(r.calls - r.segments) }, "")
+		row("per segment p50 after the first 3, ms", "%.0f", func(r pitrResult) float64 { return Millis(r.p50) }, "")
+		row("per segment p99 after the first 3, ms", "%.0f", func(r pitrResult) float64 { return Millis(r.p99) }, "")
+		row("segments over 50 ms after the first 3 (misses)", "%.0f", func(r pitrResult) float64 { return float64(r.slow) }, "")
+		row("time replay waited in those, s", "%.1f", sec(func(r pitrResult) time.Duration { return r.slowWait }), "")
 		if prefetch {
-			for _, c := range r.slowCalls {
-				t.Logf("tidemark, with prefetch: slow %s", c)
+			for _, r := range rs {
+				for _, c := range r.slowCalls {
+					t.Logf("tidemark, with prefetch: slow %s", c)
+				}
 			}
 		}
 	}
 	// The same with the files written through the page cache: the server
 	// starts with its data cached.
-	rx := rb.pitr(target, true, "--direct-io=false")
-	tab.Add("PITR to promoted server, with prefetch, --direct-io=false", "%.1f", rx.total.Seconds(), math.NaN())
-	tab.Add("  of which the restore", "%.1f", rx.restore.Seconds(), math.NaN())
+	rx, _ := Alternate(pairs, func(int) Measurement { return rb.pitr(target, true, "--direct-io=false").m }, nil)
+	tab.Step("PITR with prefetch, tidemark --direct-io=false")
+	tab.AddRuns(rx, nil, pitrGiB, "", "")
 	// A drill of the newest backup to the same target: restore, replay,
 	// pg_amcheck, checksums of every page, clean-up.
 	d, rep := rb.drill(target)
-	tab.Add("drill to the PITR target: whole run", "%.1f", d.Wall.Seconds(), math.NaN())
-	tab.Add("  time to recover (restore + replay)", "%.1f", rep.RecoverSeconds, math.NaN())
-	tab.Add("  of which the restore", "%.1f", rep.RestoreSeconds, math.NaN())
-	tab.Add("  of which the replay", "%.1f", rep.ReplaySeconds, math.NaN())
-	var out bytes.Buffer
-	tab.Print(&out)
-	t.Log(out.String())
-	fmt.Print(out.String())
+	tab.Step("drill to the PITR target (one run)")
+	tab.Add("whole run, s", "%.1f", Series{d.Wall.Seconds()}, nil, "")
+	tab.Add("time to recover (restore + replay), s", "%.1f", Series{rep.RecoverSeconds}, nil, "")
+	tab.Add("  of which the restore, s", "%.1f", Series{rep.RestoreSeconds}, nil, "")
+	tab.Add("  of which the replay, s", "%.1f", Series{rep.ReplaySeconds}, nil, "")
+	Report(t, tab.Print)
 }
 
 // drillReport is the part of tidemark drill --json the benchmark reads.
@@ -179,13 +214,13 @@ func (b *restoreBench) drill(target string) (Measurement, drillReport) {
 
 // restoreBench holds what the restore benchmark's steps share.
 type restoreBench struct {
-	t           *testing.T
-	c           *testenv.Cluster
-	tm          *Tidemark
-	br          *PGBackRest
-	shared      string // directories the server user may use
-	lastFetched int64  // bytes the last tidemark restore fetched
-	restores    int    // tidemark restores run, naming their profiles
+	t        *testing.T
+	c        *testenv.Cluster
+	tm       *Tidemark
+	br       *PGBackRest
+	shared   string // directories the server user may use
+	meter    *Meter
+	restores int // tidemark restores run, naming their profiles
 }
 
 func (b *restoreBench) tidemark(args ...string) Measurement {
@@ -201,13 +236,14 @@ func (b *restoreBench) tidemark(args ...string) Measurement {
 	cmd.Env = append(os.Environ(), b.tm.Env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	m := Measure(cmd)
+	m := b.meter.Measure(cmd)
 	if m.Err != nil {
 		b.t.Fatalf("tidemark %s: %v\n%s", strings.Join(args, " "), m.Err, out.String())
 	}
 	if args[0] == "restore" {
-		b.t.Logf("tidemark %s: %s\n%s", args[0], m.Wall.Round(10*time.Millisecond), out.String())
-		b.lastFetched = parseFetched(out.String())
+		b.t.Logf("tidemark %s: %s, CPU %s + store %s\n%s", args[0], m.Wall.Round(10*time.Millisecond),
+			m.CPU.Round(10*time.Millisecond), m.StoreCPU.Round(10*time.Millisecond), out.String())
+		m.Fetched = parseFetched(out.String())
 	}
 	return m
 }
@@ -217,56 +253,102 @@ func (b *restoreBench) pgbackrest(args ...string) Measurement {
 	cmd := b.br.Command(b.t.Context(), b.c, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	m := Measure(cmd)
+	m := b.meter.Measure(cmd)
 	if m.Err != nil {
 		b.t.Fatalf("pgbackrest %s: %v\n%s", strings.Join(args, " "), m.Err, out.String())
+	}
+	if args[0] == "restore" {
+		b.t.Logf("pgbackrest %s: %s, CPU %s + store %s", args[0], m.Wall.Round(10*time.Millisecond),
+			m.CPU.Round(10*time.Millisecond), m.StoreCPU.Round(10*time.Millisecond))
 	}
 	return m
 }
 
-// restorePair restores the newest backup with each tool into a fresh
-// directory and times it. With delta, each first restores a copy, starts
-// it, changes about 1% of its pages and stops it; the timed restore is
-// then --delta over the copy: first with the copy's files in the page
-// cache, as a former primary that just stopped has them; then, where the
-// benchmark may drop the caches (root), diverged again and with nothing
-// cached, as after a reboot. cold is zero without that.
-func (b *restoreBench) restorePair(name string, delta bool) (tm, br, tmCold, brCold Measurement) {
+// restoreStep times restores of the newest backup in pairs, then
+// tidemark's with --direct-io=false alone, and adds both to tab. The
+// latter writes through the page cache, as pgBackRest does: on this VM it
+// costs more CPU, much more once the cache grows (fresh pages fault in
+// from the host).
+func (b *restoreBench) restoreStep(tab *PairTable, name, title string, pairs int, gib float64) (tm, br []Measurement) {
+	waitQuiet(b.t)
+	tm, br = b.restorePairs(name, pairs)
+	tab.Step(title)
+	tab.AddRuns(tm, br, gib, "<= 0.50x", "<= 0.50x")
+	cached, _ := Alternate(pairs, func(int) Measurement { return b.restoreOne(name+"-cached", "--direct-io=false") }, nil)
+	tab.Step(title + ", tidemark --direct-io=false")
+	tab.AddRuns(cached, br, gib, "", "")
+	return tm, br
+}
+
+// restoreArgs are each tool's arguments to restore the newest backup into
+// dir, to the end of the backup, promoting.
+func (b *restoreBench) restoreArgs(dir string) (tm, br []string) {
+	return []string{"restore", "--pgdata", dir, "--target", "immediate", "--target-action", "promote"},
+		[]string{"restore", "--pg1-path=" + dir, "--type=immediate", "--target-action=promote"}
+}
+
+// restorePairs restores the newest backup with each tool in turn, n times
+// each, into a fresh directory, the page cache emptied before each.
+func (b *restoreBench) restorePairs(name string, n int) (tm, br []Measurement) {
 	t := b.t
 	tmDir, brDir := filepath.Join(b.shared, name+"-tm"), filepath.Join(b.shared, name+"-br")
+	tmArgs, _ := b.restoreArgs(tmDir)
+	_, brArgs := b.restoreArgs(brDir)
+	return Alternate(n, func(int) Measurement {
+		os.RemoveAll(tmDir)
+		settle()
+		m := b.tidemark(tmArgs...)
+		os.RemoveAll(tmDir)
+		return m
+	}, func(int) Measurement {
+		os.RemoveAll(brDir)
+		os.Mkdir(brDir, 0o700)
+		testenv.ChownToServer(t, brDir)
+		settle()
+		m := b.pgbackrest(brArgs...)
+		os.RemoveAll(brDir)
+		return m
+	})
+}
+
+// deltaPairs times delta restores. Each tool first restores a copy; then,
+// n times each in turn, the copy is started, about 1% of its pages are
+// changed, it is stopped, and the timed restore is --delta over it: first
+// with the copy's files in the page cache (and nothing else), as a former
+// primary that just stopped has them; then, where the benchmark may drop
+// the caches (root), with nothing cached, as after a reboot (cold is empty
+// without that).
+func (b *restoreBench) deltaPairs(n int) (warm, cold [2][]Measurement) {
+	t := b.t
+	tmDir, brDir := filepath.Join(b.shared, "delta-tm"), filepath.Join(b.shared, "delta-br")
 	defer os.RemoveAll(tmDir)
 	defer os.RemoveAll(brDir)
 	os.Mkdir(brDir, 0o700)
 	testenv.ChownToServer(t, brDir)
-	tmArgs := []string{"restore", "--pgdata", tmDir, "--target", "immediate", "--target-action", "promote"}
-	brArgs := []string{"restore", "--pg1-path=" + brDir, "--type=immediate", "--target-action=promote"}
-	if !delta {
-		settle()
-		tm = b.tidemark(tmArgs...)
-		settle()
-		return tm, b.pgbackrest(brArgs...), tmCold, brCold
-	}
+	tmArgs, _ := b.restoreArgs(tmDir)
+	_, brArgs := b.restoreArgs(brDir)
 	b.tidemark(tmArgs...)
 	b.pgbackrest(brArgs...)
 	tmArgs = append(tmArgs, "--delta")
 	brArgs = append(brArgs, "--delta")
-	b.diverge(tmDir)
-	b.diverge(brDir)
-	syncDisks()
-	warmDir(t, tmDir)
-	tm = b.tidemark(tmArgs...)
-	warmDir(t, brDir)
-	br = b.pgbackrest(brArgs...)
-	if !canDropCaches() {
-		return tm, br, tmCold, brCold
+	run := func(dir string, cached bool, restore func() Measurement) Measurement {
+		b.diverge(dir)
+		settle()
+		if cached {
+			warmDir(t, dir)
+		}
+		return restore()
 	}
-	b.diverge(tmDir)
-	b.diverge(brDir)
-	dropCaches()
-	tmCold = b.tidemark(tmArgs...)
-	dropCaches()
-	brCold = b.pgbackrest(brArgs...)
-	return tm, br, tmCold, brCold
+	tmRun := func() Measurement { return b.tidemark(tmArgs...) }
+	brRun := func() Measurement { return b.pgbackrest(brArgs...) }
+	warm[0], warm[1] = Alternate(n, func(int) Measurement { return run(tmDir, true, tmRun) },
+		func(int) Measurement { return run(brDir, true, brRun) })
+	if !canDropCaches() {
+		return warm, cold
+	}
+	cold[0], cold[1] = Alternate(n, func(int) Measurement { return run(tmDir, false, tmRun) },
+		func(int) Measurement { return run(brDir, false, brRun) })
+	return warm, cold
 }
 
 // warmDir reads every file under dir, so that the page cache holds it.
@@ -329,9 +411,11 @@ func settle() {
 // directory, with extra arguments, and times it.
 func (b *restoreBench) restoreOne(name string, extra ...string) Measurement {
 	dir := filepath.Join(b.shared, name+"-tm")
+	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
 	settle()
-	return b.tidemark(append([]string{"restore", "--pgdata", dir, "--target", "immediate", "--target-action", "promote"}, extra...)...)
+	args, _ := b.restoreArgs(dir)
+	return b.tidemark(append(args, extra...)...)
 }
 
 // diverge starts a restored directory, changes about 1% of the pages of the
@@ -370,15 +454,19 @@ func (b *restoreBench) switchAndWait() {
 }
 
 type pitrResult struct {
-	total, wait time.Duration
-	restore     time.Duration // of total, the restore command
-	p50, p99    time.Duration // of segment calls after the first 3
-	calls       int
-	segments    int           // calls for a WAL segment (the rest probe .history files)
-	segWait     time.Duration // spent in those
-	slow        int           // segment calls after the first 3 over 50 ms: the prefetcher had not spooled the file
-	slowWait    time.Duration // spent in those
-	slowCalls   []string      // which ones, for the log
+	// m is the whole recovery: wall time from the restore's start to the
+	// promoted server; CPU of the restore, of every restore_command call
+	// and of the tool's background processes; the object store's CPU.
+	m         Measurement
+	wait      time.Duration
+	restore   time.Duration // of the wall time, the restore command
+	p50, p99  time.Duration // of segment calls after the first 3
+	calls     int
+	segments  int           // calls for a WAL segment (the rest probe .history files)
+	segWait   time.Duration // spent in those
+	slow      int           // segment calls after the first 3 over 50 ms: the prefetcher had not spooled the file
+	slowWait  time.Duration // spent in those
+	slowCalls []string      // which ones, for the log
 }
 
 // pitr restores with tidemark to target, starts the server and waits until
@@ -388,9 +476,9 @@ func (b *restoreBench) pitr(target string, prefetch bool, extra ...string) pitrR
 	defer os.RemoveAll(dir)
 	defer os.RemoveAll(dir + ".tidemark-spool")
 	settle()
-	start := time.Now()
+	span := b.meter.Start(Detached("tidemark", "wal-prefetch"))
 	restore := b.tidemark(append([]string{"restore", "--pgdata", dir, "--target-time", target, "--target-action", "promote"}, extra...)...)
-	res := b.recoverTimed(dir, start, restore.Wall, func(cmd string) string {
+	res := b.recoverTimed(dir, span, restore, func(cmd string) string {
 		if !prefetch {
 			// No spool: no fast path in front of wal-fetch either.
 			if _, rest, ok := strings.Cut(cmd, " || "); ok {
@@ -419,9 +507,9 @@ func (b *restoreBench) pitrPGBackRest(target string, async bool) pitrResult {
 	os.Mkdir(dir, 0o700)
 	testenv.ChownToServer(t, dir)
 	settle()
-	start := time.Now()
+	span := b.meter.Start(Detached("pgbackrest", "archive-get:async", "archive-get:local"))
 	restore := b.pgbackrest("restore", "--pg1-path="+dir, "--type=time", "--target="+target, "--target-action=promote")
-	return b.recoverTimed(dir, start, restore.Wall, func(cmd string) string {
+	return b.recoverTimed(dir, span, restore, func(cmd string) string {
 		if !strings.Contains(cmd, " archive-get ") {
 			t.Fatalf("pgBackRest wrote no archive-get restore_command: %s", cmd)
 		}
@@ -435,8 +523,9 @@ func (b *restoreBench) pitrPGBackRest(target string, async bool) pitrResult {
 // recoverTimed wraps the restore_command that a restore wrote into dir
 // (changed by edit) in a CommandTimer, whole (a command line may be more
 // than one command), starts the server, waits until it promoted, checks
-// that it landed on the target and returns the timings, counted from start.
-func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Duration, edit func(string) string) pitrResult {
+// that it landed on the target and returns the timings, counted from the
+// span's start.
+func (b *restoreBench) recoverTimed(dir string, span *Span, restore Measurement, edit func(string) string) pitrResult {
 	t := b.t
 	ct, err := NewCommandTimer(testenv.SharedDir(t))
 	if err != nil {
@@ -462,7 +551,10 @@ func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Du
 	if err := c.WaitRecoveryDone(ctx); err != nil {
 		t.Fatal(err)
 	}
-	res := pitrResult{total: time.Since(start), restore: restore}
+	res := pitrResult{m: span.Stop(), restore: restore.Wall}
+	res.m.CPU += restore.CPU
+	res.m.PeakTreeRSS, res.m.MaxRSS = restore.PeakTreeRSS, restore.MaxRSS
+	t.Logf("PITR: background processes counted: %q", span.Detached())
 	if n := c.QueryString(t, "SELECT count(*) FROM pitr_mark"); n != "1" {
 		t.Errorf("PITR landed with %s marker rows, want 1", n)
 	}
@@ -478,6 +570,7 @@ func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Du
 	// appear in the archive at any time.
 	var warm []time.Duration
 	for _, call := range calls {
+		res.m.CPU += call.CPU
 		res.wait += call.Duration()
 		if !strings.HasSuffix(call.Arg, "RECOVERYXLOG") {
 			continue
@@ -492,7 +585,7 @@ func (b *restoreBench) recoverTimed(dir string, start time.Time, restore time.Du
 			res.slow++
 			res.slowWait += call.Duration()
 			res.slowCalls = append(res.slowCalls, fmt.Sprintf("segment call %d at +%s: %s, status %d",
-				res.segments, call.Start.Sub(start).Round(time.Millisecond), call.Duration().Round(time.Millisecond), call.Status))
+				res.segments, call.Start.Sub(span.start).Round(time.Millisecond), call.Duration().Round(time.Millisecond), call.Status))
 		}
 	}
 	res.calls = len(calls)

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -37,6 +38,8 @@ type walSetup struct {
 	// version runs the tool doing nothing: the floor of any call's
 	// latency on this machine under this load.
 	version func(ctx context.Context, c *testenv.Cluster) *exec.Cmd
+	// detached matches the tool's background processes (nil: none).
+	detached func(procStat, []string) bool
 }
 
 // walResult is what one setup achieved.
@@ -53,6 +56,12 @@ type walResult struct {
 	agentRSS     int64
 	push         Measurement
 	pushMeasured bool
+	// cpu is what archiving the load's WAL cost, from the load's start
+	// until it was all archived: archive_command calls, the agent, the
+	// tool's background processes and the object store; walBytes is that
+	// WAL.
+	cpu      Measurement
+	walBytes int64
 }
 
 // TestBenchWAL compares WAL archiving to MinIO over TLS under one pgbench
@@ -66,7 +75,14 @@ type walResult struct {
 //   - archived segments per second at saturation: a backlog of 48 ready
 //     segments (of real pgbench WAL) built with archive_command empty, then
 //     drained;
-//   - one synchronous push of a 16 MiB segment (wall time, peak RSS).
+//   - one synchronous push of a 16 MiB segment (wall time, peak RSS);
+//   - CPU seconds per GiB of WAL, from the load's start until all of its
+//     WAL is archived: archive_command's calls, the agent, pgBackRest's
+//     async processes, and MinIO.
+//
+// The four setups run in turn (tidemark sync, pgBackRest sync, tidemark
+// agent, pgBackRest async), Pairs times, and each figure is the median and
+// range over those runs.
 func TestBenchWAL(t *testing.T) {
 	Enabled(t)
 	load := defaultWALLoad
@@ -86,6 +102,8 @@ func TestBenchWAL(t *testing.T) {
 		backlog = n
 	}
 	srv := testenv.MinIOTLS(t)
+	meter := NewMeter(t, srv)
+	pairs := Pairs(t)
 
 	var tm *Tidemark
 	var pgbr *PGBackRest
@@ -146,89 +164,93 @@ func TestBenchWAL(t *testing.T) {
 			},
 		},
 		{
-			name:    "pgBackRest async",
-			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return pgbr.Command(ctx, c, "version") },
+			name:     "pgBackRest async",
+			detached: Detached("pgbackrest", "archive-push:async", "archive-push:local"),
+			version:  func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return pgbr.Command(ctx, c, "version") },
 			command: func(t *testing.T, c *testenv.Cluster) string {
 				pgbr = newPGBR(t, srv, c, true)
 				return pgbr.ArchiveCommand()
 			},
 		},
 	}
-	results := make([]walResult, len(setups))
-	for i, s := range setups {
-		t.Run(strings.ReplaceAll(s.name, " ", "-"), func(t *testing.T) {
-			tm = NewTidemark(t, srv, srv.NewBucket(t))
-			results[i] = benchWALSetup(t, s, tm.Env, load, backlog)
-		})
-	}
-
-	tab := Table{
-		Title: fmt.Sprintf("WAL archiving, PostgreSQL 15, 16 MiB segments, MinIO over TLS on loopback, %d cores; "+
-			"load: pgbench -c 4 -j 2 inserting 100-row batches for %v", runtimeCPUs(), load),
-		Columns: []string{"tidemark sync", "tidemark agent", "pgBackRest sync", "pgBackRest async"},
-		Ratios:  [][2]int{{0, 2}, {1, 3}},
-	}
-	col := func(f func(r walResult) float64) []float64 {
-		out := make([]float64, len(results))
-		for i, r := range results {
-			out[i] = f(r)
+	// Order: each tidemark setup next to its pgBackRest counterpart.
+	order := []int{0, 2, 1, 3}
+	results := make([][]walResult, len(setups))
+	for i := range pairs {
+		for _, k := range order {
+			s := setups[k]
+			t.Run(fmt.Sprintf("%s-%d", strings.ReplaceAll(s.name, " ", "-"), i+1), func(t *testing.T) {
+				waitQuiet(t)
+				tm = NewTidemark(t, srv, srv.NewBucket(t))
+				results[k] = append(results[k], benchWALSetup(t, s, meter, tm.Env, load, backlog))
+			})
 		}
-		return out
 	}
-	tab.Add("archive_command p50 (ms)", "%.1f", col(func(r walResult) float64 { return Millis(r.p50) })...)
-	tab.Add("archive_command p99 (ms)", "%.1f", col(func(r walResult) float64 { return Millis(r.p99) })...)
-	tab.Add("start-up floor under load, p50 (ms)", "%.1f", col(func(r walResult) float64 { return Millis(r.floor) })...)
-	tab.Add("machine load average at the end of the load", "%.1f", col(func(r walResult) float64 { return r.loadAvg })...)
-	tab.Add("calls under load", "%.0f", col(func(r walResult) float64 { return float64(r.calls) })...)
-	tab.Add("failed calls", "%.0f", col(func(r walResult) float64 { return float64(r.failedCalls) })...)
-	tab.Add("WAL written under load (MB/s)", "%.1f", col(func(r walResult) float64 { return r.walMBps })...)
-	tab.Add("max archive lag (segments)", "%.0f", col(func(r walResult) float64 { return float64(r.maxLag) })...)
-	tab.Add(fmt.Sprintf("segments/s draining %d", backlog), "%.2f", col(func(r walResult) float64 { return r.segsPerSec })...)
-	tab.Add("agent peak RSS (MiB)", "%.0f", col(func(r walResult) float64 {
-		if r.agentRSS == 0 {
-			return math.NaN()
+
+	tabs := []*PairTable{}
+	for _, pair := range [][2]int{{0, 2}, {1, 3}} {
+		a, b := results[pair[0]], results[pair[1]]
+		tab := &PairTable{
+			Title: fmt.Sprintf("WAL archiving: PostgreSQL 15, 16 MiB segments, MinIO over TLS on loopback, %d cores; "+
+				"load: pgbench -c 4 -j 2 inserting 100-row batches for %v; %d runs each", runtimeCPUs(), load, pairs),
+			Columns: [2]string{setups[pair[0]].name, setups[pair[1]].name},
 		}
-		return MiB(r.agentRSS)
-	})...)
-	var sb strings.Builder
-	tab.Print(&sb)
-
-	push := Table{Title: "one synchronous push of a 16 MiB segment (wall, peak RSS of the process tree)",
-		Columns: []string{"tidemark wal-push", "pgbackrest archive-push"}, Ratios: [][2]int{{0, 1}}}
-	pushCol := func(f func(m Measurement) float64) []float64 {
-		return []float64{f(results[0].push), f(results[2].push)}
+		col := func(rs []walResult, f func(r walResult) float64) Series {
+			out := make(Series, len(rs))
+			for i, r := range rs {
+				out[i] = f(r)
+			}
+			return out
+		}
+		row := func(name, format string, f func(r walResult) float64, target string) {
+			tab.Add(name, format, col(a, f), col(b, f), target)
+		}
+		tab.Step("under load")
+		row("archive_command p50, ms", "%.1f", func(r walResult) float64 { return Millis(r.p50) }, "")
+		row("archive_command p99, ms", "%.1f", func(r walResult) float64 { return Millis(r.p99) }, "")
+		row("start-up floor under load, p50, ms", "%.1f", func(r walResult) float64 { return Millis(r.floor) }, "")
+		row("machine load average at the end of the load", "%.1f", func(r walResult) float64 { return r.loadAvg }, "")
+		row("calls under load", "%.0f", func(r walResult) float64 { return float64(r.calls) }, "")
+		row("failed calls", "%.0f", func(r walResult) float64 { return float64(r.failedCalls) }, "")
+		row("WAL written under load, MB/s", "%.1f", func(r walResult) float64 { return r.walMBps }, "")
+		row("max archive lag, segments", "%.0f", func(r walResult) float64 { return float64(r.maxLag) }, "")
+		row("CPU s/GiB of WAL, tool + object store", "%.2f", func(r walResult) float64 {
+			return (r.cpu.CPU + r.cpu.StoreCPU).Seconds() / GiB(r.walBytes)
+		}, "")
+		row("  of which the object store", "%.2f", func(r walResult) float64 { return r.cpu.StoreCPU.Seconds() / GiB(r.walBytes) }, "")
+		row("agent peak RSS, MiB", "%.0f", func(r walResult) float64 {
+			if r.agentRSS == 0 {
+				return math.NaN()
+			}
+			return MiB(r.agentRSS)
+		}, "")
+		tab.Step(fmt.Sprintf("draining a backlog of %d segments", backlog))
+		row("segments/s", "%.2f", func(r walResult) float64 { return r.segsPerSec }, "")
+		if a[0].pushMeasured && b[0].pushMeasured {
+			tab.Step("one synchronous push of a 16 MiB segment")
+			push := func(rs []walResult) []Measurement {
+				ms := make([]Measurement, len(rs))
+				for i, r := range rs {
+					ms[i] = r.push
+				}
+				return ms
+			}
+			tab.AddRuns(push(a), push(b), 16.0/1024, "", "")
+		}
+		tabs = append(tabs, tab)
 	}
-	push.Add("wall (ms)", "%.0f", pushCol(func(m Measurement) float64 { return Millis(m.Wall) })...)
-	push.Add("peak tree RSS (MiB)", "%.0f", pushCol(func(m Measurement) float64 { return MiB(m.PeakTreeRSS) })...)
-	push.Print(&sb)
-	t.Log(sb.String())
-	fmt.Print(sb.String())
-}
-
-// loadAverage is the 1-minute load average: anything else running on the
-// machine shows here, and makes latencies worth nothing.
-func loadAverage() float64 {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return math.NaN()
-	}
-	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
-	return f
-}
-
-func runtimeCPUs() int {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return 0
-	}
-	return strings.Count(string(b), "processor\t:")
+	Report(t, func(w io.Writer) {
+		for _, tab := range tabs {
+			tab.Print(w)
+		}
+	})
 }
 
 func newPGBR(t *testing.T, srv *testenv.S3Server, c *testenv.Cluster, async bool) *PGBackRest {
 	return NewPGBackRest(t, srv, srv.NewBucket(t), c, PGBackRestOptions{Async: async, ProcessMax: 2})
 }
 
-func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, backlog int) walResult {
+func benchWALSetup(t *testing.T, s walSetup, meter *Meter, env []string, load time.Duration, backlog int) walResult {
 	var res walResult
 	c := testenv.NewCluster(t, testenv.PGConfig{
 		Version: 15,
@@ -260,7 +282,8 @@ func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, b
 		// One push, out of band, of the newest ready segment: PostgreSQL
 		// pushes it again later, which both tools accept as identical.
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-		res.push = Measure(s.push(ctx, c, filepath.Join("pg_wal", last)))
+		settle()
+		res.push = meter.Measure(s.push(ctx, c, filepath.Join("pg_wal", last)))
 		cancel()
 		if res.push.Err != nil {
 			t.Fatalf("single push: %v", res.push.Err)
@@ -270,10 +293,12 @@ func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, b
 
 	var stopAgent func()
 	var rss *RSSSampler
+	var agentPID int
 	start := time.Now()
 	if s.agent != nil {
 		var pid int
 		stopAgent, pid = s.agent(t, c)
+		agentPID = pid
 		rss = SampleRSS(pid)
 		defer func() {
 			if stopAgent != nil {
@@ -306,10 +331,27 @@ func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, b
 		}
 		floorDone <- ds
 	}()
+	span := meter.Start(s.detached)
+	agent0 := ProcCPU(agentPID)
 	loadStart := time.Now()
 	runLoad(t, c, load)
 	loadEnd := time.Now()
 	res.loadAvg = loadAverage()
+	// The CPU archiving costs: until every segment the load completed is
+	// archived.
+	lsn1 := c.QueryString(t, "SELECT pg_current_wal_lsn()")
+	seg1 := c.QueryString(t, "SELECT pg_walfile_name(pg_switch_wal())")
+	waitArchivedName(t, c, seg1, 10*time.Minute)
+	res.cpu = span.Stop()
+	if agentPID != 0 {
+		res.cpu.CPU += ProcCPU(agentPID) - agent0
+	}
+	if n, err := strconv.ParseFloat(c.QueryString(t, "SELECT $1::pg_lsn - $2::pg_lsn", lsn1, lsn0), 64); err == nil {
+		res.walBytes = int64(n)
+	}
+	if d := span.Detached(); len(d) > 0 {
+		t.Logf("%s: background processes counted: %q", s.name, d)
+	}
 	stopFloor()
 	res.floor = Percentile(<-floorDone, 50)
 	bytes := c.QueryString(t, "SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn0)
@@ -326,6 +368,9 @@ func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, b
 	}
 	var ds []time.Duration
 	for _, call := range calls {
+		if !call.Start.Before(loadStart) {
+			res.cpu.CPU += call.CPU
+		}
 		if call.Start.Before(loadStart) || call.Start.After(loadEnd) {
 			continue
 		}
@@ -337,8 +382,8 @@ func benchWALSetup(t *testing.T, s walSetup, env []string, load time.Duration, b
 	}
 	res.calls = len(ds)
 	res.p50, res.p99 = Percentile(ds, 50), Percentile(ds, 99)
-	t.Logf("%s: %d calls under load, p50 %v, p99 %v, max lag %d segments, WAL %.1f MB/s",
-		s.name, res.calls, res.p50, res.p99, res.maxLag, res.walMBps)
+	t.Logf("%s: %d calls under load, p50 %v, p99 %v, max lag %d segments, WAL %.1f MB/s, CPU %v + store %v for %.0f MiB",
+		s.name, res.calls, res.p50, res.p99, res.maxLag, res.walMBps, res.cpu.CPU, res.cpu.StoreCPU, MiB(res.walBytes))
 	// Stop PostgreSQL before the S3 server and the agent. Immediately: a
 	// clean shutdown waits for the archiver to push the whole backlog a
 	// slow setup has left (and pgBackRest's retries would hang it once the

@@ -14,6 +14,7 @@ package blob
 import (
 	"encoding/hex"
 	"fmt"
+	"sync"
 
 	"github.com/zeebo/blake3"
 )
@@ -135,6 +136,9 @@ func (c Compression) Valid() bool { return c == Raw || c == Zstd }
 // immutable and safe for concurrent use.
 type Hasher struct {
 	key [KeySize]byte
+	// free holds keyed BLAKE3 states for reuse: one is 7 KiB, and a new
+	// one per blob was a fifth of what a backup allocated.
+	free sync.Pool
 }
 
 // NewHasher returns a Hasher for the blob-ID key.
@@ -145,14 +149,19 @@ func NewHasher(key [KeySize]byte) *Hasher { return &Hasher{key: key} }
 func (h *Hasher) Sum(k Kind, data []byte) ID {
 	// zeebo/blake3 over lukechampine.com/blake3: measured here at 2.1 GB/s vs
 	// 0.28 GB/s on 8 KiB inputs (page patches) and 3.07 vs 2.77 GB/s on 1 MiB.
-	hh, err := blake3.NewKeyed(h.key[:])
-	if err != nil {
-		panic("blob: keyed blake3 with a 32-byte key: " + err.Error()) // cannot happen
+	hh, _ := h.free.Get().(*blake3.Hasher)
+	if hh == nil {
+		var err error
+		if hh, err = blake3.NewKeyed(h.key[:]); err != nil {
+			panic("blob: keyed blake3 with a 32-byte key: " + err.Error()) // cannot happen
+		}
 	}
 	hh.Write([]byte{byte(k)})
 	hh.Write(data)
 	var id ID
 	hh.Sum(id[:0])
+	hh.Reset()
+	h.free.Put(hh)
 	return id
 }
 
