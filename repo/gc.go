@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
-	"github.com/tidemarkdb/tidemark/repo/agestream"
 	"github.com/tidemarkdb/tidemark/repo/index"
 	"github.com/tidemarkdb/tidemark/repo/lease"
 	"github.com/tidemarkdb/tidemark/repo/pack"
@@ -262,62 +260,4 @@ func (r *Repo) CompactIndexWithout(ctx context.Context, drop map[pack.ID]struct{
 	}
 	r.ReloadIndex(ctx)
 	return stats, nil
-}
-
-// ReadPack downloads a whole pack with one GET and checks everything about
-// it: its size and its name (the BLAKE3 of the ciphertext) against p, the
-// authentication of every chunk, the trailer, and every blob (decompressed,
-// its keyed ID recomputed). fn, when not nil, is called with each blob's
-// trailer entry and plaintext in pack order and must not keep it. It
-// returns the trailer entries. Any failed check is a *CorruptError naming
-// the pack.
-func (r *Repo) ReadPack(ctx context.Context, p index.Pack, fn func(e pack.Entry, plain []byte) error) ([]pack.Entry, error) {
-	key := p.Key()
-	rc, err := r.store.Get(ctx, key)
-	if err != nil {
-		return nil, packReadError(key, err)
-	}
-	want := p.CipherSize()
-	ct := make([]byte, want+1)
-	n, err := io.ReadFull(rc, ct)
-	rc.Close()
-	// The buffer has room for one byte more than the index says: a full
-	// read means the object is too long, a short one that it is truncated.
-	switch {
-	case err == nil:
-		return nil, corrupt(key, "pack is longer than the %d bytes the index says", want)
-	case !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF):
-		return nil, packReadError(key, err)
-	case int64(n) != want:
-		return nil, corrupt(key, "pack has %d bytes, the index says %d", n, want)
-	}
-	ct = ct[:n]
-	if got := pack.Sum(ct); got != p.ID {
-		return nil, corrupt(key, "contents hash to %s, not to the pack's name", got)
-	}
-	plain, err := agestream.NewKey(p.PayloadKey).DecryptInPlace(ct[p.PayloadOffset:], 0, int64(p.PlainSize))
-	if err != nil {
-		return nil, &CorruptError{Key: key, Err: err}
-	}
-	entries, err := pack.DecodeTrailer(plain, int64(p.PlainSize))
-	if err != nil {
-		return nil, &CorruptError{Key: key, Err: err}
-	}
-	var buf []byte
-	for _, e := range entries {
-		stored := plain[e.Offset : e.Offset+e.Length]
-		ie := index.Entry{ID: e.ID, Offset: e.Offset, Length: e.Length, RawLength: e.RawLength, Kind: e.Kind, Compression: e.Compression}
-		if buf, err = r.decodeBlob(key, ie, stored, buf[:0]); err != nil {
-			return entries, err
-		}
-		if fn != nil {
-			if err := fn(e, buf); err != nil {
-				return entries, err
-			}
-		}
-		if err := ctx.Err(); err != nil {
-			return entries, err
-		}
-	}
-	return entries, nil
 }

@@ -495,19 +495,29 @@ func (r *Repo) readPackTrailer(ctx context.Context, class blob.Class, id pack.ID
 		return p, nil, corrupt(key, "pack of %d bytes has no valid plaintext size (truncated?)", size)
 	}
 	p.PayloadKey, p.PayloadOffset, p.PlainSize = info.PayloadKey, uint32(info.PayloadOffset), uint32(plainSize)
+	_, entries, err := r.packTail(ctx, &p)
+	return p, entries, err
+}
+
+// packTail reads the end of pack p's plaintext that holds its trailer and
+// footer, with a ranged GET of its last chunks (again if the trailer is
+// longer), and decodes the trailer.
+func (r *Repo) packTail(ctx context.Context, p *index.Pack) (tail []byte, entries []pack.Entry, err error) {
+	key := p.Key()
+	plainSize := int64(p.PlainSize)
 	// Read the footer together with a guess of the trailer (the last two
 	// chunks); read again if the trailer is longer.
 	tailLen := min(plainSize, 2*agestream.ChunkSize)
 	for {
-		plain, first, err := r.readPlain(ctx, &p, plainSize-tailLen, tailLen)
+		plain, first, err := r.readPlain(ctx, p, plainSize-tailLen, tailLen)
 		if err != nil {
-			return p, nil, err
+			return nil, nil, err
 		}
 		tail := bytes.Clone(plain[plainSize-tailLen-first:])
 		putReadBuf(plain)
 		tl, err := pack.ParseFooter(tail, plainSize)
 		if err != nil {
-			return p, nil, &CorruptError{Key: key, Err: err}
+			return nil, nil, &CorruptError{Key: key, Err: err}
 		}
 		if tl+pack.FooterSize > tailLen {
 			tailLen = tl + pack.FooterSize
@@ -515,9 +525,9 @@ func (r *Repo) readPackTrailer(ctx context.Context, class blob.Class, id pack.ID
 		}
 		entries, err := pack.DecodeTrailer(tail, plainSize)
 		if err != nil {
-			return p, nil, &CorruptError{Key: key, Err: err}
+			return nil, nil, &CorruptError{Key: key, Err: err}
 		}
-		return p, entries, nil
+		return tail, entries, nil
 	}
 }
 

@@ -675,3 +675,70 @@ func TestPackTargetFitsPackMemory(t *testing.T) {
 		}
 	}
 }
+
+// ReadPack streams a pack: every blob delivered in order and intact; a
+// flipped byte in the payload fails authentication, one in the header
+// (outside every chunk) fails the pack's name, a truncated pack and one
+// with a byte appended fail on their length; each a *CorruptError naming
+// the pack.
+func TestReadPackStreams(t *testing.T) {
+	store := mem.New()
+	f := initRepo(t, store)
+	var list [][]byte
+	for i := range 12 {
+		n := 5_000 + i
+		if i%4 == 0 {
+			n = agestream.ChunkSize + 7_000 + i
+		}
+		list = append(list, randBytes(n))
+	}
+	list = append(list, compressible(200_000, 3))
+	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: list})
+	loc, err := f.repo.Lookup(ctx, list0(ids))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := loc.Pack
+	key := p.Key()
+	var got []blob.ID
+	entries, err := f.repo.ReadPack(ctx, p, func(e pack.Entry, plain []byte) error {
+		if want, ok := ids[e.ID]; ok && !bytes.Equal(plain, want) {
+			return fmt.Errorf("blob %s differs", e.ID)
+		}
+		got = append(got, e.ID)
+		return nil
+	})
+	if err != nil || len(got) != len(entries) || len(entries) == 0 {
+		t.Fatalf("intact pack: %d of %d blobs, %v", len(got), len(entries), err)
+	}
+
+	rc, _ := store.Get(ctx, key)
+	whole, _ := io.ReadAll(rc)
+	rc.Close()
+	check := func(what string, data []byte, want string) {
+		t.Helper()
+		store.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
+		_, err := f.repo.ReadPack(ctx, p, nil)
+		var ce *CorruptError
+		if !errors.As(err, &ce) || ce.Key != key || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want a corrupt pack (%s)", what, err, want)
+		}
+	}
+	flip := func(at int) []byte {
+		b := bytes.Clone(whole)
+		b[at] ^= 1
+		return b
+	}
+	check("flipped payload byte", flip(int(p.PayloadOffset)+len(whole[p.PayloadOffset:])/2), "authentication")
+	check("flipped header byte", flip(int(p.PayloadOffset)-20), "hash to")
+	check("truncated", whole[:len(whole)-100], "truncated")
+	check("one byte more", append(bytes.Clone(whole), 0), "longer")
+	store.Put(ctx, key, bytes.NewReader(whole), int64(len(whole)))
+}
+
+func list0(ids map[blob.ID][]byte) blob.ID {
+	for id := range ids {
+		return id
+	}
+	return blob.ID{}
+}

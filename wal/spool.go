@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -56,6 +57,20 @@ type spool struct {
 	id    spoolIdentity
 	token string // names the ready directory; "" for none
 	log   *slog.Logger
+
+	// lists memoizes listing: the prefetcher looks up its whole window in
+	// the cached listings every 50 ms, and decoding the JSON each time
+	// was 1.2 GB of allocations (and their CPU) over a 160 s recovery.
+	mu    sync.Mutex
+	lists map[string]memoListing
+}
+
+// memoListing is a decoded listing file, with what identified the file.
+type memoListing struct {
+	mod  time.Time
+	size int64
+	ino  uint64
+	l    *dirListing
 }
 
 type spoolIdentity struct {
@@ -280,10 +295,32 @@ type objInfo struct {
 }
 
 func (s *spool) listing(dir string) *dirListing {
-	var l dirListing
-	if err := readJSON(s.path("list", dir+".json"), &l); err != nil || l.Entries == nil {
+	p := s.path("list", dir+".json")
+	fi, err := os.Stat(p)
+	if err != nil {
 		return nil
 	}
+	// writeJSON renames a new file over the old one: another inode.
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	s.mu.Lock()
+	m, ok := s.lists[dir]
+	s.mu.Unlock()
+	if ok && m.ino == ino && m.size == fi.Size() && m.mod.Equal(fi.ModTime()) {
+		return m.l
+	}
+	var l dirListing
+	if err := readJSON(p, &l); err != nil || l.Entries == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.lists == nil {
+		s.lists = map[string]memoListing{}
+	}
+	s.lists[dir] = memoListing{mod: fi.ModTime(), size: fi.Size(), ino: ino, l: &l}
+	s.mu.Unlock()
 	return &l
 }
 

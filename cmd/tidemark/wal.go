@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -477,7 +476,7 @@ func agentCommand() *cli.Command {
 			stringFlag("pgdata", "PostgreSQL data directory (default: the working directory)", "PGDATA"),
 			stringFlag("socket", "Unix socket to answer wal-push on (default PGDATA/tidemark-agent.sock)"),
 			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{envName("parallel")},
-				Usage: "files uploaded at once; memory is about one segment per upload (up to 2.5 for incompressible WAL)"},
+				Usage: "files uploaded at once; each holds its compressed file (a quarter of a segment for typical WAL, up to one) and a few 1 MiB chunks"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},
 				Usage: "on SIGTERM, how long uploads in flight may finish before they are abandoned"},
 			&cli.BoolFlag{Name: "compress-ahead", Value: true, EnvVars: []string{envName("compress-ahead")},
@@ -539,18 +538,19 @@ func runAgent(c *cli.Context) error {
 		go am.Run(c.Context)
 	}
 	// A long-running process next to the database: hold the heap
-	// near what the uploads in flight need (about one segment each,
-	// two and a half for incompressible WAL, of which the limit
-	// covers two: the rest is the margin) rather than letting the
-	// collector double it. Compressing ahead holds up to two
-	// more segments with their frames.
-	segs := int64(max(c.Int("parallel"), 1)) * 2
+	// near what the uploads in flight need rather than let the
+	// collector double it. An upload holds its compressed file
+	// (a quarter of a segment for typical WAL) and a few 1 MiB
+	// chunks; compressing ahead holds two segments' frames. For
+	// incompressible WAL more is live than that and the collector
+	// runs more often; nothing else changes.
+	segs := int64(max(c.Int("parallel"), 1)) * int64(ci.SegSize) / 4
 	aheadPoll := time.Duration(-1)
 	if c.Bool("compress-ahead") {
-		segs += 3
+		segs += int64(ci.SegSize)
 		aheadPoll = 0 // the default
 	}
-	debug.SetMemoryLimit(segs*int64(ci.SegSize) + 64<<20)
+	setMemoryLimit(segs)
 	p, closeSecond, err := pusher(c, log, arch, r, ci)
 	if err != nil {
 		return err

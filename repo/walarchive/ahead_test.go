@@ -7,6 +7,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage/mem"
+	"github.com/zeebo/blake3"
 )
 
 // Frames made ahead are used for the pieces of the final file they were
@@ -33,8 +34,8 @@ func TestPutFromAhead(t *testing.T) {
 		}
 		frames[i], prev = f, f
 	}
-	frames[7] = nil                                                                     // not compressed in time
-	frames[9] = &Frame{raw: final[9*piece : 9*piece+piece/2], comp: []byte("not zstd")} // wrong size
+	frames[7] = nil                                                                                                  // not compressed in time
+	frames[9] = &Frame{n: piece / 2, sum: blake3.Sum256(final[9*piece : 9*piece+piece/2]), comp: []byte("not zstd")} // wrong size
 	res, err := fx.arch.PutFromAhead(ctx, testCluster, name, bytes.NewReader(final), int64(len(final)), &Ahead{Piece: piece, Frames: frames})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +90,7 @@ func TestPutFromAhead(t *testing.T) {
 	// Pieces outside what the archive can cut are ignored, not trusted.
 	for _, p := range []int{minPiece / 2, chunkSize * 2} {
 		res, err := fx.arch.PutFromAhead(ctx, testCluster, segName(1, 4), bytes.NewReader(fakeSegment(testSys, 1, 4, testSegSize, 2)), testSegSize,
-			&Ahead{Piece: p, Frames: []*Frame{{raw: make([]byte, p), comp: []byte("x")}}})
+			&Ahead{Piece: p, Frames: []*Frame{{n: p, sum: blake3.Sum256(make([]byte, p)), comp: []byte("x")}}})
 		if err != nil || res.Ahead != 0 {
 			t.Errorf("piece %d: %+v %v", p, res, err)
 		}
