@@ -491,5 +491,5 @@ func deref[T any](p *T) T {
 
 // body classifies the read errors of a response body.
 func (s *Store) body(ctx context.Context, key string, rc io.ReadCloser, n int64) *driver.Body {
-	return &driver.Body{RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
+	return &driver.Body{Ctx: ctx, RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
 }

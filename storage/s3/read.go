@@ -83,7 +83,7 @@ func (s *Store) GetRange(ctx context.Context, key string, off, length int64) (io
 // reset mid-body is a transient *storage.Error that storage/retry can
 // resume from.
 func (s *Store) body(ctx context.Context, key string, rc io.ReadCloser, n int64) *driver.Body {
-	return &driver.Body{RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
+	return &driver.Body{Ctx: ctx, RC: rc, N: n, Classify: func(err error) error { return s.classify(ctx, "get", key, err) }}
 }
 
 // Head returns the object's size and modification time.

@@ -258,14 +258,21 @@ func RangeError(key string, off, length int64, size string) error {
 
 // Body is a response body whose read errors are classified like request
 // errors, so a connection reset mid-body is a transient *storage.Error
-// that storage/retry resumes from.
+// that storage/retry resumes from. A canceled context ends the body at
+// the next read: the HTTP transport notices a cancel only when its
+// connection goroutine runs, and until then a read is served from what
+// the socket already buffered, which on loopback can be the whole object.
 type Body struct {
+	Ctx      context.Context
 	RC       io.ReadCloser
 	N        int64             // bytes it delivers in total
 	Classify func(error) error // turns a read error into a *storage.Error
 }
 
 func (b *Body) Read(p []byte) (int, error) {
+	if err := b.Ctx.Err(); err != nil {
+		return 0, b.Classify(err)
+	}
 	n, err := b.RC.Read(p)
 	if err != nil && err != io.EOF {
 		err = b.Classify(err)
