@@ -467,7 +467,15 @@ func TestPrefetch(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- newFetcher(t, e, FetchOptions{Prefetch: 4, Poll: time.Millisecond}).Prefetch(ctx) }()
-	waitFor(t, "the prefetcher's lock", func() bool { return !f.PrefetcherNeeded() })
+	// A prefetcher that ended early says why, instead of a timeout.
+	waitFor(t, "the prefetcher's lock", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("the prefetcher ended before it took its lock: %v", err)
+		default:
+		}
+		return !f.PrefetcherNeeded()
+	})
 	for i := pg.SegNo(2); i <= 10; i++ {
 		name := segName(1, i)
 		waitFor(t, name+" in the spool", func() bool { return f.sp.has(name) })
