@@ -245,3 +245,100 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// repositoryLag is the agent's lag metrics for the repository whose
+// label holds endpoint (each repository's label is its store's name,
+// which names the S3 endpoint).
+func (f families) repositoryLag(t *testing.T, endpoint string) (files, seconds, last float64, ok bool) {
+	t.Helper()
+	mf := f["tidemark_archive_repository_lag_files"]
+	if mf == nil {
+		return 0, 0, 0, false
+	}
+	for _, m := range mf.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() != "repository" || !strings.Contains(lp.GetValue(), endpoint) {
+				continue
+			}
+			label := []string{"repository", lp.GetValue()}
+			files = m.GetGauge().GetValue()
+			seconds, _ = f.value("tidemark_archive_repository_lag_seconds", label...)
+			last, _ = f.value("tidemark_archive_repository_last_archived_timestamp_seconds", label...)
+			return files, seconds, last, true
+		}
+	}
+	return 0, 0, 0, false
+}
+
+// TestMetricsSecondRepository: an agent archiving into a repository on
+// MinIO and a second one on versitygw serves one series of the archive
+// lag per repository, on its endpoint and in its textfile. With both up
+// both lags are zero; with versitygw stopped the second's lag grows (files
+// and age) while the first's stays zero; once it is back the second
+// catches up and its last-archived time moves on.
+func TestMetricsSecondRepository(t *testing.T) {
+	s := newSecondRegion(t)
+	c := s.backupCluster(15, nil)
+	dir := filepath.Join(s.shared, "metrics")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777) // the agent runs as the server's user
+	file := filepath.Join(dir, "agent.prom")
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	s.heartbeatAgent(c, "--metrics-listen", addr, "--metrics-file", file)
+	url := "http://" + addr + "/metrics"
+	repo1, repo2 := s.minio.Endpoint, s.vgw.Endpoint
+
+	// lags scrapes the endpoint until cond holds for the two
+	// repositories' (files, seconds, last archived).
+	type lag struct{ files, seconds, last float64 }
+	lags := func(what string, cond func(a, b lag) bool) (lag, lag) {
+		t.Helper()
+		var a, b lag
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			f, err := scrape(t, url)
+			if err == nil {
+				var ok1, ok2 bool
+				a.files, a.seconds, a.last, ok1 = f.repositoryLag(t, repo1)
+				b.files, b.seconds, b.last, ok2 = f.repositoryLag(t, repo2)
+				if n := len(f["tidemark_archive_repository_lag_files"].GetMetric()); n != 2 {
+					t.Fatalf("%s: %d series of tidemark_archive_repository_lag_files, want 2 (repo, repo2)", what, n)
+				}
+				if ok1 && ok2 && cond(a, b) {
+					t.Logf("%s: repo %+v, repo2 %+v", what, a, b)
+					return a, b
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not reached in 2 minutes (scrape error %v): repo %+v, repo2 %+v", what, err, a, b)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+
+	switchAndWait(t, c)
+	_, before := lags("both up", func(a, b lag) bool {
+		return a.files == 0 && b.files == 0 && a.seconds == 0 && b.seconds == 0 && a.last > 0 && b.last > 0
+	})
+	// The textfile carries the same two series.
+	tf := readMetricsFile(t, file)
+	for _, ep := range []string{repo1, repo2} {
+		if _, _, _, ok := tf.repositoryLag(t, ep); !ok {
+			t.Errorf("%s: no lag series for the repository at %s", file, ep)
+		}
+	}
+
+	// The second repository down: its lag grows, the first's does not.
+	s.vgw.Stop()
+	c.Exec(t, "SELECT pg_logical_emit_message(false, 'tidemark-test', 'repo2 down')")
+	c.Exec(t, "SELECT pg_switch_wal()")
+	lags("repo2 down", func(a, b lag) bool { return a.files == 0 && b.files >= 1 && b.seconds > 0 })
+
+	if err := s.vgw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	switchAndWait(t, c)
+	lags("repo2 back", func(a, b lag) bool { return a.files == 0 && b.files == 0 && b.last > before.last })
+}
