@@ -59,7 +59,18 @@ func (e *restoreEnv) check(c *testenv.Cluster, wantCode int, args ...string) che
 	if r.OK != (code == 0) {
 		e.t.Errorf("check: ok %v with exit %d", r.OK, code)
 	}
+	r.fixesOnOneLine(e.t)
 	return r
+}
+
+// fixesOnOneLine: every warning and failure says what to do, in one line.
+func (r checkReport) fixesOnOneLine(t *testing.T) {
+	t.Helper()
+	for _, c := range r.Checks {
+		if (c.Status == "warn" || c.Status == "fail") && (strings.TrimSpace(c.Fix) == "" || strings.Contains(c.Fix, "\n")) {
+			t.Errorf("%s %s: the fix %q is not one line", c.Status, c.Name, c.Fix)
+		}
+	}
 }
 
 // TestCheck runs tidemark check against PostgreSQL 17 and MinIO: a good
@@ -151,5 +162,45 @@ func TestCheck(t *testing.T) {
 	// No agent although one is expected.
 	if r := e.check(c, 8, "--no-switch", "--agent", "--socket", filepath.Join(e.shared, "no-agent.sock")); r.status("agent") != "fail" {
 		t.Errorf("no agent:%s", r)
+	}
+
+	// A server set up wrong in every way a setting can be (wal_level
+	// minimal, which forces archive_mode off and no WAL senders; no data
+	// checksums nor wal_log_hints; full_page_writes off), and a
+	// repository URL where no repository is: each check says so, with its
+	// fix, and check exits 8.
+	off := false
+	wrong := testenv.NewCluster(t, testenv.PGConfig{DataChecksums: &off, Settings: map[string]string{
+		"wal_level": "minimal", "archive_mode": "off", "max_wal_senders": "0", "archive_command": "",
+		"wal_log_hints": "off", "full_page_writes": "off"}})
+	empty := filepath.Join(e.shared, "empty")
+	os.MkdirAll(empty, 0o755)
+	out, errs, code = e.tidemark("check", "--json", "--pgdata", wrong.DataDir, "--pg-conn", wrong.ConnString(), "--repo", "file://"+empty, "--identity", e.identity)
+	var w checkReport
+	if err := fromJSON(out, "check", &w); err != nil || code != 8 || w.OK {
+		t.Fatalf("a server set up wrong: exit %d %v:%s\n%s", code, err, w, errs)
+	}
+	w.fixesOnOneLine(t)
+	for name, want := range map[string]string{
+		"connection": "pass", "wal_level": "fail", "archive_mode": "fail", "archive_command": "fail", "max_wal_senders": "warn",
+		"data checksums": "warn", "full_page_writes": "fail", "data directory access": "pass",
+		"reachable and opened": "fail", "agent": "skip", "round trip": "skip",
+	} {
+		if st := w.status(name); st != want {
+			t.Errorf("a server set up wrong: %s is %s, want %s:%s", name, st, want, w)
+		}
+	}
+	for _, c := range w.Checks {
+		if c.Name == "reachable and opened" && !strings.Contains(c.Fix, "tidemark init") {
+			t.Errorf("no repository at the URL: the fix %q does not say tidemark init", c.Fix)
+		}
+		if c.Name == "data checksums" && !strings.Contains(c.Fix, "pg_checksums --enable") {
+			t.Errorf("no checksums: the fix %q", c.Fix)
+		}
+	}
+	// The text form: one line per check, the fix beside each failure.
+	out, _, _ = e.tidemark("check", "--no-switch", "--pgdata", wrong.DataDir, "--pg-conn", wrong.ConnString(), "--repo", "file://"+empty, "--identity", e.identity)
+	if !strings.Contains(out, "FAIL  wal_level") || !strings.Contains(out, "wal_level = replica") {
+		t.Errorf("check of a server set up wrong, as text:\n%s", out)
 	}
 }

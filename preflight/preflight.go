@@ -403,7 +403,7 @@ func (r *run) clusterArchive(ctx context.Context, rp *repo.Repo, cluster uint64)
 	arch := walarchive.FromRepo(rp, walarchive.Options{Logger: r.log})
 	clusters, err := arch.Clusters(ctx)
 	if err != nil {
-		r.add("archiving", "cluster", Warn, oneLine(err), "")
+		r.add("archiving", "cluster", Warn, oneLine(err), "run tidemark wal list to see what the archive holds, and check the store's permissions to list")
 		return
 	}
 	for _, c := range clusters {
