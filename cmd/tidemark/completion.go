@@ -106,7 +106,7 @@ fi
 func manCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "man",
-		Usage: "print the man page (troff): tidemark man > tidemark.1; man ./tidemark.1",
+		Usage: "print the man page (troff, section 8): tidemark man > tidemark.8; man ./tidemark.8",
 		Action: func(c *cli.Context) error {
 			page, err := c.App.ToMan()
 			if err != nil {
