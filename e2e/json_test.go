@@ -81,9 +81,9 @@ func jsonKeys(t *testing.T, cmd string, out string) []string {
 
 var snakeCase = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 
-// TestJSONKeys runs every command that has --json (but rehearse, whose
-// report e2e TestRehearse reads) against PostgreSQL and a
-// repository and pins the keys of what each prints to
+// TestJSONKeys runs every command that has --json (cmd/tidemark's
+// TestJSONCommandsPinned holds the list to the command tree) against
+// PostgreSQL and a repository and pins the keys of what each prints to
 // testdata/json-keys.txt (go test -run TestJSONKeys ./e2e -update writes
 // it): a key that changes is a change of the output's format number. Every
 // key is snake_case, every value non-null, and every output has the one
@@ -144,6 +144,12 @@ func TestJSONKeys(t *testing.T) {
 	scratch := filepath.Join(e.shared, "scratch")
 	os.MkdirAll(scratch, 0o755)
 	run("drill", "drill", 0, with("drill", "--scratch-dir", scratch, "--pgdata", c.DataDir, "--log-level", "warn")...)
+	sql := filepath.Join(e.shared, "migration.sql")
+	os.WriteFile(sql, []byte("ALTER TABLE data ADD COLUMN c int;\n"), 0o644)
+	run("rehearse", "rehearsal", 0, with("rehearse", "--sql", sql, "--scratch-dir", scratch, "--pgdata", c.DataDir, "--log-level", "warn")...)
+	second := "file://" + filepath.Join(e.shared, "second")
+	run("init --from-repo", "init", 0, with("init", "--from-repo", "--repo2", second)...)
+	run("copy", "copy", 0, with("copy", "--repo2", second)...)
 	run("expire", "expire", 0, with("expire", "--keep-last", "5")...)
 	run("gc", "gc", 0, with("gc")...)
 

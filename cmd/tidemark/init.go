@@ -196,13 +196,16 @@ func runInit(c *cli.Context) error {
 
 // initJSON is init --json's output.
 type initJSON struct {
-	RepositoryID string   `json:"repository_id"`
-	Repository   string   `json:"repository"`
-	KeyID        string   `json:"key_id"`
-	KeyType      string   `json:"key_type"`
-	IdentityFile string   `json:"identity_file,omitempty"` // a generated identity
-	Recipient    string   `json:"recipient,omitempty"`     // its public key
-	Warnings     []string `json:"warnings"`
+	RepositoryID string `json:"repository_id"`
+	Repository   string `json:"repository"`
+	KeyID        string `json:"key_id"`
+	KeyType      string `json:"key_type"`
+	IdentityFile string `json:"identity_file,omitempty"` // a generated identity
+	Recipient    string `json:"recipient,omitempty"`     // its public key
+	// SecondOf is the repository whose master secret it shares
+	// (init --from-repo).
+	SecondOf string   `json:"second_of,omitempty"`
+	Warnings []string `json:"warnings"`
 }
 
 // writeIdentityFile writes an age identity file with mode 0600, refusing to
@@ -288,6 +291,10 @@ func runInitSecond(c *cli.Context, log *slog.Logger) error {
 		return fmt.Errorf("init %s: %w", st, err)
 	}
 	defer r.Close()
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, "init", initJSON{RepositoryID: res.Config.ID, Repository: st.String(), KeyID: res.KeyID, KeyType: spec.Type,
+			SecondOf: first.Config().ID, Warnings: res.Warnings})
+	}
 	out := c.App.Writer
 	fmt.Fprintf(out, "created repository %s at %s, the second repository of %s (%s)\n", res.Config.ID, st, first.Config().ID, first.Store())
 	fmt.Fprintf(out, "key %s (%s)\n", res.KeyID, spec.Type)
