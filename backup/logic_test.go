@@ -144,14 +144,6 @@ func TestRebaseShareSpreads(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"16MB": 16 << 20, "1GB": 1 << 30, "8kB": 8192, "4096": 4096} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
-		}
-	}
-}
-
 func TestProgressString(t *testing.T) {
 	p := Progress{Phase: PhaseCopy, Method: MethodLSNScan, TotalBytes: 4 << 30, DoneBytes: 1 << 30, ReadBytes: 1 << 30,
 		StoredBytes: 100 << 20, Rate: 200 << 20, ETA: 15 * time.Second}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/pg"
 )
 
@@ -89,7 +90,7 @@ func (s *server) describe(ctx context.Context) error {
 	if s.BlockSize, err = strconv.Atoi(blk); err != nil {
 		return fmt.Errorf("block_size %q: %w", blk, err)
 	}
-	if s.WALSegSize, err = parseSize(seg); err != nil {
+	if s.WALSegSize, err = bytesize.Parse(seg); err != nil {
 		return fmt.Errorf("wal_segment_size %q: %w", seg, err)
 	}
 	if pg.HasWALSummaries(s.Major) {
@@ -100,21 +101,6 @@ func (s *server) describe(ctx context.Context) error {
 		s.SummarizeWAL = on == "on"
 	}
 	return nil
-}
-
-// parseSize reads a size setting as current_setting prints it ("16MB").
-func parseSize(v string) (int64, error) {
-	units := []struct {
-		suffix string
-		mul    int64
-	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}}
-	for _, u := range units {
-		if n, ok := strings.CutSuffix(v, u.suffix); ok {
-			x, err := strconv.ParseInt(n, 10, 64)
-			return x * u.mul, err
-		}
-	}
-	return strconv.ParseInt(v, 10, 64)
 }
 
 // checkPGData makes sure the directory the backup reads is the cluster the

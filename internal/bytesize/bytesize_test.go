@@ -17,6 +17,8 @@ func TestParse(t *testing.T) {
 		"0": 0, "512": 512, "512B": 512, "1k": 1 << 10, "1K": 1 << 10, "1kB": 1 << 10, "1KB": 1 << 10, "1KiB": 1 << 10,
 		"100MB": 100 << 20, "100MiB": 100 << 20, "100M": 100 << 20, "200 MiB": 200 << 20, "1.5G": 3 << 29,
 		"2GB": 2 << 30, "1T": 1 << 40, " 64MiB ": 64 << 20,
+		// PostgreSQL's current_setting forms (wal_segment_size).
+		"16MB": 16 << 20, "8kB": 8192, "1GB": 1 << 30, "4096": 4096,
 	} {
 		if got, err := Parse(s); err != nil || got != want {
 			t.Errorf("Parse(%q) = %d, %v; want %d", s, got, err, want)
