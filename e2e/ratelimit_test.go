@@ -17,9 +17,22 @@ import (
 func TestBandwidthLimits(t *testing.T) {
 	e := backupEnv(t, true, 0)
 	c := e.backupCluster(15, map[string]string{"archive_timeout": "0"})
-	_, errs, code := e.tidemark(append([]string{"backup", "--pgdata", c.DataDir, "--max-upload-rate", "ten"}, e.repoArgs()...)...)
-	if code != 2 || !strings.Contains(errs, "--max-upload-rate") || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
-		t.Fatalf("a bad rate: exit %d, %q", code, errs)
+	// Each command that moves data takes the limits, read by the one size
+	// parser and checked before anything else (wal-push too, although
+	// the agent would do its upload): a bad value is a usage error naming
+	// the flag.
+	for _, tc := range []struct{ flags, pos []string }{
+		{[]string{"backup", "--pgdata", c.DataDir, "--max-upload-rate", "ten"}, nil},
+		{[]string{"agent", "--pgdata", c.DataDir, "--max-upload-rate", "10XB"}, nil},
+		{[]string{"wal-push", "--pgdata", c.DataDir, "--max-upload-rate", "-1MiB"}, []string{filepath.Join(c.DataDir, "pg_wal", "000000010000000000000001")}},
+		{[]string{"restore", "--pgdata", e.target("never"), "--max-download-rate", "fast"}, nil},
+		{[]string{"wal-fetch", "--pgdata", c.DataDir, "--max-download-rate", "0"}, []string{"000000010000000000000001", filepath.Join(e.shared, "never")}},
+	} {
+		flag := tc.flags[len(tc.flags)-2]
+		_, errs, code := e.tidemark(append(append(tc.flags, e.repoArgs()...), tc.pos...)...)
+		if code != 2 || !strings.Contains(errs, flag) || strings.Count(strings.TrimSpace(errs), "\n") > 0 {
+			t.Errorf("%s with a bad %s: exit %d, %q", tc.flags[0], flag, code, errs)
+		}
 	}
 	e.heartbeatAgent(c, "--max-upload-rate", "20MiB")
 	testenv.LoadRandomTable(t, c, "data", 20000)

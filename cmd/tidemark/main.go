@@ -160,6 +160,9 @@ func prepare(c *cli.Command, section string, known map[string]bool) {
 		if err := applyConfig(ctx, cf, section, known); err != nil {
 			return err
 		}
+		if _, err := parseRates(ctx); err != nil {
+			return err
+		}
 		if before != nil {
 			return before(ctx)
 		}

@@ -59,13 +59,9 @@ func openStoreAt(ctx context.Context, c *cli.Context, log *slog.Logger, which st
 	}
 	// --max-upload-rate and --max-download-rate, on the commands that
 	// have them, limit each repository's store.
-	var rates [2]int64
-	for i, name := range []string{"max-upload-rate", "max-download-rate"} {
-		if v := c.String(name); v != "" {
-			if rates[i], err = bytesize.Parse(v); err != nil || rates[i] <= 0 {
-				return nil, usageErrorf("--%s %q: want bytes per second, e.g. 20MiB (units are powers of 1024)", name, v)
-			}
-		}
+	rates, err := parseRates(c)
+	if err != nil {
+		return nil, err
 	}
 	opts := location.Options{Logger: log, RetryFor: retryFor}
 	if which == secondRepo {
@@ -81,6 +77,21 @@ func openStoreAt(ctx context.Context, c *cli.Context, log *slog.Logger, which st
 		return nil, usageErrorf("--%s: %v", which, err)
 	}
 	return ratelimit.New(st, rates[0], rates[1]), nil
+}
+
+// parseRates reads --max-upload-rate and --max-download-rate (0: no
+// limit; a command without them has neither). Every command checks them
+// before its work (prepare), so that a bad value in archive_command is an
+// error at the first push even while the agent does the uploads.
+func parseRates(c *cli.Context) (rates [2]int64, err error) {
+	for i, name := range []string{"max-upload-rate", "max-download-rate"} {
+		if v := c.String(name); v != "" {
+			if rates[i], err = bytesize.Parse(v); err != nil || rates[i] <= 0 {
+				return rates, usageErrorf("--%s %q: want bytes per second, e.g. 20MiB (units are powers of 1024)", name, v)
+			}
+		}
+	}
+	return rates, nil
 }
 
 // rateFlags limit the bandwidth to the object store.
