@@ -57,6 +57,7 @@ var exitClassifiers = []classifier{
 		}
 		return 0
 	},
+	receiveExitClassifier,
 	walExitClassifier,
 	// What the commands found, before the storage errors they may wrap: a
 	// backup refused because its WAL never arrived is an integrity

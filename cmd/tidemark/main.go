@@ -77,7 +77,7 @@ func commands() []*cli.Command {
 		initCommand(), keyCommand(), checkCommand(),
 		backupCommand(), listCommand(), infoCommand(),
 		restoreCommand(),
-		walPushCommand(), walFetchCommand(), walPrefetchCommand(), agentCommand(), walCommand(), markCommand(),
+		walPushCommand(), walFetchCommand(), walPrefetchCommand(), agentCommand(), walReceiveCommand(), walCommand(), markCommand(),
 		rehearseCommand(), copyCommand(),
 		verifyCommand(), drillCommand(), expireCommand(), gcCommand(), metricsCommand(),
 		repairCommand(),

@@ -756,6 +756,8 @@ func (a *Archive) Decode(ctx context.Context, key string, body io.Reader, name s
 	want := expect{name: name, cluster: cluster}
 	if name == MarkerName {
 		want.kind = KindCluster
+	} else if _, ok := ParsePieceName(name); ok {
+		want.kind = KindPiece
 	} else {
 		f, err := checkName(name)
 		if err != nil {

@@ -68,6 +68,7 @@ const (
 	KindBackupHistory   Kind = 3 // a .backup file
 	KindTimelineHistory Kind = 4 // a .history file
 	KindCluster         Kind = 5 // the cluster marker (JSON), see ClusterInfo
+	KindPiece           Kind = 6 // bytes of a segment being written (Piece), streamed by wal-receive
 )
 
 func (k Kind) String() string {
@@ -82,6 +83,8 @@ func (k Kind) String() string {
 		return "timeline history file"
 	case KindCluster:
 		return "cluster marker"
+	case KindPiece:
+		return "segment piece"
 	}
 	return fmt.Sprintf("kind %d", uint8(k))
 }
@@ -196,7 +199,7 @@ func decodeRecord(b []byte) (Meta, error) {
 		return m, fmt.Errorf("record version %d, this build reads %d", b[4], recordVersion)
 	}
 	m.Kind = Kind(b[5])
-	if m.Kind < KindSegment || m.Kind > KindCluster {
+	if m.Kind < KindSegment || m.Kind > KindPiece {
 		return m, fmt.Errorf("unknown record kind %d", b[5])
 	}
 	n := int(le.Uint16(b[6:]))

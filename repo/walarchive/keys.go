@@ -101,6 +101,20 @@ func parseKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
 // WAL file in its right place.
 func ParseKey(key string) (cluster uint64, f pg.WALFile, ok bool) { return parseKey(key) }
 
+// parsePieceKey splits a key under wal/ into the cluster and a piece in its
+// right directory.
+func parsePieceKey(key string) (cluster uint64, p Piece, ok bool) {
+	c, ok := ParseCluster(key)
+	if !ok {
+		return 0, p, false
+	}
+	p, ok = ParsePieceName(key[strings.LastIndexByte(key, '/')+1:])
+	if !ok || PieceKey(c, p) != key {
+		return 0, p, false
+	}
+	return c, p, true
+}
+
 // ParseCluster parses the cluster part of a key prefix "wal/<cluster>/...".
 func ParseCluster(key string) (uint64, bool) {
 	rest, found := strings.CutPrefix(key, Prefix)

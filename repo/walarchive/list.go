@@ -30,6 +30,83 @@ type TimelineInfo struct {
 	// History is set when the timeline's history file is archived
 	// (timeline 1 has none).
 	History bool
+	// Streams are the segments of this timeline of which wal-receive
+	// stored pieces (Piece), ascending: the segment being written now,
+	// one completed but whose pieces are not deleted yet, and the end of
+	// a timeline that never completed its last segment.
+	Streams []Stream
+	// Parent and Begin are where the timeline branched off (from its
+	// history file, filled in by Archive.Forks): Parent ended at Begin,
+	// where this timeline's WAL starts. Zero for timeline 1, or when not
+	// loaded.
+	Parent pg.TimelineID
+	Begin  pg.LSN
+}
+
+// Stream is what the archive holds of one segment in pieces.
+type Stream struct {
+	Seg  pg.SegNo
+	Name string // the segment's file name
+	// Pieces are the segment's pieces as listed; End is how far the chain
+	// of them from byte 0 reaches (Chain), Complete that it reaches the
+	// end of the segment.
+	Pieces   []Piece
+	End      int64
+	Complete bool
+}
+
+// EndLSN is the LSN just past the last byte the chain holds.
+func (s Stream) EndLSN(segSize uint32) pg.LSN { return s.Seg.Start(segSize) + pg.LSN(s.End) }
+
+// Stream returns the stream of segment seg, if pieces of it are archived.
+func (t *TimelineInfo) Stream(seg pg.SegNo) (Stream, bool) {
+	for _, s := range t.Streams {
+		if s.Seg == seg {
+			return s, true
+		}
+	}
+	return Stream{}, false
+}
+
+// Tail returns the stream that ends the timeline: pieces of a segment after
+// every complete segment of the timeline, whose chain does not reach the
+// segment's end (a complete chain is as good as the segment and is not a
+// tail). ok is false when the timeline ends with a complete segment.
+func (t *TimelineInfo) Tail() (Stream, bool) {
+	if len(t.Streams) == 0 {
+		return Stream{}, false
+	}
+	s := t.Streams[len(t.Streams)-1]
+	if s.Complete || s.End == 0 {
+		return Stream{}, false
+	}
+	if n := len(t.Segments); n > 0 && t.Segments[n-1].Last >= s.Seg {
+		return Stream{}, false
+	}
+	for _, o := range t.Streams[:len(t.Streams)-1] {
+		if o.Seg > s.Seg {
+			return Stream{}, false
+		}
+	}
+	return s, true
+}
+
+func (t *TimelineInfo) addPiece(seg pg.SegNo, p Piece) {
+	n := len(t.Streams)
+	if n == 0 || t.Streams[n-1].Seg != seg {
+		t.Streams = append(t.Streams, Stream{Seg: seg, Name: p.Segment})
+		n++
+	}
+	t.Streams[n-1].Pieces = append(t.Streams[n-1].Pieces, p)
+}
+
+// settle computes each stream's chain once the listing is complete.
+func (t *TimelineInfo) settle(segSize uint32) {
+	for i := range t.Streams {
+		s := &t.Streams[i]
+		_, s.End = Chain(s.Pieces)
+		s.Complete = s.End == int64(segSize)
+	}
 }
 
 // Count returns the number of archived complete segments.
@@ -125,7 +202,7 @@ func (l *Listing) SegmentName(tli pg.TimelineID, seg pg.SegNo) string {
 func (l *Listing) MissingHistory() []pg.TimelineID {
 	var out []pg.TimelineID
 	for _, t := range l.Timelines {
-		if t.Timeline > 1 && !t.History && (len(t.Segments) > 0 || len(t.Partial) > 0 || len(t.Backup) > 0) {
+		if t.Timeline > 1 && !t.History && (len(t.Segments) > 0 || len(t.Partial) > 0 || len(t.Backup) > 0 || len(t.Streams) > 0) {
 			out = append(out, t.Timeline)
 		}
 	}
@@ -194,7 +271,9 @@ func (a *Archive) ListDir(ctx context.Context, cluster uint64, dir string) ([]Di
 			return nil, fmt.Errorf("list %s: %w", prefix, err)
 		}
 		name := strings.TrimPrefix(oi.Key, prefix)
-		if _, _, ok := parseKey(oi.Key); !ok {
+		_, _, isFile := parseKey(oi.Key)
+		_, _, isPiece := parsePieceKey(oi.Key)
+		if !isFile && !isPiece {
 			continue
 		}
 		out = append(out, DirEntry{Name: name, Size: oi.Size, ModTime: oi.ModTime})
@@ -224,6 +303,16 @@ func (a *Archive) List(ctx context.Context, cluster uint64) (*Listing, error) {
 		if oi.Key == MarkerKey(cluster) {
 			continue
 		}
+		if _, p, ok := parsePieceKey(oi.Key); ok {
+			f, _ := pg.ParseWALFileName(p.Segment)
+			seg, err := f.SegNo(l.Cluster.SegSize)
+			if l.Cluster.SegSize == 0 || err != nil || p.End > int64(l.Cluster.SegSize) {
+				l.Foreign = append(l.Foreign, oi.Key)
+				continue
+			}
+			l.timeline(f.Timeline).addPiece(seg, p)
+			continue
+		}
 		_, f, ok := parseKey(oi.Key)
 		if !ok {
 			l.Foreign = append(l.Foreign, oi.Key)
@@ -248,6 +337,9 @@ func (a *Archive) List(ctx context.Context, cluster uint64) (*Listing, error) {
 		case pg.WALTimelineHistory:
 			t.History = true
 		}
+	}
+	for _, t := range l.Timelines {
+		t.settle(l.Cluster.SegSize)
 	}
 	return l, nil
 }
@@ -338,4 +430,23 @@ func (a *Archive) History(ctx context.Context, cluster uint64, tli pg.TimelineID
 		return pg.History{}, fmt.Errorf("timeline history %s of cluster %d: %w", name, cluster, err)
 	}
 	return h, nil
+}
+
+// Forks fills in Parent and Begin of every timeline of l whose history file
+// is archived (one GET each): where it branched off its parent, which
+// wal list shows as the fork point.
+func (a *Archive) Forks(ctx context.Context, l *Listing) error {
+	for _, t := range l.Timelines {
+		if t.Timeline <= 1 || !t.History {
+			continue
+		}
+		h, err := a.History(ctx, l.Cluster.SystemID, t.Timeline)
+		if err != nil {
+			return err
+		}
+		if n := len(h.Entries); n > 0 {
+			t.Parent, t.Begin = h.Entries[n-1].Parent, h.Entries[n-1].SwitchPoint
+		}
+	}
+	return nil
 }

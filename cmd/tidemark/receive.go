@@ -1,0 +1,210 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tidemarkdb/tidemark/wal"
+)
+
+// wal-receive: the streaming receiver (docs/wal.md, "Streaming:
+// wal-receive"). It runs in the foreground until SIGTERM.
+
+// receiveExitClassifier maps the receiver's own stops to exit codes (one
+// of exitClassifiers, ahead of the WAL archive's).
+func receiveExitClassifier(err error) int {
+	switch {
+	case errors.Is(err, wal.ErrReceiverRunning):
+		return exitLocked
+	case errors.Is(err, wal.ErrWALRemoved):
+		return exitIntegrity
+	case errors.Is(err, wal.ErrReceiveRefused):
+		return exitRefused
+	}
+	return 0
+}
+
+func walReceiveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "wal-receive",
+		Usage: "stream WAL from the primary into the repository; can be a synchronous standby for zero data loss (runs in the foreground)",
+		Description: "Connects with the physical replication protocol through a replication slot, starts where the archive ends, and\n" +
+			"stores the stream: whole segments as wal-push does, and the segment that is filling in pieces. It reports WAL\n" +
+			"flushed to PostgreSQL only once it is durable where --durable says (local: fsync'd in --dir; repository: acknowledged\n" +
+			"by the object store), so that with synchronous_standby_names naming it (application_name, default 'tidemark') a\n" +
+			"COMMIT returns only once its WAL is there. Given several hosts (host=a,b target_session_attrs=read-write), it\n" +
+			"follows the primary across a promotion. --status prints what a running receiver reports in --dir/status.json.",
+		Flags: flagSet(repoFlags(), []cli.Flag{
+			stringFlag("pg-conn", "connection string of the primary, or of all hosts that may become primary (host=a,b target_session_attrs=read-write); replication=true is added"),
+			&cli.StringFlag{Name: "slot", Value: "tidemark", EnvVars: []string{envName("slot")},
+				Usage: "physical replication slot to stream from"},
+			&cli.BoolFlag{Name: "create-slot", EnvVars: []string{envName("create-slot")},
+				Usage: "create the slot on a server that lacks it (also on a newly promoted primary)"},
+			&cli.StringFlag{Name: "durable", Value: "local", EnvVars: []string{envName("durable")},
+				Usage: "where WAL must be before it is reported flushed: local (fsync'd in --dir, uploaded behind) or repository (acknowledged by the object store)"},
+			stringFlag("dir", "the receiver's directory: lock, state, status.json, and with --durable local the WAL not yet uploaded"),
+			stringFlag("cluster", "system identifier the server must have (default: whatever --dir was first used with)"),
+			&cli.BoolFlag{Name: "status", Usage: "print the status of the receiver running with --dir and exit"},
+			&cli.BoolFlag{Name: "json", Usage: "with --status: print JSON"},
+			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{envName("status-interval")},
+				Usage: "send a status update to the server at least this often (a flush is reported at once)"},
+			&cli.IntFlag{Name: "max-inflight", Value: 2, EnvVars: []string{envName("max-inflight")},
+				Usage: "--durable repository: piece uploads in flight at once"},
+			&cli.DurationFlag{Name: "upload-delay", Value: 5 * time.Second, EnvVars: []string{envName("upload-delay")},
+				Usage: "--durable local: upload WAL not yet in the repository after this long even while it keeps coming (at once when the stream stops)"},
+			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},
+				Usage: "on SIGTERM, how long uploads in flight may finish"},
+			stringFlag("metrics-file", "write the receiver's Prometheus metrics to this file (node_exporter textfile format) every 5 seconds"),
+			retryForFlag(10 * time.Second),
+		}),
+		Action: walReceive,
+	}
+}
+
+func walReceive(c *cli.Context) error {
+	log, err := newLogger(c, c.App.ErrWriter)
+	if err != nil {
+		return err
+	}
+	dir, err := requireString(c, "dir")
+	if err != nil {
+		return err
+	}
+	if c.Bool("status") {
+		return printReceiveStatus(c.App.Writer, dir, c.Bool("json"))
+	}
+	durable, err := wal.ParseDurability(c.String("durable"))
+	if err != nil {
+		return usageErrorf("--durable %v", err)
+	}
+	var cluster uint64
+	if s := c.String("cluster"); s != "" {
+		if cluster, err = strconv.ParseUint(s, 10, 64); err != nil {
+			return usageErrorf("--cluster %q: want a system identifier (pg_controldata's \"Database system identifier\")", s)
+		}
+	}
+	r, arch, err := openWALArchive(c, log, c.Duration("retry-for"))
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	opts := wal.ReceiveOptions{ConnString: c.String("pg-conn"), Slot: c.String("slot"), CreateSlot: c.Bool("create-slot"),
+		Durable: durable, Dir: dir, Cluster: cluster, StatusInterval: c.Duration("status-interval"),
+		MaxInflight: c.Int("max-inflight"), UploadDelay: c.Duration("upload-delay"),
+		ShutdownTimeout: c.Duration("shutdown-timeout"), RepoID: r.Config().ID, Logger: log}
+	if p := c.String("metrics-file"); p != "" {
+		opts.OnStatus = receiveMetrics(p, log)
+	}
+	rcv, err := wal.NewReceiver(arch, opts)
+	if err != nil {
+		return usageErrorf("wal-receive: %v", err)
+	}
+	log.Info("wal-receive starting", "dir", dir, "durable", durable, "slot", opts.Slot, "application_name", rcv.ApplicationName())
+	return rcv.Run(c.Context)
+}
+
+// receiveStale is how old a status may be before --status says the
+// receiver is not running.
+const receiveStale = 10 * time.Second
+
+func printReceiveStatus(w io.Writer, dir string, asJSON bool) error {
+	st, err := wal.ReadReceiveStatus(dir)
+	if err != nil {
+		return err
+	}
+	age := time.Since(st.Updated)
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprint(w, formatReceiveStatus(st, age))
+	}
+	if age > receiveStale {
+		return fmt.Errorf("the receiver of %s last wrote its status %s ago: it is not running", dir, age.Round(time.Second))
+	}
+	return nil
+}
+
+func formatReceiveStatus(st wal.ReceiveStatus, age time.Duration) string {
+	var b strings.Builder
+	state := "not connected"
+	if st.Connected {
+		state = "streaming from " + st.Server
+	}
+	fmt.Fprintf(&b, "wal-receive pid %d, cluster %d, status %s old: %s, timeline %d (server on %d)\n",
+		st.PID, st.Cluster, age.Round(100*time.Millisecond), state, st.Timeline, st.ServerTimeline)
+	slot := "slot " + st.Slot
+	if st.SlotActive != nil {
+		slot += fmt.Sprintf(" (active %v, restart_lsn %s, wal_status %s)", *st.SlotActive, st.SlotRestartLSN, st.SlotWALStatus)
+	}
+	sync := st.SyncState
+	if sync == "" {
+		sync = "unknown"
+	}
+	fmt.Fprintf(&b, "  durable %s, %s, sync_state %s\n", st.Durable, slot, sync)
+	fmt.Fprintf(&b, "  received %-14s server WAL end %s\n", st.Received, st.ServerWALEnd)
+	fmt.Fprintf(&b, "  flushed  %-14s lag %d bytes, %.1f s\n", st.Flushed, st.LagBytes, st.LagSeconds)
+	fmt.Fprintf(&b, "  uploaded %-14s lag %d bytes, %.1f s (segments archived whole to %s, %d pending)\n",
+		st.Uploaded, st.UploadLagBytes, st.UploadLagSeconds, st.Archived, st.PendingSegments)
+	waiting := "unknown (grant pg_monitor to the receiver's user)"
+	if st.CommitsWaiting >= 0 {
+		waiting = strconv.Itoa(st.CommitsWaiting)
+	}
+	fmt.Fprintf(&b, "  commits waiting for a synchronous standby: %s\n", waiting)
+	fmt.Fprintf(&b, "  uploaded %d pieces (%d bytes), %d segments; %d upload failures\n", st.Pieces, st.PieceBytes, st.Segments, st.UploadFailures)
+	if st.LastUploadError != "" {
+		fmt.Fprintf(&b, "  last upload error: %s\n", st.LastUploadError)
+	}
+	if st.LastError != "" {
+		fmt.Fprintf(&b, "  last error: %s\n", st.LastError)
+	}
+	return b.String()
+}
+
+// receiveMetrics writes the receiver's metrics file every 5 seconds.
+func receiveMetrics(path string, log *slog.Logger) func(wal.ReceiveStatus) {
+	var last time.Time
+	return func(st wal.ReceiveStatus) {
+		if time.Since(last) < 5*time.Second {
+			return
+		}
+		last = time.Now()
+		m := &metrics{}
+		l := clusterLabel(st.Cluster)
+		m.gauge("tidemark_receive_status_timestamp_seconds", "When wal-receive last reported its status (Unix time).", unixSeconds(st.Updated), l...)
+		m.gauge("tidemark_receive_connected", "1 while wal-receive streams from a server.", boolValue(st.Connected), l...)
+		m.gauge("tidemark_receive_timeline", "The timeline wal-receive streams.", float64(st.Timeline), l...)
+		m.gauge("tidemark_receive_received_lsn", "End of the WAL wal-receive received (LSN as a number).", float64(st.Received), l...)
+		m.gauge("tidemark_receive_flushed_lsn", "End of the WAL durable and reported flushed (LSN as a number).", float64(st.Flushed), l...)
+		m.gauge("tidemark_receive_uploaded_lsn", "End of the WAL in the repository without a hole (LSN as a number).", float64(st.Uploaded), l...)
+		m.gauge("tidemark_receive_lag_bytes", "The server's WAL end minus the flushed position.", float64(st.LagBytes), l...)
+		m.gauge("tidemark_receive_lag_seconds", "How long the oldest received byte not yet durable has waited.", st.LagSeconds, l...)
+		m.gauge("tidemark_receive_upload_lag_bytes", "Flushed WAL not yet in the repository.", float64(st.UploadLagBytes), l...)
+		m.gauge("tidemark_receive_upload_lag_seconds", "How long the oldest byte not yet in the repository has waited.", st.UploadLagSeconds, l...)
+		m.gauge("tidemark_receive_commits_waiting", "Backends waiting for a synchronous standby on the primary (-1: unknown).", float64(st.CommitsWaiting), l...)
+		if st.SlotActive != nil {
+			m.gauge("tidemark_receive_slot_active", "1 while the replication slot is in use.", boolValue(*st.SlotActive), l...)
+		}
+		m.gauge("tidemark_receive_sync", "1 while the server counts wal-receive as a synchronous standby (sync_state sync or quorum).",
+			boolValue(st.SyncState == "sync" || st.SyncState == "quorum"), l...)
+		m.gauge("tidemark_receive_pending_segments", "Segments held and not yet archived whole.", float64(st.PendingSegments), l...)
+		m.gauge("tidemark_receive_pieces_total", "Pieces uploaded since wal-receive started.", float64(st.Pieces), l...)
+		m.gauge("tidemark_receive_segments_total", "Segments archived whole since wal-receive started.", float64(st.Segments), l...)
+		m.gauge("tidemark_receive_upload_failures_total", "Failed uploads (retried) since wal-receive started.", float64(st.UploadFailures), l...)
+		if err := m.write(path); err != nil {
+			log.Warn("metrics file", "err", err)
+		}
+	}
+}
+
