@@ -207,4 +207,3 @@ func receiveMetrics(path string, log *slog.Logger) func(wal.ReceiveStatus) {
 		}
 	}
 }
-

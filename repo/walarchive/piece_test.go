@@ -183,4 +183,3 @@ func FuzzParsePieceName(f *testing.F) {
 		}
 	})
 }
-
