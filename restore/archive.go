@@ -1,8 +1,11 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"slices"
 	"sync"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -15,6 +18,7 @@ type walLister interface {
 	List(ctx context.Context, cluster uint64) (*walarchive.Listing, error)
 	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
 	ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, walarchive.Meta, error)
+	ReadChain(ctx context.Context, cluster uint64, chain []walarchive.Piece, w io.Writer) (int64, error)
 }
 
 // ArchiveOf adapts the repository's WAL archive to what a restore asks. It
@@ -78,7 +82,39 @@ func (w *walArchive) Segments(ctx context.Context, cluster uint64, tli pg.Timeli
 			out = append(out, s)
 		}
 	}
+	// A segment wal-receive stored whole in pieces but did not archive
+	// whole yet is a segment: wal-fetch serves it.
+	for _, st := range t.Streams {
+		if st.Complete && st.Seg >= from && !t.Has(st.Seg) {
+			out = append(out, st.Seg)
+		}
+	}
+	slices.Sort(out)
 	return out, nil
+}
+
+// Tail returns the bytes of wal-receive's tail of timeline tli when it is
+// segment seg (walarchive.TimelineInfo.Tail): the WAL acknowledged past
+// the timeline's last complete segment, which wal-fetch serves.
+func (w *walArchive) Tail(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, bool, error) {
+	l, err := w.listing(ctx, cluster)
+	if err != nil {
+		return nil, false, err
+	}
+	t := l.Timeline(tli)
+	if t == nil {
+		return nil, false, nil
+	}
+	st, ok := t.Tail()
+	if !ok || st.Seg != seg {
+		return nil, false, nil
+	}
+	chain, _ := walarchive.Chain(st.Pieces)
+	var b bytes.Buffer
+	if _, err := w.a.ReadChain(ctx, cluster, chain, &b); err != nil {
+		return nil, false, err
+	}
+	return b.Bytes(), true, nil
 }
 
 func (w *walArchive) ReadSegment(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, error) {
@@ -86,6 +122,15 @@ func (w *walArchive) ReadSegment(ctx context.Context, cluster uint64, tli pg.Tim
 	if err != nil {
 		return nil, err
 	}
-	b, _, err := w.a.ReadFile(ctx, cluster, l.SegmentName(tli, seg))
+	name := l.SegmentName(tli, seg)
+	if t := l.Timeline(tli); t != nil && !t.Has(seg) {
+		if st, ok := t.Stream(seg); ok && st.Complete {
+			chain, _ := walarchive.Chain(st.Pieces)
+			var b bytes.Buffer
+			_, err := w.a.ReadChain(ctx, cluster, chain, &b)
+			return b.Bytes(), err
+		}
+	}
+	b, _, err := w.a.ReadFile(ctx, cluster, name)
 	return b, err
 }

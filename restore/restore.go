@@ -323,6 +323,18 @@ func checkWALSpan(ctx context.Context, a Archive, cluster uint64, h pg.History, 
 		return &WALMissingError{Snapshot: s.ID, Segment: name(span.last + 1), Need: fmt.Sprintf("for backup %s to become consistent (its WAL runs from %s to %s)", s.ID, name(first), name(stop))}
 	}
 	end := (span.last + 1).Start(segSize)
+	// What wal-receive acknowledged past the last complete segment of the
+	// timeline recovery ends on is recoverable too (wal-fetch serves it).
+	var tail []byte
+	if tr, ok := a.(tailReader); ok && !span.gap && h.SegmentTimeline(span.last+1, segSize) == h.Timeline {
+		b, found, err := tr.Tail(ctx, cluster, h.Timeline, span.last+1)
+		if err != nil {
+			log.Warn("restore: cannot read the streamed tail of the WAL", "err", err)
+		} else if found {
+			tail = b
+			end += pg.LSN(len(b))
+		}
+	}
 	res.LastRecoverable = end
 	gapNote := ""
 	if span.gap {
@@ -333,7 +345,14 @@ func checkWALSpan(ctx context.Context, a Archive, cluster uint64, h pg.History, 
 	var lastCommit time.Time
 	var commitSeg pg.SegNo
 	var found bool
-	if t.Kind == pg.TargetTime {
+	if t.Kind == pg.TargetTime && tail != nil {
+		padded := make([]byte, segSize)
+		copy(padded, tail)
+		if ct, ok, err := pg.LastCommitTime(padded); err == nil && ok {
+			lastCommit, commitSeg, found = ct, span.last+1, true
+		}
+	}
+	if t.Kind == pg.TargetTime && !found {
 		lastCommit, commitSeg, found = lastCommitBefore(ctx, a, cluster, h, span.last, stop, segSize, log)
 	}
 	res.LastCommit = lastCommit
@@ -370,6 +389,12 @@ func checkWALSpan(ctx context.Context, a Archive, cluster uint64, h pg.History, 
 		return refusef("the WAL along timeline %d has a gap%s: recovery would stop at %s before reaching the %s target; restore the missing segment, or pass --target-lsn %s to recover up to the gap", h.Timeline, gapNote, recoverable, t.Kind, end)
 	}
 	return nil
+}
+
+// tailReader is the optional part of an Archive that knows wal-receive's
+// tail of a timeline (ArchiveOf's has it).
+type tailReader interface {
+	Tail(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, bool, error)
 }
 
 // lastCommitBefore finds the time of the last commit or abort record in

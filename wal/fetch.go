@@ -43,6 +43,10 @@ type FetchOptions struct {
 	// partial file is archived: for recovering the last, incomplete segment
 	// of a timeline on purpose. Never by default.
 	Partial bool
+	// TargetTimeline is the timeline recovery targets, for deciding whether
+	// wal-receive's tail of an old timeline may be served (see tail.go);
+	// 0 reads recovery_target_timeline from the data directory.
+	TargetTimeline pg.TimelineID
 	// ListMaxAge is how old a cached listing may be to answer "not in the
 	// archive" without listing again (default 2s). A positive answer from
 	// any listing is checked by the GET that follows.
@@ -123,8 +127,11 @@ func NewFetcher(arch *walarchive.Archive, opts FetchOptions) (*Fetcher, error) {
 // FetchResult says where a fetched file came from.
 type FetchResult struct {
 	Name   string // the archived file delivered (X.partial with Partial)
-	Source string // "spool" or "archive"
+	Source string // "spool", "archive" or "pieces"
 	Size   int64
+	// Tail is, for a segment assembled from wal-receive's pieces, how many
+	// of its bytes the pieces held (the rest are zeros); 0 otherwise.
+	Tail int64
 }
 
 // Fetch delivers the archived file called name to dest: verified, written to
@@ -160,6 +167,24 @@ func (f *Fetcher) Fetch(ctx context.Context, name, dest string) (FetchResult, er
 			return res, err
 		}
 		serve, obj, ok = f.lookup(l, name)
+	}
+	if !ok && file.Kind == pg.WALSegment {
+		res, err := f.tailOrMissing(ctx, name, key, l, dest)
+		if err != nil && !errors.Is(err, walarchive.ErrNotArchived) {
+			// The pieces went while they were read: the segment was
+			// archived whole meanwhile. Once more, from a new listing.
+			if l, lerr := f.listing(ctx, dir, true); lerr == nil {
+				if _, _, found := f.lookup(l, name); !found {
+					res, err = f.tailOrMissing(ctx, name, key, l, dest)
+				} else {
+					return f.Fetch(ctx, name, dest)
+				}
+			}
+		}
+		if err == nil && f.sp != nil {
+			f.sp.setState(name)
+		}
+		return res, err
 	}
 	if !ok {
 		return res, &walarchive.NotArchivedError{Key: key, Name: name}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,6 +177,11 @@ func NewReceiver(arch *walarchive.Archive, opts ReceiveOptions) (*Receiver, erro
 		return nil, fmt.Errorf("connection string: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "true"
+	if cfg.ValidateConnect != nil {
+		// pgx checks target_session_attrs with SQL a walsender refuses;
+		// the replication grammar has SHOW (in upper case).
+		cfg.ValidateConnect = replicationValidator(cfg.ValidateConnect)
+	}
 	delete(cfg.RuntimeParams, "database")
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = DefaultApplicationName
@@ -193,6 +199,40 @@ func NewReceiver(arch *walarchive.Archive, opts ReceiveOptions) (*Receiver, erro
 	r.st.PID = os.Getpid()
 	r.st.CommitsWaiting = -1
 	return r, nil
+}
+
+// replicationValidator replaces pgx's target_session_attrs check with
+// one that works on a replication connection: read-write and primary want
+// a server that is not read-only (not in recovery), read-only, standby
+// and prefer-standby one that is.
+func replicationValidator(v pgconn.ValidateConnectFunc) pgconn.ValidateConnectFunc {
+	is := func(f pgconn.ValidateConnectFunc) bool { return reflect.ValueOf(v).Pointer() == reflect.ValueOf(f).Pointer() }
+	wantReadOnly := false
+	switch {
+	case is(pgconn.ValidateConnectTargetSessionAttrsReadWrite), is(pgconn.ValidateConnectTargetSessionAttrsPrimary):
+	case is(pgconn.ValidateConnectTargetSessionAttrsReadOnly), is(pgconn.ValidateConnectTargetSessionAttrsStandby),
+		is(pgconn.ValidateConnectTargetSessionAttrsPreferStandby):
+		wantReadOnly = true
+	default:
+		return nil
+	}
+	return func(ctx context.Context, c *pgconn.PgConn) error {
+		res, err := c.Exec(ctx, "SHOW transaction_read_only").ReadAll()
+		if err != nil {
+			return err
+		}
+		if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+			return errors.New("SHOW transaction_read_only: unexpected result")
+		}
+		readOnly := string(res[0].Rows[0][0]) == "on"
+		switch {
+		case readOnly && !wantReadOnly:
+			return errors.New("the server is read-only (a standby), target_session_attrs wants a primary")
+		case !readOnly && wantReadOnly:
+			return errors.New("the server is not read-only, target_session_attrs wants a standby")
+		}
+		return nil
+	}
 }
 
 func validSlotName(s string) bool {

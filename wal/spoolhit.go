@@ -117,7 +117,9 @@ func SpoolSaysMissing(opts FetchOptions, store, name string) bool {
 	}
 	_, have := l.Entries[name]
 	_, partial := l.Entries[name+".partial"]
-	return !have && !(opts.Partial && partial)
+	// wal-receive's pieces of the segment: the regular path decides.
+	streamed := file.Kind == pg.WALSegment && len(pieceEntries(l, name)) > 0
+	return !have && !(opts.Partial && partial) && !streamed
 }
 
 // inFlightWait bounds how long a call waits for the prefetcher to finish

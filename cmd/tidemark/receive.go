@@ -12,6 +12,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/wal"
 )
 
@@ -206,4 +208,56 @@ func receiveMetrics(path string, log *slog.Logger) func(wal.ReceiveStatus) {
 			log.Warn("metrics file", "err", err)
 		}
 	}
+}
+
+// walStreamedJSON is wal list's view of wal-receive's tail of a timeline:
+// the WAL it acknowledged past the timeline's last complete segment.
+type walStreamedJSON struct {
+	Segment string `json:"segment"`
+	End     pg.LSN `json:"end_lsn"`
+	Pieces  int    `json:"pieces"`
+	// PastFork: bytes of it past where a later timeline branched off:
+	// WAL only this timeline has (commits the promoted standby lacked).
+	PastFork int64 `json:"bytes_past_fork,omitempty"`
+}
+
+// describeFork adds to a timeline's wal list entry where it branched off
+// (Archive.Forks) and wal-receive's tail of it.
+func describeFork(l *walarchive.Listing, t *walarchive.TimelineInfo, tj *walTimelineJSON) {
+	if t.Parent != 0 {
+		tj.BranchedFrom = t.Parent
+		fork := t.Begin
+		tj.ForkLSN = &fork
+	}
+	tail, ok := t.Tail()
+	if !ok {
+		return
+	}
+	end := tail.EndLSN(l.Cluster.SegSize)
+	sj := &walStreamedJSON{Segment: tail.Name, End: end, Pieces: len(tail.Pieces)}
+	for _, u := range l.Timelines {
+		if u.Parent == t.Timeline && u.Begin < end {
+			sj.PastFork = max(sj.PastFork, int64(end-u.Begin))
+		}
+	}
+	tj.Streamed = sj
+}
+
+func forkText(t walTimelineJSON) string {
+	if t.ForkLSN == nil {
+		return ""
+	}
+	return fmt.Sprintf(", branched from timeline %d at %s", t.BranchedFrom, *t.ForkLSN)
+}
+
+func streamedText(b *strings.Builder, t walTimelineJSON) {
+	s := t.Streamed
+	if s == nil {
+		return
+	}
+	fmt.Fprintf(b, "    streamed: %s up to %s (%d pieces)", s.Segment, s.End, s.Pieces)
+	if s.PastFork > 0 {
+		fmt.Fprintf(b, ", %d bytes past the fork: WAL only timeline %d has", s.PastFork, t.Timeline)
+	}
+	b.WriteByte('\n')
 }

@@ -611,6 +611,10 @@ type walTimelineJSON struct {
 	Partial  []string       `json:"partial,omitempty"`
 	Backup   []string       `json:"backup,omitempty"`
 	History  bool           `json:"history"`
+	// Where the timeline branched off, and wal-receive's tail (receive.go).
+	BranchedFrom pg.TimelineID    `json:"branched_from,omitempty"`
+	ForkLSN      *pg.LSN          `json:"fork_lsn,omitempty"`
+	Streamed     *walStreamedJSON `json:"streamed,omitempty"`
 }
 
 type walRangeJSON struct {
@@ -645,6 +649,9 @@ func walList(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := arch.Forks(c.Context, l); err != nil {
+			return err
+		}
 		out.Clusters = append(out.Clusters, describeListing(l))
 	}
 	if c.Bool("json") {
@@ -668,6 +675,7 @@ func describeListing(l *walarchive.Listing) walClusterJSON {
 		for _, g := range t.Gaps() {
 			tj.Gaps = append(tj.Gaps, walRangeJSON{First: l.SegmentName(t.Timeline, g.First), Last: l.SegmentName(t.Timeline, g.Last), Count: g.Count()})
 		}
+		describeFork(l, t, &tj)
 		cj.Gaps += len(tj.Gaps)
 		cj.Segments += tj.Segments
 		cj.Timelines = append(cj.Timelines, tj)
@@ -693,13 +701,14 @@ func printWALList(w io.Writer, out walListJSON) error {
 			} else if !t.History {
 				hist = "HISTORY FILE MISSING"
 			}
-			fmt.Fprintf(&b, "  timeline %d: %s .. %s, %d segments, %s\n", t.Timeline, orDash(t.First), orDash(t.Last), t.Segments, hist)
+			fmt.Fprintf(&b, "  timeline %d: %s .. %s, %d segments, %s%s\n", t.Timeline, orDash(t.First), orDash(t.Last), t.Segments, hist, forkText(t))
 			for _, g := range t.Gaps {
 				fmt.Fprintf(&b, "    gap: %s .. %s (%d missing)\n", g.First, g.Last, g.Count)
 			}
 			for _, p := range t.Partial {
 				fmt.Fprintf(&b, "    partial: %s\n", p)
 			}
+			streamedText(&b, t)
 			for _, p := range t.Backup {
 				fmt.Fprintf(&b, "    backup: %s\n", p)
 			}

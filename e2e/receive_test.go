@@ -1,0 +1,353 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/wal"
+)
+
+// receiver is a running tidemark wal-receive.
+type receiver struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan struct{}
+	dir  string
+}
+
+// startReceiver starts tidemark wal-receive with directory dir against the
+// hosts of conn, and waits until it streams.
+func (e *restoreEnv) startReceiver(t *testing.T, conn, dir string, args ...string) *receiver {
+	t.Helper()
+	rc := e.launchReceiver(t, conn, dir, args...)
+	waitUntil(t, time.Minute, "wal-receive to stream", func() bool {
+		select {
+		case <-rc.done:
+			t.Fatalf("wal-receive exited: %s", rc.log.String())
+		default:
+		}
+		st, err := wal.ReadReceiveStatus(dir)
+		return err == nil && st.Connected
+	})
+	return rc
+}
+
+func (e *restoreEnv) launchReceiver(t *testing.T, conn, dir string, args ...string) *receiver {
+	t.Helper()
+	rc := &receiver{log: &syncBuffer{}, done: make(chan struct{}), dir: dir}
+	all := append([]string{"wal-receive", "--pg-conn", conn, "--dir", dir, "--create-slot", "--status-interval", "1s", "--log-level", "debug"}, e.repoArgs()...)
+	rc.cmd = exec.Command(e.bin, append(all, args...)...)
+	rc.cmd.Env = append(os.Environ(), e.env...)
+	rc.cmd.Stdout, rc.cmd.Stderr = rc.log, rc.log
+	if err := rc.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { rc.cmd.Wait(); close(rc.done) }()
+	t.Cleanup(func() {
+		rc.kill()
+		if t.Failed() {
+			t.Logf("wal-receive log (last lines):\n%s", lastLines(rc.log.String(), 60))
+		}
+	})
+	return rc
+}
+
+func (rc *receiver) status(t *testing.T) wal.ReceiveStatus {
+	t.Helper()
+	st, err := wal.ReadReceiveStatus(rc.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitSync waits until the server counts the receiver as its synchronous
+// standby on timeline tli.
+func (rc *receiver) waitSync(t *testing.T, tli int) {
+	t.Helper()
+	waitUntil(t, 2*time.Minute, fmt.Sprintf("wal-receive to be the synchronous standby on timeline %d", tli), func() bool {
+		st := rc.status(t)
+		return st.Connected && st.SyncState == "sync" && int(st.Timeline) == tli
+	})
+}
+
+// waitUploaded waits until the repository holds everything the receiver
+// reported flushed.
+func (rc *receiver) waitUploaded(t *testing.T) wal.ReceiveStatus {
+	t.Helper()
+	var st wal.ReceiveStatus
+	waitUntil(t, 2*time.Minute, "wal-receive to upload what it flushed", func() bool {
+		st = rc.status(t)
+		return !st.Connected && st.Uploaded >= st.Flushed && st.Flushed > 0 && time.Since(st.Updated) < 3*time.Second
+	})
+	return st
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (rc *receiver) stop(t *testing.T) {
+	t.Helper()
+	rc.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-rc.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("wal-receive did not stop on SIGTERM")
+	}
+	if code := rc.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("wal-receive exited with %d after SIGTERM:\n%s", code, lastLines(rc.log.String(), 20))
+	}
+}
+
+// kill ends the receiver with SIGKILL, as a crash would.
+func (rc *receiver) kill() {
+	select {
+	case <-rc.done:
+		return
+	default:
+	}
+	rc.cmd.Process.Kill()
+	<-rc.done
+}
+
+// exitCode waits for a receiver that must stop by itself.
+func (rc *receiver) exitCode(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-rc.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("wal-receive did not exit:\n%s", rc.log.String())
+	}
+	return rc.cmd.ProcessState.ExitCode()
+}
+
+// committers insert numbered rows into table rpo, each in its own
+// transaction, from n connections, and record the ids whose COMMIT
+// returned. They stop at the first error (the server went away).
+type committers struct {
+	mu    sync.Mutex
+	acked []int64
+	next  atomic.Int64
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	errs  atomic.Int64
+}
+
+func startCommitters(t *testing.T, c *testenv.Cluster, n int) *committers {
+	t.Helper()
+	cm := &committers{stop: make(chan struct{})}
+	for range n {
+		conn, err := c.Conn(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cm.wg.Go(func() {
+			defer conn.Close(context.Background())
+			for {
+				select {
+				case <-cm.stop:
+					return
+				default:
+				}
+				id := cm.next.Add(1)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+				_, err := conn.Exec(ctx, "INSERT INTO rpo VALUES ($1)", id)
+				cancel()
+				if err != nil {
+					cm.errs.Add(1)
+					return
+				}
+				cm.mu.Lock()
+				cm.acked = append(cm.acked, id)
+				cm.mu.Unlock()
+			}
+		})
+	}
+	return cm
+}
+
+func (cm *committers) count() int {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	return len(cm.acked)
+}
+
+// waitMore waits until n more commits returned than now.
+func (cm *committers) waitMore(t *testing.T, n int) {
+	t.Helper()
+	want := cm.count() + n
+	waitUntil(t, 2*time.Minute, fmt.Sprintf("%d commits", want), func() bool { return cm.count() >= want })
+}
+
+// halt stops the committers (after the server died they end by
+// themselves) and returns the acknowledged ids.
+func (cm *committers) halt() []int64 {
+	close(cm.stop)
+	cm.wg.Wait()
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	return slices.Clone(cm.acked)
+}
+
+// haltAsync is halt for committers blocked on a dead server: the ids
+// acknowledged so far, without waiting for the blocked ones.
+func (cm *committers) ackedSoFar() []int64 {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	return slices.Clone(cm.acked)
+}
+
+// rows returns the ids in table rpo.
+func rows(t *testing.T, c *testenv.Cluster) map[int64]bool {
+	t.Helper()
+	conn, err := c.Conn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	rs, err := conn.Query(t.Context(), "SELECT id FROM rpo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rs, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int64]bool{}
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out
+}
+
+// checkAcked fails the test for every acknowledged id that is missing.
+func checkAcked(t *testing.T, have map[int64]bool, acked []int64) {
+	t.Helper()
+	var missing []int64
+	for _, id := range acked {
+		if !have[id] {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("%d of %d acknowledged commits are missing after the restore (first: %v)", len(missing), len(acked), missing[:min(10, len(missing))])
+	}
+	t.Logf("all %d acknowledged commits are there (%d rows recovered)", len(acked), len(have))
+}
+
+// syncCluster starts a cluster that archives with wal-push, with a table
+// rpo; enableSync then makes wal-receive its synchronous standby.
+func (e *restoreEnv) syncCluster(t *testing.T, version, segMiB int, extra map[string]string) *testenv.Cluster {
+	t.Helper()
+	s := map[string]string{"archive_mode": "on", "archive_command": e.archiveCommand(), "archive_timeout": "0",
+		"synchronous_commit": "on"}
+	for k, v := range extra {
+		s[k] = v
+	}
+	var args []string
+	if segMiB != 16 {
+		args = append(args, "--wal-segsize="+strconv.Itoa(segMiB))
+	}
+	c := testenv.NewCluster(t, testenv.PGConfig{Version: version, Settings: s, Env: e.env, InitdbArgs: args})
+	c.Exec(t, "CREATE TABLE rpo (id bigint PRIMARY KEY)")
+	return c
+}
+
+// enableSync names wal-receive in synchronous_standby_names: from now on
+// a COMMIT returns only once the receiver reports its WAL flushed.
+func enableSync(t *testing.T, c *testenv.Cluster) {
+	t.Helper()
+	c.Exec(t, "ALTER SYSTEM SET synchronous_standby_names = '"+wal.DefaultApplicationName+"'")
+	c.Exec(t, "SELECT pg_reload_conf()")
+}
+
+func connString(cs ...*testenv.Cluster) string {
+	var hosts, ports []string
+	for _, c := range cs {
+		hosts = append(hosts, "127.0.0.1")
+		ports = append(ports, strconv.Itoa(c.Port))
+	}
+	return fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres sslmode=disable target_session_attrs=read-write connect_timeout=5",
+		strings.Join(hosts, ","), strings.Join(ports, ","))
+}
+
+// restoreEnd restores the newest backup from the repository alone and
+// recovers to the end of the archived WAL (along tli when not empty);
+// it returns the recovered server.
+func (e *restoreEnv) restoreEnd(t *testing.T, version int, name string, args ...string) *testenv.Cluster {
+	t.Helper()
+	d := e.target(name)
+	e.restore(d, args...)
+	r := e.start(version, d, false)
+	waitRecovered(t, r)
+	return r
+}
+
+// TestReceiveRPO0: wal-receive is the only synchronous standby; clients
+// commit numbered rows; the primary is killed with -9 and its data
+// directory deleted; a restore from the repository alone, recovered to the
+// end of the archive, holds every row whose COMMIT returned. wal-push
+// archives beside it all along: neither fails on the other's objects.
+func TestReceiveRPO0(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		version int
+		segMiB  int
+		durable string
+	}{
+		{"pg15-local", 15, 1, "local"},
+		{"pg15-repository", 15, 1, "repository"},
+		{"pg17-local", 17, 16, "local"},
+		{"pg17-repository", 17, 16, "repository"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRestoreEnv(t, true)
+			c := e.syncCluster(t, tc.version, tc.segMiB, nil)
+			e.backup(c)
+			rc := e.startReceiver(t, connString(c), filepath.Join(t.TempDir(), "recv"), "--durable", tc.durable)
+			enableSync(t, c)
+			rc.waitSync(t, 1)
+
+			cm := startCommitters(t, c, 4)
+			cm.waitMore(t, 300)
+			// A switch mid-load: the receiver's segment must be the
+			// one archive_command pushes, zero-filled tail and all.
+			switchWAL(t, c)
+			cm.waitMore(t, 300)
+			if s := stats(t, c); s.failed != 0 {
+				t.Errorf("archive_command failed %d times beside wal-receive (last %s)", s.failed, s.lastFailed)
+			}
+			if st := rc.status(t); st.CommitsWaiting < 0 {
+				t.Errorf("the receiver does not see the commits waiting: %+v", st)
+			}
+			c.Kill()
+			acked := cm.ackedSoFar()
+			if err := os.RemoveAll(c.DataDir); err != nil {
+				t.Fatal(err)
+			}
+			rc.waitUploaded(t)
+			rc.stop(t)
+			cm.halt()
+
+			r := e.restoreEnd(t, tc.version, "restored")
+			checkAcked(t, rows(t, r), acked)
+			// The last commits were in the segment the primary was
+			// writing when it died: only wal-receive's pieces hold them.
+			if log, _ := os.ReadFile(r.LogFile); !strings.Contains(string(log), "served the streamed tail") {
+				t.Errorf("recovery did not use the receiver's tail; server log:\n%s", r.LogTail(30))
+			}
+		})
+	}
+}
