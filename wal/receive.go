@@ -206,7 +206,9 @@ func NewReceiver(arch *walarchive.Archive, opts ReceiveOptions) (*Receiver, erro
 // a server that is not read-only (not in recovery), read-only, standby
 // and prefer-standby one that is.
 func replicationValidator(v pgconn.ValidateConnectFunc) pgconn.ValidateConnectFunc {
-	is := func(f pgconn.ValidateConnectFunc) bool { return reflect.ValueOf(v).Pointer() == reflect.ValueOf(f).Pointer() }
+	is := func(f pgconn.ValidateConnectFunc) bool {
+		return reflect.ValueOf(v).Pointer() == reflect.ValueOf(f).Pointer()
+	}
 	wantReadOnly := false
 	switch {
 	case is(pgconn.ValidateConnectTargetSessionAttrsReadWrite), is(pgconn.ValidateConnectTargetSessionAttrsPrimary):
