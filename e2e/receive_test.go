@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -350,4 +351,130 @@ func TestReceiveRPO0(t *testing.T) {
 			}
 		})
 	}
+}
+
+// batch commits n rows of batch name into table t, one transaction each.
+func batch(t *testing.T, c *testenv.Cluster, name string, n int) {
+	t.Helper()
+	for range n {
+		c.Exec(t, "INSERT INTO t (batch) VALUES ($1)", name)
+	}
+}
+
+// TestReceiveFailover: a primary, a streaming standby and wal-receive as
+// the synchronous standby, given both hosts. The standby falls behind (it
+// is stopped) while the primary commits batch c; the primary is killed and
+// the standby promoted; writing goes on. The receiver follows onto
+// timeline 2 without a gap and keeps timeline 1's tail, which holds c.
+// Recovery to a time before the failover on timeline 1 and to a time after
+// it on timeline 2 land exactly; the end of timeline 1 has c, the end of
+// timeline 2 does not; wal list shows the fork.
+func TestReceiveFailover(t *testing.T) {
+	e := newRestoreEnv(t, true)
+	p := e.syncCluster(t, 15, 1, map[string]string{"wal_keep_size": "256MB"})
+	p.Exec(t, "CREATE TABLE t (id serial, batch text)")
+	e.backup(p)
+
+	sdir := filepath.Join(testenv.SharedDir(t), "standby")
+	bb := p.Command(t.Context(), p.ClientBin("pg_basebackup"), "-D", sdir, "-R", "-X", "stream", "-c", "fast",
+		"-h", "127.0.0.1", "-p", strconv.Itoa(p.Port), "-U", "postgres")
+	if out, err := bb.CombinedOutput(); err != nil {
+		t.Fatalf("pg_basebackup: %v\n%s", err, out)
+	}
+	s := testenv.AdoptDataDir(t, 15, sdir, testenv.PGConfig{Env: e.env,
+		Settings: map[string]string{"archive_mode": "on", "archive_command": e.archiveCommand()}})
+	rc := e.startReceiver(t, connString(p, s), filepath.Join(t.TempDir(), "recv"), "--durable", "repository")
+	enableSync(t, p)
+	s.Exec(t, "SELECT 1")
+	rc.waitSync(t, 1)
+
+	batch(t, p, "a", 5)
+	tA := p.QueryString(t, "SELECT clock_timestamp()")
+	batch(t, p, "b", 5)
+	end := p.QueryString(t, "SELECT pg_current_wal_insert_lsn()")
+	waitUntil(t, time.Minute, "the standby to replay batch b", func() bool {
+		return s.QueryString(t, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", end) == "t"
+	})
+	s.Stop()
+	batch(t, p, "c", 5)
+	p.Kill()
+
+	s.Start()
+	s.Promote()
+	enableSync(t, s)
+	rc.waitSync(t, 2)
+	batch(t, s, "d", 5)
+	tD := s.QueryString(t, "SELECT clock_timestamp()")
+	batch(t, s, "e", 5)
+	sEnd := s.QueryString(t, "SELECT pg_current_wal_insert_lsn()")
+	waitUntil(t, time.Minute, "the receiver to store timeline 2 up to "+sEnd, func() bool {
+		st := rc.status(t)
+		return st.Timeline == 2 && st.Uploaded.String() >= sEnd && len(st.Uploaded.String()) >= len(sEnd)
+	})
+	s.Kill()
+	rc.stop(t)
+
+	l := e.walList(t)
+	if tl := l.timeline(2); tl == nil || tl.BranchedFrom != 1 || tl.ForkLSN == "" {
+		t.Errorf("wal list does not show where timeline 2 branched off: %+v", l.Timelines)
+	}
+	if tl := l.timeline(1); tl == nil || tl.Streamed == nil || tl.Streamed.PastFork <= 0 {
+		t.Errorf("wal list does not show timeline 1's tail past the fork: %+v", l.Timelines)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"before-failover-tl1", []string{"--target-time", tA, "--target-timeline", "1", "--target-action", "promote"}, "a:5"},
+		{"end-tl1", []string{"--target-timeline", "1"}, "a:5,b:5,c:5"},
+		{"after-failover-tl2", []string{"--target-time", tD, "--target-timeline", "latest", "--target-action", "promote"}, "a:5,b:5,d:5"},
+		{"end-tl2", []string{"--target-timeline", "latest"}, "a:5,b:5,d:5,e:5"},
+	} {
+		r := e.restoreEnd(t, 15, tc.name, tc.args...)
+		if got := batches(t, r); got != tc.want {
+			t.Errorf("%s: recovered %s, want %s", tc.name, got, tc.want)
+		}
+		r.Stop()
+	}
+}
+
+// walListJSON is the part of wal list --json these tests read.
+type walListing struct {
+	Timelines []walListTimeline `json:"timelines"`
+	Gaps      int               `json:"gaps"`
+}
+
+type walListTimeline struct {
+	Timeline     int    `json:"timeline"`
+	Last         string `json:"last"`
+	BranchedFrom int    `json:"branched_from"`
+	ForkLSN      string `json:"fork_lsn"`
+	Streamed     *struct {
+		Segment  string `json:"segment"`
+		End      string `json:"end_lsn"`
+		PastFork int64  `json:"bytes_past_fork"`
+	} `json:"streamed"`
+	Gaps []struct{ First, Last string } `json:"gaps"`
+}
+
+func (l walListing) timeline(n int) *walListTimeline {
+	for i := range l.Timelines {
+		if l.Timelines[i].Timeline == n {
+			return &l.Timelines[i]
+		}
+	}
+	return nil
+}
+
+// walList is tidemark wal list --json of the repository's one cluster.
+func (e *restoreEnv) walList(t *testing.T) walListing {
+	t.Helper()
+	out := e.mustTidemark(append([]string{"wal", "list", "--json"}, e.repoArgs()...)...)
+	var v struct{ Clusters []walListing }
+	if err := json.Unmarshal([]byte(out), &v); err != nil || len(v.Clusters) != 1 {
+		t.Fatalf("wal list --json: %v\n%s", err, out)
+	}
+	return v.Clusters[0]
 }

@@ -812,7 +812,7 @@ func (r *Receiver) reconcile(ctx context.Context, conn *pgconn.PgConn, hist pg.H
 			return 0, 0, err
 		}
 		if p > end {
-			r.log.Warn("the receiver holds WAL of timeline %d past where the server's timeline %d branched off; it stays in the archive as the old timeline's tail",
+			r.log.Warn("the receiver holds WAL of its timeline past where the server's timeline branched off; it stays in the archive as the old timeline's tail",
 				"timeline", tli, "switch_point", end, "held_to", p, "next_timeline", next)
 		}
 		if err := r.sink.begin(ctx, next, end, tli, r.prefix); err != nil {
