@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
+	"github.com/tidemarkdb/tidemark/storage/location"
 	"github.com/tidemarkdb/tidemark/wal"
 )
 
@@ -477,4 +480,192 @@ func (e *restoreEnv) walList(t *testing.T) walListing {
 		t.Fatalf("wal list --json: %v\n%s", err, out)
 	}
 	return v.Clusters[0]
+}
+
+// TestReceiveKill9: the receiver killed with -9 mid-segment and started
+// again: synchronous commits wait meanwhile and resume, the archive has no
+// gap, nothing fails on what the first run stored, and a restore to the
+// end has every acknowledged commit.
+func TestReceiveKill9(t *testing.T) {
+	for _, durable := range []string{"local", "repository"} {
+		t.Run(durable, func(t *testing.T) {
+			e := newRestoreEnv(t, true)
+			c := e.syncCluster(t, 15, 1, nil)
+			e.backup(c)
+			dir := filepath.Join(t.TempDir(), "recv")
+			rc := e.startReceiver(t, connString(c), dir, "--durable", durable)
+			enableSync(t, c)
+			rc.waitSync(t, 1)
+			cm := startCommitters(t, c, 4)
+			cm.waitMore(t, 300)
+			var st wal.ReceiveStatus
+			waitUntil(t, time.Minute, "the receiver to stand inside a segment", func() bool {
+				st = rc.status(t)
+				return st.Flushed.SegmentOffset(1<<20) != 0 && time.Since(st.Updated) < time.Second
+			})
+			rc.kill()
+			t.Logf("killed the receiver at %s (received %s, uploaded %s)", st.Flushed, st.Received, st.Uploaded)
+			before := cm.count()
+			rc2 := e.startReceiver(t, connString(c), dir, "--durable", durable)
+			rc2.waitSync(t, 1)
+			cm.waitMore(t, 300)
+			t.Logf("%d commits before the kill, %d after the restart", before, cm.count()-before)
+			switchWAL(t, c)
+			cm.waitMore(t, 100)
+			c.Kill()
+			acked := cm.ackedSoFar()
+			rc2.waitUploaded(t)
+			rc2.stop(t)
+			cm.halt()
+			if strings.Contains(rc2.log.String(), "level=ERROR") || strings.Contains(rc2.log.String(), "never overwritten") {
+				t.Errorf("the restarted receiver failed on what the first one stored:\n%s", lastLines(rc2.log.String(), 30))
+			}
+			if l := e.walList(t); l.Gaps != 0 {
+				t.Errorf("the archive has %d gaps: %+v", l.Gaps, l.Timelines)
+			}
+			r := e.restoreEnd(t, 15, "restored")
+			checkAcked(t, rows(t, r), acked)
+		})
+	}
+}
+
+// TestReceiveStoreDown: with --durable repository, the object store goes
+// down for a while: commits wait (none returns), nothing acknowledged is
+// lost, and the backlog drains once the store is back.
+func TestReceiveStoreDown(t *testing.T) {
+	e := newRestoreEnv(t, true)
+	c := e.syncCluster(t, 15, 1, nil)
+	e.backup(c)
+	rc := e.startReceiver(t, connString(c), filepath.Join(t.TempDir(), "recv"), "--durable", "repository")
+	enableSync(t, c)
+	rc.waitSync(t, 1)
+	cm := startCommitters(t, c, 4)
+	cm.waitMore(t, 200)
+
+	e.s3.Stop()
+	waitUntil(t, time.Minute, "commits to wait for the receiver", func() bool {
+		st := rc.status(t)
+		return st.CommitsWaiting > 0 && st.UploadFailures > 0
+	})
+	during := cm.count()
+	time.Sleep(2 * time.Second)
+	if n := cm.count(); n != during {
+		t.Errorf("%d commits returned while the object store was down", n-during)
+	}
+	if err := e.s3.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cm.waitMore(t, 200)
+	waitUntil(t, 2*time.Minute, "the backlog to drain", func() bool {
+		st := rc.status(t)
+		return st.UploadLagBytes == 0 && st.LagBytes < 1<<20
+	})
+	c.Kill()
+	acked := cm.ackedSoFar()
+	rc.waitUploaded(t)
+	rc.stop(t)
+	cm.halt()
+	r := e.restoreEnd(t, 15, "restored")
+	checkAcked(t, rows(t, r), acked)
+}
+
+// TestReceiveRefusals: a slot of another cluster, a server whose system
+// identifier differs from the one the receiver archives, and a server
+// whose timeline history differs from the archived one are each refused
+// with one line and exit code 8, and nothing in the archive changes.
+func TestReceiveRefusals(t *testing.T) {
+	e := newRestoreEnv(t, true)
+	a := e.syncCluster(t, 15, 1, map[string]string{"wal_keep_size": "256MB"})
+	sysA := a.QueryString(t, "SELECT system_identifier FROM pg_control_system()")
+	b := testenv.NewCluster(t, testenv.PGConfig{Version: 15})
+	sysB := b.QueryString(t, "SELECT system_identifier FROM pg_control_system()")
+	dir := filepath.Join(t.TempDir(), "recv")
+	rc := e.startReceiver(t, connString(a), dir)
+	rc.stop(t)
+
+	refused := func(name string, rc *receiver, want string) {
+		t.Helper()
+		code := rc.exitCode(t)
+		lines := strings.Split(strings.TrimSpace(rc.log.String()), "\n")
+		last := lines[len(lines)-1]
+		if code != 8 || !strings.HasPrefix(last, "tidemark: ") || !strings.Contains(last, want) {
+			t.Errorf("%s: exit %d, last line %q; want exit 8 and a line saying %q", name, code, last, want)
+		}
+	}
+	// The directory of A's receiver, pointed at B, which has a slot of
+	// that name.
+	b.Exec(t, "SELECT pg_create_physical_replication_slot('tidemark')")
+	refused("slot of another cluster", e.launchReceiver(t, connString(b), dir), "refusing slot \"tidemark\"")
+	// A new directory, told which cluster to archive.
+	refused("--cluster", e.launchReceiver(t, connString(b), filepath.Join(t.TempDir(), "recv2"), "--cluster", sysA), "it is cluster "+sysB)
+	if n, _ := e.countKeys(t, "wal/"+sysB+"/"); n != 0 {
+		t.Errorf("%d objects of cluster %s were archived", n, sysB)
+	}
+
+	// Two copies of A promoted on their own, at different points: the
+	// first archives its history of timeline 2; a receiver pointed at
+	// the second is refused.
+	clone := func(name string) *testenv.Cluster {
+		d := filepath.Join(testenv.SharedDir(t), name)
+		bb := a.Command(t.Context(), a.ClientBin("pg_basebackup"), "-D", d, "-R", "-X", "stream", "-c", "fast",
+			"-h", "127.0.0.1", "-p", strconv.Itoa(a.Port), "-U", "postgres")
+		if out, err := bb.CombinedOutput(); err != nil {
+			t.Fatalf("pg_basebackup: %v\n%s", err, out)
+		}
+		return testenv.AdoptDataDir(t, 15, d, testenv.PGConfig{Env: e.env,
+			Settings: map[string]string{"archive_mode": "on", "archive_command": e.archiveCommand()}})
+	}
+	x := clone("x")
+	x.Promote()
+	x.Exec(t, "CHECKPOINT")
+	key := "wal/" + sysA + "/history/00000002.history"
+	waitUntil(t, time.Minute, "the first copy to archive its history", func() bool {
+		n, _ := e.countKeys(t, key)
+		return n == 1
+	})
+	archived := e.getObject(t, key)
+	a.Exec(t, "CREATE TABLE more AS SELECT 1")
+	y := clone("y")
+	y.Exec(t, "SELECT 1")
+	y.Promote()
+	refused("history", e.launchReceiver(t, connString(y), filepath.Join(t.TempDir(), "recv3")), "differs from the archived")
+	if !bytes.Equal(e.getObject(t, key), archived) {
+		t.Errorf("the archived history of timeline 2 changed")
+	}
+}
+
+// countKeys counts the objects under prefix in the repository's store.
+func (e *restoreEnv) countKeys(t *testing.T, prefix string) (int, int64) {
+	t.Helper()
+	st, err := location.Open(t.Context(), e.url, location.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, size := 0, int64(0)
+	for oi, err := range st.List(t.Context(), prefix, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		size += oi.Size
+	}
+	return n, size
+}
+
+func (e *restoreEnv) getObject(t *testing.T, key string) []byte {
+	t.Helper()
+	st, err := location.Open(t.Context(), e.url, location.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := st.Get(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
