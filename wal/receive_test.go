@@ -1,0 +1,319 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
+)
+
+// putPieces stores bytes [0, end) of seg as pieces cut at the given
+// offsets.
+func putPieces(t *testing.T, a *walarchive.Archive, name string, seg []byte, cuts ...int64) {
+	t.Helper()
+	for i := 0; i+1 < len(cuts); i++ {
+		if _, err := a.PutPiece(context.Background(), cluster, name, cuts[i], seg[cuts[i]:cuts[i+1]]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (e *env) fetchTail(t *testing.T, name string) ([]byte, error) {
+	t.Helper()
+	f, err := NewFetcher(e.arch, FetchOptions{PGData: e.pgdata, Cluster: cluster, NoSpool: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	os.Remove(dest)
+	if _, err := f.Fetch(context.Background(), name, dest); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(dest)
+}
+
+// TestTailRules checks what wal-fetch serves of wal-receive's pieces:
+// the chain zero-padded at the end of a timeline, a whole chain as the
+// segment, never a chain where the segment is archived or the timeline
+// goes on, and past a fork only to a recovery targeting the old timeline.
+func TestTailRules(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	if _, err := e.arch.Put(ctx, cluster, segName(1, 2), segment(1, 2, 1)); err != nil {
+		t.Fatal(err)
+	}
+	s3 := segment(1, 3, 2)
+	putPieces(t, e.arch, segName(1, 3), s3, 0, 4096, 4097, 20000)
+	padded := make([]byte, segSize)
+	copy(padded, s3[:20000])
+
+	got, err := e.fetchTail(t, segName(1, 3))
+	if err != nil || !bytes.Equal(got, padded) {
+		t.Fatalf("tail at the end of timeline 1: %v (%d bytes)", err, len(got))
+	}
+	// Timeline 2 branched off after the tail's end: still served.
+	hist := func(tli pg.TimelineID, at pg.LSN) {
+		h := pg.History{Timeline: tli, Entries: []pg.HistoryEntry{{Parent: 1, SwitchPoint: at, Reason: "test"}}}
+		if _, err := e.arch.Put(ctx, cluster, pg.HistoryFileName(tli), h.Encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hist(2, pg.SegNo(3).Start(segSize)+30000)
+	if got, err := e.fetchTail(t, segName(1, 3)); err != nil || !bytes.Equal(got, padded) {
+		t.Fatalf("tail before a later fork: %v", err)
+	}
+	// Timeline 3 branched off inside it: only for a recovery that targets
+	// timeline 1.
+	hist(3, pg.SegNo(3).Start(segSize)+10000)
+	if _, err := e.fetchTail(t, segName(1, 3)); !errors.Is(err, walarchive.ErrNotArchived) {
+		t.Fatalf("tail past a fork, recovery targets latest: %v", err)
+	}
+	writeFile(t, filepath.Join(e.pgdata, "postgresql.auto.conf"), []byte("recovery_target_timeline = '1'\n"))
+	if got, err := e.fetchTail(t, segName(1, 3)); err != nil || !bytes.Equal(got, padded) {
+		t.Fatalf("tail past a fork, recovery targets timeline 1: %v", err)
+	}
+	writeFile(t, filepath.Join(e.pgdata, "postmaster.opts"), []byte(`/usr/bin/postgres "-D" "x" "-c" "recovery_target_timeline=latest"`+"\n"))
+	if _, err := e.fetchTail(t, segName(1, 3)); !errors.Is(err, walarchive.ErrNotArchived) {
+		t.Fatalf("tail past a fork, the command line targets latest: %v", err)
+	}
+	os.Remove(filepath.Join(e.pgdata, "postmaster.opts"))
+
+	// Pieces covering a whole segment are that segment.
+	s4 := segment(1, 4, 3)
+	putPieces(t, e.arch, segName(1, 4), s4, 0, 300000, segSize)
+	if got, err := e.fetchTail(t, segName(1, 4)); err != nil || !bytes.Equal(got, s4) {
+		t.Fatalf("whole chain: %v", err)
+	}
+	// Segment 4 now follows 3 on timeline 1: 3's pieces are a hole in the
+	// middle of the timeline, never served.
+	if _, err := e.fetchTail(t, segName(1, 3)); !errors.Is(err, walarchive.ErrNotArchived) {
+		t.Fatalf("pieces before a later segment: %v", err)
+	}
+	// A segment archived whole wins over its pieces.
+	other := segment(1, 5, 9)
+	putPieces(t, e.arch, segName(1, 5), other, 0, 100)
+	if _, err := e.arch.Put(ctx, cluster, segName(1, 5), other); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.fetchTail(t, segName(1, 5)); err != nil || !bytes.Equal(got, other) {
+		t.Fatalf("archived segment beside pieces: %v", err)
+	}
+	// No chain from byte 0: nothing to serve.
+	putPieces(t, e.arch, segName(1, 6), segment(1, 6, 1), 100, 200)
+	if _, err := e.fetchTail(t, segName(1, 6)); !errors.Is(err, walarchive.ErrNotArchived) {
+		t.Fatalf("pieces not from byte 0: %v", err)
+	}
+}
+
+func TestRecoveryTargetTimeline(t *testing.T) {
+	d := t.TempDir()
+	if v, _ := recoveryTargetTimeline(d); v != "" {
+		t.Fatalf("nothing set: %q", v)
+	}
+	writeFile(t, filepath.Join(d, "postgresql.conf"), []byte("#recovery_target_timeline = 3\nrecovery_target_timeline = 4 # comment\n"))
+	if v, from := recoveryTargetTimeline(d); v != "4" || from != "postgresql.conf" {
+		t.Fatalf("postgresql.conf: %q from %s", v, from)
+	}
+	writeFile(t, filepath.Join(d, "postgresql.auto.conf"), []byte("recovery_target_timeline = 'Latest'\n"))
+	if v, _ := recoveryTargetTimeline(d); v != "latest" {
+		t.Fatalf("auto.conf over postgresql.conf: %q", v)
+	}
+	writeFile(t, filepath.Join(d, "postmaster.opts"), []byte(`/x/postgres "-D" "/d" "-c" "port=1" "-c" "recovery_target_timeline=2"`+"\n"))
+	if v, _ := recoveryTargetTimeline(d); v != "2" {
+		t.Fatalf("command line over config files: %q", v)
+	}
+	for line, want := range map[string]string{
+		"recovery_target_timeline='1'":   "1",
+		"recovery_target_timeline 0x2":   "0x2",
+		"  recovery_target_timeline = 3": "3",
+		"recovery_target_timelinex = 3":  "",
+		"recovery_target_timeline = '":   "",
+	} {
+		if v, _ := confValue(line, "recovery_target_timeline"); v != want {
+			t.Errorf("confValue(%q) = %q, want %q", line, v, want)
+		}
+	}
+}
+
+func TestParseSetting(t *testing.T) {
+	for in, want := range map[string]uint64{"16MB": 16 << 20, "1GB": 1 << 30, "8192": 8192, "8kB": 8192, "64B": 64} {
+		if got, err := parseSetting(in); err != nil || got != want {
+			t.Errorf("parseSetting(%q) = %d, %v", in, got, err)
+		}
+	}
+	if _, err := parseSetting("lots"); err == nil {
+		t.Error("parseSetting accepted lots")
+	}
+}
+
+func TestLocalExtent(t *testing.T) {
+	seg := make([]byte, segSize)
+	copy(seg, segment(1, 3, 1)[:pg.WALLongPageHeaderSize])
+	start := pg.SegNo(3).Start(segSize)
+	if n := localExtent(seg, start, pg.DefaultWALBlockSize); n != 38 { // the last non-zero byte of the long header (xlp_xlog_blcksz)
+		t.Fatalf("a header only: %d", n)
+	}
+	// Page 1 with a valid header and 100 bytes: counted; page 2 without a
+	// header stops the scan though page 3 has one.
+	page := func(i int, n int) {
+		off := i * pg.DefaultWALBlockSize
+		copy(seg[off:], seg[:4]) // magic and info of the first page
+		seg[off+2] = 0           // a short header
+		putLSN(seg[off+8:], start+pg.LSN(off))
+		for j := pg.WALShortPageHeaderSize; j < pg.WALShortPageHeaderSize+n; j++ {
+			seg[off+j] = 0xAB
+		}
+	}
+	page(1, 100)
+	page(3, 100)
+	if n := localExtent(seg, start, pg.DefaultWALBlockSize); n != int64(pg.DefaultWALBlockSize+pg.WALShortPageHeaderSize+100) {
+		t.Fatalf("extent %d", n)
+	}
+}
+
+func putLSN(b []byte, l pg.LSN) {
+	for i := range 8 {
+		b[i] = byte(l >> (8 * i))
+	}
+}
+
+// sinkEnv runs a sink over the env's archive.
+func newTestSink(t *testing.T, e *env, mode Durability) *sink {
+	t.Helper()
+	fatal := make(chan error, 1)
+	s := newSink(sinkOptions{arch: e.arch, cluster: cluster, mode: mode, dir: t.TempDir(), maxInflight: 2,
+		uploadDelay: time.Hour, fatal: func(err error) {
+			select {
+			case fatal <- err:
+			default:
+			}
+		}, flushed: func() {}})
+	ctx, cancel := context.WithCancel(context.Background())
+	s.run(ctx)
+	t.Cleanup(func() {
+		cancel()
+		s.wait()
+		select {
+		case err := <-fatal:
+			t.Errorf("sink stopped: %v", err)
+		default:
+		}
+	})
+	return s
+}
+
+// TestSinkRepository streams two segments and a timeline switch into a
+// sink with repository durability: the flush position follows the
+// pieces, a complete segment is archived whole and its pieces deleted,
+// and the old timeline's tail and the new timeline's copy of the switch
+// segment are both in the archive.
+func TestSinkRepository(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	s := newTestSink(t, e, DurableRepository)
+	s3, s4 := segment(1, 3, 1), segment(1, 4, 2)
+	start := pg.SegNo(3).Start(segSize)
+	if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	write := func(tli pg.TimelineID, at pg.LSN, b []byte) {
+		t.Helper()
+		if err := s.write(ctx, tli, at, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// In uneven messages, one spanning the segment boundary.
+	write(1, start, s3[:1000])
+	write(1, start+1000, s3[1000:segSize-10])
+	write(1, start+segSize-10, append(bytes.Clone(s3[segSize-10:]), s4[:5000]...))
+	end4 := pg.SegNo(4).Start(segSize) + 5000
+	waitFor(t, "the flush position", func() bool { return s.flushPos(1) == end4 })
+	waitFor(t, "segment 3 archived whole", func() bool {
+		b, _, err := e.arch.ReadFile(ctx, sys, segName(1, 3))
+		return err == nil && bytes.Equal(b, s3)
+	})
+	waitFor(t, "segment 3's pieces deleted", func() bool {
+		ps, _ := e.arch.ListPieces(ctx, sys, segName(1, 3))
+		return len(ps) == 0
+	})
+
+	// Timeline 2 branches off at 4000 bytes into segment 4: the receiver
+	// holds 1000 bytes of timeline 1 past it.
+	sp := pg.SegNo(4).Start(segSize) + 4000
+	if err := s.begin(ctx, 2, sp, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	n4 := bytes.Clone(s4[:4000])
+	n4 = append(n4, bytes.Repeat([]byte{7}, 3000)...)
+	write(2, sp, n4[4000:])
+	waitFor(t, "the flush position on timeline 2", func() bool { return s.flushPos(2) == sp+3000 })
+	l, err := e.arch.List(ctx, sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail1, ok1 := l.Timeline(1).Tail()
+	tail2, ok2 := l.Timeline(2).Tail()
+	if !ok1 || tail1.End != 5000 || !ok2 || tail2.End != 7000 {
+		t.Fatalf("tails: timeline 1 %+v %v, timeline 2 %+v %v", tail1, ok1, tail2, ok2)
+	}
+	var b bytes.Buffer
+	chain, _ := walarchive.Chain(tail2.Pieces)
+	if _, err := e.arch.ReadChain(ctx, sys, chain, &b); err != nil || !bytes.Equal(b.Bytes(), n4) {
+		t.Fatalf("timeline 2's copy of segment 4: %v", err)
+	}
+	// A write that does not follow is refused.
+	if err := s.write(ctx, 2, sp, []byte{1}); err == nil {
+		t.Fatal("a write behind the position was accepted")
+	}
+}
+
+// TestSinkLocal: with local durability the flush position follows
+// fdatasync of the local file, pieces go up only when the stream stops,
+// and a complete segment is archived and its local file removed.
+func TestSinkLocal(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	s := newTestSink(t, e, DurableLocal)
+	s3 := segment(1, 3, 1)
+	start := pg.SegNo(3).Start(segSize)
+	if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.setConnected(true)
+	if err := s.write(ctx, 1, start, s3[:70000]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the local flush", func() bool { return s.flushPos(1) == start+70000 })
+	local, err := os.ReadFile(filepath.Join(s.o.dir, segName(1, 3)+".partial"))
+	if err != nil || len(local) != segSize || !bytes.Equal(local[:70000], s3[:70000]) {
+		t.Fatalf("local file: %v", err)
+	}
+	if ps, _ := e.arch.ListPieces(ctx, sys, segName(1, 3)); len(ps) != 0 {
+		t.Fatalf("pieces while the stream flows: %v", ps)
+	}
+	s.setConnected(false)
+	waitFor(t, "a piece once the stream stopped", func() bool {
+		ps, _ := e.arch.ListPieces(ctx, sys, segName(1, 3))
+		_, end := walarchive.Chain(ps)
+		return end == 70000
+	})
+	s.setConnected(true)
+	if err := s.write(ctx, 1, start+70000, s3[70000:]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "segment 3 archived whole", func() bool {
+		b, _, err := e.arch.ReadFile(ctx, sys, segName(1, 3))
+		return err == nil && bytes.Equal(b, s3)
+	})
+	waitFor(t, "the local file removed", func() bool {
+		_, err1 := os.Stat(filepath.Join(s.o.dir, segName(1, 3)))
+		_, err2 := os.Stat(filepath.Join(s.o.dir, segName(1, 3)+".partial"))
+		return os.IsNotExist(err1) && os.IsNotExist(err2)
+	})
+}
