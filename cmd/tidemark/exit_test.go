@@ -14,6 +14,7 @@ import (
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/verify"
 	"github.com/tidemarkdb/tidemark/verify/drill"
+	"github.com/tidemarkdb/tidemark/wal"
 )
 
 // TestExitCodes pins the documented exit code of each kind of failure, as
@@ -46,6 +47,11 @@ func TestExitCodes(t *testing.T) {
 		{"restore WAL missing", &restore.WALMissingError{Segment: "s"}, exitIntegrity},
 		{"verify problems", &verify.ProblemsError{Report: &verify.Report{}}, exitIntegrity},
 		{"drill failed", &drill.FailedError{Report: &drill.Report{}}, exitIntegrity},
+		{"receive: another cluster", &wal.ReceiveRefusedError{Msg: "m", Kind: walarchive.ErrForeign}, exitRefused},
+		{"receive: history differs", &wal.ReceiveRefusedError{Msg: "m", Kind: walarchive.ErrConflict}, exitRefused},
+		{"receive: no slot", &wal.ReceiveRefusedError{Msg: "m"}, exitRefused},
+		{"receive: WAL removed", fmt.Errorf("start: %w", wal.ErrWALRemoved), exitIntegrity},
+		{"receive: directory held", fmt.Errorf("lock: %w", wal.ErrReceiverRunning), exitLocked},
 	} {
 		err := tc.err
 		if err != nil {
