@@ -65,7 +65,19 @@ type ReceiveOptions struct {
 	Logger *slog.Logger
 	// OnStatus receives the status about once a second (metrics).
 	OnStatus func(ReceiveStatus)
+	// OnCluster is told the cluster's facts once the first server
+	// answered (the command sizes its memory limit from the segment size).
+	OnCluster func(walarchive.ClusterInfo)
 }
+
+// ReceiveMemory is about what a receiver holds for a cluster with WAL
+// segments of segSize bytes: the segments it buffers, and what archiving
+// one whole segment takes (its compressed frames, the object).
+func ReceiveMemory(segSize uint32) int64 { return int64(maxHeldSegments+1)*int64(segSize) + 16<<20 }
+
+// maxHeldSegments bounds the segments a receiver holds in memory: the one
+// filling and those waiting to be archived whole.
+const maxHeldSegments = 3
 
 // DefaultApplicationName is the application_name the receiver connects
 // with unless the connection string sets one.
@@ -463,6 +475,9 @@ func (r *Receiver) setup(ctx context.Context, conn *pgconn.PgConn, server string
 		}
 	}
 	r.ci = ci
+	if r.opts.OnCluster != nil {
+		r.opts.OnCluster(ci)
+	}
 	r.mu.Lock()
 	r.st.Cluster = sysid
 	r.mu.Unlock()
@@ -473,7 +488,7 @@ func (r *Receiver) setup(ctx context.Context, conn *pgconn.PgConn, server string
 		}
 	}
 	r.sink = newSink(sinkOptions{arch: r.arch, cluster: ci, mode: r.opts.Durable, dir: walDir,
-		maxInflight: r.opts.MaxInflight, uploadDelay: r.opts.UploadDelay, log: r.log,
+		maxInflight: r.opts.MaxInflight, uploadDelay: r.opts.UploadDelay, maxSegments: maxHeldSegments, log: r.log,
 		fatal: func(err error) {
 			select {
 			case r.fatal <- &fatalError{err}:

@@ -92,6 +92,10 @@ type heldSeg struct {
 	pieceEnd int64
 	inflight int
 	acked    []span
+	// levels[i] are this run's stored pieces merged i times, in order, not
+	// yet merged further; merging is a merge of mergeRun of them in flight.
+	levels  [][]span
+	merging bool
 	// When the oldest byte not yet durable, and not yet stored, arrived.
 	since, unstoredSince time.Time
 }
@@ -502,6 +506,9 @@ func (s *sink) ackedLocked(g *heldSeg, sp span) {
 	g.acked = append(g.acked, sp)
 	slices.SortFunc(g.acked, func(a, b span) int { return int(a.start - b.start) })
 	for len(g.acked) > 0 && g.acked[0].start <= g.stored {
+		if g.acked[0].start == g.stored {
+			g.addLevel(0, g.acked[0])
+		}
 		g.stored = max(g.stored, g.acked[0].end)
 		g.acked = g.acked[1:]
 	}
@@ -514,6 +521,61 @@ func (s *sink) ackedLocked(g *heldSeg, sp span) {
 			g.since = time.Now()
 		}
 	}
+}
+
+// mergeRun is how many stored pieces of one level are merged into one of
+// the next: a segment that fills slowly, a commit or two per piece, then
+// holds at most about mergeRun pieces per level in the archive (a few
+// dozen) instead of thousands, which restore_command would fetch one by
+// one at the end of a recovery. Each byte is uploaded again once per
+// level (two levels for 16 MiB of small pieces).
+const mergeRun = 32
+
+func (g *heldSeg) addLevel(l int, sp span) {
+	for len(g.levels) <= l {
+		g.levels = append(g.levels, nil)
+	}
+	g.levels[l] = append(g.levels[l], sp)
+}
+
+// mergeLocked picks a run of mergeRun pieces of one level to merge, if
+// any segment has one and no merge of it is in flight.
+func (s *sink) mergeLocked() (g *heldSeg, level int, run []span, ok bool) {
+	for _, x := range s.segs {
+		if x.buf == nil || x.merging || x.queued || x.archived || x.ended {
+			continue
+		}
+		for l, sps := range x.levels {
+			if len(sps) >= mergeRun {
+				return x, l, slices.Clone(sps[:mergeRun]), true
+			}
+		}
+	}
+	return nil, 0, nil, false
+}
+
+// merge uploads run of g as one piece, then deletes the pieces it
+// replaces (the chain of pieces reaches as far either way; a failure
+// leaves both, which is as good).
+func (s *sink) merge(ctx context.Context, g *heldSeg, level int, run []span, data []byte) error {
+	start := run[0].start
+	if _, err := s.o.arch.PutPiece(ctx, s.o.cluster, g.name, start, data); err != nil {
+		return err
+	}
+	old := make([]walarchive.Piece, len(run))
+	for i, sp := range run {
+		old[i] = walarchive.Piece{Segment: g.name, Start: sp.start, End: sp.end}
+	}
+	if err := s.o.arch.DeletePieces(ctx, s.o.cluster.SystemID, old); err != nil {
+		s.o.log.Warn("cannot delete pieces merged into one; they stay beside it", "segment", g.name, "err", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(g.levels) > level && len(g.levels[level]) >= len(run) && g.levels[level][0] == run[0] {
+		g.levels[level] = g.levels[level][len(run):]
+	}
+	g.addLevel(level+1, span{start, run[len(run)-1].end})
+	return nil
 }
 
 // uploadPiece stores bytes [start, end) of g as a piece, retrying until it
@@ -594,6 +656,22 @@ func (s *sink) pieceWorker(ctx context.Context) {
 				if err == nil {
 					s.o.flushed()
 				}
+				done <- struct{}{}
+			}()
+		}
+		// Merging only uses a slot no new WAL wants.
+		if g, level, run, ok := s.mergeLocked(); ok && inflight < s.o.maxInflight {
+			g.merging = true
+			inflight++
+			data := g.buf[run[0].start:run[len(run)-1].end]
+			go func() {
+				err := s.merge(ctx, g, level, run, data)
+				if err != nil && ctx.Err() == nil {
+					s.o.log.Warn("merging pieces failed; trying again later", "segment", g.name, "err", err)
+				}
+				s.mu.Lock()
+				g.merging = false
+				s.mu.Unlock()
 				done <- struct{}{}
 			}()
 		}

@@ -317,3 +317,36 @@ func TestSinkLocal(t *testing.T) {
 		return os.IsNotExist(err1) && os.IsNotExist(err2)
 	})
 }
+
+// TestSinkMerges: a segment that fills a commit at a time is stored in
+// hundreds of pieces; merging keeps the archive to a few dozen, whose
+// chain still holds every byte.
+func TestSinkMerges(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	s := newTestSink(t, e, DurableRepository)
+	s3 := segment(1, 3, 1)
+	start := pg.SegNo(3).Start(segSize)
+	if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	const step, n = 200, 400
+	for i := range n {
+		at := start + pg.LSN(i*step)
+		if err := s.write(ctx, 1, at, s3[i*step:(i+1)*step]); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the piece", func() bool { return s.flushPos(1) == at+step })
+	}
+	var ps []walarchive.Piece
+	waitFor(t, "merges", func() bool {
+		ps, _ = e.arch.ListPieces(ctx, sys, segName(1, 3))
+		return len(ps) < 2*mergeRun
+	})
+	chain, end := walarchive.Chain(ps)
+	var b bytes.Buffer
+	if _, err := e.arch.ReadChain(ctx, sys, chain, &b); err != nil || end != n*step || !bytes.Equal(b.Bytes(), s3[:n*step]) {
+		t.Fatalf("after merging: %d pieces, chain to %d: %v", len(ps), end, err)
+	}
+	t.Logf("%d writes stored in %d pieces, %d in the chain", n, len(ps), len(chain))
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -105,6 +106,10 @@ func walReceive(c *cli.Context) error {
 	if p := c.String("metrics-file"); p != "" {
 		opts.OnStatus = receiveMetrics(p, log)
 	}
+	// A long-running process: hold the heap near what the receiver needs
+	// (the segments it buffers, one being archived) rather than letting
+	// the collector double it.
+	opts.OnCluster = func(ci walarchive.ClusterInfo) { debug.SetMemoryLimit(wal.ReceiveMemory(ci.SegSize) + 32<<20) }
 	rcv, err := wal.NewReceiver(arch, opts)
 	if err != nil {
 		return usageErrorf("wal-receive: %v", err)

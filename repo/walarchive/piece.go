@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/storage"
@@ -194,19 +195,73 @@ func (a *Archive) GetPiece(ctx context.Context, cluster uint64, p Piece, w io.Wr
 
 // ReadChain writes the bytes of a chain of pieces (Chain) of cluster to w,
 // from offset 0 to the chain's end, each piece verified before any of its
-// bytes reach w.
+// bytes reach w. Pieces are fetched readChainParallel at a time (within
+// readChainBytes of pieces held at once), and written in order.
 func (a *Archive) ReadChain(ctx context.Context, cluster uint64, chain []Piece, w io.Writer) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		data []byte
+		err  error
+	}
+	results := make([]chan result, len(chain))
+	for i := range results {
+		results[i] = make(chan result, 1)
+	}
+	// Tokens bound the pieces in flight; bytes bound their memory.
+	tokens := make(chan struct{}, readChainParallel)
+	var mu sync.Mutex
+	cond := sync.NewCond(&mu)
+	var held int64
+	go func() {
+		for i, p := range chain {
+			select {
+			case tokens <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			mu.Lock()
+			for held > 0 && held+p.Size() > readChainBytes && ctx.Err() == nil {
+				cond.Wait()
+			}
+			held += p.Size()
+			mu.Unlock()
+			go func() {
+				var buf bytes.Buffer
+				_, err := a.GetPiece(ctx, cluster, p, &buf)
+				results[i] <- result{buf.Bytes(), err}
+			}()
+		}
+	}()
+	release := func(p Piece) {
+		mu.Lock()
+		held -= p.Size()
+		cond.Broadcast()
+		mu.Unlock()
+		<-tokens
+	}
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		cond.Broadcast()
+		mu.Unlock()
+	})
+	defer stop()
 	var pos int64
-	var buf bytes.Buffer
-	for _, p := range chain {
+	for i, p := range chain {
 		if p.Start > pos || p.End <= pos {
 			return pos, fmt.Errorf("pieces of %s do not chain at byte %d", p.Segment, pos)
 		}
-		buf.Reset()
-		if _, err := a.GetPiece(ctx, cluster, p, &buf); err != nil {
-			return pos, err
+		var r result
+		select {
+		case r = <-results[i]:
+		case <-ctx.Done():
+			return pos, ctx.Err()
 		}
-		n, err := w.Write(buf.Bytes()[pos-p.Start:])
+		release(p)
+		if r.err != nil {
+			return pos, r.err
+		}
+		n, err := w.Write(r.data[pos-p.Start:])
 		pos += int64(n)
 		if err != nil {
 			return pos, err
@@ -214,6 +269,12 @@ func (a *Archive) ReadChain(ctx context.Context, cluster uint64, chain []Piece, 
 	}
 	return pos, nil
 }
+
+// readChainParallel and readChainBytes bound ReadChain's fetches.
+const (
+	readChainParallel = 8
+	readChainBytes    = 32 << 20
+)
 
 // ListPieces lists the pieces of segment (its file name) of cluster.
 func (a *Archive) ListPieces(ctx context.Context, cluster uint64, segment string) ([]Piece, error) {
