@@ -275,9 +275,16 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 		name := oi.Key[strings.LastIndexByte(oi.Key, '/')+1:]
 		f, err := pg.ParseWALFileName(name)
 		if err != nil {
-			continue // the marker, or something verify reports
-		}
-		if want, _ := walarchive.Key(cluster, name); want != oi.Key {
+			// wal-receive's pieces of a segment go with the segment
+			// (as a part of it: they are no segment of the expired
+			// record).
+			p, ok := walarchive.ParsePieceName(name)
+			if !ok || walarchive.PieceKey(cluster, p) != oi.Key {
+				continue // the marker, or something verify reports
+			}
+			f, _ = pg.ParseWALFileName(p.Segment)
+			f.Kind = pg.WALPartialSegment
+		} else if want, _ := walarchive.Key(cluster, name); want != oi.Key {
 			continue
 		}
 		if f.Kind == pg.WALTimelineHistory {

@@ -53,6 +53,13 @@ func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 			StartLSN: uint64(10*i+2)*segSize + 0x28}, repotest.File{Name: "f", Data: []byte{byte(i)}}))
 	}
 	putWAL(t, f, 1, 40)
+	// wal-receive's pieces of segments 5 and 41 (the end of timeline 1):
+	// the first expires with segment 5, the second is kept.
+	for _, p := range []walarchive.Piece{{Segment: pg.SegmentName(1, 5, segSize), End: 100}, {Segment: pg.SegmentName(1, 41, segSize), End: 100}} {
+		if err := f.Store.Put(context.Background(), walarchive.PieceKey(cluster, p), bytes.NewReader([]byte("x")), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
 	before := repotest.Keys(t, f.Store, "")
 
 	// Dry run: nothing changes.
@@ -93,7 +100,7 @@ func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 	// WAL before the oldest kept snapshot's start (segment 22) is gone,
 	// long-term ranges aside: last 2 keeps 22..22 and 32 on.
 	wal := repotest.Keys(t, f.Store, walarchive.ClusterPrefix(cluster))
-	if len(wal) != 1+9 { // 22, 32..40
+	if len(wal) != 1+9+1 { // 22, 32..40, the pieces of 41
 		t.Fatalf("WAL left: %v", wal)
 	}
 	exp, err := arch.wal.Expired(ctx, cluster)

@@ -73,7 +73,7 @@ type ReceiveOptions struct {
 // ReceiveMemory is about what a receiver holds for a cluster with WAL
 // segments of segSize bytes: the segments it buffers, and what archiving
 // one whole segment takes (its compressed frames, the object).
-func ReceiveMemory(segSize uint32) int64 { return int64(maxHeldSegments+1)*int64(segSize) + 16<<20 }
+func ReceiveMemory(segSize uint32) int64 { return int64(maxHeldSegments)*int64(segSize) + 24<<20 }
 
 // maxHeldSegments bounds the segments a receiver holds in memory: the one
 // filling and those waiting to be archived whole.

@@ -109,7 +109,7 @@ func walReceive(c *cli.Context) error {
 	// A long-running process: hold the heap near what the receiver needs
 	// (the segments it buffers, one being archived) rather than letting
 	// the collector double it.
-	opts.OnCluster = func(ci walarchive.ClusterInfo) { debug.SetMemoryLimit(wal.ReceiveMemory(ci.SegSize) + 32<<20) }
+	opts.OnCluster = func(ci walarchive.ClusterInfo) { debug.SetMemoryLimit(wal.ReceiveMemory(ci.SegSize) + 24<<20) }
 	rcv, err := wal.NewReceiver(arch, opts)
 	if err != nil {
 		return usageErrorf("wal-receive: %v", err)
