@@ -311,9 +311,10 @@ func TestReceiveRPO0(t *testing.T) {
 		segMiB  int
 		durable string
 	}{
+		// Each durability mode once, each version once: what differs
+		// between versions (the WAL's bytes after a switch, the
+		// walsender) is the same for both modes.
 		{"pg15-local", 15, 1, "local"},
-		{"pg15-repository", 15, 1, "repository"},
-		{"pg17-local", 17, 16, "local"},
 		{"pg17-repository", 17, 16, "repository"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -810,17 +810,19 @@ func (r *Receiver) reconcile(ctx context.Context, conn *pgconn.PgConn, hist pg.H
 		}
 	}
 	for {
-		if tli == hist.Timeline {
+		end, ok := hist.End(tli)
+		if ok && p < end {
+			// Stream a little of what is held again and compare it: the
+			// server must have the same WAL before the receiver goes on.
+			if from := max(p.Segment(segSize).Start(segSize), p-pg.LSN(verifyBytes)); from < p && r.sink.rewind(from) {
+				return tli, from, nil
+			}
 			return tli, p, nil
 		}
-		end, ok := hist.End(tli)
 		if !ok {
 			return 0, 0, refusef(walarchive.ErrConflict, "refusing the server's timeline %d: the receiver follows timeline %d, which its history (%s) does not contain; "+
 				"the server is not the primary the receiver followed (another branch of this cluster's history?): check the hosts in the connection string",
 				hist.Timeline, tli, strings.TrimSpace(strings.ReplaceAll(string(hist.Encode()), "\n", "; ")))
-		}
-		if p < end {
-			return tli, p, nil
 		}
 		next := hist.TimelineOf(end)
 		if err := r.archiveHistory(ctx, conn, "", next); err != nil {
@@ -836,6 +838,10 @@ func (r *Receiver) reconcile(ctx context.Context, conn *pgconn.PgConn, hist pg.H
 		tli, p = next, end
 	}
 }
+
+// verifyBytes is how much of what it holds the receiver streams again and
+// compares on connecting (a WAL page).
+const verifyBytes = 8192
 
 // stream runs START_REPLICATION from at on timeline tli and writes what
 // arrives into the sink, until the connection ends (an error) or the
@@ -893,6 +899,10 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 					return 0, 0, fmt.Errorf("from %s: %w", server, err)
 				}
 				if err := r.sink.write(ctx, tli, pg.LSN(x.WALStart), x.WALData); err != nil {
+					if errors.Is(err, ErrStreamDiffers) {
+						return 0, 0, refusef(walarchive.ErrConflict, "refusing %s: its WAL %v; it is not the server the receiver streamed from "+
+							"(a copy of the cluster running as a primary on the same timeline?): check the hosts in the connection string", server, err)
+					}
 					return 0, 0, &fatalError{fmt.Errorf("from %s: %w", server, err)}
 				}
 				r.noteServer(pg.LSN(x.ServerWALEnd), x.ServerTime)

@@ -150,6 +150,9 @@ type sink struct {
 	posSet   bool
 	startTLI pg.TimelineID
 	startPos pg.LSN
+	// verifyTo: bytes streamed again before it (rewind) are compared with
+	// those held, not appended.
+	verifyTo pg.LSN
 	// archivedTo is the end of the newest segment archived whole on the
 	// current timeline.
 	archivedTo pg.LSN
@@ -198,6 +201,8 @@ func wake(c chan struct{}) {
 
 // run starts the workers; they end when ctx does (see shutdown).
 func (s *sink) run(ctx context.Context) {
+	// What an earlier run left to archive (local files, whole chains).
+	wake(s.archWake)
 	s.wg.Go(func() { s.archiver(ctx) })
 	if s.o.mode == DurableLocal {
 		s.wg.Go(func() { s.localWorker(ctx) })
@@ -367,12 +372,50 @@ func (s *sink) begin(ctx context.Context, tli pg.TimelineID, at pg.LSN, from pg.
 	return nil
 }
 
+// rewind moves the position back to from, inside the segment filling,
+// whose bytes up to the current position stay: the stream from from on is
+// compared with them until it reaches the old position, so that a server
+// whose WAL differs from what the receiver stored (a copy of the cluster
+// run as a primary on the same timeline) is caught instead of continued.
+// It reports false when the segment does not hold the bytes from from on.
+func (s *sink) rewind(from pg.LSN) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.curLocked()
+	if cur == nil || cur.tli != s.posTLI || cur.buf == nil || cur.ended || cur.have > 0 ||
+		from >= s.posLSN || from < cur.start(s.segSize) || s.posLSN != cur.start(s.segSize)+pg.LSN(cur.recv) {
+		return false
+	}
+	s.verifyTo = s.posLSN
+	s.posLSN = from
+	s.startPos = min(s.startPos, from)
+	return true
+}
+
+// ErrStreamDiffers: WAL streamed again differs from the bytes held.
+var ErrStreamDiffers = errors.New("the server's WAL differs from what the receiver stored")
+
 // write appends data, which starts at lsn on timeline tli, where the sink
 // stands (a message may span segments).
 func (s *sink) write(ctx context.Context, tli pg.TimelineID, lsn pg.LSN, data []byte) error {
 	now := time.Now()
 	for len(data) > 0 {
 		s.mu.Lock()
+		if s.verifyTo > s.posLSN && lsn == s.posLSN && tli == s.posTLI {
+			cur := s.curLocked()
+			n := min(int64(len(data)), int64(s.verifyTo-lsn))
+			off := int64(lsn.SegmentOffset(s.segSize))
+			same := bytes.Equal(cur.buf[off:off+n], data[:n])
+			s.mu.Unlock()
+			if !same {
+				return fmt.Errorf("at %s on timeline %d: %w", lsn, tli, ErrStreamDiffers)
+			}
+			s.mu.Lock()
+			s.posLSN += pg.LSN(n)
+			s.mu.Unlock()
+			data, lsn = data[n:], lsn+pg.LSN(n)
+			continue
+		}
 		if !s.posSet || tli != s.posTLI || lsn != s.posLSN {
 			p := s.posLSN
 			s.mu.Unlock()

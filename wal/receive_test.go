@@ -271,6 +271,23 @@ func TestSinkRepository(t *testing.T) {
 	if err := s.write(ctx, 2, sp, []byte{1}); err == nil {
 		t.Fatal("a write behind the position was accepted")
 	}
+	// Streamed again from a point before the position, the same bytes
+	// are compared and skipped, other bytes refused.
+	if !s.rewind(sp + 1000) {
+		t.Fatal("rewind refused")
+	}
+	if err := s.write(ctx, 2, sp+1000, n4[5000:7000]); err != nil {
+		t.Fatalf("the same bytes again: %v", err)
+	}
+	if s.rewind(sp - 4001) {
+		t.Fatal("rewound to before the segment")
+	}
+	if !s.rewind(sp + 2000) {
+		t.Fatal("rewind refused")
+	}
+	if err := s.write(ctx, 2, sp+2000, []byte{0xFF}); !errors.Is(err, ErrStreamDiffers) {
+		t.Fatalf("other bytes: %v", err)
+	}
 }
 
 // TestSinkLocal: with local durability the flush position follows
