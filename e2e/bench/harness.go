@@ -36,6 +36,21 @@ func Enabled(t testing.TB) {
 	}
 }
 
+// EnvDuration reads a benchmark setting from the environment (a Go
+// duration), def when unset.
+func EnvDuration(t testing.TB, name string, def time.Duration) time.Duration {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return d
+}
+
 // Measurement is what Measure observed of one command (or a Span).
 type Measurement struct {
 	Wall time.Duration

@@ -66,14 +66,7 @@ func benchEnvInt(t *testing.T, name string, def int) int {
 // synchronous commit), the standby's CPU seconds and peak RSS.
 func TestBenchReceive(t *testing.T) {
 	Enabled(t)
-	load := defaultReceiveLoad
-	if s := os.Getenv("TIDEMARK_BENCH_RECEIVE_LOAD"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatalf("TIDEMARK_BENCH_RECEIVE_LOAD: %v", err)
-		}
-		load = d
-	}
+	load := EnvDuration(t, "TIDEMARK_BENCH_RECEIVE_LOAD", defaultReceiveLoad)
 	rounds := benchEnvInt(t, "TIDEMARK_BENCH_RECEIVE_ROUNDS", defaultReceiveRounds)
 	clients := benchEnvInt(t, "TIDEMARK_BENCH_RECEIVE_CLIENTS", defaultReceiveClients)
 	srv := testenv.MinIOTLS(t)
@@ -317,14 +310,7 @@ func cpuSeconds(pid int) float64 {
 // (TIDEMARK_BENCH_RECEIVE_MEMORY_DURABLE=local for the other).
 func TestBenchReceiveMemory(t *testing.T) {
 	Enabled(t)
-	load := 10 * time.Minute
-	if s := os.Getenv("TIDEMARK_BENCH_RECEIVE_MEMORY_LOAD"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatalf("TIDEMARK_BENCH_RECEIVE_MEMORY_LOAD: %v", err)
-		}
-		load = d
-	}
+	load := EnvDuration(t, "TIDEMARK_BENCH_RECEIVE_MEMORY_LOAD", 10*time.Minute)
 	durable := os.Getenv("TIDEMARK_BENCH_RECEIVE_MEMORY_DURABLE")
 	if durable == "" {
 		durable = "repository"

@@ -85,14 +85,7 @@ type walResult struct {
 // range over those runs.
 func TestBenchWAL(t *testing.T) {
 	Enabled(t)
-	load := defaultWALLoad
-	if s := os.Getenv("TIDEMARK_BENCH_WAL_LOAD"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatalf("TIDEMARK_BENCH_WAL_LOAD: %v", err)
-		}
-		load = d
-	}
+	load := EnvDuration(t, "TIDEMARK_BENCH_WAL_LOAD", defaultWALLoad)
 	backlog := defaultBacklogSegs
 	if s := os.Getenv("TIDEMARK_BENCH_WAL_BACKLOG"); s != "" {
 		n, err := strconv.Atoi(s)
