@@ -932,7 +932,13 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 			}
 			return pg.TimelineID(res.Timeline), pg.LSN(res.LSN), nil
 		case *pgproto3.ErrorResponse:
-			return 0, 0, fmt.Errorf("from %s: %w", server, pgconn.ErrorResponseToPgError(m))
+			pe := pgconn.ErrorResponseToPgError(m)
+			if walRemoved(pe) {
+				return 0, 0, fmt.Errorf("stream from %s on timeline %d: %s: %w; the archive would have a gap: "+
+					"archive the missing WAL (archive_command) or take a new base backup, then start the receiver again",
+					server, tli, pe.Message, ErrWALRemoved)
+			}
+			return 0, 0, fmt.Errorf("from %s: %w", server, pe)
 		}
 	}
 }
@@ -979,7 +985,7 @@ func (r *Receiver) startReplication(ctx context.Context, conn *pgconn.PgConn, se
 				"or pass --create-slot", r.opts.Slot, server, r.opts.Slot)
 		case strings.Contains(pe.Message, "logical replication slot"):
 			return refusef(nil, "refusing slot %q on %s: %s; give the receiver a physical slot of its own", r.opts.Slot, server, pe.Message)
-		case pe.Code == "58P01" || strings.Contains(pe.Message, "has already been removed"):
+		case walRemoved(pe):
 			return fmt.Errorf("start at %s on timeline %d on %s: %s: %w; the archive would have a gap: "+
 				"archive the missing WAL (archive_command) or take a new base backup, then start the receiver again",
 				at, tli, server, pe.Message, ErrWALRemoved)
@@ -989,6 +995,12 @@ func (r *Receiver) startReplication(ctx context.Context, conn *pgconn.PgConn, se
 			return fmt.Errorf("START_REPLICATION at %s on timeline %d on %s: %w", at, tli, server, err)
 		}
 	}
+}
+
+// walRemoved reports the walsender's "requested WAL segment ... has
+// already been removed".
+func walRemoved(pe *pgconn.PgError) bool {
+	return pe.Code == "58P01" || strings.Contains(pe.Message, "has already been removed")
 }
 
 // drainToReady reads up to the server's ReadyForQuery.
