@@ -155,7 +155,8 @@ type Receiver struct {
 	// does not continue; pieces are uploaded from them.
 	histories map[pg.TimelineID][]byte // verified against the archive
 
-	kick atomic.Pointer[chan struct{}] // the current stream's status sender
+	kick  atomic.Pointer[chan struct{}] // the current stream's status sender
+	abort context.CancelFunc            // ends the stream after a fatal error of the sink
 
 	mu sync.Mutex
 	st ReceiveStatus
@@ -291,18 +292,23 @@ func (r *Receiver) Run(ctx context.Context) error {
 	r.sinkCtx, r.stop = sinkCtx, stop
 	defer stop()
 	go r.statusLoop(sinkCtx)
+	// A refusal from the sink's workers (an archived segment that differs,
+	// a local disk that fails) ends the stream at once.
+	streamCtx, abort := context.WithCancel(ctx)
+	defer abort()
+	r.abort = abort
 
 	backoff := 100 * time.Millisecond
 	var runErr error
 	for ctx.Err() == nil {
-		err := r.session(ctx)
-		if err == nil || ctx.Err() != nil {
-			break
-		}
+		err := r.session(streamCtx)
 		select {
 		case ferr := <-r.fatal:
 			err = ferr
 		default:
+		}
+		if err == nil || (ctx.Err() != nil && !isFatal(err)) {
+			break
 		}
 		if isFatal(err) {
 			runErr = err
@@ -494,6 +500,7 @@ func (r *Receiver) setup(ctx context.Context, conn *pgconn.PgConn, server string
 			case r.fatal <- &fatalError{err}:
 			default:
 			}
+			r.abort()
 		},
 		flushed: r.poke})
 	if err := r.recover(ctx, T); err != nil {
