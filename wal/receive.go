@@ -658,7 +658,10 @@ func (r *Receiver) recover(ctx context.Context, T pg.TimelineID) error {
 			r.log.Warn("cannot delete pieces of archived segments", "err", err)
 		}
 	}
-	if r.opts.Durable == DurableLocal {
+	// Local files of an earlier run, in either mode (it may have run with
+	// --durable local): complete segments to archive, partial ones that
+	// may hold acknowledged WAL not yet in the repository.
+	if _, err := os.Stat(s.o.dir); err == nil {
 		complete, partial, err := localFiles(s.o.dir)
 		if err != nil {
 			return &fatalError{fmt.Errorf("read %s: %w", s.o.dir, err)}
@@ -766,10 +769,8 @@ func (r *Receiver) endLocal(g *heldSeg) {
 // the archive's pieces of it.
 func (r *Receiver) prefix(ctx context.Context, tli pg.TimelineID, seg pg.SegNo, n int64) ([]byte, error) {
 	name := pg.SegmentName(tli, seg, r.ci.SegSize)
-	if r.opts.Durable == DurableLocal {
-		if b, err := os.ReadFile(filepath.Join(r.sink.o.dir, name)); err == nil && int64(len(b)) >= n {
-			return b[:n], nil
-		}
+	if b, err := os.ReadFile(filepath.Join(r.sink.o.dir, name)); err == nil && int64(len(b)) >= n {
+		return b[:n], nil
 	}
 	b, _, err := r.arch.ReadFile(ctx, r.ci.SystemID, name)
 	if err == nil && int64(len(b)) >= n {

@@ -1131,6 +1131,8 @@ func (s *sink) archiveSegment(ctx context.Context, g *heldSeg) error {
 		return err
 	}
 	s.cleanPieces(ctx, g.name)
+	// A copy an earlier run left (its bytes were streamed again).
+	os.Remove(filepath.Join(s.o.dir, g.name+".partial"))
 	s.mu.Lock()
 	g.archived = true
 	g.stored = int64(s.segSize)
