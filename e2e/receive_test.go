@@ -321,9 +321,20 @@ func TestReceiveRPO0(t *testing.T) {
 			e := newRestoreEnv(t, true)
 			c := e.syncCluster(t, tc.version, tc.segMiB, nil)
 			e.backup(c)
-			rc := e.startReceiver(t, connString(c), filepath.Join(t.TempDir(), "recv"), "--durable", tc.durable)
+			dir := filepath.Join(t.TempDir(), "recv")
+			metrics := filepath.Join(t.TempDir(), "receive.prom")
+			rc := e.startReceiver(t, connString(c), dir, "--durable", tc.durable, "--metrics-file", metrics)
 			enableSync(t, c)
 			rc.waitSync(t, 1)
+			// What an operator looks at: --status and the metrics file.
+			out := e.mustTidemark("wal-receive", "--dir", dir, "--status")
+			if !strings.Contains(out, "streaming from") || !strings.Contains(out, "sync_state sync") {
+				t.Errorf("wal-receive --status:\n%s", out)
+			}
+			waitUntil(t, time.Minute, "the metrics file", func() bool {
+				b, _ := os.ReadFile(metrics)
+				return strings.Contains(string(b), "tidemark_receive_sync{") && strings.Contains(string(b), "tidemark_receive_flushed_lsn{")
+			})
 
 			cm := startCommitters(t, c, 4)
 			cm.waitMore(t, 300)
