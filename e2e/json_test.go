@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 )
@@ -152,6 +153,15 @@ func TestJSONKeys(t *testing.T) {
 	run("copy", "copy", 0, with("copy", "--repo2", second)...)
 	run("expire", "expire", 0, with("expire", "--keep-last", "5")...)
 	run("gc", "gc", 0, with("gc")...)
+	// Last, as it writes the file repository as this test's user.
+	rdir := filepath.Join(e.shared, "recv")
+	rc := e.startReceiver(t, connString(c), rdir)
+	waitUntil(t, time.Minute, "wal-receive to read its slot and hear from the server", func() bool {
+		st := rc.status(t)
+		return st.SlotActive != nil && !st.LastMessage.IsZero() && st.Flushed > 0
+	})
+	run("wal-receive --status", "wal_receive", 0, "wal-receive", "--status", "--json", "--dir", rdir)
+	rc.stop(t)
 
 	slices.Sort(keys)
 	keys = slices.Compact(keys)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -323,18 +322,11 @@ func TestReceiveRPO0(t *testing.T) {
 			e.backup(c)
 			dir := filepath.Join(t.TempDir(), "recv")
 			metrics := filepath.Join(t.TempDir(), "receive.prom")
-			rc := e.startReceiver(t, connString(c), dir, "--durable", tc.durable, "--metrics-file", metrics)
+			addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+			rc := e.startReceiver(t, connString(c), dir, "--durable", tc.durable, "--metrics-file", metrics, "--metrics-listen", addr)
 			enableSync(t, c)
 			rc.waitSync(t, 1)
-			// What an operator looks at: --status and the metrics file.
-			out := e.mustTidemark("wal-receive", "--dir", dir, "--status")
-			if !strings.Contains(out, "streaming from") || !strings.Contains(out, "sync_state sync") {
-				t.Errorf("wal-receive --status:\n%s", out)
-			}
-			waitUntil(t, time.Minute, "the metrics file", func() bool {
-				b, _ := os.ReadFile(metrics)
-				return strings.Contains(string(b), "tidemark_receive_sync{") && strings.Contains(string(b), "tidemark_receive_flushed_lsn{")
-			})
+			e.checkReceiveStatus(t, c, dir, metrics, "http://"+addr+"/metrics")
 
 			cm := startCommitters(t, c, 4)
 			cm.waitMore(t, 300)
@@ -344,9 +336,6 @@ func TestReceiveRPO0(t *testing.T) {
 			cm.waitMore(t, 300)
 			if s := stats(t, c); s.failed != 0 {
 				t.Errorf("archive_command failed %d times beside wal-receive (last %s)", s.failed, s.lastFailed)
-			}
-			if st := rc.status(t); st.CommitsWaiting < 0 {
-				t.Errorf("the receiver does not see the commits waiting: %+v", st)
 			}
 			c.Kill()
 			acked := cm.ackedSoFar()
@@ -364,6 +353,7 @@ func TestReceiveRPO0(t *testing.T) {
 			if log, _ := os.ReadFile(r.LogFile); !strings.Contains(string(log), "served the streamed tail") {
 				t.Errorf("recovery did not use the receiver's tail; server log:\n%s", r.LogTail(30))
 			}
+			e.checkKeysDocumented()
 		})
 	}
 }
@@ -488,7 +478,7 @@ func (e *restoreEnv) walList(t *testing.T) walListing {
 	t.Helper()
 	out := e.mustTidemark(append([]string{"wal", "list", "--json"}, e.repoArgs()...)...)
 	var v struct{ Clusters []walListing }
-	if err := json.Unmarshal([]byte(out), &v); err != nil || len(v.Clusters) != 1 {
+	if err := fromJSON(out, "wal", &v); err != nil || len(v.Clusters) != 1 {
 		t.Fatalf("wal list --json: %v\n%s", err, out)
 	}
 	return v.Clusters[0]
@@ -680,4 +670,80 @@ func (e *restoreEnv) getObject(t *testing.T, key string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// checkReceiveStatus checks what an operator reads of a receiver that is
+// the synchronous standby of an idle c: --status, --status --json, the
+// metrics file and the metrics endpoint, against the server's own view
+// and each other; and that the metrics it exports are those
+// docs/operations.md documents.
+func (e *restoreEnv) checkReceiveStatus(t *testing.T, c *testenv.Cluster, dir, file, url string) {
+	t.Helper()
+	// Idle: the receiver has flushed all the server wrote.
+	end := c.QueryString(t, "SELECT pg_current_wal_flush_lsn()")
+	var st wal.ReceiveStatus
+	waitUntil(t, time.Minute, "the receiver's status to catch up with "+end, func() bool {
+		out := e.mustTidemark("wal-receive", "--dir", dir, "--status", "--json")
+		if err := fromJSON(out, "wal_receive", &st); err != nil {
+			t.Fatalf("wal-receive --status --json: %v\n%s", err, out)
+		}
+		return st.Flushed.String() == end && st.Uploaded > 0 && st.SlotActive != nil && st.CommitsWaiting >= 0
+	})
+	if st.LagBytes != 0 || st.SyncState != "sync" || !*st.SlotActive || st.Received < st.Flushed {
+		t.Errorf("wal-receive --status --json of an idle server at %s: %+v", end, st)
+	}
+	waitUntil(t, time.Minute, "the server to see the receiver flushed to "+end, func() bool {
+		return c.QueryString(t, "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = $1", wal.DefaultApplicationName) == end
+	})
+	out := e.mustTidemark("wal-receive", "--dir", dir, "--status")
+	for _, want := range []string{"streaming from", "sync_state sync", "flushed  " + end, "commits waiting for a synchronous standby: 0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("wal-receive --status lacks %q:\n%s", want, out)
+		}
+	}
+	cl := []string{"cluster", strconv.FormatUint(st.Cluster, 10)}
+	var ep, tf families
+	waitUntil(t, time.Minute, "the metrics to show the flushed position", func() bool {
+		var err error
+		if ep, err = scrape(t, url); err != nil {
+			return false
+		}
+		if _, err := os.Stat(file); err != nil {
+			return false
+		}
+		tf = readMetricsFile(t, file)
+		a, _ := ep.value("tidemark_receive_flushed_lsn", cl...)
+		b, _ := tf.value("tidemark_receive_flushed_lsn", cl...)
+		return a == float64(st.Flushed) && b == float64(st.Flushed)
+	})
+	for what, f := range map[string]families{"endpoint": ep, "metrics file": tf} {
+		f.want(t, what, "tidemark_receive_connected", 1, cl...)
+		f.want(t, what, "tidemark_receive_sync", 1, cl...)
+		f.want(t, what, "tidemark_receive_slot_active", 1, cl...)
+		f.want(t, what, "tidemark_receive_timeline", 1, cl...)
+		f.want(t, what, "tidemark_receive_lag_bytes", 0, cl...)
+		f.want(t, what, "tidemark_receive_commits_waiting", 0, cl...)
+		if v, _ := f.value("tidemark_receive_uploaded_lsn", cl...); v <= 0 || v > float64(st.Flushed) {
+			t.Errorf("%s: uploaded LSN %v, flushed %v", what, v, float64(st.Flushed))
+		}
+	}
+	if _, ok := ep.value("process_resident_memory_bytes"); !ok {
+		t.Errorf("endpoint: no process_resident_memory_bytes")
+	}
+	// TestMetrics holds every other command's metrics to the documentation;
+	// the receiver's are held here.
+	documented := map[string]bool{}
+	for _, name := range documentedMetrics(t) {
+		if strings.HasPrefix(name, "tidemark_receive_") {
+			documented[name] = true
+			if _, ok := ep[name]; !ok {
+				t.Errorf("docs/operations.md documents %s, which wal-receive does not export", name)
+			}
+		}
+	}
+	for name := range ep {
+		if strings.HasPrefix(name, "tidemark_") && !documented[name] {
+			t.Errorf("wal-receive exports %s, which docs/operations.md (Metrics) does not document", name)
+		}
+	}
 }

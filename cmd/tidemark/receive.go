@@ -1,18 +1,17 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tidemarkdb/tidemark/metrics"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/wal"
@@ -66,6 +65,7 @@ func walReceiveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},
 				Usage: "on SIGTERM, how long uploads in flight may finish"},
 			stringFlag("metrics-file", "write the receiver's Prometheus metrics to this file (node_exporter textfile format) every 5 seconds"),
+			stringFlag("metrics-listen", "serve the receiver's Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9188)"),
 			retryForFlag(10 * time.Second),
 		}),
 		Action: walReceive,
@@ -103,13 +103,22 @@ func walReceive(c *cli.Context) error {
 		Durable: durable, Dir: dir, Cluster: cluster, StatusInterval: c.Duration("status-interval"),
 		MaxInflight: c.Int("max-inflight"), UploadDelay: c.Duration("upload-delay"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"), RepoID: r.Config().ID, Logger: log}
-	if p := c.String("metrics-file"); p != "" {
-		opts.OnStatus = receiveMetrics(p, log)
+	var ep *metrics.Receive
+	if addr := c.String("metrics-listen"); addr != "" {
+		ep = &metrics.Receive{}
+		at, err := metrics.Serve(c.Context, addr, ep.Handler(), log)
+		if err != nil {
+			return usageErrorf("%v", err)
+		}
+		log.Info("serving metrics", "url", "http://"+at.String()+"/metrics")
+	}
+	if p := c.String("metrics-file"); p != "" || ep != nil {
+		opts.OnStatus = receiveMetrics(p, ep, log)
 	}
 	// A long-running process: hold the heap near what the receiver needs
 	// (the segments it buffers, one being archived) rather than letting
 	// the collector double it.
-	opts.OnCluster = func(ci walarchive.ClusterInfo) { debug.SetMemoryLimit(wal.ReceiveMemory(ci.SegSize) + 24<<20) }
+	opts.OnCluster = func(ci walarchive.ClusterInfo) { setMemoryLimit(wal.ReceiveMemory(ci.SegSize)) }
 	rcv, err := wal.NewReceiver(arch, opts)
 	if err != nil {
 		return usageErrorf("wal-receive: %v", err)
@@ -129,9 +138,7 @@ func printReceiveStatus(w io.Writer, dir string, asJSON bool) error {
 	}
 	age := time.Since(st.Updated)
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		if err := writeJSON(w, "wal_receive", st); err != nil {
 			return err
 		}
 	} else {
@@ -179,37 +186,21 @@ func formatReceiveStatus(st wal.ReceiveStatus, age time.Duration) string {
 	return b.String()
 }
 
-// receiveMetrics writes the receiver's metrics file every 5 seconds.
-func receiveMetrics(path string, log *slog.Logger) func(wal.ReceiveStatus) {
+// receiveMetrics passes each status to the endpoint's holder and writes
+// the metrics file every 5 seconds.
+func receiveMetrics(path string, ep *metrics.Receive, log *slog.Logger) func(wal.ReceiveStatus) {
 	var last time.Time
 	return func(st wal.ReceiveStatus) {
-		if time.Since(last) < 5*time.Second {
+		if ep != nil {
+			ep.Update(st)
+		}
+		if path == "" || time.Since(last) < 5*time.Second {
 			return
 		}
 		last = time.Now()
-		m := &metrics{}
-		l := clusterLabel(st.Cluster)
-		m.gauge("tidemark_receive_status_timestamp_seconds", "When wal-receive last reported its status (Unix time).", unixSeconds(st.Updated), l...)
-		m.gauge("tidemark_receive_connected", "1 while wal-receive streams from a server.", boolValue(st.Connected), l...)
-		m.gauge("tidemark_receive_timeline", "The timeline wal-receive streams.", float64(st.Timeline), l...)
-		m.gauge("tidemark_receive_received_lsn", "End of the WAL wal-receive received (LSN as a number).", float64(st.Received), l...)
-		m.gauge("tidemark_receive_flushed_lsn", "End of the WAL durable and reported flushed (LSN as a number).", float64(st.Flushed), l...)
-		m.gauge("tidemark_receive_uploaded_lsn", "End of the WAL in the repository without a hole (LSN as a number).", float64(st.Uploaded), l...)
-		m.gauge("tidemark_receive_lag_bytes", "The server's WAL end minus the flushed position.", float64(st.LagBytes), l...)
-		m.gauge("tidemark_receive_lag_seconds", "How long the oldest received byte not yet durable has waited.", st.LagSeconds, l...)
-		m.gauge("tidemark_receive_upload_lag_bytes", "Flushed WAL not yet in the repository.", float64(st.UploadLagBytes), l...)
-		m.gauge("tidemark_receive_upload_lag_seconds", "How long the oldest byte not yet in the repository has waited.", st.UploadLagSeconds, l...)
-		m.gauge("tidemark_receive_commits_waiting", "Backends waiting for a synchronous standby on the primary (-1: unknown).", float64(st.CommitsWaiting), l...)
-		if st.SlotActive != nil {
-			m.gauge("tidemark_receive_slot_active", "1 while the replication slot is in use.", boolValue(*st.SlotActive), l...)
-		}
-		m.gauge("tidemark_receive_sync", "1 while the server counts wal-receive as a synchronous standby (sync_state sync or quorum).",
-			boolValue(st.SyncState == "sync" || st.SyncState == "quorum"), l...)
-		m.gauge("tidemark_receive_pending_segments", "Segments held and not yet archived whole.", float64(st.PendingSegments), l...)
-		m.gauge("tidemark_receive_pieces_total", "Pieces uploaded since wal-receive started.", float64(st.Pieces), l...)
-		m.gauge("tidemark_receive_segments_total", "Segments archived whole since wal-receive started.", float64(st.Segments), l...)
-		m.gauge("tidemark_receive_upload_failures_total", "Failed uploads (retried) since wal-receive started.", float64(st.UploadFailures), l...)
-		if err := m.write(path); err != nil {
+		m := metrics.NewSet()
+		m.AddReceive(st)
+		if err := m.WriteFile(path); err != nil {
 			log.Warn("metrics file", "err", err)
 		}
 	}

@@ -2,6 +2,7 @@ package walarchive
 
 import (
 	"context"
+	"io"
 	"sync"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -68,4 +69,35 @@ func (a *Failover) ReadFile(ctx context.Context, cluster uint64, name string) ([
 		return err
 	})
 	return b, m, err
+}
+
+// ReadChain reads a chain of pieces (see Archive.ReadChain). It reads
+// again from the second repository only while nothing has reached w: bytes
+// already passed on cannot be taken back, so a failure after them stays the
+// first repository's error.
+func (a *Failover) ReadChain(ctx context.Context, cluster uint64, chain []Piece, w io.Writer) (int64, error) {
+	cw := &countingWriter{w: w}
+	var n int64
+	var first error
+	err := a.f.Do(ctx, func(r *repo.Repo) (err error) {
+		if cw.n > 0 {
+			return first
+		}
+		n, err = a.of(r).ReadChain(ctx, cluster, chain, cw)
+		first = err
+		return err
+	})
+	return n, err
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
