@@ -712,9 +712,13 @@ func (e *restoreEnv) checkReceiveStatus(t *testing.T, c *testenv.Cluster, dir, f
 			return false
 		}
 		tf = readMetricsFile(t, file)
+		// The file is rewritten every 5 s: wait for one written since
+		// the server counted the receiver as synchronous.
 		a, _ := ep.value("tidemark_receive_flushed_lsn", cl...)
 		b, _ := tf.value("tidemark_receive_flushed_lsn", cl...)
-		return a == float64(st.Flushed) && b == float64(st.Flushed)
+		sa, _ := ep.value("tidemark_receive_sync", cl...)
+		sb, _ := tf.value("tidemark_receive_sync", cl...)
+		return a == float64(st.Flushed) && b == float64(st.Flushed) && sa == 1 && sb == 1
 	})
 	for what, f := range map[string]families{"endpoint": ep, "metrics file": tf} {
 		f.want(t, what, "tidemark_receive_connected", 1, cl...)

@@ -42,6 +42,7 @@ type recvRun struct {
 	cpu           float64 // the standby's CPU seconds during the load
 	rss           int64   // its peak RSS
 	walMB         float64 // WAL written during the load
+	load          float64 // the machine's 1-minute load average at the end of the load
 }
 
 func benchEnvInt(t *testing.T, name string, def int) int {
@@ -85,8 +86,8 @@ func TestBenchReceive(t *testing.T) {
 			i := (k + r) % len(setups)
 			n++
 			run := benchReceiveRun(t, c, setups[i], fmt.Sprintf("bench_%d", n), load, clients)
-			t.Logf("round %d, %s: %.0f tps, p50 %.2f ms, p99 %.2f ms, CPU %.1f s, peak RSS %.0f MiB, WAL %.0f MB",
-				r+1, setups[i].name, run.tps, run.p50, run.p99, run.cpu, MiB(run.rss), run.walMB)
+			t.Logf("round %d, %s: %.0f tps, p50 %.2f ms, p99 %.2f ms, CPU %.1f s, peak RSS %.0f MiB, WAL %.0f MB, load average %.1f",
+				r+1, setups[i].name, run.tps, run.p50, run.p99, run.cpu, MiB(run.rss), run.walMB, run.load)
 			runs[i] = append(runs[i], run)
 		}
 	}
@@ -112,6 +113,7 @@ func TestBenchReceive(t *testing.T) {
 	row("standby CPU (s per run)", "%.1f", func(r recvRun) float64 { return r.cpu })
 	row("standby peak RSS (MiB)", "%.0f", func(r recvRun) float64 { return MiB(r.rss) })
 	row("WAL written (MB per run)", "%.0f", func(r recvRun) float64 { return r.walMB })
+	row("machine load average at the end", "%.1f", func(r recvRun) float64 { return r.load })
 	tps := func(i int) []float64 {
 		var out []float64
 		for _, r := range runs[i] {
@@ -238,7 +240,7 @@ func benchReceiveRun(t *testing.T, c *testenv.Cluster, s recvSetup, slot string,
 	rss := SampleRSS(cmd.Process.Pid)
 	res := testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: clients, Jobs: 2, Duration: load,
 		Args: []string{"-l", "--log-prefix=" + filepath.Join(logDir, "pgbench")}})
-	run := recvRun{tps: res.TPS, rss: rss.Stop(), cpu: cpuSeconds(cmd.Process.Pid) - cpu0}
+	run := recvRun{tps: res.TPS, rss: rss.Stop(), cpu: cpuSeconds(cmd.Process.Pid) - cpu0, load: loadAverage()}
 	run.walMB = float64(pgLSNDiff(t, c, startLSN)) / 1e6
 	lat := pgbenchLatencies(t, logDir)
 	run.p50, run.p99 = Millis(Percentile(lat, 50)), Millis(Percentile(lat, 99))
@@ -341,8 +343,9 @@ func TestBenchReceiveMemory(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	type sample struct {
-		at  time.Duration
-		rss int64
+		at   time.Duration
+		rss  int64
+		load float64
 	}
 	var samples []sample
 	stop := make(chan struct{})
@@ -357,7 +360,7 @@ func TestBenchReceiveMemory(t *testing.T) {
 			case <-stop:
 				return
 			case <-tick.C:
-				samples = append(samples, sample{time.Since(start), TreeRSS(cmd.Process.Pid)})
+				samples = append(samples, sample{time.Since(start), TreeRSS(cmd.Process.Pid), loadAverage()})
 			}
 		}
 	}()
@@ -384,6 +387,10 @@ func TestBenchReceiveMemory(t *testing.T) {
 	fmt.Fprintf(&sb, "RSS every 10 s (MiB):")
 	for _, s := range samples {
 		fmt.Fprintf(&sb, " %.0f", MiB(s.rss))
+	}
+	fmt.Fprintf(&sb, "\nmachine load average every 10 s:")
+	for _, s := range samples {
+		fmt.Fprintf(&sb, " %.1f", s.load)
 	}
 	sb.WriteByte('\n')
 	t.Log(sb.String())
