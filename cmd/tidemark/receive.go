@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -119,6 +121,13 @@ func walReceive(c *cli.Context) error {
 	// (the segments it buffers, one being archived) rather than letting
 	// the collector double it.
 	opts.OnCluster = func(ci walarchive.ClusterInfo) { setMemoryLimit(wal.ReceiveMemory(ci.SegSize)) }
+	// Its garbage is few and large (a segment's buffer per segment
+	// streamed): at the default GOGC the dead buffers piled up to the
+	// memory limit over minutes (RSS from 78 to 122 MiB in the 10-minute
+	// benchmark). A collection per segment or so costs next to nothing.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(receiveGCPercent)
+	}
 	rcv, err := wal.NewReceiver(arch, opts)
 	if err != nil {
 		return usageErrorf("wal-receive: %v", err)
@@ -126,6 +135,10 @@ func walReceive(c *cli.Context) error {
 	log.Info("wal-receive starting", "dir", dir, "durable", durable, "slot", opts.Slot, "application_name", rcv.ApplicationName())
 	return rcv.Run(c.Context)
 }
+
+// receiveGCPercent is the receiver's GOGC: the heap may grow a quarter
+// past what is live before a collection.
+const receiveGCPercent = 25
 
 // receiveStale is how old a status may be before --status says the
 // receiver is not running.

@@ -79,6 +79,15 @@ func TestBenchReceive(t *testing.T) {
 		{name: "wal-receive local", app: "tidemark", start: startWALReceive(srv, "local")},
 		{name: "wal-receive repository", app: "tidemark", start: startWALReceive(srv, "repository")},
 	}
+	// TIDEMARK_BENCH_RECEIVE_INFLIGHT=1,2,4 compares --durable repository
+	// with those --max-inflight against pg_receivewal instead.
+	if v := os.Getenv("TIDEMARK_BENCH_RECEIVE_INFLIGHT"); v != "" {
+		setups = setups[:1]
+		for n := range strings.SplitSeq(v, ",") {
+			setups = append(setups, recvSetup{name: "wal-receive repository, inflight " + n, app: "tidemark",
+				start: startWALReceive(srv, "repository", "--max-inflight", n)})
+		}
+	}
 	runs := make([][]recvRun, len(setups))
 	n := 0
 	for r := range rounds {
@@ -122,7 +131,7 @@ func TestBenchReceive(t *testing.T) {
 		return out
 	}
 	// Ratios of the runs of one round, which share the machine's state.
-	for _, i := range []int{1, 2} {
+	for i := 1; i < len(setups); i++ {
 		var ratios []float64
 		for r := range rounds {
 			ratios = append(ratios, tps(i)[r]/tps(0)[r])
@@ -173,14 +182,14 @@ func startPGReceivewal(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd 
 	return cmd
 }
 
-func startWALReceive(srv *testenv.S3Server, durable string) func(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd {
+func startWALReceive(srv *testenv.S3Server, durable string, extra ...string) func(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd {
 	return func(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd {
 		// A repository of its own: the receiver starts where the archive
 		// ends, and WAL of the runs before would be gone from the server.
 		tm := NewTidemark(t, srv, srv.NewBucket(t))
-		cmd := exec.Command(tm.Bin, "wal-receive", "--pg-conn",
-			fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.Port),
-			"--slot", slot, "--create-slot", "--dir", filepath.Join(t.TempDir(), "recv"), "--durable", durable, "--log-level", "warn")
+		args := []string{"wal-receive", "--pg-conn", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.Port),
+			"--slot", slot, "--create-slot", "--dir", filepath.Join(t.TempDir(), "recv"), "--durable", durable, "--log-level", "warn"}
+		cmd := exec.Command(tm.Bin, append(args, extra...)...)
 		cmd.Env = append(os.Environ(), tm.Env...)
 		return cmd
 	}
