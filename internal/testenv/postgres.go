@@ -25,7 +25,7 @@ import (
 // PGConfig describes a throwaway cluster for NewCluster. The zero value is a
 // PostgreSQL 15 cluster with data checksums.
 type PGConfig struct {
-	// Version is the major version (15, 16, 17, 18); 0 means 15.
+	// Version is the major version (13 to 18); 0 means 15.
 	Version int
 	// Settings are extra postgresql.conf settings, written after (and so
 	// overriding) the defaults. Values are written quoted, so pass them bare:
@@ -199,10 +199,13 @@ func (c *Cluster) registerCleanup() {
 
 func (c *Cluster) initdb(ctx context.Context, cfg PGConfig) error {
 	args := []string{
-		"-D", c.DataDir, "--no-sync", "--no-instructions",
+		"-D", c.DataDir, "--no-sync",
 		"-U", "postgres", "--auth-local=trust", "--auth-host=trust",
 		// C locale: test machines need not have any other generated.
 		"--locale=C", "--encoding=UTF8",
+	}
+	if c.Version >= 14 {
+		args = append(args, "--no-instructions") // 13 does not know it
 	}
 	checksums := cfg.DataChecksums == nil || *cfg.DataChecksums
 	switch {
@@ -1036,6 +1039,10 @@ func findPGBinDir(major int) (dir string, tried []string, ok bool) {
 // installs for a major version (keep the two in step).
 func npmPGVersion(major int) string {
 	switch major {
+	case 13:
+		return "13.23.0-beta.16"
+	case 14:
+		return "14.23.0-beta.17"
 	case 16:
 		return "16.14.0-beta.17"
 	case 17:

@@ -17,7 +17,7 @@ import (
 // Even versions run without data checksums, so both initdb paths (18 turned
 // them on by default) are covered.
 func TestClusterVersions(t *testing.T) {
-	for _, v := range []int{15, 16, 17, 18} {
+	for _, v := range []int{13, 14, 15, 16, 17, 18} {
 		t.Run(fmt.Sprintf("pg%d", v), func(t *testing.T) {
 			t.Parallel()
 			settings := map[string]string{"work_mem": "5MB"}
