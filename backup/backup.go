@@ -36,6 +36,7 @@ type run struct {
 	cap    atomic.Pointer[capture]
 	w      *repo.Writer
 	timing Timing
+	reads  repo.ReadStats // the repository's reads when the run began
 }
 
 // Run takes one backup of the cluster at opts.PGData into r and commits
@@ -55,7 +56,7 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &run{r: r, opts: opts, ctl: ctl, began: opts.Now()}
+	b := &run{r: r, opts: opts, ctl: ctl, began: opts.Now(), reads: r.ReadStats()}
 	b.setPhase(PhaseStart)
 	l, err := acquireLease(ctx, r, ctl.SystemIdentifier, &opts)
 	if err != nil {
@@ -161,6 +162,9 @@ func (b *run) copyAndCommit(ctx context.Context, kaStop func(), snaps []*repo.Sn
 	}
 	b.method.Store(&ch.method)
 	log.Info("change detection", "method", ch.method, "parent", snapID(ch.parent), "why", ch.fallback)
+	for _, src := range ch.sources {
+		log.Info("change source", "source", src.Method, "used", src.Used, "pages", src.Pages, "summaries", src.Summaries, "why_not", src.Reason)
+	}
 
 	b.w, err = b.r.NewWriter(ctx, "backup "+b.id)
 	if err != nil {
@@ -184,8 +188,8 @@ func (b *run) copyAndCommit(ctx context.Context, kaStop func(), snaps []*repo.Sn
 	b.copyAt.Store(copyAt.UnixNano())
 	c, rts, err := b.capture(ctx, ch, ref, start, startTime)
 	if errors.Is(err, errSummaryMismatch) {
-		log.Warn("WAL summaries disagree with the data files; reading every page's LSN instead", "detail", c.mismatch)
-		ch.method, ch.fallback = MethodLSNScan, "WAL summaries disagreed with a page: "+c.mismatch
+		log.Warn("summaries disagree with the data files; reading every page's LSN instead", "source", ch.method, "detail", c.mismatch)
+		ch.method, ch.fallback = MethodLSNScan, ch.method+" disagreed with a page: "+c.mismatch
 		b.method.Store(&ch.method)
 		ch.sum = nil
 		c, rts, err = b.capture(ctx, ch, ref, start, startTime)
@@ -272,7 +276,7 @@ func (b *run) copyAndCommit(ctx context.Context, kaStop func(), snaps []*repo.Sn
 		"seconds", fmt.Sprintf("%.1f", snap.Stats.Seconds), "checksum_errors", csCount)
 	b.timing.Commit = opts.Now().Sub(stopTime)
 	return &Result{Snapshot: snap, Key: key, Method: ch.method, Fallback: ch.fallback, Parent: ch.parent,
-		Stats: b.stats(c, nReused), Timing: b.timing}, nil
+		Sources: ch.sources, Stats: b.stats(c, nReused), Timing: b.timing}, nil
 }
 
 func snapID(s *repo.Snapshot) string {
@@ -284,52 +288,15 @@ func snapID(s *repo.Snapshot) string {
 
 func (b *run) stats(c *capture, reusedPacks int) Stats {
 	ws := b.w.Stats()
+	rs := b.r.ReadStats()
 	return Stats{
 		Files: c.stats.files.Load(), RelFiles: c.stats.relFiles.Load(), ReusedFiles: c.stats.reusedFiles.Load(),
 		LogicalBytes: c.stats.logical.Load(), ReadBytes: c.stats.read.Load(), PatchedPages: c.stats.patched.Load(),
 		DeltaPages: c.stats.deltaPages.Load(), BaseReadBytes: c.stats.baseRead.Load(),
 		RebasedSlots: c.stats.rebased.Load(), SampledPages: c.stats.sampled.Load(), ChecksumPages: c.stats.verified.Load(),
+		RepoReadBytes: rs.Bytes - b.reads.Bytes, RepoGets: rs.Gets - b.reads.Gets,
 		NewBytes: ws.StoredBytes, NewBlobs: ws.NewBlobs, ReusedPacks: reusedPacks,
 	}
-}
-
-// changes is how a backup finds what changed.
-type changes struct {
-	method   string
-	fallback string
-	parent   *repo.Snapshot // the incremental's parent; nil for a full backup
-	sum      *summary
-}
-
-// changeDetection picks the method: a full capture without a parent or
-// with --full, else WAL summaries when they cover the range since the
-// parent's start, else page LSNs.
-func (b *run) changeDetection(ctx context.Context, ref *repo.Snapshot, why string, hist pg.History, start pg.LSN) (changes, error) {
-	opts, srv := &b.opts, b.srv
-	switch {
-	case ref == nil:
-		return changes{method: MethodFull, fallback: why}, nil
-	case opts.Full:
-		return changes{method: MethodFull, fallback: "--full"}, nil
-	case opts.NoWALSummary:
-		return changes{method: MethodLSNScan, parent: ref, fallback: "WAL summaries not wanted"}, nil
-	case !pg.HasWALSummaries(srv.Major):
-		return changes{method: MethodLSNScan, parent: ref, fallback: fmt.Sprintf("PostgreSQL %d has no WAL summaries", srv.Major)}, nil
-	case !srv.SummarizeWAL:
-		return changes{method: MethodLSNScan, parent: ref, fallback: "summarize_wal is off"}, nil
-	}
-	b.setPhase(PhaseChanges)
-	sum, reason, err := loadSummary(ctx, srv, hist, pg.LSN(ref.StartLSN), start, opts.SummaryWait)
-	if err != nil {
-		return changes{}, err
-	}
-	if sum == nil {
-		return changes{method: MethodLSNScan, parent: ref, fallback: reason}, nil
-	}
-	if opts.summaryForced != nil {
-		opts.summaryForced(sum)
-	}
-	return changes{method: MethodSummaries, parent: ref, sum: sum}, nil
 }
 
 // capture runs one pass over the files.

@@ -73,9 +73,9 @@ type capture struct {
 	now        int64  // Unix seconds: Written of blobs stored now
 	day        int64  // days since the epoch: picks the age-rebase share
 
-	method string     // MethodFull, MethodSummaries, MethodLSNScan
+	method string     // MethodFull, MethodBlockSummaries, MethodSummaries, MethodLSNScan
 	ref    *reference // nil: nothing to compare with
-	sum    *summary   // MethodSummaries only
+	sum    *summary   // with summaries only
 
 	jobs    chan item
 	items   sync.WaitGroup
@@ -112,6 +112,12 @@ type dirSlot struct {
 	d   *dir
 	idx int
 	abs string
+}
+
+// summaries reports whether pages are found changed by summaries (of
+// either kind) rather than by reading them.
+func (c *capture) summaries() bool {
+	return c.method == MethodSummaries || c.method == MethodBlockSummaries
 }
 
 // fail records the first error and stops the capture.

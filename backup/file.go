@@ -41,7 +41,7 @@ type file struct {
 	prevMapID blob.ID
 	prevMap   *filemap.Map
 	whole     bool
-	changes   fileChanges // MethodSummaries
+	changes   fileChanges // with summaries
 
 	pending atomic.Int64
 	parts   [][]filemap.Extent  // relation files: extents found per item
@@ -161,7 +161,7 @@ func (c *capture) plan(s *dirSlot) *file {
 	f.whole = c.method == MethodFull || prev == nil || prev.Map.IsZero() ||
 		prev.Inode != e.node.Inode || e.node.Size < prev.Size ||
 		f.relf.Fork == pg.ForkFSM || f.relf.Fork == pg.ForkVM
-	if !f.whole && c.method == MethodSummaries {
+	if !f.whole && c.summaries() {
 		f.changes = c.sum.forFile(f.relf, c.relSegSize)
 	}
 	return f

@@ -1,15 +1,18 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +24,8 @@ import (
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
+	"github.com/tidemarkdb/tidemark/repo/walarchive/walarchivetest"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/fs"
 )
@@ -82,8 +87,17 @@ func initTestRepo(t testing.TB, st storage.Store, dir string, packSize int64) *t
 }
 
 // walArchive is a WAL archive made by a plain cp archive_command, which
-// restores read back with cp.
-type walArchive struct{ dir string }
+// restores read back with cp. Whatever the command copied is pushed, when
+// a backup asks, through the archive step every tidemark archiver shares
+// (walarchive.PutFrom) into arch, which so holds the segments and their
+// block summaries.
+type walArchive struct {
+	dir     string
+	arch    *walarchive.Archive
+	mu      sync.Mutex
+	pushed  map[string]bool
+	cluster uint64
+}
 
 func newWALArchive(t testing.TB) *walArchive {
 	dir := filepath.Join(testenv.SharedDir(t), "wal")
@@ -91,7 +105,51 @@ func newWALArchive(t testing.TB) *walArchive {
 		t.Fatal(err)
 	}
 	testenv.ChownToServer(t, dir)
-	return &walArchive{dir: dir}
+	st, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := walarchivetest.Repo(t, st)
+	return &walArchive{dir: dir, arch: walarchive.FromRepo(r, walarchive.Options{}), pushed: map[string]bool{}}
+}
+
+// sync pushes the segments the archive_command copied since the last call.
+func (a *walArchive) sync(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ents, err := os.ReadDir(a.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		f, err := pg.ParseWALFileName(e.Name())
+		if err != nil || f.Kind != pg.WALSegment || a.pushed[e.Name()] {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(a.dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		h, err := pg.ParseSegmentHeader(b)
+		if err != nil {
+			return err
+		}
+		ci := walarchive.ClusterInfo{SystemID: h.SysID, SegSize: h.SegSize, BlockSize: h.BlockSize}
+		a.cluster = h.SysID
+		if _, err := a.arch.Put(ctx, ci, e.Name(), b); err != nil {
+			return err
+		}
+		a.pushed[e.Name()] = true
+	}
+	return nil
+}
+
+// ReadSummary makes walArchive a source of block summaries.
+func (a *walArchive) ReadSummary(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo, segSize uint32) (*walarchive.Summary, error) {
+	if err := a.sync(ctx); err != nil {
+		return nil, err
+	}
+	return a.arch.ReadSummary(ctx, cluster, tli, seg, segSize)
 }
 
 func (a *walArchive) archiveCommand() string {
@@ -125,6 +183,63 @@ func newCluster(t testing.TB, version int, settings map[string]string) (*testenv
 		s[k] = v
 	}
 	return testenv.NewCluster(t, testenv.PGConfig{Version: version, Settings: s}), a
+}
+
+// newClusterChecksums is newCluster with data checksums on or off.
+func newClusterChecksums(t testing.TB, version int, settings map[string]string, checksums bool) (*testenv.Cluster, *walArchive) {
+	t.Helper()
+	a := newWALArchive(t)
+	s := map[string]string{"archive_mode": "on", "archive_command": a.archiveCommand()}
+	for k, v := range settings {
+		s[k] = v
+	}
+	return testenv.NewCluster(t, testenv.PGConfig{Version: version, Settings: s, DataChecksums: &checksums}), a
+}
+
+// damageSummary deletes ("deleted") or corrupts ("corrupted") the block
+// summary of the archived segment holding lsn and returns its segment's
+// name.
+func (a *walArchive) damageSummary(t testing.TB, lsn pg.LSN, how string) string {
+	t.Helper()
+	ctx := t.Context()
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name := range a.pushed {
+		f, _ := pg.ParseWALFileName(name)
+		seg, _ := f.SegNo(16 << 20)
+		if seg != lsn.Segment(16<<20) {
+			continue
+		}
+		cluster := a.cluster
+		key := walarchive.SummaryKey(cluster, f.Timeline, seg, 16<<20)
+		st := a.arch.Store()
+		switch how {
+		case "deleted":
+			if err := st.Delete(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			rc, err := st.Get(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)-20] ^= 0x40
+			if err := st.Put(ctx, key, bytes.NewReader(b), int64(len(b))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return name
+	}
+	t.Fatalf("no archived segment holds %s", lsn)
+	return ""
 }
 
 // backupOpts are the options tests back up with.

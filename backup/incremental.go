@@ -9,8 +9,10 @@ import (
 	"strconv"
 
 	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/repo/agestream"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
+	"github.com/tidemarkdb/tidemark/repo/index"
 )
 
 // samplesPerItem is how many pages per item a summary-based backup reads
@@ -29,8 +31,8 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 	clear(wk.changed)
 	prevPages := f.prevMap.Pages
 	n := 0
-	switch c.method {
-	case MethodLSNScan:
+	switch {
+	case c.method == MethodLSNScan || c.summaries() && f.changes.scan:
 		if err := wk.read(f, s0, s0, s1); err != nil {
 			return err
 		}
@@ -48,7 +50,7 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 				n++
 			}
 		}
-	case MethodSummaries:
+	case c.summaries():
 		for p := s0; p < s1; p++ {
 			if p >= prevPages || f.changes.changed(p) {
 				wk.changed[p-s0] = true
@@ -77,6 +79,12 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 		return err
 	}
 	base, plain, patched := prev.base, prev.plain, prev.patched+n
+	if base.pages > 0 && !wk.baseWorthFetching(base, s0, s1) {
+		// Fetching the base for a few changed pages would cost more
+		// reads than storing them whole: the backup's reads stay
+		// proportional to what changed.
+		base = windowBase{}
+	}
 	// Pages stored as deltas against the window's base cost a tenth of a
 	// rewritten slot's share even when every page of the window changed
 	// (a B-tree index under random inserts: nearly every leaf), so only
@@ -119,6 +127,22 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 	return nil
 }
 
+// baseWorthFetching reports whether window [s0, s1)'s changed pages
+// should be stored as deltas against its base slot: only when fetching the
+// base (its stored bytes, rounded out to the encrypted chunks a ranged read
+// takes) costs no more than the changed pages themselves. So a backup
+// never reads more from the repository than it reads of changed pages from
+// the data directory (docs/snapshot.md, page deltas).
+func (wk *worker) baseWorthFetching(base windowBase, s0, s1 uint32) bool {
+	k := int64(0)
+	for p := s0; p < s1; p++ {
+		if wk.changed[p-s0] && p-s0 < base.pages {
+			k++
+		}
+	}
+	return base.fetch <= k*int64(wk.c.blockSize)
+}
+
 // windowSum records the sum (filemap.SlotSum) of window [s0, s1), which
 // holds patch pages and so cannot be recognised by one slot blob's ID. The
 // sum is of the pages as this backup read them, which may differ from what
@@ -126,7 +150,10 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 // bits set after the page's base was stored): a delta restore that keeps a
 // window matching it keeps exactly what a full backup taken now would hold,
 // an equally valid start for replay. An unchanged window keeps the
-// reference's sum.
+// reference's sum. A backup that reads only the changed pages (summaries)
+// sums only windows it read whole: reading the rest of a window for its
+// sum would make its reads grow with the files, not with what changed; a
+// delta restore compares a window without a sum extent by extent.
 func (wk *worker) windowSum(f *file, s0, s1 uint32, unchanged bool) error {
 	c := wk.c
 	w := s0 / uint32(c.pagesPerSlot())
@@ -135,6 +162,9 @@ func (wk *worker) windowSum(f *file, s0, s1 uint32, unchanged bool) error {
 			wk.sums = append(wk.sums, filemap.SlotSum{Slot: w, ID: id})
 			return nil
 		}
+	}
+	if c.summaries() && !f.changes.scan && slices.Contains(wk.have[:s1-s0], false) {
+		return nil
 	}
 	if err := wk.readRest(f, s0, s1); err != nil {
 		return err
@@ -153,10 +183,23 @@ func prevZero(m *filemap.Map, p uint32) bool {
 
 // windowBase is the slot blob a window's pages rest on in the reference
 // map, against which changed pages are stored as deltas; pages is how many
-// pages it holds (0: none, the pages are stored as they are).
+// pages it holds (0: none, the pages are stored as they are); fetch what
+// reading it costs (fetchSize).
 type windowBase struct {
 	id    blob.ID
 	pages uint32
+	fetch int64
+}
+
+// fetchSize is how many bytes a ranged read of the blob at loc takes from
+// its pack: its stored bytes, widened to whole encrypted chunks.
+func fetchSize(loc index.Location) int64 {
+	if loc.Length == 0 {
+		return 0
+	}
+	first := int64(loc.Offset) / agestream.ChunkSize
+	last := (int64(loc.Offset) + int64(loc.Length) - 1) / agestream.ChunkSize
+	return (last - first + 1) * agestream.EncChunkSize
 }
 
 // maxPatchBlobs is how many patch blobs a window's pages may be spread over
@@ -204,7 +247,7 @@ func (wk *worker) prevPatches(f *file, s0, s1 uint32) (prevWindow, error) {
 				conflict = true
 				break
 			}
-			w.base = windowBase{id: id, pages: loc.RawLength / uint32(c.blockSize)}
+			w.base = windowBase{id: id, pages: loc.RawLength / uint32(c.blockSize), fetch: fetchSize(loc)}
 		}
 		return nil
 	}
@@ -333,8 +376,12 @@ func (wk *worker) deltaPatch(f *file) error {
 		return nil
 	}
 	bs := c.blockSize
+	for _, id := range ids {
+		if loc, err := c.store.Lookup(c.ctx, id); err == nil {
+			c.stats.baseRead.Add(fetchSize(loc))
+		}
+	}
 	err := c.store.ReadBlobs(c.ctx, ids, func(id blob.ID, data []byte) error {
-		c.stats.baseRead.Add(int64(len(data)))
 		// Callbacks run concurrently, each on the pages of its own base.
 		for _, k := range wk.byBase[id] {
 			off := int(wk.patchBases[k].page) * bs

@@ -89,7 +89,7 @@ type Options struct {
 	RebaseSpread int
 	SummaryWait  time.Duration
 	ArchiveWait  time.Duration
-	NoWALSummary bool // read page LSNs even when WAL summaries cover the range
+	NoWALSummary bool // read page LSNs even when summaries (tidemark's or PostgreSQL's) cover the range
 	// NoPageDeltas stores changed pages as they are instead of XORed onto
 	// the page of the window's base slot (filemap.Extent.Base): no base
 	// slots are read back, at the cost of larger incrementals.
@@ -98,6 +98,7 @@ type Options struct {
 	Logger        *slog.Logger
 	Now           func() time.Time
 	summaryForced func(*summary) // tests: tamper with a loaded summary
+	noPGSummaries bool           // tests: leave PostgreSQL's WAL summaries out
 }
 
 func (o *Options) deltas() bool { return !o.NoPageDeltas }
@@ -137,23 +138,40 @@ func (o *Options) setDefaults() {
 
 // Change detection methods, as reported in Result.Method.
 const (
-	MethodFull       = "full"          // everything read and stored
-	MethodSummaries  = "wal-summaries" // PostgreSQL 17+ WAL summaries
-	MethodLSNScan    = "lsn-scan"      // every page's LSN compared
-	methodWholeFiles = "whole"         // internal: capture every file whole
+	MethodFull           = "full"            // everything read and stored
+	MethodSummaries      = "wal-summaries"   // PostgreSQL 17+ WAL summaries
+	MethodBlockSummaries = "block-summaries" // tidemark's block summaries beside the archived WAL
+	MethodLSNScan        = "lsn-scan"        // every page's LSN compared
+	methodWholeFiles     = "whole"           // internal: capture every file whole
 )
 
 // Result is what a committed backup did.
 type Result struct {
 	Snapshot *repo.Snapshot
 	Key      string // the snapshot's object key
-	// Method is how changes were found: MethodFull, MethodSummaries or
-	// MethodLSNScan. Fallback says why a cheaper method was not used.
+	// Method is how changes were found: MethodFull, MethodBlockSummaries,
+	// MethodSummaries or MethodLSNScan. Fallback says why a cheaper method
+	// was not used.
 	Method   string
 	Fallback string
-	Parent   *repo.Snapshot // nil for a full backup
-	Stats    Stats
-	Timing   Timing
+	// Sources are the summaries an incremental considered: which it used,
+	// and why the others were not.
+	Sources []ChangeSource
+	Parent  *repo.Snapshot // nil for a full backup
+	Stats   Stats
+	Timing  Timing
+}
+
+// ChangeSource is one source of changed pages an incremental considered.
+type ChangeSource struct {
+	Method string `json:"method"` // MethodBlockSummaries or MethodSummaries
+	Used   bool   `json:"used"`
+	// Pages estimates the pages the source says to read (listed blocks,
+	// and the files past a truncation or in a new directory); Summaries is
+	// how many summaries it took. Both are 0 when it was not usable.
+	Pages     int64  `json:"pages"`
+	Summaries int    `json:"summaries"`
+	Reason    string `json:"why_not,omitempty"`
 }
 
 // Timing is where a backup's time went.
@@ -166,17 +184,19 @@ type Timing struct {
 
 // Stats count a run's work.
 type Stats struct {
-	Files         int64 `json:"files"`           // files in the snapshot
-	RelFiles      int64 `json:"relation_files"`  // relation files among them
-	ReusedFiles   int64 `json:"reused_files"`    // files whose parent entry was reused unread
-	LogicalBytes  int64 `json:"logical_bytes"`   // bytes of the files in the snapshot
-	ReadBytes     int64 `json:"read_bytes"`      // bytes read from the data directory
-	PatchedPages  int64 `json:"patched_pages"`   // pages stored in patches
-	DeltaPages    int64 `json:"delta_pages"`     // of those, stored XORed onto their base slot's page
-	BaseReadBytes int64 `json:"base_read_bytes"` // bytes of base slots read back from the repository for deltas
-	RebasedSlots  int64 `json:"rebased_slots"`   // slots rewritten whole by the rebase rule
-	SampledPages  int64 `json:"sampled_pages"`   // pages read to cross-check WAL summaries
-	NewBytes      int64 `json:"new_bytes"`       // bytes newly stored (compressed), data and metadata
+	Files         int64 `json:"files"`                 // files in the snapshot
+	RelFiles      int64 `json:"relation_files"`        // relation files among them
+	ReusedFiles   int64 `json:"reused_files"`          // files whose parent entry was reused unread
+	LogicalBytes  int64 `json:"logical_bytes"`         // bytes of the files in the snapshot
+	ReadBytes     int64 `json:"read_bytes"`            // bytes read from the data directory
+	PatchedPages  int64 `json:"patched_pages"`         // pages stored in patches
+	DeltaPages    int64 `json:"delta_pages"`           // of those, stored XORed onto their base slot's page
+	BaseReadBytes int64 `json:"base_read_bytes"`       // bytes of base slots fetched back from the repository for deltas (stored bytes in whole encrypted chunks)
+	RepoReadBytes int64 `json:"repository_read_bytes"` // bytes read from the repository in all (index, trees, page maps, bases, summaries)
+	RepoGets      int64 `json:"repository_gets"`       // GET requests to the repository
+	RebasedSlots  int64 `json:"rebased_slots"`         // slots rewritten whole by the rebase rule
+	SampledPages  int64 `json:"sampled_pages"`         // pages read to cross-check WAL summaries
+	NewBytes      int64 `json:"new_bytes"`             // bytes newly stored (compressed), data and metadata
 	NewBlobs      int64 `json:"new_blobs"`
 	ReusedPacks   int   `json:"reused_packs"`   // packs of reused blobs re-checked before commit
 	ChecksumPages int64 `json:"verified_pages"` // pages whose checksum was verified

@@ -11,9 +11,11 @@ import (
 	"github.com/tidemarkdb/tidemark/pg"
 )
 
-// maxSummaryBlocks bounds the block references a backup holds from WAL
-// summaries (4 bytes each). Past it, so much changed that reading every
-// page costs about the same, and memory stays bounded.
+// maxSummaryBlocks bounds the block numbers a backup holds from summaries
+// (4 bytes each, 32 MiB). Past it, the relation forks with the most
+// changed blocks are read whole and compared by page LSN instead (scan),
+// which costs about the same for a fork so thoroughly changed, and memory
+// stays bounded whatever the WAL between two backups did.
 const maxSummaryBlocks = 8 << 20
 
 // noLimit marks a relation fork that was not truncated in the range.
@@ -26,19 +28,109 @@ type relKey struct {
 }
 
 // relChanges are the blocks of one relation fork modified in the range,
-// and the smallest length it was truncated to (noLimit if never).
+// and the smallest length it was truncated to (noLimit if never). scan:
+// too many blocks changed to list them; every page of the fork is compared
+// by LSN.
 type relChanges struct {
 	limit  uint32
-	blocks []uint32 // relation block numbers, sorted, unique once loaded
+	blocks []uint32 // relation block numbers; blocks[:sorted] sorted and unique
+	sorted int
+	scan   bool
 }
 
-// summary is the union of the WAL summaries covering [from, to) along the
-// current timeline's history: every block modified in that range.
+// summary is the union of the summaries covering [from, to) along the
+// current timeline's history: every block modified in that range. It is
+// filled from PostgreSQL's WAL summaries (MethodSummaries) or from
+// tidemark's block summaries (MethodBlockSummaries).
 type summary struct {
+	source   string
 	from, to pg.LSN
-	files    int
-	blocks   int
+	files    int // summaries read
+	blocks   int // block numbers held
+	scans    int // forks left to the LSN scan (maxSummaryBlocks)
 	rels     map[relKey]*relChanges
+	// spcs are tablespaces created or dropped in the range: every file in
+	// them is new.
+	spcs map[uint32]bool
+}
+
+func newSummary(source string, from, to pg.LSN) *summary {
+	return &summary{source: source, from: from, to: to, rels: map[relKey]*relChanges{}, spcs: map[uint32]bool{}}
+}
+
+func (s *summary) rel(k relKey) *relChanges {
+	rc := s.rels[k]
+	if rc == nil {
+		rc = &relChanges{limit: noLimit}
+		s.rels[k] = rc
+	}
+	return rc
+}
+
+// addBlock notes that block b of fork k changed.
+func (s *summary) addBlock(k relKey, b uint32) {
+	rc := s.rel(k)
+	if rc.scan {
+		return
+	}
+	rc.blocks = append(rc.blocks, b)
+	s.blocks++
+	if len(rc.blocks) >= 2*rc.sorted+1024 {
+		s.compact(rc)
+	}
+}
+
+// addBlocks notes blocks (sorted and unique) of fork k.
+func (s *summary) addBlocks(k relKey, blocks []uint32) {
+	rc := s.rel(k)
+	if rc.scan || len(blocks) == 0 {
+		return
+	}
+	rc.blocks = append(rc.blocks, blocks...)
+	s.blocks += len(blocks)
+	if len(rc.blocks) >= 2*rc.sorted+1024 {
+		s.compact(rc)
+	}
+}
+
+// setLimit notes that fork k was cut to n blocks (0: created or removed).
+func (s *summary) setLimit(k relKey, n uint32) {
+	rc := s.rel(k)
+	rc.limit = min(rc.limit, n)
+}
+
+// compact sorts rc's blocks and drops repeats; when the summary then holds
+// more than maxSummaryBlocks, the forks with the most blocks are left to
+// the LSN scan until it does not.
+func (s *summary) compact(rc *relChanges) {
+	before := len(rc.blocks)
+	slices.Sort(rc.blocks)
+	rc.blocks = slices.Compact(rc.blocks)
+	rc.sorted = len(rc.blocks)
+	s.blocks -= before - len(rc.blocks)
+	for s.blocks > maxSummaryBlocks {
+		var big *relChanges
+		for _, r := range s.rels {
+			if !r.scan && (big == nil || len(r.blocks) > len(big.blocks)) {
+				big = r
+			}
+		}
+		if big == nil {
+			return
+		}
+		s.blocks -= len(big.blocks)
+		big.blocks, big.sorted, big.scan = nil, 0, true
+		s.scans++
+	}
+}
+
+// finish compacts every fork's blocks for lookups.
+func (s *summary) finish() {
+	for _, rc := range s.rels {
+		if rc.sorted != len(rc.blocks) {
+			s.compact(rc)
+		}
+	}
 }
 
 // fileChanges are a summary's changes to one relation segment file, in
@@ -46,13 +138,18 @@ type summary struct {
 type fileChanges struct {
 	pages []uint32 // sorted
 	limit uint32   // pages at or past it are changed; noLimit for none
+	scan  bool     // too many to list: compare every page's LSN
 }
 
 // forFile returns the changes to segment seg of relation file r.
 func (s *summary) forFile(r pg.RelFile, relSegSize uint32) fileChanges {
-	// Relfilenode 0 with limit 0 marks a database directory created or
-	// dropped in the range (CREATE DATABASE ... FILE_COPY logs no block of
-	// the files it copies): every file in it is new.
+	// A tablespace created or dropped, and relfilenode 0 with limit 0 (a
+	// database directory created or dropped in the range; CREATE DATABASE
+	// ... FILE_COPY logs no block of the files it copies): every file in
+	// it is new.
+	if s.spcs[r.Tablespace] {
+		return fileChanges{limit: 0}
+	}
 	if db := s.rels[relKey{r.Tablespace, r.Database, 0, pg.ForkMain}]; db != nil && db.limit == 0 {
 		return fileChanges{limit: 0}
 	}
@@ -62,7 +159,7 @@ func (s *summary) forFile(r pg.RelFile, relSegSize uint32) fileChanges {
 	}
 	lo := uint64(r.Segment) * uint64(relSegSize)
 	hi := lo + uint64(relSegSize)
-	fc := fileChanges{limit: noLimit}
+	fc := fileChanges{limit: noLimit, scan: rc.scan}
 	switch {
 	case uint64(rc.limit) <= lo:
 		fc.limit = 0
@@ -107,19 +204,14 @@ func loadSummary(ctx context.Context, srv *server, hist pg.History, from, to pg.
 	if reason != "" {
 		return nil, reason, nil
 	}
-	s := &summary{from: from, to: to, files: len(files), rels: make(map[relKey]*relChanges)}
+	s := newSummary(MethodSummaries, from, to)
+	s.files = len(files)
 	for _, f := range files {
 		if err := srv.summaryContents(ctx, f, s); err != nil {
 			return nil, "", err
 		}
-		if s.blocks > maxSummaryBlocks {
-			return nil, fmt.Sprintf("more than %d blocks changed", maxSummaryBlocks), nil
-		}
 	}
-	for _, rc := range s.rels {
-		slices.Sort(rc.blocks)
-		rc.blocks = slices.Compact(rc.blocks)
-	}
+	s.finish()
 	return s, "", nil
 }
 
@@ -238,21 +330,12 @@ FROM pg_wal_summary_contents($1, $2::text::pg_lsn, $3::text::pg_lsn)`, int64(f.t
 			return fmt.Errorf("read WAL summary %d %s..%s: %w", f.tli, f.start, f.end, err)
 		}
 		k := relKey{spc: spc, db: db, rel: rel, fork: pg.Fork(fork)}
-		rc := sum.rels[k]
-		if rc == nil {
-			rc = &relChanges{limit: noLimit}
-			sum.rels[k] = rc
-		}
 		b := uint32(min(blk, math.MaxUint32-1))
 		if limit {
-			rc.limit = min(rc.limit, b)
+			sum.setLimit(k, b)
 			continue
 		}
-		rc.blocks = append(rc.blocks, b)
-		sum.blocks++
-		if sum.blocks > maxSummaryBlocks {
-			return nil // the caller gives up on summaries
-		}
+		sum.addBlock(k, b)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read WAL summary %d %s..%s: %w", f.tli, f.start, f.end, err)

@@ -104,7 +104,7 @@ func (wk *worker) relItem(it item) error {
 	p1 := min(p0+itemSlots*pps, f.pages)
 	wk.ext = wk.ext[:0]
 	wk.sums = wk.sums[:0]
-	if !f.whole && c.method == MethodSummaries {
+	if !f.whole && c.summaries() && !f.changes.scan {
 		if err := wk.sample(f, p0, p1); err != nil {
 			return err
 		}

@@ -53,8 +53,9 @@ type WALReader struct {
 	asmCRC   uint32 // CRC of the bytes past asm's end (kept bytes are summed at the end)
 	asmCut   bool
 
-	started  bool   // a page was read
-	contLeft uint32 // bytes of a record begun before the start still to skip
+	started     bool   // a page was read
+	contLeft    uint32 // bytes of a record begun before the start still to skip
+	contDropped bool   // that record was overwritten (XLP_FIRST_IS_OVERWRITE_CONTRECORD)
 	contOff  uint32
 	contTot  uint32
 	prev     LSN // the last record's LSN, for xl_prev
@@ -95,18 +96,27 @@ func (r *WALReader) Major() int { return r.major }
 func (r *WALReader) Ended() (bool, LSN, string) { return r.ended, r.endLSN, r.endReason }
 
 // Pending returns the record being reassembled when the bytes written so
-// far end inside it: its LSN, its total length and the bytes of it kept (at
-// most Keep). ok is false when the bytes written end between records.
-func (r *WALReader) Pending() (lsn LSN, total uint32, head []byte, ok bool) {
+// far end inside it: its LSN, its total length, how many of its bytes were
+// read and the first of them (at most Keep). ok is false when the bytes
+// written end between records.
+func (r *WALReader) Pending() (lsn LSN, total, got uint32, head []byte, ok bool) {
 	if r.asmTotal == 0 || r.ended {
-		return 0, 0, nil, false
+		return 0, 0, 0, nil, false
 	}
-	return r.asmLSN, r.asmTotal, r.asm, true
+	return r.asmLSN, r.asmTotal, r.asmGot, r.asm, true
 }
+
+// PageSize returns the WAL page size the reader was made for.
+func (r *WALReader) PageSize() uint32 { return r.pageSize }
 
 // ContinuationLeft returns how many bytes of a record begun before the
 // reader's start are still to come (0 once it was skipped).
 func (r *WALReader) ContinuationLeft() uint32 { return r.contLeft }
+
+// ContinuationDropped reports whether the record begun before the reader's
+// start was cut short by XLP_FIRST_IS_OVERWRITE_CONTRECORD: it was never
+// completed, and recovery skips it.
+func (r *WALReader) ContinuationDropped() bool { return r.contDropped }
 
 func (r *WALReader) keep() int {
 	if r.Keep <= 0 {
@@ -223,6 +233,9 @@ func (r *WALReader) readPage(pg []byte) {
 			return
 		}
 		off = align8u32(off)
+	case r.contLeft > 0 && !cont && h.Info&XLPFirstIsOverwriteContRecord != 0:
+		// The record begun before the start was never completed.
+		r.contLeft, r.contDropped = 0, true
 	case first && cont, r.contLeft > 0:
 		if !cont || (!first && h.RemLen != r.contLeft) {
 			r.end(lsn, "page at %s does not continue the record begun before the start", lsn)

@@ -132,8 +132,8 @@ func TestWALReaderContinuation(t *testing.T) {
 	// Segment 7 alone: the spanning record is pending with its head.
 	r7, _ := pg.NewWALReader(pg.SegNo(7).Start(testSegSize), testSegSize, pgtest.WALPageSize)
 	r7.Write(w.Segments()[0])
-	lsn, tot, head, ok := r7.Pending()
-	if !ok || lsn != spanning || int(tot) != len(head)+int(total) {
+	lsn, tot, got, head, ok := r7.Pending()
+	if !ok || lsn != spanning || int(tot) != len(head)+int(total) || int(got) != len(head) {
 		t.Fatalf("pending %v %s %d %d, want %s and %d+%d", ok, lsn, tot, len(head), spanning, len(head), total)
 	}
 	// Head and continuation together are the record.

@@ -161,6 +161,15 @@ func recordErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrWALRecord, fmt.Sprintf(format, args...))
 }
 
+// CheckWALRecordCRC reports whether raw, a whole record, passes its CRC.
+func CheckWALRecordCRC(raw []byte) bool {
+	if len(raw) < WALRecordHeaderSize {
+		return false
+	}
+	body := crc32.Update(0, castagnoli, raw[WALRecordHeaderSize:])
+	return walRecordCRC(body, raw) == binary.LittleEndian.Uint32(raw[20:])
+}
+
 // walRecordCRC finishes a record's CRC-32C: body is the CRC of the bytes
 // after XLogRecord, to which the header's first 20 bytes are added.
 func walRecordCRC(body uint32, header []byte) uint32 {

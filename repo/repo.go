@@ -335,7 +335,7 @@ func newRepo(store storage.Store, cfg Config, secret *keys.Secret, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	return &Repo{store: store, cfg: cfg, opts: opts, log: opts.Logger, secret: secret,
+	return &Repo{store: &metered{Store: store}, cfg: cfg, opts: opts, log: opts.Logger, secret: secret,
 		identities: ids, recipients: recipients, hasher: blob.NewHasher(secret.BlobIDKey()),
 		zenc: zenc, zdec: zdec}, nil
 }

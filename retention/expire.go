@@ -188,9 +188,17 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	cr.WAL = PlanWAL(cr.Decisions, lin, files, segSize)
 	// WAL the lock still holds stays for a later run; older WAL was
 	// written first and is released first, so what goes is a prefix.
-	kept := cr.WAL[:0]
+	// A segment and its block summary go together: a summary written later
+	// (a re-push) may still be locked when its segment no longer is.
+	locked := map[string]bool{}
 	for _, f := range cr.WAL {
 		if u := r.LockedUntil(f.Key, f.Mod); !u.IsZero() && now.Before(u) {
+			locked[f.File.Name()] = true
+		}
+	}
+	kept := cr.WAL[:0]
+	for _, f := range cr.WAL {
+		if locked[f.File.Name()] {
 			cr.LockedWAL++
 			cr.LockedWALBytes += f.Size
 			continue
@@ -204,7 +212,7 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	cr.WALRanges = walarchive.Ranges{}
 	for _, f := range cr.WAL {
 		cr.WALBytes += f.Size
-		if f.File.Kind == pg.WALSegment {
+		if f.File.Kind == pg.WALSegment && !f.Summary {
 			cr.WALRanges.Add(f.File.Timeline, f.Seg, f.Seg)
 		}
 	}
@@ -242,9 +250,16 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	if err := a.RecordExpired(ctx, cluster, cr.WALRanges, now); err != nil {
 		return cr, err
 	}
+	// Summaries before their segments: a crash in between leaves a
+	// segment without its summary (an incremental over it reads page
+	// LSNs), never a summary of a segment that could be archived anew.
 	keys = keys[:0]
-	for _, f := range cr.WAL {
-		keys = append(keys, f.Key)
+	for _, summaries := range []bool{true, false} {
+		for _, f := range cr.WAL {
+			if f.Summary == summaries {
+				keys = append(keys, f.Key)
+			}
+		}
 	}
 	for i := 0; i < len(keys); i += 1000 {
 		batch := keys[i:min(i+1000, len(keys))]
@@ -273,8 +288,12 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 			return nil, lin, fmt.Errorf("list %s: %w", prefix, err)
 		}
 		name := oi.Key[strings.LastIndexByte(oi.Key, '/')+1:]
+		name, summary := strings.CutSuffix(name, walarchive.SummarySuffix)
 		f, err := pg.ParseWALFileName(name)
 		if err != nil {
+			if summary {
+				continue // something verify reports
+			}
 			// wal-receive's pieces of a segment go with the segment
 			// (as a part of it: they are no segment of the expired
 			// record).
@@ -284,7 +303,9 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 			}
 			f, _ = pg.ParseWALFileName(p.Segment)
 			f.Kind = pg.WALPartialSegment
-		} else if want, _ := walarchive.Key(cluster, name); want != oi.Key {
+		} else if summary && f.Kind != pg.WALSegment {
+			continue
+		} else if want, _ := walarchive.Key(cluster, name); summary && want+walarchive.SummarySuffix != oi.Key || !summary && want != oi.Key {
 			continue
 		}
 		if f.Kind == pg.WALTimelineHistory {
@@ -295,7 +316,10 @@ func listWAL(ctx context.Context, st storage.Store, a Archive, cluster uint64, s
 		if err != nil {
 			continue
 		}
-		files = append(files, WALFile{Key: oi.Key, File: f, Seg: seg, Size: oi.Size, Mod: oi.ModTime})
+		files = append(files, WALFile{Key: oi.Key, File: f, Seg: seg, Size: oi.Size, Mod: oi.ModTime, Summary: summary})
+		if summary {
+			continue
+		}
 		hasWAL[f.Timeline] = true
 		if !oi.ModTime.Before(since) {
 			active[f.Timeline] = true

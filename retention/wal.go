@@ -10,14 +10,16 @@ import (
 )
 
 // WALFile is one archived WAL object of a cluster: a segment, a .partial or
-// a .backup file. Timeline history files and the cluster marker are never
-// removed and never listed here.
+// a .backup file, or a segment's block summary (Summary, File then names
+// the segment), which goes when its segment goes. Timeline history files
+// and the cluster marker are never removed and never listed here.
 type WALFile struct {
-	Key  string
-	File pg.WALFile
-	Seg  pg.SegNo
-	Size int64
-	Mod  time.Time // when it was archived (the listing's modification time)
+	Key     string
+	File    pg.WALFile
+	Seg     pg.SegNo
+	Size    int64
+	Mod     time.Time // when it was archived (the listing's modification time)
+	Summary bool
 }
 
 // spanSegments returns, for each timeline of history h, the segments

@@ -39,6 +39,9 @@ type Options struct {
 	// (fastest) to 4 (best); 0 means 1. WAL is written once and read
 	// rarely, and the push is on PostgreSQL's critical path: fastest wins.
 	CompressionLevel int
+	// NoSummaries archives segments without their block summaries
+	// (summary.go), as a tool that knows nothing of them would.
+	NoSummaries bool
 }
 
 // Archive reads and writes one repository's WAL archive. It is safe for
@@ -48,6 +51,8 @@ type Archive struct {
 	crypt Crypter
 	mac   MACKey
 	log   *slog.Logger
+	// summaries: write a block summary beside each segment.
+	summaries bool
 	enc   *zstd.Encoder
 	dec   sync.Pool // *zstd.Decoder, each used by one stream at a time
 	bufs  sync.Pool // *bytes.Buffer for objects being uploaded
@@ -92,7 +97,7 @@ func New(store storage.Store, c Crypter, mac MACKey, opts Options) *Archive {
 	if err != nil {
 		panic("walarchive: zstd encoder: " + err.Error()) // only bad options fail
 	}
-	a := &Archive{store: store, crypt: c, mac: mac, log: log, enc: enc, clusters: map[uint64]ClusterInfo{},
+	a := &Archive{store: store, crypt: c, mac: mac, log: log, enc: enc, clusters: map[uint64]ClusterInfo{}, summaries: !opts.NoSummaries,
 		slots:  make(chan *workspace, procs),
 		chunks: newFreeList(2*procs, chunkSize),
 		frames: newFreeList(4*procs, chunkSize/2)}
@@ -209,6 +214,12 @@ type PutResult struct {
 	// Ahead is how many chunks took a frame compressed ahead
 	// (PutFromAhead).
 	Ahead int
+	// Summary is the key of the segment's block summary when one was
+	// written or found; SummaryErr says why none was (the segment is
+	// archived all the same: an incremental backup that needs its WAL
+	// falls back to reading page LSNs).
+	Summary    string
+	SummaryErr error
 }
 
 // Put archives the WAL file called name with contents data for the cluster
@@ -266,7 +277,15 @@ func (a *Archive) PutFromAhead(ctx context.Context, ci ClusterInfo, name string,
 	m := Meta{Name: name, Kind: kindOf(f.Kind), SystemID: ci.SystemID, SegSize: ci.SegSize, Size: size}
 	key := fileKey(ci.SystemID, f)
 	res := PutResult{Key: key, Size: size}
-	body, reused, err := a.encode(ctx, &m, r, head, ahead)
+	var sum *summarizer
+	if f.Kind == pg.WALSegment && a.summaries {
+		seg, err := f.SegNo(ci.SegSize)
+		if err != nil {
+			return res, &InvalidFileError{Name: name, Err: err}
+		}
+		sum = newSummarizer(f.Timeline, seg, ci.SegSize)
+	}
+	body, reused, err := a.encode(ctx, &m, r, head, ahead, sum)
 	if err != nil {
 		return res, err
 	}
@@ -276,6 +295,9 @@ func (a *Archive) PutFromAhead(ctx context.Context, ci ClusterInfo, name string,
 	}
 	res, err = a.create(ctx, key, &m, body)
 	res.Ahead = reused
+	if err == nil {
+		a.putSummary(ctx, ci.SystemID, f, &m, sum, &res)
+	}
 	if err == nil || !errors.Is(err, storage.ErrExists) {
 		return res, err
 	}
@@ -290,6 +312,9 @@ func (a *Archive) PutFromAhead(ctx context.Context, ci ClusterInfo, name string,
 		return res, &ConflictError{Key: key, Name: name}
 	}
 	res.Created = false
+	// A push that stopped between the segment and its summary left the
+	// summary out: this one writes it.
+	a.putSummary(ctx, ci.SystemID, f, &m, sum, &res)
 	a.log.Debug("already archived with identical contents", "key", key)
 	return res, nil
 }
@@ -438,7 +463,7 @@ func (a *Archive) create(ctx context.Context, key string, m *Meta, body *bytes.B
 
 // createBytes encodes data and creates the object, setting m.MAC.
 func (a *Archive) createBytes(ctx context.Context, key string, m *Meta, data []byte) (PutResult, error) {
-	body, _, err := a.encode(ctx, m, bytes.NewReader(data), nil, nil)
+	body, _, err := a.encode(ctx, m, bytes.NewReader(data), nil, nil, nil)
 	if err != nil {
 		return PutResult{Key: key, Size: m.Size}, err
 	}
@@ -467,11 +492,11 @@ const windowSize = 1 << 20
 // and each chunk is compressed by a job that holds one of the CPU slots
 // while the next chunk is read. At most max(2, GOMAXPROCS) chunks of one
 // file are in memory; the compressed frames wait for the MAC, which leads
-// the object. Each compressed frame is decompressed and compared with its
+// the object. A summarizer, if given, reads every chunk as it comes. Each compressed frame is decompressed and compared with its
 // chunk before anything is encrypted (a frame made ahead was, with the
 // bytes it is compared with here), so an encoder fault can never be
 // archived as a success.
-func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]byte) error, ahead *Ahead) (_ *bytes.Buffer, reused int, _ error) {
+func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]byte) error, ahead *Ahead, sum *summarizer) (_ *bytes.Buffer, reused int, _ error) {
 	piece := int64(chunkSize)
 	if ahead.usable() {
 		piece = int64(ahead.Piece)
@@ -520,6 +545,9 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 				}
 			}
 			left -= int64(len(chunk))
+			if sum != nil {
+				sum.Write(chunk)
+			}
 			fr := ahead.frame(i, chunk)
 			var through *blake3.Hasher
 			if macAhead && fr != nil {
@@ -745,7 +773,7 @@ func (a *Archive) get(ctx context.Context, key string, want expect, w io.Writer)
 		return Meta{}, err
 	}
 	defer rc.Close()
-	return a.Decode(ctx, key, rc, want.name, want.cluster, w)
+	return a.decodeFrom(ctx, key, rc, want, w)
 }
 
 // Decode reads one object's bytes from body (fetched from key), checks that
@@ -765,6 +793,11 @@ func (a *Archive) Decode(ctx context.Context, key string, body io.Reader, name s
 		}
 		want.kind = kindOf(f.Kind)
 	}
+	return a.decodeFrom(ctx, key, body, want, w)
+}
+
+// decodeFrom is Decode of an object that must be what want says.
+func (a *Archive) decodeFrom(ctx context.Context, key string, body io.Reader, want expect, w io.Writer) (Meta, error) {
 	src := &trackingReader{r: body}
 	m, err := a.decode(key, src, want, w)
 	if err != nil {

@@ -69,6 +69,7 @@ const (
 	KindTimelineHistory Kind = 4 // a .history file
 	KindCluster         Kind = 5 // the cluster marker (JSON), see ClusterInfo
 	KindPiece           Kind = 6 // bytes of a segment being written (Piece), streamed by wal-receive
+	KindSummary         Kind = 7 // a segment's block summary (summary.go)
 )
 
 func (k Kind) String() string {
@@ -85,6 +86,8 @@ func (k Kind) String() string {
 		return "cluster marker"
 	case KindPiece:
 		return "segment piece"
+	case KindSummary:
+		return "block summary"
 	}
 	return fmt.Sprintf("kind %d", uint8(k))
 }
@@ -199,7 +202,7 @@ func decodeRecord(b []byte) (Meta, error) {
 		return m, fmt.Errorf("record version %d, this build reads %d", b[4], recordVersion)
 	}
 	m.Kind = Kind(b[5])
-	if m.Kind < KindSegment || m.Kind > KindPiece {
+	if m.Kind < KindSegment || m.Kind > KindSummary {
 		return m, fmt.Errorf("unknown record kind %d", b[5])
 	}
 	n := int(le.Uint16(b[6:]))

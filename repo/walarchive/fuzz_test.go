@@ -50,7 +50,7 @@ func FuzzDecode(f *testing.F) {
 	copy(data, fakeSegment(testSys, 1, 3, 1<<20, 1)[:pg.WALLongPageHeaderSize])
 	m := Meta{Name: name, Kind: KindSegment, SystemID: testSys, SegSize: 1 << 20, Size: int64(len(data))}
 	m.MAC = ComputeMAC(&a.mac, m, data)
-	buf, _, err := a.encode(context.Background(), &m, bytes.NewReader(data), nil, nil)
+	buf, _, err := a.encode(context.Background(), &m, bytes.NewReader(data), nil, nil, nil)
 	if err != nil {
 		f.Fatal(err)
 	}

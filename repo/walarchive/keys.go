@@ -14,6 +14,7 @@ import (
 //	wal/<cluster>/<TTTTTTTTXXXXXXXX>/<segment>     segments, and beside them
 //	wal/<cluster>/<TTTTTTTTXXXXXXXX>/<segment>.partial
 //	wal/<cluster>/<TTTTTTTTXXXXXXXX>/<segment>.<offset>.backup
+//	wal/<cluster>/<TTTTTTTTXXXXXXXX>/<segment>.summary   block summaries
 //	wal/<cluster>/history/<TTTTTTTT>.history       timeline history files
 //
 // <cluster> is the system identifier in decimal. The directory of a segment
@@ -66,10 +67,27 @@ func DirKey(cluster uint64, name string) (string, error) {
 // MarkerKey returns the key of a cluster's marker.
 func MarkerKey(cluster uint64) string { return ClusterPrefix(cluster) + MarkerName }
 
+// SummaryKey returns the key of the block summary of segment seg of
+// timeline tli of cluster: beside the segment, its name and SummarySuffix.
+func SummaryKey(cluster uint64, tli pg.TimelineID, seg pg.SegNo, segSize uint32) string {
+	k, _ := Key(cluster, pg.SegmentName(tli, seg, segSize))
+	return k + SummarySuffix
+}
+
 // parseKey splits a key under wal/ into the cluster and the file. ok is false
 // for the marker and for keys that are not an archived WAL file in the right
 // directory (which listings report as foreign objects rather than trust).
-func parseKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
+// summary is set for the block summary of the segment f.
+func parseKey(key string) (cluster uint64, f pg.WALFile, summary, ok bool) {
+	if k, found := strings.CutSuffix(key, SummarySuffix); found {
+		cluster, f, ok = parseFileKey(k)
+		return cluster, f, true, ok && f.Kind == pg.WALSegment
+	}
+	cluster, f, ok = parseFileKey(key)
+	return cluster, f, false, ok
+}
+
+func parseFileKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
 	rest, found := strings.CutPrefix(key, Prefix)
 	if !found {
 		return 0, f, false
@@ -99,7 +117,10 @@ func parseKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
 // ParseKey splits the key of an archived WAL file into its cluster and
 // file. ok is false for the marker and for any key that is not an archived
 // WAL file in its right place.
-func ParseKey(key string) (cluster uint64, f pg.WALFile, ok bool) { return parseKey(key) }
+func ParseKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
+	cluster, f, summary, ok := parseKey(key)
+	return cluster, f, ok && !summary
+}
 
 // parsePieceKey splits a key under wal/ into the cluster and a piece in its
 // right directory.

@@ -41,6 +41,8 @@ type TimelineInfo struct {
 	// loaded.
 	Parent pg.TimelineID
 	Begin  pg.LSN
+	// Summaries are the segments with a block summary, as runs.
+	Summaries []SegRange
 }
 
 // Stream is what the archive holds of one segment in pieces.
@@ -109,6 +111,9 @@ func (t *TimelineInfo) settle(segSize uint32) {
 	}
 }
 
+// HasSummary reports whether segment seg has a block summary.
+func (t *TimelineInfo) HasSummary(seg pg.SegNo) bool { return hasSeg(t.Summaries, seg) }
+
 // Count returns the number of archived complete segments.
 func (t *TimelineInfo) Count() uint64 {
 	var n uint64
@@ -119,8 +124,10 @@ func (t *TimelineInfo) Count() uint64 {
 }
 
 // Has reports whether segment seg is archived.
-func (t *TimelineInfo) Has(seg pg.SegNo) bool {
-	_, found := slices.BinarySearchFunc(t.Segments, seg, func(r SegRange, s pg.SegNo) int {
+func (t *TimelineInfo) Has(seg pg.SegNo) bool { return hasSeg(t.Segments, seg) }
+
+func hasSeg(runs []SegRange, seg pg.SegNo) bool {
+	_, found := slices.BinarySearchFunc(runs, seg, func(r SegRange, s pg.SegNo) int {
 		switch {
 		case r.Last < s:
 			return -1
@@ -142,12 +149,17 @@ func (t *TimelineInfo) Gaps() []SegRange {
 	return gaps
 }
 
-func (t *TimelineInfo) add(seg pg.SegNo) {
-	if n := len(t.Segments); n > 0 && t.Segments[n-1].Last+1 == seg {
-		t.Segments[n-1].Last = seg
-		return
+func (t *TimelineInfo) add(seg pg.SegNo) { t.Segments = addSeg(t.Segments, seg) }
+
+// addSeg adds seg to runs; listings come in key order, so it is the last
+// run's neighbour or after it, but for a summary listed before its own
+// segment's successors.
+func addSeg(runs []SegRange, seg pg.SegNo) []SegRange {
+	if n := len(runs); n > 0 && runs[n-1].Last+1 == seg {
+		runs[n-1].Last = seg
+		return runs
 	}
-	t.Segments = append(t.Segments, SegRange{seg, seg})
+	return append(runs, SegRange{seg, seg})
 }
 
 // Listing is what the archive holds of one cluster.
@@ -271,9 +283,9 @@ func (a *Archive) ListDir(ctx context.Context, cluster uint64, dir string) ([]Di
 			return nil, fmt.Errorf("list %s: %w", prefix, err)
 		}
 		name := strings.TrimPrefix(oi.Key, prefix)
-		_, _, isFile := parseKey(oi.Key)
+		_, _, summary, isFile := parseKey(oi.Key)
 		_, _, isPiece := parsePieceKey(oi.Key)
-		if !isFile && !isPiece {
+		if (!isFile || summary) && !isPiece {
 			continue
 		}
 		out = append(out, DirEntry{Name: name, Size: oi.Size, ModTime: oi.ModTime})
@@ -313,7 +325,7 @@ func (a *Archive) List(ctx context.Context, cluster uint64) (*Listing, error) {
 			l.timeline(f.Timeline).addPiece(seg, p)
 			continue
 		}
-		_, f, ok := parseKey(oi.Key)
+		_, f, summary, ok := parseKey(oi.Key)
 		if !ok {
 			l.Foreign = append(l.Foreign, oi.Key)
 			continue
@@ -322,6 +334,12 @@ func (a *Archive) List(ctx context.Context, cluster uint64) (*Listing, error) {
 			return nil, corruptf(MarkerKey(cluster), "missing, but %s is archived: the cluster's segment size is unknown", oi.Key)
 		}
 		t := l.timeline(f.Timeline)
+		if summary {
+			if seg, err := f.SegNo(l.Cluster.SegSize); err == nil {
+				t.Summaries = addSeg(t.Summaries, seg)
+			}
+			continue
+		}
 		switch f.Kind {
 		case pg.WALSegment:
 			seg, err := f.SegNo(l.Cluster.SegSize)

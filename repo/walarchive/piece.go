@@ -158,7 +158,7 @@ func (a *Archive) PutPiece(ctx context.Context, ci ClusterInfo, segment string, 
 	}
 	m := Meta{Name: p.Name(), Kind: KindPiece, SystemID: ci.SystemID, SegSize: ci.SegSize, Size: int64(len(data))}
 	key := PieceKey(ci.SystemID, p)
-	body, _, err := a.encode(ctx, &m, bytes.NewReader(data), nil, nil)
+	body, _, err := a.encode(ctx, &m, bytes.NewReader(data), nil, nil, nil)
 	if err != nil {
 		return PutResult{Key: key}, err
 	}
