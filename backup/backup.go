@@ -52,6 +52,10 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (*Result, error) {
 		return nil, fmt.Errorf("data directory %s: %w", opts.PGData, err)
 	}
 	opts.PGData = abs
+	// Refused before anything is written (the lease is the first write).
+	if err := checkVersionFile(opts.PGData); err != nil {
+		return nil, err
+	}
 	ctl, err := readControl(opts.PGData)
 	if err != nil {
 		return nil, err

@@ -150,7 +150,7 @@ func (br *blockSummaryRange) fetch(ctx context.Context, sr summaryReader, seg pg
 		return nil, "", fmt.Errorf("read %s: %w", f.Name(), err)
 	}
 	defer f.Close()
-	s, err = walarchive.SummarizeSegment(tli, seg, br.segSize, f)
+	s, err = walarchive.SummarizeSegment(tli, seg, br.segSize, f, br.to)
 	if err != nil {
 		return nil, fmt.Sprintf("segment %s in pg_wal: %v", name, err), nil
 	}

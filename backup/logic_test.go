@@ -1,6 +1,9 @@
 package backup
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -151,6 +154,26 @@ func TestProgressString(t *testing.T) {
 	for _, want := range []string{"25.0%", "1.0 GiB of 4.0 GiB", "stored 100.0 MiB", "200.0 MiB/s", "eta 15s"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("%q lacks %q", s, want)
+		}
+	}
+}
+
+// TestUnsupportedVersionRefused: a data directory of a version outside the
+// supported range is refused before anything is written to the repository,
+// with a message naming the range.
+func TestUnsupportedVersionRefused(t *testing.T) {
+	for _, v := range []string{"12\n", "19\n", "9.6\n"} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := newTestRepo(t, 1<<20)
+		_, err := Run(t.Context(), r.Repo, Options{PGData: dir})
+		if !errors.Is(err, ErrRefused) || !errors.Is(err, pg.ErrUnsupportedVersion) || !strings.Contains(err.Error(), pg.SupportedVersions()) {
+			t.Fatalf("PG_VERSION %q: %v", v, err)
+		}
+		for oi, err := range r.store.List(t.Context(), "leases/", "") {
+			t.Fatalf("PG_VERSION %q: the refused backup wrote %s (%v)", v, oi.Key, err)
 		}
 	}
 }

@@ -76,10 +76,7 @@ func (s *server) describe(ctx context.Context) error {
 		return fmt.Errorf("server_version_num %q: %w", vnum, err)
 	}
 	if s.Major, err = pg.MajorFromVersionNum(s.VersionNum); err != nil {
-		return err
-	}
-	if err := pg.CheckMajor(s.Major); err != nil {
-		return &RefusedError{What: "PostgreSQL " + strconv.Itoa(s.Major), Err: err, Hint: "tidemark backs up PostgreSQL 15 to 18"}
+		return &RefusedError{What: "server_version_num " + vnum, Err: err, Hint: "tidemark backs up " + pg.SupportedVersions()}
 	}
 	s.InRecovery = recovery == "true"
 	s.ArchiveMode, s.WALLevel, s.DataDir = archive, level, dataDir
@@ -222,6 +219,23 @@ func (s *server) close(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.conn.Close(ctx)
+}
+
+// checkVersionFile refuses a data directory of a PostgreSQL version
+// tidemark does not support, by its PG_VERSION.
+func checkVersionFile(pgdata string) error {
+	path := filepath.Join(pgdata, "PG_VERSION")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &RefusedError{What: "--pgdata " + pgdata, Err: err, Hint: "point --pgdata (or PGDATA) at the cluster's data directory"}
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if _, err := pg.ParseVersionFile(b); err != nil {
+		return &RefusedError{What: "--pgdata " + pgdata, Err: err, Hint: "tidemark backs up " + pg.SupportedVersions()}
+	}
+	return nil
 }
 
 // readControl reads pg_control from the data directory, for the facts the

@@ -119,7 +119,7 @@ func TestStandbyBackup(t *testing.T) {
 	testenv.PGBenchRun(t, p, testenv.PGBenchOptions{Transactions: 300})
 	want := testenv.DatabaseFingerprint(t, p)
 	inc := backup()
-	if inc.Snapshot.Parent != full.Snapshot.ID || inc.Method != MethodLSNScan {
+	if inc.Snapshot.Parent != full.Snapshot.ID || inc.Method != MethodBlockSummaries {
 		t.Fatalf("standby incremental: parent %s by %s", inc.Snapshot.Parent, inc.Method)
 	}
 	rc := restoreSnapshot(t, r.Repo, inc.Snapshot, a, 15, false)

@@ -104,7 +104,7 @@ func workload(t *testing.T, c *testenv.Cluster, batches int) {
 // TestDrillHealthy: a drill of the newest backup to a random time passes
 // every check, with the heartbeat proving the recovery point.
 func TestDrillHealthy(t *testing.T) {
-	for _, v := range []int{15, 17} {
+	for _, v := range []int{15, 16, 17, 18} {
 		t.Run(fmt.Sprintf("pg%d", v), func(t *testing.T) {
 			e := backupEnv(t, true, 0)
 			c := e.backupCluster(v, nil)

@@ -205,7 +205,7 @@ func TestRestoreTargets(t *testing.T) {
 	for _, tc := range []struct {
 		version int
 		s3      bool
-	}{{15, false}, {17, true}} {
+	}{{15, false}, {16, true}, {17, true}, {18, false}} {
 		t.Run(fmt.Sprintf("pg%d/s3=%v", tc.version, tc.s3), func(t *testing.T) {
 			e := newRestoreEnv(t, tc.s3)
 			c := e.cluster(tc.version, nil)

@@ -37,7 +37,9 @@ func TestWALArchive(t *testing.T) {
 		segMiB  int
 	}{
 		{"pg15-1MiB", 15, 1},
+		{"pg16-16MiB", 16, 16},
 		{"pg17-16MiB", 17, 16},
+		{"pg18-1MiB", 18, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := testenv.MinIO(t)
@@ -74,8 +76,41 @@ func TestWALArchive(t *testing.T) {
 			l := w.list(t, c)
 			checkNoGaps(t, l, last)
 			fetchAndCompare(t, w, c, l)
+			checkSummaries(t, w, c, l)
 		})
 	}
+}
+
+// checkSummaries checks that wal-push and the agent wrote a block summary
+// beside every segment they archived, and that it passes its MAC and says
+// what the segment's WAL holds.
+func checkSummaries(t *testing.T, w *walRepo, c *testenv.Cluster, l listing) {
+	t.Helper()
+	segSize := l.SegSize
+	first, _ := pg.ParseWALFileName(l.Timelines[0].First)
+	lastf, _ := pg.ParseWALFileName(l.Timelines[0].Last)
+	from, _ := first.SegNo(segSize)
+	to, _ := lastf.SegNo(segSize)
+	sysid, err := strconv.ParseUint(l.SystemID, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var records, blocks int64
+	for seg := from; seg <= to; seg++ {
+		s, err := w.arch.ReadSummary(t.Context(), sysid, 1, seg, segSize)
+		if err != nil {
+			t.Fatalf("block summary of segment %d: %v", seg, err)
+		}
+		if !s.Complete || s.Major != c.Version {
+			t.Errorf("summary %s: complete %v (%s), PostgreSQL %d", s.Name(), s.Complete, s.Reason, s.Major)
+		}
+		records += s.Records
+		blocks += int64(s.Blocks())
+	}
+	if records == 0 || blocks == 0 {
+		t.Errorf("the summaries of %d segments hold %d records and %d blocks", to-from+1, records, blocks)
+	}
+	t.Logf("%d segments summarized: %d records, %d block references", to-from+1, records, blocks)
 }
 
 // fetchAndCompare fetches every archived segment of timeline 1 with

@@ -7,11 +7,16 @@ import (
 	"strconv"
 )
 
-// The PostgreSQL major versions tidemark supports.
+// The PostgreSQL major versions tidemark supports: the one place that
+// decides it (every command that meets a server or a data directory checks
+// CheckMajor). Each is tested (internal/testenv runs all of them).
 const (
 	MinMajor = 13
 	MaxMajor = 18
 )
+
+// SupportedVersions says which versions tidemark supports, for messages.
+func SupportedVersions() string { return fmt.Sprintf("PostgreSQL %d to %d", MinMajor, MaxMajor) }
 
 // DefaultRelSegSize is RELSEG_SIZE of a default build: blocks per relation
 // segment file (1 GiB of 8 KiB pages).
@@ -38,7 +43,7 @@ func MajorFromVersionNum(num int) (int, error) {
 // CheckMajor returns an error for a major version tidemark does not support.
 func CheckMajor(major int) error {
 	if major < MinMajor || major > MaxMajor {
-		return fmt.Errorf("%w %d: tidemark supports PostgreSQL %d to %d", ErrUnsupportedVersion, major, MinMajor, MaxMajor)
+		return fmt.Errorf("%w %d: tidemark supports %s", ErrUnsupportedVersion, major, SupportedVersions())
 	}
 	return nil
 }

@@ -56,11 +56,11 @@ type WALReader struct {
 	started     bool   // a page was read
 	contLeft    uint32 // bytes of a record begun before the start still to skip
 	contDropped bool   // that record was overwritten (XLP_FIRST_IS_OVERWRITE_CONTRECORD)
-	contOff  uint32
-	contTot  uint32
-	prev     LSN // the last record's LSN, for xl_prev
-	skipTo   LSN // after XLOG_SWITCH: nothing to read before this
-	rec      WALRecord
+	contOff     uint32
+	contTot     uint32
+	prev        LSN // the last record's LSN, for xl_prev
+	skipTo      LSN // after XLOG_SWITCH: nothing to read before this
+	rec         WALRecord
 
 	ended     bool
 	endLSN    LSN

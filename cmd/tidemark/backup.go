@@ -47,7 +47,7 @@ func backupCommand() *cli.Command {
 			&cli.IntFlag{Name: "parallel", Usage: "files (and ranges of big files) read at once", DefaultText: "the number of CPUs", EnvVars: []string{envName("parallel")}},
 			&cli.BoolFlag{Name: "no-fast-checkpoint", Usage: "let pg_backup_start wait for a spread checkpoint", EnvVars: []string{envName("no-fast-checkpoint")}},
 			&cli.BoolFlag{Name: "fail-on-checksum-error", Usage: "fail (no snapshot) if a page checksum fails, instead of recording it", EnvVars: []string{envName("fail-on-checksum-error")}},
-			&cli.BoolFlag{Name: "no-wal-summaries", Usage: "find changed pages by their LSN even when WAL summaries (PostgreSQL 17+) cover the range", EnvVars: []string{envName("no-wal-summaries")}},
+			&cli.BoolFlag{Name: "no-wal-summaries", Usage: "find changed pages by their LSN even when summaries (the block summaries archiving writes beside the WAL, or PostgreSQL 17's) cover the range", EnvVars: []string{envName("no-wal-summaries")}},
 			&cli.BoolFlag{Name: "no-page-deltas", EnvVars: []string{envName("no-page-deltas")},
 				Usage: "store changed pages whole instead of as deltas against their base slot (no base slots read back; larger incrementals)"},
 			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
@@ -141,8 +141,18 @@ func printBackup(w io.Writer, res *backup.Result) {
 	fmt.Fprintf(w, "snapshot %s committed (%s): %s in %d files, read %s, stored %s, %s to %s on timeline %d, %.1fs\n",
 		s.ID, kind, bytesize.Format(s.Stats.LogicalBytes), s.Stats.Files, bytesize.Format(res.Stats.ReadBytes),
 		bytesize.Format(s.Stats.NewBytes), pg.LSN(s.StartLSN), pg.LSN(s.StopLSN), s.StopTimeline, s.Stats.Seconds)
-	if res.Fallback != "" && res.Method != backup.MethodSummaries {
+	if res.Fallback != "" && res.Method == backup.MethodLSNScan {
 		fmt.Fprintf(w, "change detection: %s (%s)\n", res.Method, res.Fallback)
+	}
+	for _, src := range res.Sources {
+		switch {
+		case src.Reason != "":
+			fmt.Fprintf(w, "  %s: not usable: %s\n", src.Method, src.Reason)
+		case src.Used:
+			fmt.Fprintf(w, "  %s: used, %d pages to read from %d summaries\n", src.Method, src.Pages, src.Summaries)
+		default:
+			fmt.Fprintf(w, "  %s: usable, %d pages to read from %d summaries\n", src.Method, src.Pages, src.Summaries)
+		}
 	}
 	for _, e := range s.ChecksumErrors {
 		fmt.Fprintf(w, "checksum failure: %s block %d (stored %#04x, computed %#04x)\n", e.File, e.Block, e.Found, e.Expected)
@@ -153,13 +163,14 @@ func printBackup(w io.Writer, res *backup.Result) {
 }
 
 type backupResultJSON struct {
-	Snapshot backup.SnapshotInfo  `json:"snapshot"`
-	Key      string               `json:"key"`
-	Method   string               `json:"method"`
-	Fallback string               `json:"fallback,omitempty"`
-	Stats    backup.Stats         `json:"stats"`
-	Timing   timingJSON           `json:"timing_seconds"`
-	Errors   []repo.ChecksumError `json:"checksum_errors,omitempty"`
+	Snapshot backup.SnapshotInfo   `json:"snapshot"`
+	Key      string                `json:"key"`
+	Method   string                `json:"method"`
+	Fallback string                `json:"fallback,omitempty"`
+	Sources  []backup.ChangeSource `json:"change_sources,omitempty"`
+	Stats    backup.Stats          `json:"stats"`
+	Timing   timingJSON            `json:"timing_seconds"`
+	Errors   []repo.ChecksumError  `json:"checksum_errors,omitempty"`
 }
 
 type timingJSON struct {
@@ -173,7 +184,7 @@ func backupJSON(res *backup.Result) backupResultJSON {
 	tm := res.Timing
 	return backupResultJSON{Snapshot: backup.Describe(res.Snapshot), Key: res.Key, Method: res.Method,
 		Timing:   timingJSON{tm.Start.Seconds(), tm.Copy.Seconds(), tm.Stop.Seconds(), tm.Commit.Seconds()},
-		Fallback: res.Fallback, Stats: res.Stats, Errors: res.Snapshot.ChecksumErrors}
+		Fallback: res.Fallback, Sources: res.Sources, Stats: res.Stats, Errors: res.Snapshot.ChecksumErrors}
 }
 
 func listCommand() *cli.Command {

@@ -161,7 +161,9 @@ func openWALArchiveOf(c *cli.Context, log *slog.Logger, which string, retryFor t
 	if err != nil {
 		return nil, nil, err
 	}
-	return r, walarchive.FromRepo(r, walarchive.Options{Logger: log}), nil
+	// TIDEMARK_NO_BLOCK_SUMMARIES archives as a tool without block
+	// summaries would: for measuring what they cost (docs/wal.md).
+	return r, walarchive.FromRepo(r, walarchive.Options{Logger: log, NoSummaries: os.Getenv("TIDEMARK_NO_BLOCK_SUMMARIES") != ""}), nil
 }
 
 // pusher is the Pusher of wal-push and the agent: into repo, and into repo2

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,8 @@ type walSetup struct {
 	version func(ctx context.Context, c *testenv.Cluster) *exec.Cmd
 	// detached matches the tool's background processes (nil: none).
 	detached func(procStat, []string) bool
+	// env is added to the tool's environment.
+	env []string
 }
 
 // walResult is what one setup achieved.
@@ -100,6 +103,34 @@ func TestBenchWAL(t *testing.T) {
 
 	var tm *Tidemark
 	var pgbr *PGBackRest
+	// startAgent runs tidemark's agent beside the cluster until stopped.
+	startAgent := func(t *testing.T, c *testenv.Cluster) (func(), int) {
+		cmd := c.Command(context.Background(), tm.Bin, "agent", "--pgdata", c.DataDir)
+		logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sock := filepath.Join(c.DataDir, "tidemark-agent.sock")
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent did not start (log %s)", logf.Name())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			logf.Close()
+		}, cmd.Process.Pid
+	}
 	setups := []walSetup{
 		{
 			name:    "tidemark sync",
@@ -115,33 +146,7 @@ func TestBenchWAL(t *testing.T) {
 			name:    "tidemark agent",
 			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return c.Command(ctx, tm.Bin, "version") },
 			command: func(t *testing.T, c *testenv.Cluster) string { return tm.ArchiveCommand() },
-			agent: func(t *testing.T, c *testenv.Cluster) (func(), int) {
-				cmd := c.Command(context.Background(), tm.Bin, "agent", "--pgdata", c.DataDir)
-				logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				cmd.Stdout, cmd.Stderr = logf, logf
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				sock := filepath.Join(c.DataDir, "tidemark-agent.sock")
-				deadline := time.Now().Add(time.Minute)
-				for {
-					if _, err := os.Stat(sock); err == nil {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("the agent did not start (log %s)", logf.Name())
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-				return func() {
-					cmd.Process.Signal(syscall.SIGTERM)
-					cmd.Wait()
-					logf.Close()
-				}, cmd.Process.Pid
-			},
+			agent:   startAgent,
 		},
 		{
 			name:    "pgBackRest sync",
@@ -165,23 +170,31 @@ func TestBenchWAL(t *testing.T) {
 				return pgbr.ArchiveCommand()
 			},
 		},
+		{
+			// What writing block summaries costs the agent.
+			name:    "tidemark agent, no summaries",
+			version: func(ctx context.Context, c *testenv.Cluster) *exec.Cmd { return c.Command(ctx, tm.Bin, "version") },
+			command: func(t *testing.T, c *testenv.Cluster) string { return tm.ArchiveCommand() },
+			env:     []string{"TIDEMARK_NO_BLOCK_SUMMARIES=1"},
+			agent:   startAgent,
+		},
 	}
 	// Order: each tidemark setup next to its pgBackRest counterpart.
-	order := []int{0, 2, 1, 3}
+	order := []int{0, 2, 1, 3, 4}
 	results := make([][]walResult, len(setups))
 	for i := range pairs {
 		for _, k := range order {
 			s := setups[k]
-			t.Run(fmt.Sprintf("%s-%d", strings.ReplaceAll(s.name, " ", "-"), i+1), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s-%d", strings.ReplaceAll(strings.ReplaceAll(s.name, ",", ""), " ", "-"), i+1), func(t *testing.T) {
 				waitQuiet(t)
 				tm = NewTidemark(t, srv, srv.NewBucket(t))
-				results[k] = append(results[k], benchWALSetup(t, s, meter, tm.Env, load, backlog))
+				results[k] = append(results[k], benchWALSetup(t, s, meter, append(slices.Clone(tm.Env), s.env...), load, backlog))
 			})
 		}
 	}
 
 	tabs := []*PairTable{}
-	for _, pair := range [][2]int{{0, 2}, {1, 3}} {
+	for _, pair := range [][2]int{{0, 2}, {1, 3}, {1, 4}} {
 		a, b := results[pair[0]], results[pair[1]]
 		tab := &PairTable{
 			Title: fmt.Sprintf("WAL archiving: PostgreSQL 15, 16 MiB segments, MinIO over TLS on loopback, %d cores; "+

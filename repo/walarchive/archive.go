@@ -53,9 +53,9 @@ type Archive struct {
 	log   *slog.Logger
 	// summaries: write a block summary beside each segment.
 	summaries bool
-	enc   *zstd.Encoder
-	dec   sync.Pool // *zstd.Decoder, each used by one stream at a time
-	bufs  sync.Pool // *bytes.Buffer for objects being uploaded
+	enc       *zstd.Encoder
+	dec       sync.Pool // *zstd.Decoder, each used by one stream at a time
+	bufs      sync.Pool // *bytes.Buffer for objects being uploaded
 	// slots hold one workspace per CPU (nil until first used): compressing
 	// and checking a chunk takes one, so that concurrent uploads share the
 	// CPUs in the order they asked (a channel serves blocked receivers

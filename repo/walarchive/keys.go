@@ -116,7 +116,9 @@ func parseFileKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
 
 // ParseKey splits the key of an archived WAL file into its cluster and
 // file. ok is false for the marker and for any key that is not an archived
-// WAL file in its right place.
+// WAL file in its right place, block summaries included: they are not WAL
+// files, and a copy without them only makes incrementals fall back to the
+// LSN scan.
 func ParseKey(key string) (cluster uint64, f pg.WALFile, ok bool) {
 	cluster, f, summary, ok := parseKey(key)
 	return cluster, f, ok && !summary

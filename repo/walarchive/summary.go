@@ -139,7 +139,9 @@ func (s *Summary) SegmentStart() pg.LSN { return s.Segment.Start(s.SegSize) }
 
 // Name returns the object name of the summary: the segment's name and
 // SummarySuffix.
-func (s *Summary) Name() string { return pg.SegmentName(s.Timeline, s.Segment, s.SegSize) + SummarySuffix }
+func (s *Summary) Name() string {
+	return pg.SegmentName(s.Timeline, s.Segment, s.SegSize) + SummarySuffix
+}
 
 // Blocks returns how many block references the summary holds.
 func (s *Summary) Blocks() int {
@@ -160,6 +162,7 @@ type summarizer struct {
 	pend   pg.WALRecord
 	err    error
 	inited bool
+	upTo   pg.LSN // records from here on are left out; 0: none
 }
 
 type relBuild struct {
@@ -203,6 +206,9 @@ func (z *summarizer) Write(p []byte) (int, error) {
 }
 
 func (z *summarizer) record(rec *pg.WALRecord) error {
+	if z.upTo != 0 && rec.LSN >= z.upTo {
+		return nil
+	}
 	z.s.Records++
 	pg.WALRecordEffects(rec, z.r.Major(), func(e pg.WALEffect) { z.effect(rec.LSN, e) })
 	return nil
@@ -261,7 +267,7 @@ func (z *summarizer) finish() (*Summary, error) {
 	s.ContDropped = z.r.ContinuationDropped()
 	if ended, at, why := z.r.Ended(); ended {
 		s.Complete, s.End, s.Reason = false, at, why
-	} else if lsn, total, got, head, ok := z.r.Pending(); ok {
+	} else if lsn, total, got, head, ok := z.r.Pending(); ok && (z.upTo == 0 || lsn < z.upTo) {
 		s.PendLSN, s.PendTotal, s.PendInSeg = lsn, total, got
 		z.pending(head)
 	}
@@ -479,7 +485,7 @@ func DecodeSummary(b []byte) (*Summary, error) {
 	le := binary.LittleEndian
 	s := &Summary{Major: int(b[6]), Timeline: pg.TimelineID(le.Uint32(b[8:])), SegSize: le.Uint32(b[12:]),
 		Segment: pg.SegNo(le.Uint64(b[16:])), End: pg.LSN(le.Uint64(b[24:])), UnknownAt: pg.LSN(le.Uint64(b[32:])),
-		Records: int64(le.Uint64(b[40:])),
+		Records:  int64(le.Uint64(b[40:])),
 		Complete: flags&summaryComplete != 0, Minimal: flags&summaryMinimal != 0, Unknown: flags&summaryUnknown != 0,
 		PendDone: flags&summaryPendDone != 0, ContDropped: flags&summaryContDrop != 0}
 	copy(s.SegmentMAC[:], b[48:80])

@@ -220,8 +220,8 @@ func TestJoinOverwritten(t *testing.T) {
 		w.Fill(pg.SegNo(5).Start(testSegSize))
 		w.Commit(sumT0)
 		segs := w.Segments()
-		a, _ := SummarizeSegment(1, 3, testSegSize, bytes.NewReader(segs[0]))
-		b, _ := SummarizeSegment(1, 4, testSegSize, bytes.NewReader(segs[1]))
+		a, _ := SummarizeSegment(1, 3, testSegSize, bytes.NewReader(segs[0]), 0)
+		b, _ := SummarizeSegment(1, 4, testSegSize, bytes.NewReader(segs[1]), 0)
 		if a.PendTotal != 30000 || !b.Complete || b.Records == 0 || after.Segment(testSegSize) != 4 {
 			t.Fatalf("pending %d; next segment complete %v (%s) with %d records", a.PendTotal, b.Complete, b.Reason, b.Records)
 		}
@@ -351,7 +351,7 @@ func TestSummaryObjects(t *testing.T) {
 // to the same bytes.
 func FuzzDecodeSummary(f *testing.F) {
 	w := walWithBoundaries(15)
-	s, err := SummarizeSegment(1, 3, testSegSize, bytes.NewReader(w.Segments()[0]))
+	s, err := SummarizeSegment(1, 3, testSegSize, bytes.NewReader(w.Segments()[0]), 0)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -67,8 +67,10 @@ func (a *Archive) ReadSummary(ctx context.Context, cluster uint64, tli pg.Timeli
 // SummarizeSegment makes the block summary of segment seg of timeline tli
 // from its bytes (a copy in pg_wal, which may still be being written: the
 // summary then ends where its valid WAL does, Summary.Complete false).
-func SummarizeSegment(tli pg.TimelineID, seg pg.SegNo, segSize uint32, r io.Reader) (*Summary, error) {
+// Records that begin at or after upTo (if not 0) are left out.
+func SummarizeSegment(tli pg.TimelineID, seg pg.SegNo, segSize uint32, r io.Reader, upTo pg.LSN) (*Summary, error) {
 	z := newSummarizer(tli, seg, segSize)
+	z.upTo = upTo
 	buf := make([]byte, 1<<20)
 	for {
 		n, err := io.ReadFull(r, buf)
