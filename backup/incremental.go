@@ -402,25 +402,33 @@ func (wk *worker) deltaPatch(f *file) error {
 	return nil
 }
 
-// sample reads a few pages of [p0, p1) that the WAL summaries say did not
-// change since the reference started, and stops the capture if one did.
+// sample reads a few pages of [p0, p1) that the summaries say did not
+// change since the reference started, and stops the capture if one did:
+// samplesPerItem pages per full item (16 MiB), and as many in proportion
+// for a smaller file (a one-page file is read with that probability, not
+// twice), so that checking stays a fixed share of the data.
 func (wk *worker) sample(f *file, p0, p1 uint32) error {
 	c := wk.c
 	limit := min(p1, f.prevMap.Pages)
 	if p0 >= limit {
 		return nil
 	}
-	for range samplesPerItem {
+	full := uint32(itemSlots * c.pagesPerSlot())
+	n := samplesPerItem * (limit - p0) / full
+	if rand.Uint32N(full) < samplesPerItem*(limit-p0)%full {
+		n++
+	}
+	for range n {
 		p := p0 + rand.Uint32N(limit-p0)
 		if f.changes.changed(p) {
 			continue
 		}
-		n, err := wk.readAt(f, wk.page, int64(p)*int64(c.blockSize))
+		k, err := wk.readAt(f, wk.page, int64(p)*int64(c.blockSize))
 		if err != nil {
 			return err
 		}
 		c.stats.sampled.Add(1)
-		if n < len(wk.page) {
+		if k < len(wk.page) {
 			continue
 		}
 		if lsn := pg.PageLSN(wk.page); lsn >= c.ref.start && lsn < c.start {
