@@ -30,6 +30,9 @@ func snapshotFiles(t *testing.T, r *repo.Repo, s *repo.Snapshot) map[string]file
 		if err != nil {
 			t.Fatal(err)
 		}
+		for _, p := range tr.Parts {
+			walk(p.ID, prefix)
+		}
 		for _, n := range tr.Nodes {
 			out[prefix+n.Name] = n
 			if n.Type == filemap.TypeDir {

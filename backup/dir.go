@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
@@ -28,6 +29,9 @@ type dir struct {
 	up      *dirSlot      // where this directory's tree goes, nil for a root
 	done    func(blob.ID) // roots: receives the tree
 	prev    *filemap.Tree // the reference snapshot's tree, nil if none
+	// part receives the tree of a part of a big directory (partedDir)
+	// and its blob, nil for an empty one; set instead of up and done.
+	part func(t *filemap.Tree, id blob.ID)
 }
 
 // walkRoot captures a root (PGDATA or a tablespace directory).
@@ -43,9 +47,19 @@ func (c *capture) walkRoot(d *dir, prev blob.ID, ownDir string) {
 
 // walkDir lists d, hands its files to the workers and walks its
 // subdirectories depth first. Entries are all listed before any child is
-// started, so workers can fill in d.ents while the walker goes on.
+// started, so workers can fill in d.ents while the walker goes on. A
+// directory of more than filemap.PartMax entries is walked in parts
+// (walkParted).
 func (c *capture) walkDir(d *dir, ownDir string) {
-	ents, err := listDir(d.abs, d.rel, ownDir)
+	names, err := readNames(d.abs)
+	var ents []entry
+	if err == nil && len(names) > c.opts.partMax && ownDir == "" {
+		c.walkParted(d, names)
+		return
+	}
+	if err == nil {
+		ents, err = listNames(d.abs, d.rel, ownDir, names, pg.UnloggedRelations(names))
+	}
 	switch {
 	case err != nil && d.up != nil && errors.Is(err, fs.ErrNotExist):
 		// Dropped while we walked (DROP DATABASE): WAL replay removes it
@@ -55,14 +69,27 @@ func (c *capture) walkDir(d *dir, ownDir string) {
 		c.fail(err)
 		return
 	}
-	d.ents = ents
-	d.gone = make([]bool, len(ents))
+	if d.prev != nil && len(d.prev.Parts) > 0 {
+		// The directory was big at the reference: its parts, whole.
+		if d.prev, err = c.loadParts(d.prev, 0, len(d.prev.Parts)); err != nil {
+			c.fail(err)
+			return
+		}
+	}
 	if d.prev != nil && !sameDatabase(ents, d.prev) {
 		// The database directory was made anew (dropped and created with
 		// the same OID, or copied back by ALTER DATABASE SET TABLESPACE):
 		// nothing in it is the reference's file any more.
 		d.prev = nil
 	}
+	c.walkEntries(d, ents)
+}
+
+// walkEntries hands the listed entries of d to the workers and walks its
+// subdirectories.
+func (c *capture) walkEntries(d *dir, ents []entry) {
+	d.ents = ents
+	d.gone = make([]bool, len(ents))
 	d.pending.Store(1) // the listing itself, released below
 	batch := c.newFileBatch(d)
 	var subdirs []*dir
@@ -199,12 +226,20 @@ func (d *dir) childDone() {
 			t.Nodes = append(t.Nodes, d.ents[i].node)
 		}
 	}
+	if d.part != nil && len(t.Nodes) == 0 {
+		d.part(t, blob.ID{}) // every entry of the part vanished
+		return
+	}
 	id, err := c.addTree(t)
 	if err != nil {
 		c.fail(fmt.Errorf("directory %s: %w", d.abs, err))
 		return
 	}
 	d.ents, d.prev = nil, nil
+	if d.part != nil {
+		d.part(t, id)
+		return
+	}
 	if d.up == nil {
 		d.done(id)
 		return

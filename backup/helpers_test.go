@@ -296,6 +296,12 @@ func (m *materializer) tree(ctx context.Context, id blob.ID, dir, rel string) er
 	if err != nil {
 		return err
 	}
+	for _, p := range tr.Parts {
+		// A big directory's parts: the same directory.
+		if err := m.tree(ctx, p.ID, dir, rel); err != nil {
+			return err
+		}
+	}
 	for _, n := range tr.Nodes {
 		p := filepath.Join(dir, n.Name)
 		r := n.Name

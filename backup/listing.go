@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/tidemarkdb/tidemark/pg"
@@ -29,77 +30,104 @@ type entry struct {
 // between readdir and lstat skipped (PostgreSQL removes files all the time).
 // ownTablespaceDir, when set, is the only entry kept (a tablespace's root).
 func listDir(abs, rel, ownTablespaceDir string) ([]entry, error) {
-	des, err := os.ReadDir(abs)
+	names, err := readNames(abs)
+	if err != nil {
+		return nil, err
+	}
+	return listNames(abs, rel, ownTablespaceDir, names, pg.UnloggedRelations(names))
+}
+
+// readNames returns the names in directory abs, sorted.
+func readNames(abs string) ([]string, error) {
+	f, err := os.Open(abs)
 	if err != nil {
 		return nil, fmt.Errorf("read directory %s: %w", abs, err)
 	}
-	names := make([]string, len(des))
-	for i, de := range des {
-		names[i] = de.Name()
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("read directory %s: %w", abs, err)
 	}
-	unlogged := pg.UnloggedRelations(names)
-	out := make([]entry, 0, len(des))
-	for _, de := range des {
-		name := de.Name()
-		if ownTablespaceDir != "" && name != ownTablespaceDir {
-			continue
-		}
-		e := entry{}
-		erel := path.Join(rel, name)
-		st, err := lstat(filepath.Join(abs, name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
+	slices.Sort(names)
+	return names, nil
+}
+
+// listNames is listDir of the given names of directory abs (sorted), with
+// the directory's unlogged relations (pg.UnloggedRelations of all its
+// names).
+func listNames(abs, rel, ownTablespaceDir string, names []string, unlogged map[uint32]bool) ([]entry, error) {
+	out := make([]entry, 0, len(names))
+	for _, name := range names {
+		e, ok, err := listEntry(abs, rel, ownTablespaceDir, name, unlogged)
 		if err != nil {
 			return nil, err
 		}
-		mode := st.Mode & syscall.S_IFMT
-		if rel == "" && name == "pg_wal" && mode == syscall.S_IFLNK {
-			// pg_wal on another disk: a backup holds it as a directory,
-			// as pg_basebackup does.
-			if st, err = stat(filepath.Join(abs, name)); err != nil {
-				return nil, err
-			}
-			mode = st.Mode & syscall.S_IFMT
+		if ok {
+			out = append(out, e)
 		}
-		e.node = nodeFromStat(name, st)
-		switch mode {
-		case syscall.S_IFDIR:
-			e.node.Type = filemap.TypeDir
-		case syscall.S_IFREG:
-			e.node.Type = filemap.TypeFile
-		case syscall.S_IFLNK:
-			e.node.Type = filemap.TypeSymlink
-			target, err := os.Readlink(filepath.Join(abs, name))
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("read link %s: %w", filepath.Join(abs, name), err)
-			}
-			e.node.Target = target
-			if oid, ok := pg.ParseTablespaceLink(erel); ok {
-				e.tablespace = oid
-			}
-		default:
-			continue // sockets, FIFOs, devices: nothing PostgreSQL restores
-		}
-		isDir := e.node.Type == filemap.TypeDir
-		switch pg.ClassifyBackupPath(erel, isDir) {
-		case pg.BackupSkip:
-			continue
-		case pg.BackupEmptyDir:
-			if !isDir {
-				continue
-			}
-			e.emptyDir = true
-		}
-		if e.node.Type == filemap.TypeFile && pg.SkipUnlogged(name, unlogged) {
-			continue
-		}
-		out = append(out, e)
 	}
 	return out, nil
+}
+
+// listEntry is listDir of one name: ok is false for a name left out.
+func listEntry(abs, rel, ownTablespaceDir, name string, unlogged map[uint32]bool) (entry, bool, error) {
+	if ownTablespaceDir != "" && name != ownTablespaceDir {
+		return entry{}, false, nil
+	}
+	e := entry{}
+	erel := path.Join(rel, name)
+	st, err := lstat(filepath.Join(abs, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return entry{}, false, nil
+	}
+	if err != nil {
+		return entry{}, false, err
+	}
+	mode := st.Mode & syscall.S_IFMT
+	if rel == "" && name == "pg_wal" && mode == syscall.S_IFLNK {
+		// pg_wal on another disk: a backup holds it as a directory,
+		// as pg_basebackup does.
+		if st, err = stat(filepath.Join(abs, name)); err != nil {
+			return entry{}, false, err
+		}
+		mode = st.Mode & syscall.S_IFMT
+	}
+	e.node = nodeFromStat(name, st)
+	switch mode {
+	case syscall.S_IFDIR:
+		e.node.Type = filemap.TypeDir
+	case syscall.S_IFREG:
+		e.node.Type = filemap.TypeFile
+	case syscall.S_IFLNK:
+		e.node.Type = filemap.TypeSymlink
+		target, err := os.Readlink(filepath.Join(abs, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			return entry{}, false, nil
+		}
+		if err != nil {
+			return entry{}, false, fmt.Errorf("read link %s: %w", filepath.Join(abs, name), err)
+		}
+		e.node.Target = target
+		if oid, ok := pg.ParseTablespaceLink(erel); ok {
+			e.tablespace = oid
+		}
+	default:
+		return entry{}, false, nil // sockets, FIFOs, devices: nothing PostgreSQL restores
+	}
+	isDir := e.node.Type == filemap.TypeDir
+	switch pg.ClassifyBackupPath(erel, isDir) {
+	case pg.BackupSkip:
+		return entry{}, false, nil
+	case pg.BackupEmptyDir:
+		if !isDir {
+			return entry{}, false, nil
+		}
+		e.emptyDir = true
+	}
+	if e.node.Type == filemap.TypeFile && pg.SkipUnlogged(name, unlogged) {
+		return entry{}, false, nil
+	}
+	return e, true, nil
 }
 
 func nodeFromStat(name string, st *syscall.Stat_t) filemap.Node {

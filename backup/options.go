@@ -8,6 +8,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
 // Defaults of Options.
@@ -99,6 +100,7 @@ type Options struct {
 	Now           func() time.Time
 	summaryForced func(*summary) // tests: tamper with a loaded summary
 	noPGSummaries bool           // tests: leave PostgreSQL's WAL summaries out
+	partMax       int            // tests: directories of more entries are parted (filemap.PartMax)
 }
 
 func (o *Options) deltas() bool { return !o.NoPageDeltas }
@@ -130,6 +132,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.partMax <= 0 {
+		o.partMax = filemap.PartMax
 	}
 	if o.Label == "" {
 		o.Label = "tidemark"

@@ -155,6 +155,19 @@ func allocatedOnDisk(p string) int64 {
 	return st.Blocks * 512
 }
 
+// allocatedUnder is the space the files under directory p take (0 when it
+// does not exist): what a delta restore there may reuse.
+func allocatedUnder(p string) int64 {
+	var n int64
+	filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n += allocatedOnDisk(path)
+		}
+		return nil
+	})
+	return n
+}
+
 func removeIfExists(p string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", p, err)

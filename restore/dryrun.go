@@ -118,28 +118,35 @@ func (pl *Plan) fill(ctx context.Context, r Repository, p *plan, s *repo.Snapsho
 		pl.FetchBlobs++
 		return nil
 	}
-	for i := range p.files {
-		e := &p.files[i]
-		pl.WriteBytes += e.allocated()
-		if m := e.fmap; m != nil {
-			for _, x := range m.Extents {
-				if err := want(x.Blob); err != nil {
-					return fmt.Errorf("%s: %w", e.rel, err)
-				}
-				if x.IsDelta() {
-					if err := want(x.Base); err != nil {
+	err := p.eachBatch(ctx, r, func(files []entry) error {
+		for i := range files {
+			e := &files[i]
+			pl.WriteBytes += e.allocated()
+			if m := e.fmap; m != nil {
+				for _, x := range m.Extents {
+					if err := want(x.Blob); err != nil {
 						return fmt.Errorf("%s: %w", e.rel, err)
 					}
+					if x.IsDelta() {
+						if err := want(x.Base); err != nil {
+							return fmt.Errorf("%s: %w", e.rel, err)
+						}
+					}
+				}
+				continue
+			}
+			for _, id := range e.node.Content {
+				if err := want(id); err != nil {
+					return fmt.Errorf("%s: %w", e.rel, err)
 				}
 			}
-			continue
 		}
-		for _, id := range e.node.Content {
-			if err := want(id); err != nil {
-				return fmt.Errorf("%s: %w", e.rel, err)
-			}
-		}
+		return nil
+	}, nil, nil)
+	if err != nil {
+		return err
 	}
+	pl.WriteBytes += int64(len(p.control))
 	var m *Measured
 	if opts.Rates != nil {
 		var err error

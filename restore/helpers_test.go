@@ -27,6 +27,9 @@ import (
 const (
 	testSegSize = 1 << 20 // 1 MiB WAL segments keep synthetic archives small
 	testBS      = 8192
+	// testPartMax: directories of more entries are stored in parts; small,
+	// so that tests of big directories stay small.
+	testPartMax = 100
 )
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -153,6 +156,22 @@ func buildTree(t testing.TB, ctx context.Context, w *repo.Writer, files map[stri
 				node.Subtree = store(c)
 			}
 			tr.Nodes = append(tr.Nodes, node)
+		}
+		if len(tr.Nodes) > testPartMax {
+			// A big directory is stored in parts, as a backup does (parts
+			// of testPartMax entries: readers take any cut).
+			var parted filemap.Tree
+			for len(tr.Nodes) > 0 {
+				n := min(len(tr.Nodes), testPartMax)
+				part := &filemap.Tree{Nodes: tr.Nodes[:n]}
+				b, err := filemap.EncodeTree(part)
+				if err != nil {
+					t.Fatal(err)
+				}
+				parted.Parts = append(parted.Parts, filemap.TreePart{First: part.Nodes[0].Name, Count: uint32(n), ID: add(t, ctx, w, blob.KindTree, b)})
+				tr.Nodes = tr.Nodes[n:]
+			}
+			tr = parted
 		}
 		b, err := filemap.EncodeTree(&tr)
 		if err != nil {

@@ -25,14 +25,31 @@ type entry struct {
 	fmap *filemap.Map // relation files
 }
 
-// plan is a snapshot laid out on this machine.
+// plan is a snapshot laid out on this machine: its directories and links,
+// and where to find its files. Files are not held: eachBatch streams them
+// from the trees a few thousand at a time, so a restore's memory does not
+// grow with the number of files.
 type plan struct {
-	roots   []string // absolute destination of each root
-	dirs    []entry  // parents before children; roots not included
-	files   []entry
-	links   []entry
-	control []byte // global/pg_control
-	group   bool   // the cluster allows group access (0750/0640)
+	roots    []string  // absolute destination of each root
+	dirs     []entry   // parents before children; roots not included
+	links    []entry   //
+	listings []listing // every directory's entries: the roots first, then dirs
+	control  []byte    // global/pg_control
+	ctlNode  *filemap.Node
+	group    bool    // the cluster allows group access (0750/0640)
+	files    int64   // regular files but pg_control
+	bytes    int64   // their sizes
+	rootSize []int64 // their sizes under each root
+	snap     *repo.Snapshot
+}
+
+// listing is a directory of the plan and the tree blobs that hold its
+// entries in name order: its tree, or the parts of a big one.
+type listing struct {
+	root  int
+	rel   string
+	tree  blob.ID
+	parts []filemap.TreePart // of a parted tree; tree is then the parted tree
 }
 
 func (p *plan) path(e *entry) string {
@@ -40,6 +57,14 @@ func (p *plan) path(e *entry) string {
 		return p.roots[e.root]
 	}
 	return filepath.Join(p.roots[e.root], filepath.FromSlash(e.rel))
+}
+
+// listingPath is where a listing's directory goes.
+func (p *plan) listingPath(l *listing) string {
+	if l.rel == "" {
+		return p.roots[l.root]
+	}
+	return filepath.Join(p.roots[l.root], filepath.FromSlash(l.rel))
 }
 
 func (p *plan) dirMode() uint32 {
@@ -79,39 +104,20 @@ func (e *entry) allocated() int64 {
 	return n
 }
 
-// loadPlan reads a snapshot's trees and page maps and places them: PGDATA
-// at pgdata, each tablespace at its (possibly remapped) location.
+// loadPlan reads a snapshot's directory trees and places them: PGDATA at
+// pgdata, each tablespace at its (possibly remapped) location. It keeps the
+// directories, links and totals; files come later from eachBatch.
 func loadPlan(ctx context.Context, r Repository, s *repo.Snapshot, pgdata string, remap map[string]string) (*plan, error) {
 	if len(s.Roots) != len(s.Tablespaces)+1 {
 		return nil, fmt.Errorf("snapshot %s: %d roots for %d tablespaces: %w", s.ID, len(s.Roots), len(s.Tablespaces), filemap.ErrInvalid)
 	}
-	p := &plan{roots: []string{pgdata}}
+	p := &plan{roots: []string{pgdata}, snap: s}
 	for _, ts := range s.Tablespaces {
 		p.roots = append(p.roots, tablespaceLocation(ts.Path, remap))
 	}
-	trees, err := loadTrees(ctx, r, s.Roots)
-	if err != nil {
-		return nil, err
-	}
-	var mapIDs []blob.ID
-	for i, root := range s.Roots {
-		if err := p.walk(trees, root, i, "", 0, &mapIDs); err != nil {
-			return nil, fmt.Errorf("snapshot %s: %w", s.ID, err)
-		}
-	}
-	maps, err := loadMaps(ctx, r, mapIDs)
-	if err != nil {
-		return nil, err
-	}
-	for i := range p.files {
-		f := &p.files[i]
-		if f.node.Map.IsZero() {
-			continue
-		}
-		f.fmap = maps[f.node.Map]
-		if s.BlockSize > 0 && int(f.fmap.BlockSize) != s.BlockSize {
-			return nil, fmt.Errorf("snapshot %s: %s has %d-byte pages, the cluster %d: %w", s.ID, f.rel, f.fmap.BlockSize, s.BlockSize, filemap.ErrInvalid)
-		}
+	p.rootSize = make([]int64, len(p.roots))
+	if err := p.walkTrees(ctx, r); err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", s.ID, err)
 	}
 	// Tablespace links point where the tablespaces now live.
 	for i := range p.links {
@@ -131,6 +137,248 @@ func loadPlan(ctx context.Context, r Repository, s *repo.Snapshot, pgdata string
 		p.group = g.node.Mode&0o050 == 0o050
 	}
 	return p, nil
+}
+
+// walkTrees reads every directory tree below the roots, one level of the
+// hierarchy per ReadBlobs call so that reads are planned by pack (a big
+// directory's parts count as a level below it), and keeps what the plan
+// holds: directories, links, and the sizes of the files.
+func (p *plan) walkTrees(ctx context.Context, r Repository) error {
+	type work struct {
+		id   blob.ID
+		li   int  // listing
+		part bool // a part of a parted listing
+	}
+	var level []work
+	for i, root := range p.snap.Roots {
+		p.listings = append(p.listings, listing{root: i, tree: root})
+		level = append(level, work{id: root, li: i})
+	}
+	for depth := 0; len(level) > 0; depth++ {
+		if depth > maxDepth {
+			return fmt.Errorf("directory trees nested deeper than %d: %w", maxDepth, filemap.ErrInvalid)
+		}
+		byID := map[blob.ID][]work{}
+		var ids []blob.ID
+		for _, w := range level {
+			if byID[w.id] == nil {
+				ids = append(ids, w.id)
+			}
+			byID[w.id] = append(byID[w.id], w)
+		}
+		var mu sync.Mutex
+		var next []work
+		err := r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
+			t, err := filemap.DecodeTree(data)
+			if err != nil {
+				return fmt.Errorf("directory tree %s: %w", id, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, w := range byID[id] {
+				l := p.listings[w.li]
+				if len(t.Parts) > 0 {
+					if w.part {
+						return fmt.Errorf("%s: part %s of a directory is itself parted: %w", l.rel, id, filemap.ErrInvalid)
+					}
+					p.listings[w.li].parts = t.Parts
+					for _, part := range t.Parts {
+						next = append(next, work{id: part.ID, li: w.li, part: true})
+					}
+					continue
+				}
+				for _, n := range t.Nodes {
+					e := entry{root: l.root, rel: path.Join(l.rel, n.Name), node: n}
+					switch n.Type {
+					case filemap.TypeDir:
+						e.node.Content = nil
+						p.dirs = append(p.dirs, e)
+						p.listings = append(p.listings, listing{root: l.root, rel: e.rel, tree: n.Subtree})
+						next = append(next, work{id: n.Subtree, li: len(p.listings) - 1})
+					case filemap.TypeSymlink:
+						p.links = append(p.links, e)
+					case filemap.TypeFile:
+						if isControl(&e) {
+							p.ctlNode = &e.node
+							continue
+						}
+						p.files++
+						p.bytes += n.Size
+						p.rootSize[l.root] += n.Size
+					default:
+						return fmt.Errorf("%s: node type %d: %w", e.rel, n.Type, filemap.ErrInvalid)
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		level = next
+	}
+	return nil
+}
+
+// Batches of files: at most batchFiles files, and about batchSlots slots
+// of pages (1 MiB each), so that the destinations a batch records stay a
+// few MiB however big its files. (A variable for tests.)
+var batchFiles = 8192
+
+const batchSlots = 1 << 18
+
+// treeReads is how many trees (or parts) eachBatch reads at once.
+const treeReads = 8
+
+// eachBatch streams the plan's files but pg_control in batches, each with
+// its page maps read, in listing order and, within a directory, by name.
+// visit, if not nil, sees every entry of every listing in name order
+// before its batch is handed on, and end each listing after its last
+// entry (a delta restore cleans up directories with them).
+func (p *plan) eachBatch(ctx context.Context, r Repository, fn func([]entry) error, visit func(l *listing, n *filemap.Node) error, end func(l *listing) error) error {
+	type unit struct {
+		li   int
+		id   blob.ID
+		part int // index in the listing's parts; -1 for a whole tree
+	}
+	var units []unit
+	for i, l := range p.listings {
+		if len(l.parts) == 0 {
+			units = append(units, unit{li: i, id: l.tree, part: -1})
+			continue
+		}
+		for j, part := range l.parts {
+			units = append(units, unit{li: i, id: part.ID, part: j})
+		}
+	}
+	var batch []entry
+	slots := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := p.loadMaps(ctx, r, batch); err != nil {
+			return err
+		}
+		err := fn(batch)
+		batch, slots = nil, 0
+		return err
+	}
+	done := make([]bool, len(p.listings))
+	finish := func(li int) error {
+		if end != nil && !done[li] {
+			done[li] = true
+			return end(&p.listings[li])
+		}
+		return nil
+	}
+	for len(units) > 0 {
+		n := min(len(units), treeReads)
+		group := units[:n]
+		units = units[n:]
+		ids := make([]blob.ID, 0, n)
+		for _, u := range group {
+			ids = append(ids, u.id)
+		}
+		trees := map[blob.ID]*filemap.Tree{}
+		var mu sync.Mutex
+		err := r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
+			t, err := filemap.DecodeTree(data)
+			if err != nil {
+				return fmt.Errorf("directory tree %s: %w", id, err)
+			}
+			mu.Lock()
+			trees[id] = t
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for gi, u := range group {
+			l := &p.listings[u.li]
+			t := trees[u.id]
+			if u.part >= 0 {
+				next := ""
+				if u.part+1 < len(l.parts) {
+					next = l.parts[u.part+1].First
+				}
+				if err := filemap.CheckPart(l.parts[u.part], next, t); err != nil {
+					return fmt.Errorf("%s: %w", l.rel, err)
+				}
+			}
+			for i := range t.Nodes {
+				nd := &t.Nodes[i]
+				if visit != nil {
+					if err := visit(l, nd); err != nil {
+						return err
+					}
+				}
+				e := entry{root: l.root, rel: path.Join(l.rel, nd.Name), node: *nd}
+				if nd.Type != filemap.TypeFile || isControl(&e) {
+					continue
+				}
+				batch = append(batch, e)
+				slots += int((nd.Size + blob.SlotSize - 1) / blob.SlotSize)
+				if len(batch) >= batchFiles || slots >= batchSlots {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			}
+			// A listing ends with its last unit.
+			last := gi+1 == len(group) && (len(units) == 0 || units[0].li != u.li) || gi+1 < len(group) && group[gi+1].li != u.li
+			if last {
+				if err := finish(u.li); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	for i := range p.listings {
+		if err := finish(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadMaps reads the page maps of the relation files of a batch.
+func (p *plan) loadMaps(ctx context.Context, r Repository, files []entry) error {
+	want := map[blob.ID][]int{}
+	var ids []blob.ID
+	for i := range files {
+		if id := files[i].node.Map; !id.IsZero() {
+			if want[id] == nil {
+				ids = append(ids, id)
+			}
+			want[id] = append(want[id], i)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	var mu sync.Mutex
+	err := r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
+		m, err := filemap.DecodeMap(data)
+		if err != nil {
+			return fmt.Errorf("page map %s: %w", id, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, i := range want[id] {
+			f := &files[i]
+			if p.snap.BlockSize > 0 && int(m.BlockSize) != p.snap.BlockSize {
+				return fmt.Errorf("snapshot %s: %s has %d-byte pages, the cluster %d: %w", p.snap.ID, f.rel, m.BlockSize, p.snap.BlockSize, filemap.ErrInvalid)
+			}
+			f.fmap = m
+		}
+		return nil
+	})
+	return err
 }
 
 func findDir(dirs []entry, rel string) *entry {
@@ -153,89 +401,6 @@ func tablespaceLocation(orig string, remap map[string]string) string {
 // maxDepth bounds directory nesting, so that a corrupt tree referring to
 // itself cannot recurse forever.
 const maxDepth = 64
-
-func (p *plan) walk(trees map[blob.ID]*filemap.Tree, id blob.ID, root int, rel string, depth int, mapIDs *[]blob.ID) error {
-	if depth > maxDepth {
-		return fmt.Errorf("%s: directories nested deeper than %d: %w", rel, maxDepth, filemap.ErrInvalid)
-	}
-	t := trees[id]
-	for _, n := range t.Nodes {
-		e := entry{root: root, rel: path.Join(rel, n.Name), node: n}
-		switch n.Type {
-		case filemap.TypeDir:
-			p.dirs = append(p.dirs, e)
-			if err := p.walk(trees, n.Subtree, root, e.rel, depth+1, mapIDs); err != nil {
-				return err
-			}
-		case filemap.TypeSymlink:
-			p.links = append(p.links, e)
-		case filemap.TypeFile:
-			if !n.Map.IsZero() {
-				*mapIDs = append(*mapIDs, n.Map)
-			}
-			p.files = append(p.files, e)
-		default:
-			return fmt.Errorf("%s: node type %d: %w", e.rel, n.Type, filemap.ErrInvalid)
-		}
-	}
-	return nil
-}
-
-// loadTrees reads every directory tree below roots, one level of the
-// hierarchy per ReadBlobs call so that reads are planned by pack. Equal
-// directories (all the empty ones) share a blob and are read once.
-func loadTrees(ctx context.Context, r Repository, roots []blob.ID) (map[blob.ID]*filemap.Tree, error) {
-	trees := map[blob.ID]*filemap.Tree{}
-	level := roots
-	for depth := 0; len(level) > 0; depth++ {
-		if depth > maxDepth {
-			return nil, fmt.Errorf("directory trees nested deeper than %d: %w", maxDepth, filemap.ErrInvalid)
-		}
-		var mu sync.Mutex
-		var next []blob.ID
-		err := r.ReadBlobs(ctx, level, func(id blob.ID, data []byte) error {
-			t, err := filemap.DecodeTree(data)
-			if err != nil {
-				return fmt.Errorf("directory tree %s: %w", id, err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			trees[id] = t
-			for _, n := range t.Nodes {
-				if n.Type == filemap.TypeDir {
-					next = append(next, n.Subtree)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		level = level[:0:0]
-		for _, id := range next {
-			if _, ok := trees[id]; !ok {
-				level = append(level, id)
-			}
-		}
-	}
-	return trees, nil
-}
-
-func loadMaps(ctx context.Context, r Repository, ids []blob.ID) (map[blob.ID]*filemap.Map, error) {
-	maps := make(map[blob.ID]*filemap.Map, len(ids))
-	var mu sync.Mutex
-	err := r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
-		m, err := filemap.DecodeMap(data)
-		if err != nil {
-			return fmt.Errorf("page map %s: %w", id, err)
-		}
-		mu.Lock()
-		maps[id] = m
-		mu.Unlock()
-		return nil
-	})
-	return maps, err
-}
 
 // readWhole reads a file of the snapshot that is stored as content chunks.
 func readWhole(ctx context.Context, r Repository, n filemap.Node) ([]byte, error) {

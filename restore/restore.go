@@ -9,12 +9,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
-	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/repo/lease"
 )
 
@@ -182,7 +181,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	if err != nil {
 		return nil, err
 	}
-	log.Info("restore: file maps loaded", "files", len(p.files), "directories", len(p.dirs), "seconds", now().Sub(planStart).Seconds())
+	log.Info("restore: directory trees read", "files", p.files, "directories", len(p.dirs), "seconds", now().Sub(planStart).Seconds())
 	if err := loadControl(ctx, r, s, p); err != nil {
 		return nil, err
 	}
@@ -199,10 +198,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	if err := refuse(err); err != nil {
 		return nil, err
 	}
-	for i := range p.files {
-		res.Files++
-		res.Bytes += p.files[i].size()
-	}
+	res.Files, res.Bytes = p.files+1, p.bytes+int64(len(p.control)) // pg_control too
 
 	settings := recoverySettings(opts.Target, h.Timeline, opts.RestoreCommand, opts.Standby)
 	for _, st := range settings {
@@ -222,8 +218,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 			return nil, fmt.Errorf("remove the stale WAL spool %s: %w", opts.SpoolDir, err)
 		}
 	}
-	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, dests: map[blob.ID][]dest{}, xors: map[blob.ID][]dest{},
-		pending: make([]atomic.Int64, len(p.files)), settled: make([]atomic.Bool, len(p.files)), standby: opts.Standby != nil}
+	w := &writer{r: r, p: p, log: log, owner: owner, parallel: opts.Parallel, major: s.PGVersion / 10000, standby: opts.Standby != nil}
 	w.direct.Store(opts.DirectIO)
 	w.progress = opts.Progress
 	w.openDirect = opts.openDirect
@@ -427,26 +422,22 @@ func lastCommitBefore(ctx context.Context, a Archive, cluster uint64, h pg.Histo
 // belongs to the snapshot's cluster, so that the file written last is known
 // good before the first is written.
 func loadControl(ctx context.Context, r Repository, s *repo.Snapshot, p *plan) error {
-	for i := range p.files {
-		e := &p.files[i]
-		if !isControl(e) {
-			continue
-		}
-		b, err := readWhole(ctx, r, e.node)
-		if err != nil {
-			return fmt.Errorf("backup %s: %s: %w", s.ID, controlPath, err)
-		}
-		cf, err := pg.ParseControlFile(b)
-		if err != nil {
-			return fmt.Errorf("backup %s: %s: %w", s.ID, controlPath, err)
-		}
-		if cf.SystemIdentifier != s.Cluster {
-			return fmt.Errorf("backup %s: %s has system identifier %d, the backup says %d: %w", s.ID, controlPath, cf.SystemIdentifier, s.Cluster, repo.ErrCorrupt)
-		}
-		p.control = b
-		return nil
+	if p.ctlNode == nil {
+		return fmt.Errorf("backup %s has no %s: %w", s.ID, controlPath, repo.ErrCorrupt)
 	}
-	return fmt.Errorf("backup %s has no %s: %w", s.ID, controlPath, repo.ErrCorrupt)
+	b, err := readWhole(ctx, r, *p.ctlNode)
+	if err != nil {
+		return fmt.Errorf("backup %s: %s: %w", s.ID, controlPath, err)
+	}
+	cf, err := pg.ParseControlFile(b)
+	if err != nil {
+		return fmt.Errorf("backup %s: %s: %w", s.ID, controlPath, err)
+	}
+	if cf.SystemIdentifier != s.Cluster {
+		return fmt.Errorf("backup %s: %s has system identifier %d, the backup says %d: %w", s.ID, controlPath, cf.SystemIdentifier, s.Cluster, repo.ErrCorrupt)
+	}
+	p.control = b
+	return nil
 }
 
 // checkTablespace refuses a tablespace location that already holds this
@@ -500,13 +491,13 @@ func checkSpace(p *plan, delta bool, segSize int64, stat func(string) (uint64, s
 		rootFS[i] = byFS[id]
 	}
 	rootFS[0].need += walMargin * segSize
-	for i := range p.files {
-		e := &p.files[i]
-		n := e.allocated()
+	// The files' sizes (holes included: an upper bound); a delta restore
+	// needs what they add to what is there.
+	for i, n := range p.rootSize {
 		if delta {
-			n = max(0, n-allocatedOnDisk(p.path(e)))
+			n = max(0, n-allocatedUnder(p.roots[i]))
 		}
-		rootFS[e.root].need += n
+		rootFS[i].need += n
 	}
 	for _, d := range p.dirs {
 		rootFS[d.root].need += 4096
@@ -550,19 +541,26 @@ func (w *writer) run(ctx context.Context, s *repo.Snapshot, settings []setting, 
 	} else if err := w.layoutFresh(); err != nil {
 		return err
 	}
-	w.log.Info("restore: fetching", "blobs", len(w.dests), "delta_blobs", len(w.xors), "files", len(w.p.files), "layout_seconds", now().Sub(start).Seconds())
+	w.log.Info("restore: directories laid out", "directories", len(w.p.dirs), "files", w.p.files, "seconds", now().Sub(start).Seconds())
 	fetchStart := now()
-	var total int64
-	for i := range w.pending {
-		total += w.pending[i].Load()
+	// Files are laid out and fetched in batches, so the total is the
+	// snapshot's bytes (holes and, in a delta restore, unchanged files
+	// included): the figure to expect, not a count that must be reached.
+	w.progress.Phase("fetch", w.p.bytes, "")
+	var visit func(l *listing, n *filemap.Node) error
+	var end func(l *listing) error
+	if delta {
+		visit, end = w.cleanVisit, w.cleanEnd
 	}
-	w.progress.Phase("fetch", total, "")
-	if err := w.fetch(ctx); err != nil {
+	err := w.p.eachBatch(ctx, w.r, func(files []entry) error {
+		return w.batch(ctx, files, delta)
+	}, visit, end)
+	if err != nil {
 		return err
 	}
 	settleStart := now()
-	w.log.Info("restore: fetched", "bytes", w.fetched.Load(), "seconds", settleStart.Sub(fetchStart).Seconds())
-	if err := w.settle(ctx); err != nil {
+	w.log.Info("restore: files written", "fetched_bytes", w.fetched.Load(), "seconds", settleStart.Sub(fetchStart).Seconds())
+	if err := w.settle(); err != nil {
 		return err
 	}
 	w.log.Info("restore: files synced", "seconds", now().Sub(settleStart).Seconds())
@@ -572,7 +570,7 @@ func (w *writer) run(ctx context.Context, s *repo.Snapshot, settings []setting, 
 	if err := w.writeControl(); err != nil {
 		return err
 	}
-	w.log.Info("restore: done", "backup", s.ID, "files", len(w.p.files), "fetched_bytes", w.fetched.Load(),
+	w.log.Info("restore: done", "backup", s.ID, "files", w.p.files+1, "fetched_bytes", w.fetched.Load(),
 		"written_bytes", w.written.Load(), "unchanged_files", w.skipped.Load(), "removed", w.removed.Load(), "seconds", now().Sub(start).Seconds())
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math/rand/v2"
 	"os"
@@ -206,6 +207,91 @@ func TestRestoreFresh(t *testing.T) {
 	if fi.ModTime().UnixNano() != 1e18 {
 		t.Errorf("mtime %d", fi.ModTime().UnixNano())
 	}
+}
+
+// TestRestoreBigDirectory restores a directory of more entries than fit
+// one tree (stored in parts), in several batches: fresh, then delta into a
+// copy with files added, removed and changed in it.
+func TestRestoreBigDirectory(t *testing.T) {
+	ctx := context.Background()
+	defer func(n int) { batchFiles = n }(batchFiles)
+	batchFiles = 64
+	files := sampleFiles()
+	n := 3*testPartMax + 2*batchFiles + 5
+	for i := range n {
+		name := fmt.Sprintf("base/5/%d", 20000+i)
+		if i%10 == 7 {
+			files[name] = tfile{data: randomBytes(uint64(i), 2*testBS), rel: true}
+			continue
+		}
+		files[name] = tfile{data: []byte(fmt.Sprintf("file %d", i))}
+	}
+	start := time.Now()
+	r, a, s := setupFiles(t, files)
+	t.Logf("snapshot of %d files built in %v", len(files), time.Since(start))
+	var parted bool
+	for id := range treesOf(t, r, s.Roots[0]) {
+		parted = parted || len(id.Parts) > 1
+	}
+	if !parted {
+		t.Fatal("the big directory was not stored in parts")
+	}
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	opts := baseOpts(t, dir)
+	start = time.Now()
+	res, err := Run(ctx, r, a, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restored in %v", time.Since(start))
+	checkRestoredFiles(t, dir, s, files)
+	if res.Files < int64(n) {
+		t.Errorf("restored %d files, want at least %d", res.Files, n)
+	}
+
+	// Diverge inside the big directory and out of it.
+	os.WriteFile(filepath.Join(dir, "base/5/1"), []byte("extra, first by name"), 0o600)
+	os.WriteFile(filepath.Join(dir, "base/5/20150x"), []byte("extra, among them"), 0o600)
+	os.WriteFile(filepath.Join(dir, "base/5/zzz"), []byte("extra, last"), 0o600)
+	os.MkdirAll(filepath.Join(dir, "base/5/extra_dir"), 0o700)
+	os.Remove(filepath.Join(dir, "base/5/20200"))
+	os.WriteFile(filepath.Join(dir, "base/5/20201"), []byte("changed"), 0o600)
+	opts.Delta = true
+	res, err = Run(ctx, r, a, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRestoredFiles(t, dir, s, files)
+	if res.RemovedPaths < 4 {
+		t.Errorf("removed %d paths", res.RemovedPaths)
+	}
+}
+
+// treesOf decodes every directory tree below root (parts included).
+func treesOf(t *testing.T, r *repo.Repo, root blob.ID) map[*filemap.Tree]bool {
+	out := map[*filemap.Tree]bool{}
+	var walk func(id blob.ID)
+	walk = func(id blob.ID) {
+		b, err := r.ReadBlob(context.Background(), id, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := filemap.DecodeTree(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[tr] = true
+		for _, p := range tr.Parts {
+			walk(p.ID)
+		}
+		for _, n := range tr.Nodes {
+			if n.Type == filemap.TypeDir {
+				walk(n.Subtree)
+			}
+		}
+	}
+	walk(root)
+	return out
 }
 
 func TestRestoreInterruptedThenDelta(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,11 +44,13 @@ type dest struct {
 	n       int64
 }
 
-// writer lays a plan out on disk.
+// writer lays a plan out on disk: its directories and links first, then
+// its files a batch at a time (plan.eachBatch).
 type writer struct {
 	standby  bool // write standby.signal, not recovery.signal
 	r        Repository
 	p        *plan
+	files    []entry // the batch being written; dest.file indexes it
 	log      *slog.Logger
 	owner    *osuser.Owner
 	parallel int
@@ -73,6 +76,45 @@ type writer struct {
 
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 	progress                                         *progress.Counter
+
+	// Delta restore: the directory being cleaned up (cleanVisit) and its
+	// entries on disk not seen in the snapshot yet, sorted.
+	cleaning *listing
+	existing []string
+}
+
+// batch writes one batch of files: fresh ones created sparse at their final
+// length, or existing ones compared (delta); then what they need is
+// fetched and written, and the files are synced.
+func (w *writer) batch(ctx context.Context, files []entry, delta bool) error {
+	w.files = files
+	w.dests, w.xors = map[blob.ID][]dest{}, map[blob.ID][]dest{}
+	w.pending = make([]atomic.Int64, len(files))
+	w.settled = make([]atomic.Bool, len(files))
+	if delta {
+		err := w.each(ctx, len(files), func(i int) error { return w.compare(ctx, int32(i), &files[i]) })
+		if err != nil {
+			return err
+		}
+	} else {
+		for i := range files {
+			if err := w.createFile(&files[i]); err != nil {
+				return err
+			}
+			w.wantAll(int32(i), &files[i])
+		}
+	}
+	if err := w.fetch(ctx); err != nil {
+		return err
+	}
+	err := w.each(ctx, len(files), func(i int) error {
+		if w.settled[i].Load() {
+			return nil
+		}
+		return w.settleFile(int32(i))
+	})
+	w.files, w.dests, w.xors, w.pending, w.settled = nil, nil, nil, nil, nil
+	return err
 }
 
 func (w *writer) addDest(id blob.ID, d dest) {
@@ -105,8 +147,8 @@ func (w *writer) wantExtent(i int32, x filemap.Extent, bs int64, baseHeld bool) 
 // last by finish.
 func isControl(e *entry) bool { return e.root == 0 && e.rel == controlPath }
 
-// layoutFresh creates every directory, link and (sparse, full-length) file
-// of the plan in empty roots and records what to fetch.
+// layoutFresh creates every directory and link of the plan in empty roots
+// (files come in batches).
 func (w *writer) layoutFresh() error {
 	for i := range w.p.roots {
 		if err := w.mkdirAll(w.p.roots[i]); err != nil {
@@ -127,16 +169,6 @@ func (w *writer) layoutFresh() error {
 		if err := os.Symlink(l.node.Target, w.p.path(l)); err != nil {
 			return fmt.Errorf("create symbolic link %s: %w", w.p.path(l), err)
 		}
-	}
-	for i := range w.p.files {
-		e := &w.p.files[i]
-		if isControl(e) {
-			continue
-		}
-		if err := w.createFile(e); err != nil {
-			return err
-		}
-		w.wantAll(int32(i), e)
 	}
 	return nil
 }
@@ -205,7 +237,7 @@ func (w *writer) wantAll(i int32, e *entry) {
 func (w *writer) fetch(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w.syncq = make(chan int32, len(w.p.files))
+	w.syncq = make(chan int32, len(w.files))
 	var wg sync.WaitGroup
 	for range max(1, w.parallel/2) {
 		wg.Add(1)
@@ -258,7 +290,7 @@ func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error
 	// The blob alone does not tell the operator what the loss affects.
 	var nf *repo.BlobNotFoundError
 	if errors.As(err, &nf) && len(dests[nf.ID]) > 0 {
-		return fmt.Errorf("%s: %w", w.p.path(&w.p.files[dests[nf.ID][0].file]), err)
+		return fmt.Errorf("%s: %w", w.p.path(&w.files[dests[nf.ID][0].file]), err)
 	}
 	return err
 }
@@ -371,7 +403,7 @@ func (o *openFile) xorAt(idx int32, p string, b []byte, off int64) error {
 }
 
 func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
-	e := &w.p.files[d.file]
+	e := &w.files[d.file]
 	p := w.p.path(e)
 	if (d.whole && int64(len(data)) != d.n) || d.blobOff+d.n > int64(len(data)) {
 		what := "blob"
@@ -431,7 +463,9 @@ func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 // it was the last.
 func (w *writer) done(d dest) {
 	w.written.Add(d.n)
-	w.progress.Add(d.n)
+	if !d.base { // a delta's base and its XOR are one extent
+		w.progress.Add(d.n)
+	}
 	if w.pending[d.file].Add(-d.n) == 0 {
 		w.syncq <- d.file
 	}
@@ -488,17 +522,8 @@ func (w *writer) each(ctx context.Context, n int, fn func(i int) error) error {
 
 // settle gives every restored entry its mode, owner and recorded mtime and
 // makes it durable: files first, then directories children before parents.
-func (w *writer) settle(ctx context.Context) error {
+func (w *writer) settle() error {
 	dirMode := fs.FileMode(w.p.dirMode())
-	err := w.each(ctx, len(w.p.files), func(i int) error {
-		if e := &w.p.files[i]; isControl(e) || w.settled[i].Load() {
-			return nil
-		}
-		return w.settleFile(int32(i))
-	})
-	if err != nil {
-		return err
-	}
 	for i := range w.p.links {
 		p := w.p.path(&w.p.links[i])
 		if w.owner != nil {
@@ -523,7 +548,7 @@ func (w *writer) settle(ctx context.Context) error {
 // settleFile gives a restored file its mode, owner and recorded mtime and
 // fsyncs it.
 func (w *writer) settleFile(i int32) error {
-	e := &w.p.files[i]
+	e := &w.files[i]
 	p := w.p.path(e)
 	mt := time.Unix(0, e.node.ModTime)
 	if err := os.Chtimes(p, mt, mt); err != nil {
@@ -618,12 +643,10 @@ func (w *writer) writeControl() error {
 	if err := writeDurable(tmp, w.p.control, fs.FileMode(w.p.fileMode()), w.owner); err != nil {
 		return err
 	}
-	for i := range w.p.files {
-		if e := &w.p.files[i]; isControl(e) {
-			mt := time.Unix(0, e.node.ModTime)
-			if err := os.Chtimes(tmp, mt, mt); err != nil {
-				return fmt.Errorf("set mtime of %s: %w", tmp, err)
-			}
+	if n := w.p.ctlNode; n != nil {
+		mt := time.Unix(0, n.ModTime)
+		if err := os.Chtimes(tmp, mt, mt); err != nil {
+			return fmt.Errorf("set mtime of %s: %w", tmp, err)
 		}
 	}
 	if err := os.Rename(tmp, filepath.Join(global, "pg_control")); err != nil {
@@ -644,67 +667,14 @@ func (w *writer) writeControl() error {
 // file is compared with the snapshot, in parallel, and only what differs is
 // recorded for fetching.
 func (w *writer) layoutDelta(ctx context.Context) error {
-	children := map[[2]string]map[string]filemap.NodeType{}
-	key := func(root int, rel string) [2]string { return [2]string{itoa(uint64(root)), rel} }
-	add := func(e *entry) {
-		k := key(e.root, filepath.ToSlash(filepath.Dir(e.rel)))
-		if k[1] == "." {
-			k[1] = ""
-		}
-		if children[k] == nil {
-			children[k] = map[string]filemap.NodeType{}
-		}
-		children[k][e.node.Name] = e.node.Type
-	}
-	for _, list := range [][]entry{w.p.dirs, w.p.files, w.p.links} {
-		for i := range list {
-			add(&list[i])
-		}
-	}
-	type dir struct {
-		root int
-		rel  string
-	}
-	dirs := []dir{}
 	for i := range w.p.roots {
-		dirs = append(dirs, dir{i, ""})
-	}
-	for _, d := range w.p.dirs {
-		dirs = append(dirs, dir{d.root, d.rel})
-	}
-	for _, d := range dirs {
-		p := w.p.roots[d.root]
-		if d.rel != "" {
-			p = filepath.Join(p, filepath.FromSlash(d.rel))
-		}
-		mk := ensureDir
-		if d.rel == "" {
-			mk = w.mkdirAll
-		}
-		if err := mk(p); err != nil {
+		if err := w.mkdirAll(w.p.roots[i]); err != nil {
 			return err
 		}
-		ents, err := os.ReadDir(p)
-		if err != nil {
-			return fmt.Errorf("read directory %s: %w", p, err)
-		}
-		want := children[key(d.root, d.rel)]
-		for _, de := range ents {
-			name := de.Name()
-			typ, ok := want[name]
-			if !ok && d.root == 0 && d.rel == "" && name == markerName {
-				continue
-			}
-			if !ok && d.root > 0 && d.rel == "" {
-				continue // another cluster's directory in a shared tablespace
-			}
-			if ok && sameType(de.Type(), typ) {
-				continue
-			}
-			if err := os.RemoveAll(filepath.Join(p, name)); err != nil {
-				return fmt.Errorf("remove %s: %w", filepath.Join(p, name), err)
-			}
-			w.removed.Add(1)
+	}
+	for _, d := range w.p.dirs {
+		if err := ensureDir(w.p.path(&d)); err != nil {
+			return err
 		}
 	}
 	for i := range w.p.links {
@@ -718,13 +688,92 @@ func (w *writer) layoutDelta(ctx context.Context) error {
 			return fmt.Errorf("create symbolic link %s: %w", p, err)
 		}
 	}
-	return w.each(ctx, len(w.p.files), func(i int) error {
-		e := &w.p.files[i]
-		if isControl(e) {
-			return nil
+	return ctx.Err()
+}
+
+// cleanVisit sees the snapshot's entries of a directory in name order
+// (plan.eachBatch) and removes, as they pass, what lies on disk between
+// them: names the snapshot does not have, and entries of another type.
+func (w *writer) cleanVisit(l *listing, n *filemap.Node) error {
+	if w.cleaning != l {
+		if err := w.cleanStart(l); err != nil {
+			return err
 		}
-		return w.compare(ctx, int32(i), e)
-	})
+	}
+	for len(w.existing) > 0 && w.existing[0] < n.Name {
+		if err := w.cleanRemove(l, w.existing[0], false); err != nil {
+			return err
+		}
+		w.existing = w.existing[1:]
+	}
+	if len(w.existing) > 0 && w.existing[0] == n.Name {
+		w.existing = w.existing[1:]
+		p := filepath.Join(w.p.listingPath(l), n.Name)
+		if st, err := os.Lstat(p); err == nil && !sameType(st.Mode(), n.Type) {
+			if err := os.RemoveAll(p); err != nil {
+				return fmt.Errorf("remove %s: %w", p, err)
+			}
+			w.removed.Add(1)
+			if n.Type == filemap.TypeDir {
+				// Directories were made before the files: again.
+				if err := ensureDir(p); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// cleanEnd removes what lies on disk after the snapshot's last entry of a
+// directory.
+func (w *writer) cleanEnd(l *listing) error {
+	if w.cleaning != l {
+		if err := w.cleanStart(l); err != nil {
+			return err
+		}
+	}
+	for _, name := range w.existing {
+		if err := w.cleanRemove(l, name, false); err != nil {
+			return err
+		}
+	}
+	w.cleaning, w.existing = nil, nil
+	return nil
+}
+
+// cleanStart reads what a directory holds on disk.
+func (w *writer) cleanStart(l *listing) error {
+	p := w.p.listingPath(l)
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", p, err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", p, err)
+	}
+	slices.Sort(names)
+	w.cleaning, w.existing = l, names
+	return nil
+}
+
+// cleanRemove removes an entry the snapshot does not have, but the restore
+// marker and, in a tablespace location, what belongs to other clusters.
+func (w *writer) cleanRemove(l *listing, name string, _ bool) error {
+	switch {
+	case l.root == 0 && l.rel == "" && name == markerName:
+		return nil
+	case l.root > 0 && l.rel == "":
+		return nil // another cluster's directory in a shared tablespace
+	}
+	p := filepath.Join(w.p.listingPath(l), name)
+	if err := os.RemoveAll(p); err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	w.removed.Add(1)
+	return nil
 }
 
 func ensureDir(p string) error {

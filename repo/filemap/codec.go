@@ -8,6 +8,8 @@ import (
 // version, so a reader can refuse what it does not know.
 //
 //	tree := "TMT1" uvarint(count) node*
+//	     | "TMT2" uvarint(count) part*                  (a parted directory)
+//	part := uvarint(len) first  uvarint(entries) tree[32]
 //	node := uvarint(len) name  byte(type)  uvarint(mode) uvarint(uid) uvarint(gid)
 //	        uvarint(size) varint(mtime) uvarint(inode)  body
 //	body := dir:     subtree[32]
@@ -32,6 +34,7 @@ import (
 // deltas existed.
 var (
 	treeMagic   = [4]byte{'T', 'M', 'T', '1'}
+	partedMagic = [4]byte{'T', 'M', 'T', '2'}
 	mapMagic    = [4]byte{'T', 'M', 'M', '1'}
 	sumsMagic   = [4]byte{'T', 'M', 'M', '2'}
 	deltasMagic = [4]byte{'T', 'M', 'M', '3'}
@@ -46,6 +49,16 @@ const (
 func EncodeTree(t *Tree) ([]byte, error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
+	}
+	if len(t.Parts) > 0 {
+		b := append([]byte(nil), partedMagic[:]...)
+		b = binary.AppendUvarint(b, uint64(len(t.Parts)))
+		for _, p := range t.Parts {
+			b = appendString(b, p.First)
+			b = binary.AppendUvarint(b, uint64(p.Count))
+			b = append(b, p.ID[:]...)
+		}
+		return b, nil
 	}
 	b := append([]byte(nil), treeMagic[:]...)
 	b = binary.AppendUvarint(b, uint64(len(t.Nodes)))
@@ -80,10 +93,38 @@ func EncodeTree(t *Tree) ([]byte, error) {
 	return b, nil
 }
 
+// decodeParted decodes the rest of a parted tree.
+func decodeParted(d *decoder) (*Tree, error) {
+	count := d.uvarint(MaxNodes, "part count")
+	t := &Tree{}
+	if d.err == nil && count > uint64(len(d.b))/34+1 {
+		d.fail("part count %d in %d bytes", count, len(d.b))
+	}
+	for i := uint64(0); i < count && d.err == nil; i++ {
+		var p TreePart
+		p.First = d.str("first name")
+		p.Count = uint32(d.uvarint(MaxNodes, "part entries"))
+		p.ID = d.id()
+		t.Parts = append(t.Parts, p)
+	}
+	if err := d.finish(); err != nil {
+		return nil, err
+	}
+	if len(t.Parts) == 0 {
+		return nil, invalidf("a parted tree without parts")
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
 // DecodeTree decodes and validates a tree.
 func DecodeTree(data []byte) (*Tree, error) {
 	d := decoder{b: data}
-	d.magic(treeMagic)
+	if d.magic(treeMagic, partedMagic) == 1 {
+		return decodeParted(&d)
+	}
 	count := d.uvarint(MaxNodes, "node count")
 	t := &Tree{}
 	if d.err == nil {

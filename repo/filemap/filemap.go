@@ -85,9 +85,74 @@ type Node struct {
 // ChunkSize is the size of a whole-file content chunk.
 const ChunkSize = 1 << 20 // 1 MiB
 
-// Tree is a directory: its entries sorted by name.
+// Tree is a directory: its entries sorted by name. A directory of more
+// than PartMax entries (a database with a million relation files) is held
+// in Parts instead: consecutive runs of its entries, each a Tree blob of
+// its own holding Nodes, in name order, so that no reader or writer holds
+// the whole directory at once and an unchanged run deduplicates. A tree
+// has Nodes or Parts, never both.
 type Tree struct {
 	Nodes []Node
+	Parts []TreePart
+}
+
+// TreePart is one run of a big directory's entries: a Tree blob with Count
+// Nodes, the first called First; every name in it sorts before the next
+// part's First.
+type TreePart struct {
+	First string
+	Count uint32
+	ID    ID
+}
+
+// Parts of big directories. A directory of more than PartMax entries is
+// cut into parts after an entry whose name's FNV-1a hash is 0 modulo
+// PartTarget, once a part holds PartMin entries, and at PartMax at the
+// latest: where a part ends depends on the names around it, not on how
+// many came before, so an entry added or removed changes one part and the
+// others deduplicate. Readers accept parts cut anywhere.
+const (
+	PartMin    = 1 << 10
+	PartTarget = 1 << 12
+	PartMax    = 1 << 14
+)
+
+// PartEnds reports whether a part of n entries whose last entry is name
+// ends there (see PartMin).
+func PartEnds(name string, n int) bool { return PartEndsScaled(name, n, PartMax) }
+
+// PartEndsScaled is PartEnds with every bound scaled to parts of at most
+// max entries (tests make small ones).
+func PartEndsScaled(name string, n, max int) bool {
+	if n >= max {
+		return true
+	}
+	if n < max/(PartMax/PartMin) {
+		return false
+	}
+	h := uint32(2166136261)
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	return h%uint32(max/(PartMax/PartTarget)) == 0
+}
+
+// CheckPart checks a decoded part p of a parted tree against its entry in
+// the parent: its entries, their count, its first name, and that all sort
+// before the next part's first name (next is "" for the last part).
+func CheckPart(ref TreePart, next string, p *Tree) error {
+	switch {
+	case len(p.Parts) > 0:
+		return invalidf("part %s is itself parted", ref.ID)
+	case uint32(len(p.Nodes)) != ref.Count:
+		return invalidf("part %s has %d entries, its directory says %d", ref.ID, len(p.Nodes), ref.Count)
+	case p.Nodes[0].Name != ref.First:
+		return invalidf("part %s starts at %q, its directory says %q", ref.ID, p.Nodes[0].Name, ref.First)
+	case next != "" && p.Nodes[len(p.Nodes)-1].Name >= next:
+		return invalidf("part %s ends at %q, not before the next part's %q", ref.ID, p.Nodes[len(p.Nodes)-1].Name, next)
+	}
+	return nil
 }
 
 // Extent says where pages [Page, Page+Count) of a relation file are: in blob
@@ -262,8 +327,26 @@ func (m *Map) HasDeltas() bool {
 }
 
 // Validate checks a directory: names are single path elements, sorted and
-// unique, and each entry has exactly the fields of its type.
+// unique, and each entry has exactly the fields of its type; of a parted
+// one, that its parts are in order and not empty.
 func (t *Tree) Validate() error {
+	if len(t.Parts) > 0 {
+		if len(t.Nodes) > 0 {
+			return invalidf("a tree with both entries and parts")
+		}
+		for i, p := range t.Parts {
+			if err := validName(p.First); err != nil {
+				return invalidf("part %d: %v", i, err)
+			}
+			if i > 0 && t.Parts[i-1].First >= p.First {
+				return invalidf("parts starting %q and %q are not sorted", t.Parts[i-1].First, p.First)
+			}
+			if p.Count == 0 || p.Count > MaxNodes || p.ID.IsZero() {
+				return invalidf("part %d: %d entries in blob %s", i, p.Count, p.ID)
+			}
+		}
+		return nil
+	}
 	for i, n := range t.Nodes {
 		if err := validName(n.Name); err != nil {
 			return invalidf("entry %d: %v", i, err)

@@ -3,6 +3,7 @@ package filemap
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"testing"
@@ -454,6 +455,8 @@ func FuzzDecodeTree(f *testing.F) {
 	b, _ := EncodeTree(sampleTree())
 	f.Add(b)
 	f.Add([]byte("TMT1\x00"))
+	pb, _ := EncodeTree(&Tree{Parts: []TreePart{{First: "1000", Count: 3, ID: id(1)}, {First: "2000", Count: 1, ID: id(2)}}})
+	f.Add(pb)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tr, err := DecodeTree(data)
 		if err != nil {
@@ -495,4 +498,59 @@ func FuzzDecodeMap(f *testing.F) {
 			t.Fatal("decode/encode is not the identity on accepted input")
 		}
 	})
+}
+
+// TestPartedTree: a big directory's tree of parts round-trips, is
+// validated, and its parts are checked against it.
+func TestPartedTree(t *testing.T) {
+	pt := &Tree{Parts: []TreePart{{First: "1000", Count: 3, ID: id(1)}, {First: "2000", Count: 1, ID: id(2)}}}
+	b, err := EncodeTree(pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeTree(b)
+	if err != nil || !reflect.DeepEqual(got, pt) {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for _, bad := range []*Tree{
+		{Parts: []TreePart{{First: "2000", Count: 1, ID: id(1)}, {First: "1000", Count: 1, ID: id(2)}}},
+		{Parts: []TreePart{{First: "1000", Count: 0, ID: id(1)}}},
+		{Parts: []TreePart{{First: "a/b", Count: 1, ID: id(1)}}},
+		{Parts: []TreePart{{First: "1000", Count: 1}}},
+		{Parts: []TreePart{{First: "1000", Count: 1, ID: id(1)}}, Nodes: sampleTree().Nodes},
+	} {
+		if _, err := EncodeTree(bad); err == nil {
+			t.Errorf("encoded %+v", bad)
+		}
+	}
+	part := &Tree{Nodes: []Node{{Name: "1000", Type: TypeFile}, {Name: "1001", Type: TypeFile}, {Name: "1002", Type: TypeFile}}}
+	if err := CheckPart(pt.Parts[0], "2000", part); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		ref  TreePart
+		next string
+	}{
+		{TreePart{First: "1000", Count: 2, ID: id(1)}, "2000"}, // count
+		{TreePart{First: "0999", Count: 3, ID: id(1)}, "2000"}, // first
+		{TreePart{First: "1000", Count: 3, ID: id(1)}, "1001"}, // overlaps the next
+	} {
+		if err := CheckPart(c.ref, c.next, part); err == nil {
+			t.Errorf("accepted part %+v before %q", c.ref, c.next)
+		}
+	}
+	// Parts end where names say, between PartMin and PartMax.
+	n, cuts := 0, 0
+	for i := range 200000 {
+		n++
+		if PartEnds(fmt.Sprint(i), n) {
+			if n < PartMin || n > PartMax {
+				t.Fatalf("part of %d entries", n)
+			}
+			n, cuts = 0, cuts+1
+		}
+	}
+	if cuts < 200000/PartMax || cuts > 200000/PartMin {
+		t.Errorf("%d parts for 200000 names", cuts)
+	}
 }

@@ -199,6 +199,10 @@ func decodeNode(k blob.Kind, data []byte) *Node {
 			n.Err = fmt.Errorf("directory tree: %w", err)
 			return n
 		}
+		// A big directory's parts are trees of their own.
+		for _, p := range t.Parts {
+			add(&n.Trees, p.ID)
+		}
 		for _, e := range t.Nodes {
 			switch e.Type {
 			case filemap.TypeDir:
