@@ -25,9 +25,11 @@ const (
 	deltaPrefix = "index/delta/" // + BLAKE3 of the ciphertext
 	genPrefix   = "index/gen/"   // + <seq, 10 digits>/ + part hash or "complete"
 	genComplete = "complete"
-	// genPartBlobs bounds the blobs in one generation part (52 MiB of
-	// records), so no single index object is huge.
-	genPartBlobs = 1 << 20
+	// genPartBlobs bounds the blobs in one generation part (6.5 MiB of
+	// records), so no single index object is huge and a reader holds one
+	// part's records at a time while it spills the rest (index.NewSpilling).
+	// Parts written before held up to 1<<20; readers take any size.
+	genPartBlobs = 1 << 17
 	// maxIndexFile bounds a decoded index file in bytes.
 	maxIndexFile = index.HeaderSize + (1<<20)*index.PackRecordSize + 2*genPartBlobs*index.BlobRecordSize
 	// maxMarker bounds a generation marker in bytes.
@@ -185,7 +187,7 @@ func (r *Repo) IndexStats(ctx context.Context) (IndexStats, error) {
 func (r *Repo) loadIndexFiltered(ctx context.Context, drop map[pack.ID]struct{}) (*index.Index, *index.Index, *indexState, error) {
 	var err error
 	for range loadAttempts {
-		idx := index.New()
+		idx := r.newIndex()
 		var qidx *index.Index
 		if len(drop) > 0 {
 			qidx = index.New()
@@ -337,7 +339,11 @@ func (r *Repo) writeGeneration(ctx context.Context, idx *index.Index, st *indexS
 	seq := st.gen + 1
 	stats := CompactStats{Generation: seq, Blobs: idx.Len(), Merged: len(covers)}
 	m := genMarker{Format: FormatVersion, Seq: seq, Created: r.opts.Now().UTC(), Covers: covers}
-	for _, f := range idx.Files(genPartBlobs) {
+	files, err := idx.Files(genPartBlobs)
+	if err != nil {
+		return stats, fmt.Errorf("read the index to compact: %w", err)
+	}
+	for _, f := range files {
 		key, err := r.writeIndexFile(ctx, genDir(seq), f)
 		if err != nil {
 			return stats, err
@@ -401,7 +407,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, full bool) (RebuildStats, error
 	if err != nil {
 		return stats, err
 	}
-	fresh := index.New()
+	fresh := r.newIndex()
 	delta := &index.File{}
 	for _, class := range []blob.Class{blob.ClassData, blob.ClassMeta} {
 		for oi, err := range r.store.List(ctx, class.Prefix()+"/", "") {

@@ -54,6 +54,11 @@ type Options struct {
 	ReadConcurrency int
 	// ReadMemory bounds the bytes ReadBlobs holds in flight. Default 64 MiB.
 	ReadMemory int64
+	// IndexSpillDir is where the blob index keeps what does not stay in
+	// memory (index.NewSpilling): temporary files, removed by the system
+	// when the process ends. Default os.TempDir(); "-" keeps it all in
+	// memory.
+	IndexSpillDir string
 	// CoalesceGap: ReadBlobs reads two blobs of a pack with one GET when at
 	// most this many bytes lie between them. Default 256 KiB.
 	CoalesceGap int64
@@ -304,7 +309,7 @@ func Init(ctx context.Context, store storage.Store, opts InitOptions) (*Repo, In
 		return nil, res, fmt.Errorf("init: write %s: %w", ConfigKey, err)
 	}
 	r.keyID = env.ID
-	r.idx, r.idxLoaded = index.New(), true
+	r.idx, r.idxLoaded = r.newIndex(), true
 	res.Config, res.KeyID = cfg, env.ID
 	return r, res, nil
 }
@@ -407,6 +412,18 @@ func slogFrom(o Options) *slog.Logger {
 		return o.Logger
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// newIndex returns an empty blob index as the options want it.
+func (r *Repo) newIndex() *index.Index {
+	switch d := r.opts.IndexSpillDir; d {
+	case "-":
+		return index.New()
+	case "":
+		return index.NewSpilling(os.TempDir())
+	default:
+		return index.NewSpilling(d)
+	}
 }
 
 // Config returns the repository's config.

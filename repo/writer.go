@@ -67,6 +67,7 @@ type Writer struct {
 	pending   map[blob.ID]struct{}
 	uploaded  []uploadedPack
 	sinceIdx  int
+	sinceBlob int // blobs in uploaded
 	lastIdx   time.Time
 	err       error // sticky: the first failure ends the writer
 	closed    bool
@@ -448,10 +449,14 @@ func (w *Writer) packDone(p *openPack, err error) {
 	} else {
 		w.uploaded = append(w.uploaded, up)
 		w.sinceIdx++
+		w.sinceBlob += len(up.entries)
 		w.stats.Packs++
 		w.stats.PackBytes += size
 	}
-	due := err == nil && (w.sinceIdx >= w.r.opts.IndexEveryPacks || w.r.opts.Now().Sub(w.lastIdx) >= w.r.opts.IndexEvery)
+	// Also after deltaBlobs blobs: packs of small blobs (a million small
+	// files) would otherwise keep hundreds of thousands of them pending.
+	due := err == nil && (w.sinceIdx >= w.r.opts.IndexEveryPacks || w.sinceBlob >= deltaBlobs ||
+		w.r.opts.Now().Sub(w.lastIdx) >= w.r.opts.IndexEvery)
 	w.cond.Broadcast()
 	w.mu.Unlock()
 	if due {
@@ -463,6 +468,10 @@ func (w *Writer) packDone(p *openPack, err error) {
 	}
 }
 
+// deltaBlobs is the number of blobs uploaded after which a Writer writes an
+// index delta whatever the number of packs (IndexEveryPacks).
+const deltaBlobs = 1 << 17
+
 // writeDelta writes an index delta listing the packs uploaded since the last
 // one, then makes them visible in the repository's index.
 func (w *Writer) writeDelta(ctx context.Context) error {
@@ -471,7 +480,7 @@ func (w *Writer) writeDelta(ctx context.Context) error {
 	w.mu.Lock()
 	ups := w.uploaded
 	w.uploaded = nil
-	w.sinceIdx = 0
+	w.sinceIdx, w.sinceBlob = 0, 0
 	w.lastIdx = w.r.opts.Now()
 	w.mu.Unlock()
 	if len(ups) == 0 {
@@ -489,6 +498,9 @@ func (w *Writer) writeDelta(ctx context.Context) error {
 	if err != nil {
 		w.mu.Lock()
 		w.uploaded = append(ups, w.uploaded...)
+		for _, up := range ups {
+			w.sinceBlob += len(up.entries)
+		}
 		w.mu.Unlock()
 		return err
 	}

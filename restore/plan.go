@@ -89,6 +89,21 @@ func (e *entry) size() int64 {
 	return e.node.Size
 }
 
+// allocated is the space a file takes after the restore: its non-hole
+// extents (restores write files sparse).
+func (e *entry) allocated() int64 {
+	if e.fmap == nil {
+		return e.node.Size
+	}
+	var n int64
+	for _, x := range e.fmap.Extents {
+		if !x.Blob.IsZero() {
+			n += int64(x.Count) * int64(e.fmap.BlockSize)
+		}
+	}
+	return n
+}
+
 // loadPlan reads a snapshot's directory trees and places them: PGDATA at
 // pgdata, each tablespace at its (possibly remapped) location. It keeps the
 // directories, links and totals; files come later from eachBatch.

@@ -80,6 +80,10 @@ type Index struct {
 	packNum map[pack.ID]uint32
 	sorted  []Entry           // by ID, unique
 	recent  map[blob.ID]Entry // not yet merged
+	// A spilling index (spill.go) moves sorted to runs in spillDir.
+	spillDir string
+	spillAt  int
+	runs     []*run
 }
 
 // New returns an empty index.
@@ -106,6 +110,9 @@ func (x *Index) findLocked(id blob.ID) (Entry, bool) {
 	})
 	if ok {
 		return x.sorted[i], true
+	}
+	if len(x.runs) > 0 {
+		return x.findRunsLocked(&id)
 	}
 	return Entry{}, false
 }
@@ -146,7 +153,11 @@ func (x *Index) Lookup(id blob.ID) (Location, bool) {
 func (x *Index) Len() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.sorted) + len(x.recent)
+	n := len(x.sorted) + len(x.recent)
+	for _, r := range x.runs {
+		n += r.n
+	}
+	return n
 }
 
 // PackCount returns the number of packs indexed.
@@ -170,9 +181,13 @@ func (x *Index) MemBytes() int64 {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	const mapElem = 100
-	return int64(cap(x.sorted))*int64(EntryMemSize) +
+	n := int64(cap(x.sorted))*int64(EntryMemSize) +
 		int64(cap(x.packs))*int64(unsafe.Sizeof(Pack{})) +
 		int64(len(x.packNum)+len(x.recent))*mapElem
+	for _, r := range x.runs {
+		n += int64(len(r.fences))*int64(len(blob.ID{})) + int64(len(r.bloom))*8
+	}
+	return n
 }
 
 // AddPack adds the blobs of one pack (for example after it was uploaded).
@@ -219,6 +234,13 @@ func (x *Index) mergeLocked(add []Entry) {
 	if len(add) == 0 {
 		return
 	}
+	if len(x.runs) > 0 {
+		// What the runs hold keeps its first location.
+		add = slices.DeleteFunc(add, func(e Entry) bool {
+			_, ok := x.findRunsLocked(&e.ID)
+			return ok
+		})
+	}
 	slices.SortStableFunc(add, func(a, b Entry) int { return compareID(&a.ID, &b.ID) })
 	add = slices.CompactFunc(add, func(a, b Entry) bool { return a.ID == b.ID })
 	merged := make([]Entry, 0, len(x.sorted)+len(add))
@@ -240,34 +262,71 @@ func (x *Index) mergeLocked(add []Entry) {
 	merged = append(merged, x.sorted[i:]...)
 	merged = append(merged, add[j:]...)
 	x.sorted = merged
+	if x.spillDir != "" && len(x.sorted) >= x.spillAt {
+		x.spillLocked()
+	}
 }
 
 // Files returns the whole index as files of at most maxBlobs blobs each, in
 // ID order, each with the packs its blobs use (for compaction).
-func (x *Index) Files(maxBlobs int) []*File {
+func (x *Index) Files(maxBlobs int) ([]*File, error) {
 	x.mu.Lock()
 	x.mergeLocked(nil)
 	x.mu.Unlock()
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	var files []*File
-	for start := 0; start < len(x.sorted); start += maxBlobs {
-		part := x.sorted[start:min(start+maxBlobs, len(x.sorted))]
-		f := &File{}
-		local := make(map[uint32]uint32)
-		for _, e := range part {
-			n, ok := local[e.Pack]
-			if !ok {
-				n = uint32(len(f.Packs))
-				local[e.Pack] = n
-				f.Packs = append(f.Packs, x.packs[e.Pack])
-			}
-			e.Pack = n
-			f.Blobs = append(f.Blobs, e)
+	var f *File
+	var local map[uint32]uint32
+	err := x.eachSortedLocked(func(e Entry) bool {
+		if f == nil || len(f.Blobs) >= maxBlobs {
+			f, local = &File{}, make(map[uint32]uint32)
+			files = append(files, f)
 		}
-		files = append(files, f)
+		n, ok := local[e.Pack]
+		if !ok {
+			n = uint32(len(f.Packs))
+			local[e.Pack] = n
+			f.Packs = append(f.Packs, x.packs[e.Pack])
+		}
+		e.Pack = n
+		f.Blobs = append(f.Blobs, e)
+		return true
+	})
+	if err != nil {
+		return nil, err
 	}
-	return files
+	return files, nil
+}
+
+// eachSortedLocked calls fn for every entry in ID order (the sorted array
+// and the runs merged; the overlay must be empty), until fn returns false.
+func (x *Index) eachSortedLocked(fn func(e Entry) bool) error {
+	srcs := make([]func() (Entry, bool, error), 0, len(x.runs)+1)
+	for _, r := range x.runs {
+		srcs = append(srcs, r.reader().next)
+	}
+	i := 0
+	srcs = append(srcs, func() (Entry, bool, error) {
+		if i == len(x.sorted) {
+			return Entry{}, false, nil
+		}
+		i++
+		return x.sorted[i-1], true, nil
+	})
+	next, err := mergeSources(srcs...)
+	if err != nil {
+		return err
+	}
+	for {
+		e, ok, err := next()
+		if err != nil || !ok {
+			return err
+		}
+		if !fn(e) {
+			return nil
+		}
+	}
 }
 
 // Each calls fn for every indexed blob with its pack, in no particular
@@ -282,6 +341,16 @@ func (x *Index) Each(fn func(e Entry, p *Pack) bool) {
 	}
 	for _, e := range x.recent {
 		if !fn(e, &x.packs[e.Pack]) {
+			return
+		}
+	}
+	for _, r := range x.runs {
+		stop := false
+		r.each(func(e Entry) bool {
+			stop = !fn(e, &x.packs[e.Pack])
+			return !stop
+		})
+		if stop {
 			return
 		}
 	}

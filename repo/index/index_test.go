@@ -47,7 +47,19 @@ func TestFileRoundtrip(t *testing.T) {
 }
 
 func TestIndexLookupAndMerge(t *testing.T) {
-	x := New()
+	t.Run("memory", func(t *testing.T) { testLookupAndMerge(t, New()) })
+	t.Run("spilling", func(t *testing.T) {
+		x := NewSpilling(t.TempDir())
+		x.spillAt = 700 // runs of a few hundred entries, merged as they come
+		testLookupAndMerge(t, x)
+		if len(x.runs) == 0 || x.runs[0].n < 1000 {
+			t.Fatalf("%d runs", len(x.runs))
+		}
+		t.Logf("%d runs, the oldest of %d entries", len(x.runs), x.runs[0].n)
+	})
+}
+
+func testLookupAndMerge(t *testing.T, x *Index) {
 	f := sample(1000)
 	x.AddFile(f)
 	// Entries added one pack at a time, past the overlay merge threshold.
@@ -78,7 +90,16 @@ func TestIndexLookupAndMerge(t *testing.T) {
 	}
 	// Files splits and keeps everything.
 	y := New()
-	for _, part := range x.Files(5000) {
+	files, err := x.Files(5000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	x.Each(func(Entry, *Pack) bool { n++; return true })
+	if n != x.Len() {
+		t.Fatalf("Each saw %d of %d entries", n, x.Len())
+	}
+	for _, part := range files {
 		g, err := Decode(part.Encode())
 		if err != nil {
 			t.Fatal(err)
