@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 )
 
@@ -65,6 +68,34 @@ type walResult struct {
 	// WAL.
 	cpu      Measurement
 	walBytes int64
+	// Block summaries archived, their bytes, and the bytes of the segment
+	// objects (tidemark).
+	summaries                  int
+	summaryBytes, segmentBytes int64
+}
+
+// summarySizes counts the block summaries in a tidemark bucket, their bytes
+// and those of the segments beside them.
+func summarySizes(t *testing.T, srv *testenv.S3Server, bucket string) (n int, sum, seg int64) {
+	p := s3.NewListObjectsV2Paginator(srv.Client(), &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String("tidemark/wal/")})
+	for p.HasMorePages() {
+		page, err := p.NextPage(t.Context())
+		if err != nil {
+			t.Fatalf("list %s: %v", bucket, err)
+		}
+		for _, o := range page.Contents {
+			k := aws.ToString(o.Key)
+			name := k[strings.LastIndexByte(k, '/')+1:]
+			switch {
+			case strings.HasSuffix(name, ".summary"):
+				n++
+				sum += aws.ToInt64(o.Size)
+			case len(name) == 24:
+				seg += aws.ToInt64(o.Size)
+			}
+		}
+	}
+	return n, sum, seg
 }
 
 // TestBenchWAL compares WAL archiving to MinIO over TLS under one pgbench
@@ -187,8 +218,13 @@ func TestBenchWAL(t *testing.T) {
 			s := setups[k]
 			t.Run(fmt.Sprintf("%s-%d", strings.ReplaceAll(strings.ReplaceAll(s.name, ",", ""), " ", "-"), i+1), func(t *testing.T) {
 				waitQuiet(t)
-				tm = NewTidemark(t, srv, srv.NewBucket(t))
-				results[k] = append(results[k], benchWALSetup(t, s, meter, append(slices.Clone(tm.Env), s.env...), load, backlog))
+				bucket := srv.NewBucket(t)
+				tm = NewTidemark(t, srv, bucket)
+				r := benchWALSetup(t, s, meter, append(slices.Clone(tm.Env), s.env...), load, backlog)
+				if strings.HasPrefix(s.name, "tidemark") {
+					r.summaries, r.summaryBytes, r.segmentBytes = summarySizes(t, srv, bucket)
+				}
+				results[k] = append(results[k], r)
 			})
 		}
 	}
@@ -224,6 +260,18 @@ func TestBenchWAL(t *testing.T) {
 			return (r.cpu.CPU + r.cpu.StoreCPU).Seconds() / GiB(r.walBytes)
 		}, "")
 		row("  of which the object store", "%.2f", func(r walResult) float64 { return r.cpu.StoreCPU.Seconds() / GiB(r.walBytes) }, "")
+		row("block summaries: mean KiB per segment", "%.1f", func(r walResult) float64 {
+			if r.summaries == 0 {
+				return math.NaN()
+			}
+			return float64(r.summaryBytes) / float64(r.summaries) / 1024
+		}, "")
+		row("block summaries: % of the archived segments' bytes", "%.2f", func(r walResult) float64 {
+			if r.summaries == 0 || r.segmentBytes == 0 {
+				return math.NaN()
+			}
+			return 100 * float64(r.summaryBytes) / float64(r.segmentBytes)
+		}, "")
 		row("agent peak RSS, MiB", "%.0f", func(r walResult) float64 {
 			if r.agentRSS == 0 {
 				return math.NaN()
