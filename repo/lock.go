@@ -52,10 +52,10 @@ const walPrefix = "wal/"
 // LockCovers reports whether a locked repository locks the object key:
 // everything a restore needs and nothing that must change. Covered are the
 // config, key files, packs, index objects, snapshots and the WAL archive
-// (segments, history files, the cluster marker); not covered are leases,
-// garbage-collection quarantine records, the record of expired WAL,
-// verify's state and drill reports, which are rewritten or deleted in the
-// normal course.
+// (segments, their block summaries, history files, the cluster marker);
+// not covered are leases, garbage-collection quarantine records, the record
+// of expired WAL, verify's state and drill reports, which are rewritten or
+// deleted in the normal course.
 func LockCovers(key string) bool {
 	if key == ConfigKey {
 		return true

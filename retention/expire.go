@@ -188,24 +188,15 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	cr.WAL = PlanWAL(cr.Decisions, lin, files, segSize)
 	// WAL the lock still holds stays for a later run; older WAL was
 	// written first and is released first, so what goes is a prefix.
-	// A segment and its block summary go together: a summary written later
-	// (a re-push) may still be locked when its segment no longer is.
-	locked := map[string]bool{}
-	for _, f := range cr.WAL {
-		if u := r.LockedUntil(f.Key, f.Mod); !u.IsZero() && now.Before(u) {
-			locked[f.File.Name()] = true
-		}
+	var locked []WALFile
+	cr.WAL, locked = splitLocked(cr.WAL, func(f WALFile) bool {
+		u := r.LockedUntil(f.Key, f.Mod)
+		return !u.IsZero() && now.Before(u)
+	})
+	for _, f := range locked {
+		cr.LockedWAL++
+		cr.LockedWALBytes += f.Size
 	}
-	kept := cr.WAL[:0]
-	for _, f := range cr.WAL {
-		if locked[f.File.Name()] {
-			cr.LockedWAL++
-			cr.LockedWALBytes += f.Size
-			continue
-		}
-		kept = append(kept, f)
-	}
-	cr.WAL = kept
 	if cr.LockedWAL > 0 {
 		log.Info("expire: WAL no longer needed is still under the object lock; a later run removes it", "files", cr.LockedWAL, "bytes", cr.LockedWALBytes)
 	}
@@ -271,6 +262,27 @@ func expireCluster(ctx context.Context, r Repository, a Archive, opts Options, c
 	}
 	log.Info("expire: WAL removed", "files", len(keys), "bytes", cr.WALBytes)
 	return cr, nil
+}
+
+// splitLocked splits wal into the files that can go and those isLocked
+// keeps. A segment and its block summary go together: a summary written
+// later than its segment (by a re-push) may still be locked when the
+// segment no longer is, and the other way round.
+func splitLocked(wal []WALFile, isLocked func(WALFile) bool) (free, locked []WALFile) {
+	held := map[string]bool{}
+	for _, f := range wal {
+		if isLocked(f) {
+			held[f.File.Name()] = true
+		}
+	}
+	for _, f := range wal {
+		if held[f.File.Name()] {
+			locked = append(locked, f)
+		} else {
+			free = append(free, f)
+		}
+	}
+	return free, locked
 }
 
 // listWAL lists a cluster's archived WAL files (one LIST per 1000 objects)

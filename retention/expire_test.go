@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +45,17 @@ func putWAL(t *testing.T, f *repotest.Fixture, first, last pg.SegNo) {
 	}
 }
 
+// putSummaries writes placeholder block summaries of segments first..last
+// of timeline 1.
+func putSummaries(t *testing.T, f *repotest.Fixture, first, last pg.SegNo) {
+	for s := first; s <= last; s++ {
+		k := walarchive.SummaryKey(cluster, 1, s, segSize)
+		if err := f.Store.Put(context.Background(), k, bytes.NewReader([]byte("x")), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 	ctx := context.Background()
 	f := repotest.New(t)
@@ -60,6 +72,7 @@ func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	putSummaries(t, f, 1, 40)
 	before := repotest.Keys(t, f.Store, "")
 
 	// Dry run: nothing changes.
@@ -98,10 +111,20 @@ func TestExpireRemovesSnapshotsAndWAL(t *testing.T) {
 		t.Fatalf("snapshots left: %v %v", left, err)
 	}
 	// WAL before the oldest kept snapshot's start (segment 22) is gone,
-	// long-term ranges aside: last 2 keeps 22..22 and 32 on.
+	// long-term ranges aside: last 2 keeps 22..22 and 32 on, each with its
+	// block summary.
 	wal := repotest.Keys(t, f.Store, walarchive.ClusterPrefix(cluster))
-	if len(wal) != 1+9+1 { // 22, 32..40, the pieces of 41
+	if len(wal) != 2*(1+9)+1 { // 22, 32..40 and their summaries; the pieces of 41
 		t.Fatalf("WAL left: %v", wal)
+	}
+	for _, k := range wal {
+		if strings.HasSuffix(k, ".piece") {
+			continue
+		}
+		seg := strings.TrimSuffix(k, walarchive.SummarySuffix)
+		if !slices.Contains(wal, seg) || !slices.Contains(wal, seg+walarchive.SummarySuffix) {
+			t.Fatalf("%s left without its pair: %v", k, wal)
+		}
 	}
 	exp, err := arch.wal.Expired(ctx, cluster)
 	if err != nil || !exp.Covers(1, 1, 21) || !exp.Covers(1, 23, 31) || exp.Covers(1, 22, 22) {
