@@ -132,6 +132,9 @@ func TestJSONKeys(t *testing.T) {
 	var snap backupJSON
 	fromJSON(b, "backup", &snap)
 	workload(t, c, 4)
+	// An incremental: its change_sources say which summaries it read or
+	// why it could not.
+	run("backup incremental", "backup", 0, with("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())...)
 	switchAndWait(t, c)
 	run("list", "snapshots", 0, with("list")...)
 	run("info", "repository", 0, with("info")...)

@@ -188,6 +188,13 @@ func (r *run) server(ctx context.Context) *server {
 	if s.standby {
 		role = "standby"
 	}
+	if _, err := pg.MajorFromVersionNum(s.version); err != nil {
+		// The range is pg's, the one place that decides it; backup
+		// refuses such a server (exit 8) before writing anything.
+		r.add(g, "connection", Fail, oneLine(err), "run a supported version ("+pg.SupportedVersions()+"), or a tidemark release that supports this one")
+		conn.Close(ctx)
+		return nil
+	}
 	r.add(g, "connection", Pass, fmt.Sprintf("PostgreSQL %d.%d, %s, system identifier %d", s.version/10000, s.version%100, role, s.cluster), "")
 
 	switch settings["wal_level"] {
@@ -221,11 +228,12 @@ func (r *run) server(ctx context.Context) *server {
 	}
 	switch {
 	case s.version < 170000:
-		r.add(g, "summarize_wal", Skip, fmt.Sprintf("PostgreSQL %d has no WAL summaries; incrementals find changed pages by their LSN", s.version/10000), "")
+		r.add(g, "summarize_wal", Skip, fmt.Sprintf("PostgreSQL %d has no WAL summaries; incrementals read the changed pages tidemark's block summaries (written as WAL is archived) name", s.version/10000), "")
 	case settings["summarize_wal"] == "on":
-		r.add(g, "summarize_wal", Pass, "on: incremental backups read only the pages WAL summaries name", "")
+		r.add(g, "summarize_wal", Pass, "on: incremental backups read only changed pages, from PostgreSQL's WAL summaries or tidemark's block summaries, whichever reads less", "")
 	default:
-		r.add(g, "summarize_wal", Warn, settings["summarize_wal"], "set summarize_wal = on (and reload): incremental backups then read only changed pages instead of scanning every page's LSN")
+		// tidemark's block summaries do the same on every version.
+		r.add(g, "summarize_wal", Pass, settings["summarize_wal"]+": not needed, incrementals read the changed pages tidemark's block summaries (written as WAL is archived) name", "")
 	}
 	if settings["full_page_writes"] == "on" {
 		r.add(g, "full_page_writes", Pass, "on", "")

@@ -143,7 +143,9 @@ func benchFiles(t *testing.T, n int) filesResult {
 				Reused    int64 `json:"reused_files"`
 			} `json:"stats"`
 		}
-		if err := json.Unmarshal(out.Bytes(), &js); err != nil {
+		if err := json.Unmarshal(out.Bytes(), &struct {
+		Backup any `json:"backup"`
+	}{&js}); err != nil {
 			t.Fatalf("backup --json: %v\n%s", err, out.String())
 		}
 		st := filesStep{m: m, gets: js.Stats.Gets, created: objects() - before}

@@ -143,8 +143,13 @@ func (sc *scaleBench) tidemark(what string) scaleRun {
 		t.Fatalf("tidemark backup %s: %v\n%s", what, m.Err, errb.String())
 	}
 	r := scaleRun{m: m, diskRead: sectorsRead(t, dev) - d0}
+	keepLog(t, "tidemark-backup-"+what, errb.Bytes())
 	var js struct {
 		Method   string `json:"method"`
+		Fallback string `json:"fallback"`
+		Timing   struct {
+			Start, Copy, Stop, Commit float64
+		} `json:"timing_seconds"`
 		Snapshot struct {
 			StartLSN pg.LSN `json:"start_lsn"`
 		} `json:"snapshot"`
@@ -158,13 +163,16 @@ func (sc *scaleBench) tidemark(what string) scaleRun {
 			NewBytes      int64 `json:"new_bytes"`
 		} `json:"stats"`
 	}
-	if err := json.Unmarshal(out.Bytes(), &js); err != nil {
+	if err := json.Unmarshal(out.Bytes(), &struct {
+		Backup any `json:"backup"`
+	}{&js}); err != nil {
 		t.Fatalf("backup --json: %v\n%s", err, out.String())
 	}
 	r.dataRead, r.repoRead, r.startLSN = js.Stats.ReadBytes, js.Stats.RepoReadBytes, js.Snapshot.StartLSN
 	r.stored = bucketBytes(t, sc.srv, sc.tmBucket, "tidemark/", "tidemark/wal/") - before
-	r.detail = fmt.Sprintf("%s (%s): read %.0f MiB of data, %.0f MiB from the repository (%.0f MiB of base slots), %d pages in patches (%d deltas), %d slots rewritten",
-		what, js.Method, MiB(js.Stats.ReadBytes), MiB(js.Stats.RepoReadBytes), MiB(js.Stats.BaseReadBytes), js.Stats.PatchedPages, js.Stats.DeltaPages, js.Stats.RebasedSlots)
+	r.detail = fmt.Sprintf("%s (%s%s): read %.0f MiB of data, %.0f MiB from the repository (%.0f MiB of base slots), %d pages in patches (%d deltas), %d slots rewritten; start %.1fs, copy %.1fs, stop %.1fs, commit %.1fs",
+		what, js.Method, js.Fallback, MiB(js.Stats.ReadBytes), MiB(js.Stats.RepoReadBytes), MiB(js.Stats.BaseReadBytes), js.Stats.PatchedPages, js.Stats.DeltaPages, js.Stats.RebasedSlots,
+		js.Timing.Start, js.Timing.Copy, js.Timing.Stop, js.Timing.Commit)
 	t.Logf("tidemark %s in %s", r.detail, m.Wall.Round(10*time.Millisecond))
 	return r
 }
@@ -183,6 +191,16 @@ func (sc *scaleBench) pgbackrest(typ string) scaleRun {
 		stored: bucketBytes(t, sc.srv, sc.pbBucket, "pgbackrest/backup/", "") - before}
 	t.Logf("pgBackRest %s in %s", typ, m.Wall.Round(10*time.Millisecond))
 	return r
+}
+
+// keepLog writes a tool's log to TIDEMARK_BENCH_LOGDIR, when set, for a
+// look at where its time went.
+func keepLog(t *testing.T, name string, b []byte) {
+	if d := os.Getenv("TIDEMARK_BENCH_LOGDIR"); d != "" {
+		if err := os.WriteFile(filepath.Join(d, name+".log"), b, 0o644); err != nil {
+			t.Logf("keep the log: %v", err)
+		}
+	}
 }
 
 // deviceOf returns the /sys/dev/block entry of the device holding path.

@@ -376,7 +376,7 @@ func Join(prev, next *Summary, fn func(pg.WALEffect)) (dropped, ok bool) {
 	return false, !unknown
 }
 
-// Encode returns the summary's plaintext (docs/format.md §10).
+// Encode returns the summary's plaintext (docs/format.md §10.1).
 func (s *Summary) Encode() []byte {
 	le := binary.LittleEndian
 	b := make([]byte, 0, 128+len(s.Cont)+len(s.Pend)+4*s.Blocks())

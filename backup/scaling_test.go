@@ -1,0 +1,52 @@
+package backup
+
+import (
+	"strconv"
+	"testing"
+)
+
+// TestIncrementalReadsScaleWithChanges: an incremental from block
+// summaries after a few rows of a large table changed reads about the
+// changed pages, not the table: from the data directory the changed pages,
+// the samples and the small non-relation files; from the repository base
+// slots of at most the changed pages' bytes (issue 19: total I/O scales
+// with what changed, not with the size of the files it sits in).
+func TestIncrementalReadsScaleWithChanges(t *testing.T) {
+	c, a := newCluster(t, 15, map[string]string{"autovacuum": "off"})
+	c.Exec(t, `CREATE TABLE big (id int PRIMARY KEY, v text);
+INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 600000) g;
+VACUUM FREEZE big;
+CHECKPOINT`) // hint bits and the visibility map set now, not by the UPDATE's reads
+	size, err := strconv.ParseInt(c.QueryString(t, "SELECT pg_total_relation_size('big')"), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newTestRepo(t, 1<<20)
+	opts := backupOpts(t, c, a)
+	mustBackup(t, r, opts)
+	// 30 rows through the primary key: a few dozen heap, index and
+	// visibility map pages.
+	c.Exec(t, "UPDATE big SET v = 'changed' WHERE id IN (SELECT g * 20000 + 7 FROM generate_series(0, 29) g); CHECKPOINT")
+	res := mustBackup(t, r, opts)
+	if res.Method != MethodBlockSummaries {
+		t.Fatalf("incremental by %s (%s), want %s", res.Method, res.Fallback, MethodBlockSummaries)
+	}
+	st := res.Stats
+	changed := st.PatchedPages * 8192
+	t.Logf("table %d MiB; %d pages changed; read %d KiB of PGDATA, %d KiB from the repository (%d KiB of bases), %d GETs",
+		size>>20, st.PatchedPages, st.ReadBytes>>10, st.RepoReadBytes>>10, st.BaseReadBytes>>10, st.RepoGets)
+	if st.PatchedPages == 0 || st.PatchedPages > 200 {
+		t.Fatalf("%d pages stored as patches, want the few the UPDATE touched", st.PatchedPages)
+	}
+	if st.BaseReadBytes > changed {
+		t.Errorf("read %d bytes of base slots for %d bytes of changed pages", st.BaseReadBytes, changed)
+	}
+	// The small files (pg_xact, pg_multixact, the catalogs' maps...)
+	// are read whole: a few MiB at most, against a table of ~70 MiB.
+	if limit := size / 8; st.ReadBytes > limit {
+		t.Errorf("read %d bytes of the data directory, want under %d (an eighth of the table)", st.ReadBytes, limit)
+	}
+	if limit := size / 8; st.RepoReadBytes > limit {
+		t.Errorf("read %d bytes from the repository, want under %d (an eighth of the table)", st.RepoReadBytes, limit)
+	}
+}
