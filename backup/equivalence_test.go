@@ -290,13 +290,15 @@ func TestIncrementalEquivalence(t *testing.T) {
 
 			w.step()
 			inc := mustBackup(t, r, bopts)
-			if deltas += inc.Stats.DeltaPages + res.Stats.DeltaPages; deltas == 0 {
-				t.Fatal("no incremental stored a page as a delta against its base slot")
-			}
 			full := bopts
 			full.Full = true
 			fres := mustBackup(t, r, full)
 			comparePages(t, r.Repo, inc.Snapshot, fres.Snapshot, !summaries(inc))
+			// The longer sequence is sure to have changed pages in
+			// stored slots; the shorter one may not.
+			if deltas += inc.Stats.DeltaPages + res.Stats.DeltaPages; deltas == 0 && tc.all {
+				t.Fatal("no incremental stored a page as a delta against its base slot")
+			}
 		})
 	}
 }

@@ -14,9 +14,9 @@ import (
 func TestIncrementalReadsScaleWithChanges(t *testing.T) {
 	c, a := newCluster(t, 15, map[string]string{"autovacuum": "off"})
 	c.Exec(t, `CREATE TABLE big (id int PRIMARY KEY, v text);
-INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 600000) g;
-VACUUM FREEZE big;
-CHECKPOINT`) // hint bits and the visibility map set now, not by the UPDATE's reads
+INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 600000) g`)
+	c.Exec(t, "VACUUM FREEZE big") // hint bits and the visibility map set now, not by the UPDATE's reads
+	c.Exec(t, "CHECKPOINT")
 	size, err := strconv.ParseInt(c.QueryString(t, "SELECT pg_total_relation_size('big')"), 10, 64)
 	if err != nil {
 		t.Fatal(err)
