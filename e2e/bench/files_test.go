@@ -144,8 +144,8 @@ func benchFiles(t *testing.T, n int) filesResult {
 			} `json:"stats"`
 		}
 		if err := json.Unmarshal(out.Bytes(), &struct {
-		Backup any `json:"backup"`
-	}{&js}); err != nil {
+			Backup any `json:"backup"`
+		}{&js}); err != nil {
 			t.Fatalf("backup --json: %v\n%s", err, out.String())
 		}
 		st := filesStep{m: m, gets: js.Stats.Gets, created: objects() - before}
