@@ -146,7 +146,15 @@ func (pl *Plan) fill(ctx context.Context, r Repository, p *plan, s *repo.Snapsho
 	if err != nil {
 		return err
 	}
+	// global/pg_control, which the plan holds apart from the files.
 	pl.WriteBytes += int64(len(p.control))
+	if p.ctlNode != nil {
+		for _, id := range p.ctlNode.Content {
+			if err := want(id); err != nil {
+				return fmt.Errorf("%s: %w", controlPath, err)
+			}
+		}
+	}
 	var m *Measured
 	if opts.Rates != nil {
 		var err error
