@@ -152,8 +152,11 @@ func (a *walArchive) ReadSummary(ctx context.Context, cluster uint64, tli pg.Tim
 	return a.arch.ReadSummary(ctx, cluster, tli, seg, segSize)
 }
 
+// archiveCommand copies under a temporary name and renames, so that sync
+// (called by a backup reading summaries while the server archives) never
+// reads a segment half copied.
 func (a *walArchive) archiveCommand() string {
-	return fmt.Sprintf("test ! -f %[1]s/%%f && cp %%p %[1]s/%%f", a.dir)
+	return fmt.Sprintf("test ! -f %[1]s/%%f && cp %%p %[1]s/%%f.tmp && mv %[1]s/%%f.tmp %[1]s/%%f", a.dir)
 }
 
 func (a *walArchive) restoreCommand() string {
