@@ -269,7 +269,9 @@ func putObject(t *testing.T, st interface {
 
 func (e *restoreEnv) keys(prefix string) []string {
 	var out []string
-	for oi, err := range e.store().List(e.t.Context(), prefix, "") {
+	// Not t.Context(): checkKeysDocumented lists from a t.Cleanup, after
+	// the test's context has ended.
+	for oi, err := range e.store().List(context.WithoutCancel(e.t.Context()), prefix, "") {
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -279,17 +281,25 @@ func (e *restoreEnv) keys(prefix string) []string {
 	return out
 }
 
+// verifyProblem is one problem of tidemark verify --json.
+type verifyProblem struct {
+	Kind      string   `json:"kind"`
+	Object    string   `json:"object"`
+	Message   string   `json:"message"`
+	Snapshots []string `json:"snapshots"`
+	Lost      []struct {
+		Timeline uint32    `json:"timeline"`
+		From     time.Time `json:"from"`
+		To       time.Time `json:"to"`
+	} `json:"lost_targets"`
+}
+
 // verifyReport is tidemark verify --json.
 type verifyReport struct {
-	Checked  []string `json:"checked"`
-	Problems []struct {
-		Kind      string   `json:"kind"`
-		Object    string   `json:"object"`
-		Message   string   `json:"message"`
-		Snapshots []string `json:"snapshots"`
-	} `json:"problems"`
-	Notes     []string `json:"notes"`
-	ReadPacks []string `json:"read_packs"`
+	Checked   []string        `json:"checked"`
+	Problems  []verifyProblem `json:"problems"`
+	Notes     []string        `json:"notes"`
+	ReadPacks []string        `json:"read_packs"`
 	Subset    *struct {
 		Cycle         int     `json:"cycle"`
 		From          float64 `json:"from"`
@@ -297,8 +307,10 @@ type verifyReport struct {
 		CycleComplete bool    `json:"cycle_complete"`
 	} `json:"subset"`
 	Stats struct {
-		Packs     int `json:"packs"`
-		PacksRead int `json:"packs_read"`
+		Packs           int   `json:"packs"`
+		PacksRead       int   `json:"packs_read"`
+		WALObjectsRead  int64 `json:"wal_objects_read"`
+		WALPagesChecked int64 `json:"wal_pages_checked"`
 	} `json:"stats"`
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/tidemarkdb/tidemark/repo/index"
 	"github.com/tidemarkdb/tidemark/repo/pack"
 	"github.com/tidemarkdb/tidemark/repo/refs"
+	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage"
 )
 
@@ -45,13 +47,29 @@ type Share struct {
 	CycleComplete bool `json:"cycle_complete"`
 }
 
-// state is the stored rotation.
+// state is the stored rotation: of the packs, by share of their name
+// space; of the WAL archive, by a cursor in key order. The WAL fields came
+// later: a record without them starts the WAL rotation at its beginning,
+// and a tidemark that does not know them ignores them (and drops them when
+// it writes the record, which only costs a reread).
 type state struct {
 	Format       int       `json:"format"`
 	Cycle        int       `json:"cycle"`
 	Done         int       `json:"done_ppm"` // [0, Done) of the current cycle was read
 	CycleStarted time.Time `json:"cycle_started"`
 	Updated      time.Time `json:"updated"`
+
+	// WALCycle counts the rotations over the WAL archive (0 in a record
+	// written before WAL was read: the first cycle).
+	WALCycle int `json:"wal_cycle,omitempty"`
+	// WALAfter is the key of the last WAL object read in the current
+	// cycle; "" when the cycle starts.
+	WALAfter        string    `json:"wal_after,omitempty"`
+	WALCycleStarted time.Time `json:"wal_cycle_started,omitzero"`
+}
+
+func newState(now time.Time) *state {
+	return &state{Format: 1, Cycle: 1, CycleStarted: now, WALCycle: 1, WALCycleStarted: now}
 }
 
 // packFrac places a pack name in [0, ppm).
@@ -66,8 +84,9 @@ type indexedPack struct {
 	entries []index.Entry
 }
 
-// readData downloads and checks every pack, or the next share of them.
-func (v *run) readData(ctx context.Context) error {
+// readData downloads and checks every pack, or, with st, the next share of
+// them (st records how far it got; the caller saves it).
+func (v *run) readData(ctx context.Context, st *state) error {
 	files, err := v.r.IndexFiles(ctx)
 	if err != nil {
 		return fmt.Errorf("load the index: %w", err)
@@ -101,11 +120,7 @@ func (v *run) readData(ctx context.Context) error {
 	}
 
 	lo, hi := 0, ppm
-	var st *state
-	if v.o.Subset > 0 && v.o.Subset < 1 {
-		if st, err = v.loadState(ctx); err != nil {
-			return err
-		}
+	if st != nil {
 		lo = st.Done
 		hi = min(ppm, lo+max(1, int(math.Round(v.o.Subset*ppm))))
 		v.rep.Subset = &Share{Cycle: st.Cycle, From: float64(lo) / ppm, To: float64(hi) / ppm, CycleStarted: st.CycleStarted, CycleComplete: hi == ppm}
@@ -181,7 +196,7 @@ func (v *run) readData(ctx context.Context) error {
 	v.checked("pack contents: %s downloaded (%s): each pack's name equals the BLAKE3 of its bytes, every 64 KiB chunk authenticates (age), the trailer decodes and lists exactly the blobs the index places there, and each of %d blobs decompresses to the length recorded and hashes to its keyed ID",
 		what, bytesize.Format(v.rep.Stats.BytesRead), v.rep.Stats.BlobsRehashed)
 	if st != nil {
-		return v.saveState(ctx, st, hi)
+		st.Done = hi
 	}
 	return nil
 }
@@ -277,7 +292,7 @@ func (v *run) resolvesElsewhere(ctx context.Context, ip *indexedPack, gone pack.
 }
 
 func (v *run) loadState(ctx context.Context) (*state, error) {
-	st := &state{Format: 1, Cycle: 1, CycleStarted: v.o.Now().UTC()}
+	st := newState(v.o.Now().UTC())
 	rc, err := v.r.Store().Get(ctx, StateKey)
 	if errors.Is(err, storage.ErrNotFound) {
 		return st, nil
@@ -297,17 +312,28 @@ func (v *run) loadState(ctx context.Context) (*state, error) {
 	if err != nil || st.Done < 0 || st.Done >= ppm {
 		// A damaged record only costs rereading: start a new cycle.
 		v.rep.Notes = append(v.rep.Notes, fmt.Sprintf("%s unreadable (%v); the rotation starts a new cycle", StateKey, err))
-		return &state{Format: 1, Cycle: 1, CycleStarted: v.o.Now().UTC()}, nil
+		return newState(v.o.Now().UTC()), nil
+	}
+	if st.WALCycle <= 0 || (st.WALAfter != "" && !strings.HasPrefix(st.WALAfter, walarchive.Prefix)) {
+		// Written before WAL was read, or damaged: the WAL rotation starts.
+		st.WALCycle, st.WALAfter, st.WALCycleStarted = 1, "", v.o.Now().UTC()
 	}
 	return st, nil
 }
 
-func (v *run) saveState(ctx context.Context, st *state, done int) error {
-	st.Done, st.Updated = done, v.o.Now().UTC()
-	if done >= ppm {
+// saveState stores the rotation as readData and readWAL advanced it,
+// starting a new cycle of either where one ended.
+func (v *run) saveState(ctx context.Context, st *state, walCycleDone bool) error {
+	st.Updated = v.o.Now().UTC()
+	if st.Done >= ppm {
 		st.Cycle++
 		st.Done = 0
 		st.CycleStarted = st.Updated
+	}
+	if walCycleDone {
+		st.WALCycle++
+		st.WALAfter = ""
+		st.WALCycleStarted = st.Updated
 	}
 	body, err := json.Marshal(st)
 	if err != nil {

@@ -7,13 +7,16 @@
 // with each other and with the timelines archived; and, when asked, that
 // the packs' contents are intact (every chunk authenticated, trailers equal
 // to the index, every blob's keyed ID recomputed), all of them or a rotating
-// share per run that remembers what it already read.
+// share per run that remembers what it already read; and, with the packs,
+// the archived WAL's contents (every object decrypted, authenticated and
+// decompressed, every segment's page headers checked against its name and
+// the cluster), naming for a damaged object the snapshots and the ranges of
+// recovery targets it takes away.
 //
 // It reads. The only objects it writes are its shared lease while it runs
 // (garbage collection waits for it) and, with a rotating share, its
 // progress record verify/state. It is not a restore drill (verify/drill
-// starts PostgreSQL on a restored copy) and it does not read WAL segment
-// contents: the WAL checks are about which segments exist.
+// starts PostgreSQL on a restored copy and replays the WAL).
 package verify
 
 import (
@@ -62,16 +65,22 @@ type Archive interface {
 	List(ctx context.Context, cluster uint64) (*walarchive.Listing, error)
 	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
 	Expired(ctx context.Context, cluster uint64) (walarchive.Ranges, error)
+	// Decode checks one archived object's bytes, read from body, and
+	// writes the file they hold to w (see walarchive.Archive.Decode).
+	Decode(ctx context.Context, key string, body io.Reader, name string, cluster uint64, w io.Writer) (walarchive.Meta, error)
 }
 
 // Options configure a verification.
 type Options struct {
-	// ReadData downloads and checks every pack.
+	// ReadData downloads and checks every pack and every archived WAL
+	// object.
 	ReadData bool
 	// Subset, between 0 and 1, downloads and checks that share of the
-	// packs, the next share of the rotation recorded in verify/state.
+	// packs and of the WAL archive's objects, the next share of the
+	// rotations recorded in verify/state.
 	Subset float64
-	// Parallel is the number of packs read at once (default 4).
+	// Parallel is the number of packs, and of WAL objects, read at once
+	// (default 4).
 	Parallel int
 	// Progress, when set, counts the bytes of packs read (phase "read
 	// packs").
@@ -97,6 +106,8 @@ type Report struct {
 	// ReadPacks are the packs read with ReadData or Subset.
 	ReadPacks []string `json:"read_packs,omitempty"`
 	Subset    *Share   `json:"subset,omitempty"`
+	// WAL is what was read of the WAL archive with ReadData or Subset.
+	WAL *WALShare `json:"wal_read,omitempty"`
 }
 
 // Stats count what was looked at.
@@ -113,6 +124,14 @@ type Stats struct {
 	PacksRead     int   `json:"packs_read"`
 	BytesRead     int64 `json:"bytes_read"`
 	BlobsRehashed int64 `json:"blobs_rehashed"`
+	// WAL objects read (segments, .partial and .backup files: history
+	// files are read by every run), their plaintext and stored bytes, and
+	// the requests that took (GETs, and LISTs of up to 1000 keys).
+	WALObjectsRead  int64 `json:"wal_objects_read"`
+	WALBytesRead    int64 `json:"wal_bytes_read"`
+	WALStoredRead   int64 `json:"wal_stored_bytes_read"`
+	WALPagesChecked int64 `json:"wal_pages_checked"`
+	WALRequests     int64 `json:"wal_requests"`
 	// RepositoryBytes is the size of every object listed (packs, WAL,
 	// index, snapshots).
 	RepositoryBytes int64 `json:"repository_bytes"`
@@ -120,11 +139,39 @@ type Stats struct {
 
 // Problem is one thing found wrong, named by the object it concerns.
 type Problem struct {
-	Kind    string `json:"kind"` // snapshot, metadata, blob, pack, pack-data, wal, history
+	Kind    string `json:"kind"` // snapshot, metadata, blob, pack, pack-data, history, wal, wal-data
 	Object  string `json:"object"`
 	Message string `json:"message"`
 	// Snapshots are the snapshots it breaks (object keys).
 	Snapshots []string `json:"snapshots,omitempty"`
+	// Lost are the recovery targets it takes away (wal-data): times no
+	// snapshot can be recovered to any more.
+	Lost []LostRange `json:"lost_targets,omitempty"`
+}
+
+// LostRange is a span of recovery target times on one timeline that no
+// snapshot reaches any more: from From (inclusive; zero when unknown) to To
+// (exclusive, the stop of the next snapshot that starts after the damage;
+// zero: every later time, up to the archive head).
+type LostRange struct {
+	Timeline uint32    `json:"timeline"`
+	From     time.Time `json:"from,omitzero"`
+	To       time.Time `json:"to,omitzero"`
+	// FromBasis says where From comes from: "last commit" (the last
+	// commit archived before the damaged segment) or "snapshot stop" (no
+	// commit was found; the newest snapshot's stop before it).
+	FromBasis string `json:"from_basis,omitempty"`
+}
+
+func (r LostRange) String() string {
+	from, to := "an unknown time", "the archive head"
+	if !r.From.IsZero() {
+		from = r.From.UTC().Format(time.RFC3339)
+	}
+	if !r.To.IsZero() {
+		to = r.To.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("timeline %d from %s to %s", r.Timeline, from, to)
 }
 
 func (p *Problem) String() string {
@@ -171,6 +218,7 @@ type run struct {
 	snaps   []*repo.Snapshot
 	objects map[pack.ID]storage.ObjectInfo
 	g       *refs.Graph
+	wal     map[uint64]*clusterWAL // what checkWAL found, for readWAL
 }
 
 // Run verifies the repository. It returns the report and, when it found
@@ -186,7 +234,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Report, e
 	if opts.Parallel <= 0 {
 		opts.Parallel = 4
 	}
-	v := &run{r: r, a: a, o: opts, log: opts.Logger, prob: map[string]*Problem{},
+	v := &run{r: r, a: a, o: opts, log: opts.Logger, prob: map[string]*Problem{}, wal: map[uint64]*clusterWAL{},
 		rep: &Report{Store: r.Store().String(), Started: opts.Now().UTC()}}
 	l, err := r.AcquireLease(ctx, lease.ScopeVerify, lease.Options{Command: "verify", Logger: opts.Logger})
 	if err != nil {
@@ -207,7 +255,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Report, e
 }
 
 func kindOrder(k string) int {
-	return slices.Index([]string{"snapshot", "metadata", "blob", "pack", "pack-data", "history", "wal"}, k)
+	return slices.Index([]string{"snapshot", "metadata", "blob", "pack", "pack-data", "history", "wal", "wal-data"}, k)
 }
 
 // problem records a problem (once per kind and object) and the snapshot it
@@ -246,15 +294,31 @@ func (v *run) run(ctx context.Context) error {
 		return err
 	}
 	if v.o.ReadData || v.o.Subset > 0 {
-		if err := v.readData(ctx); err != nil {
+		var st *state
+		if v.o.Subset > 0 && v.o.Subset < 1 {
+			var err error
+			if st, err = v.loadState(ctx); err != nil {
+				return err
+			}
+		}
+		if err := v.readData(ctx, st); err != nil {
 			return err
+		}
+		walDone, err := v.readWAL(ctx, st)
+		if err != nil {
+			return err
+		}
+		if st != nil {
+			if err := v.saveState(ctx, st, walDone); err != nil {
+				return err
+			}
 		}
 	} else {
 		v.rep.NotChecked = append(v.rep.NotChecked,
-			"pack contents: packs were listed, not downloaded; --read-data (or --read-data-subset N%) decrypts them and recomputes every blob's ID")
+			"pack contents: packs were listed, not downloaded; --read-data (or --read-data-subset N%) decrypts them and recomputes every blob's ID",
+			"WAL contents: segments were listed, not read; --read-data (or --read-data-subset N%) decrypts and authenticates them and checks every page header (wal-fetch authenticates each one it delivers; tidemark drill replays them)")
 	}
 	v.rep.NotChecked = append(v.rep.NotChecked,
-		"WAL contents: segments were listed, not read (each is authenticated when wal-fetch delivers it; tidemark drill replays them)",
 		"that PostgreSQL starts on a restore and the data is consistent: that is tidemark drill")
 	return nil
 }
@@ -447,6 +511,10 @@ func errText(err error) string {
 	var ce *repo.CorruptError
 	if errors.As(err, &ce) {
 		return ce.Err.Error() + " (" + ce.Key + ")"
+	}
+	var we *walarchive.CorruptError
+	if errors.As(err, &we) {
+		return we.Reason // the problem names the object
 	}
 	return err.Error()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -41,6 +42,10 @@ func (a *archive) Expired(ctx context.Context, cluster uint64) (walarchive.Range
 		return walarchive.Ranges{}, nil
 	}
 	return a.wal.Expired(ctx, cluster)
+}
+
+func (a *archive) Decode(ctx context.Context, key string, body io.Reader, name string, cluster uint64, w io.Writer) (walarchive.Meta, error) {
+	return walarchive.Meta{}, errors.New("the test's archive holds no objects")
 }
 
 // segments makes an archive holding runs of segments on timelines.

@@ -90,6 +90,7 @@ func (v *run) checkCluster(ctx context.Context, cluster uint64, snaps []*repo.Sn
 		}
 		hists[t.Timeline] = h
 	}
+	v.wal[cluster] = &clusterWAL{l: l, snaps: snaps, expired: expired, hists: hists}
 	for tli, h := range hists {
 		if tli == 1 || len(h.Entries) == 0 {
 			continue

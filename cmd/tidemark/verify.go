@@ -20,17 +20,19 @@ import (
 func verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "verify",
-		Usage: "check that every snapshot resolves, the WAL is continuous and the history files agree (and, asked, the pack contents)",
+		Usage: "check that every snapshot resolves, the WAL is continuous and the history files agree (and, asked, the contents of packs and WAL)",
 		Description: "Checks, and prints exactly what it checked: every snapshot's trees and maps read and every blob they name\n" +
 			"found in the index, in a pack that exists with the recorded size (one listing, no request per pack); the WAL\n" +
 			"from each snapshot to the archive head on every timeline it leads to (gaps by segment name, with the snapshots\n" +
 			"they break); the timeline history files. --read-data downloads every pack, authenticates it and recomputes\n" +
-			"every blob's keyed ID; --read-data-subset 10% reads the next tenth of a rotation remembered in the repository.\n" +
-			"WAL segment contents are not read (tidemark drill replays them). Exit 6 on any problem.",
+			"every blob's keyed ID, then every archived WAL object: decrypted, authenticated, decompressed, and every page\n" +
+			"header of a segment checked against its name, timeline and the cluster (a damaged one is named with the\n" +
+			"snapshots and the recovery target times it takes away); --read-data-subset 10% reads the next tenth of both,\n" +
+			"in rotations remembered in the repository. Exit 6 on any problem.",
 		Flags: flagSet(repoFlags(), []cli.Flag{
-			&cli.BoolFlag{Name: "read-data", Usage: "download and check every pack", EnvVars: []string{envName("read-data")}},
-			stringFlag("read-data-subset", "download and check the next N% of the packs (e.g. 10%), continuing where the last run stopped"),
-			&cli.IntFlag{Name: "parallel", Value: 4, Usage: "packs read at once", EnvVars: []string{envName("parallel")}},
+			&cli.BoolFlag{Name: "read-data", Usage: "download and check every pack and every WAL object", EnvVars: []string{envName("read-data")}},
+			stringFlag("read-data-subset", "download and check the next N% of the packs and of the WAL objects (e.g. 10%), continuing where the last run stopped"),
+			&cli.IntFlag{Name: "parallel", Value: 4, Usage: "packs (then WAL objects) read at once", EnvVars: []string{envName("parallel")}},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON", EnvVars: []string{envName("json")}},
 			metricsFileFlag(),
 		}),
