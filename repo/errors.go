@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"filippo.io/age/plugin"
+
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/lease"
 )
@@ -43,14 +45,48 @@ type LockedError = lease.LockedError
 type NoIdentityError struct {
 	URL  string // the store
 	Keys int    // key files tried
+	// Err is why an identity that might have fitted could not be tried
+	// (an age plugin that is not installed, or that failed), if any.
+	Err error
 }
 
 func (e *NoIdentityError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s at %s (%d keys tried): %v", ErrNoIdentity, e.URL, e.Keys, e.Err)
+	}
 	return fmt.Sprintf("%s at %s (%d keys tried): give the identity file (or passphrase) of one of the keys "+
 		"listed by 'tidemark key list', or ask a key holder to run 'tidemark key add' for you", ErrNoIdentity, e.URL, e.Keys)
 }
 
-func (e *NoIdentityError) Unwrap() error { return ErrNoIdentity }
+func (e *NoIdentityError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrNoIdentity, e.Err}
+	}
+	return []error{ErrNoIdentity}
+}
+
+// PluginMissingError says that the program of an age plugin that a key
+// needs is not installed.
+type PluginMissingError struct {
+	Name string // the plugin's name: its program is age-plugin-<Name>
+	Err  error
+}
+
+func (e *PluginMissingError) Error() string {
+	return fmt.Sprintf("age plugin %q is not installed: tidemark runs its program age-plugin-%s, which is not in PATH "+
+		"(install the plugin, or use another key)", e.Name, e.Name)
+}
+
+func (e *PluginMissingError) Unwrap() error { return e.Err }
+
+// pluginError makes a missing plugin program's error a *PluginMissingError.
+func pluginError(err error) error {
+	var nf *plugin.NotFoundError
+	if errors.As(err, &nf) {
+		return &PluginMissingError{Name: nf.Name, Err: err}
+	}
+	return err
+}
 
 // NotRepositoryError says that there is no repository at URL.
 type NotRepositoryError struct{ URL string }

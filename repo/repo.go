@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"filippo.io/age/plugin"
 	"github.com/klauspost/compress/zstd"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/index"
@@ -174,6 +175,39 @@ func ParseRecipient(s, label string) (KeySpec, error) {
 	return KeySpec{Recipient: r, Type: t, String: strings.TrimSpace(s), Label: label}, nil
 }
 
+// PluginRecipient makes a KeySpec from an age plugin recipient
+// ("age1<name>1..."): sealing the key file runs the plugin's program,
+// age-plugin-<name>, which talks to the user through ui (a hardware key may
+// ask for a PIN or a touch). A program that is not installed is a
+// *PluginMissingError when the key file is written.
+func PluginRecipient(s, label string, ui *plugin.ClientUI) (KeySpec, error) {
+	s = strings.TrimSpace(s)
+	r, err := plugin.NewRecipient(s, ui)
+	if err != nil {
+		return KeySpec{}, fmt.Errorf("recipient %q: %w", s, err)
+	}
+	return KeySpec{Recipient: r, Type: keys.TypePlugin, String: s, Label: label}, nil
+}
+
+// identitiesFor returns the identities worth trying on a key file: every
+// native one, and only the plugin identities of the plugin the key file was
+// sealed to, so that opening a repository starts no plugin program for a
+// key file that is not its own (nor fails for want of one).
+func identitiesFor(e *keys.Envelope, ids []age.Identity) []age.Identity {
+	name := ""
+	if e.RecipientType == keys.TypePlugin {
+		name, _, _ = plugin.ParseRecipient(e.Recipient)
+	}
+	out := make([]age.Identity, 0, len(ids))
+	for _, id := range ids {
+		if p, ok := id.(*plugin.Identity); ok && p.Name() != name {
+			continue
+		}
+		out = append(out, id)
+	}
+	return out
+}
+
 // PassphraseKey makes a KeySpec for a passphrase. workFactor is scrypt's
 // log2(N); 0 takes age's default (18, about a second).
 func PassphraseKey(passphrase, label string, workFactor int) (KeySpec, error) {
@@ -252,6 +286,10 @@ func Init(ctx context.Context, store storage.Store, opts InitOptions) (*Repo, In
 	}
 	classic := false
 	for _, s := range opts.EscrowRecipients {
+		if keys.IsPluginRecipient(s) {
+			return nil, res, fmt.Errorf("escrow recipient %q is an age plugin recipient: every object would run the plugin; "+
+				"give an age1... or age1pq1... public key (a plugin key can unlock the repository: init --recipient, key add --recipient)", strings.TrimSpace(s))
+		}
 		_, t, err := keys.ParseRecipient(s)
 		if err != nil {
 			return nil, res, fmt.Errorf("escrow recipient: %w", err)
@@ -375,6 +413,7 @@ func Open(ctx context.Context, store storage.Store, identities []age.Identity, o
 		return nil, err
 	}
 	var newer *VersionError
+	var idErr error // why an identity could not be tried (a plugin)
 	for _, e := range envs {
 		if e.err != nil {
 			// A key file of a newer format may be the caller's: if no other
@@ -382,10 +421,23 @@ func Open(ctx context.Context, store storage.Store, identities []age.Identity, o
 			errors.As(e.err, &newer)
 			continue
 		}
-		secret, err := keys.Open(e.env, identities...)
+		ids := identitiesFor(e.env, identities)
+		if len(ids) == 0 {
+			continue
+		}
+		secret, err := keys.Open(e.env, ids...)
 		if err != nil {
 			var nm *age.NoIdentityMatchError
-			if !errors.As(err, &nm) {
+			switch {
+			case errors.As(err, &nm):
+			case e.env.RecipientType == keys.TypePlugin && !errors.Is(err, keys.ErrFormat):
+				// The plugin did not run, or failed: say so if no other
+				// key opens.
+				if idErr == nil {
+					idErr = pluginError(err)
+				}
+				slogFrom(opts).Debug("age plugin failed on a key file", "key", keys.Prefix+e.env.ID, "err", err)
+			default:
 				slogFrom(opts).Warn("key file unreadable", "key", keys.Prefix+e.env.ID, "err", err)
 			}
 			continue
@@ -404,7 +456,7 @@ func Open(ctx context.Context, store storage.Store, identities []age.Identity, o
 	if newer != nil {
 		return nil, newer
 	}
-	return nil, &NoIdentityError{URL: store.String(), Keys: len(envs)}
+	return nil, &NoIdentityError{URL: store.String(), Keys: len(envs), Err: idErr}
 }
 
 func slogFrom(o Options) *slog.Logger {
@@ -536,7 +588,7 @@ func (r *Repo) writeKey(ctx context.Context, spec KeySpec) (*keys.Envelope, erro
 	}
 	env, err := keys.Seal(r.secret, spec.Recipient, spec.Type, spec.String, spec.Label, r.opts.Host)
 	if err != nil {
-		return nil, err
+		return nil, pluginError(err)
 	}
 	env.Created = r.opts.Now().UTC().Truncate(time.Second)
 	body, err := env.Encode()

@@ -132,6 +132,8 @@ type Stats struct {
 	WALStoredRead   int64 `json:"wal_stored_bytes_read"`
 	WALPagesChecked int64 `json:"wal_pages_checked"`
 	WALRequests     int64 `json:"wal_requests"`
+	// WALReadSeconds is how long reading the WAL took.
+	WALReadSeconds float64 `json:"wal_read_seconds"`
 	// RepositoryBytes is the size of every object listed (packs, WAL,
 	// index, snapshots).
 	RepositoryBytes int64 `json:"repository_bytes"`

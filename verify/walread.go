@@ -80,6 +80,7 @@ func (v *run) readWAL(ctx context.Context, st *state) (cycleDone bool, _ error) 
 		share.Cycle, share.CycleStarted = st.WALCycle, st.WALCycleStarted
 	}
 	v.rep.WAL = share
+	began := time.Now()
 
 	work := make(chan walObject)
 	var mu sync.Mutex
@@ -135,6 +136,7 @@ list:
 	}
 	close(work)
 	wg.Wait()
+	v.rep.Stats.WALReadSeconds = time.Since(began).Seconds()
 	// A LIST returns up to 1000 keys.
 	v.rep.Stats.WALRequests += (listed + 999) / 1000
 	if err := context.Cause(ctx); err != nil {

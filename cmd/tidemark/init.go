@@ -24,7 +24,8 @@ func initCommand() *cli.Command {
 		Name:  "init",
 		Usage: "create a repository",
 		Description: "Writes the config object (create-only: a second init on the same URL fails), a random master\n" +
-			"secret and one key file for the first recipient: --recipient (an age public key, age1... or age1pq1...),\n" +
+			"secret and one key file for the first recipient: --recipient (an age public key, age1... or age1pq1..., or an\n" +
+			"age plugin recipient, age1<plugin>1..., which runs the program age-plugin-<plugin>),\n" +
 			"--passphrase-file, or, when neither is given, a newly generated age identity written to --identity-out\n" +
 			"(mode 0600). Losing every key loses the backups.\n\n" +
 			"--lock-days N makes a locked repository (s3:// only, in a bucket created with S3 Object Lock): every\n" +
@@ -41,7 +42,7 @@ func initCommand() *cli.Command {
 			stringFlag("repo", "repository URL: file:///path, s3://bucket/prefix?endpoint=...&region=..., azure://container/prefix?account=... or gs://bucket/prefix"),
 			&cli.BoolFlag{Name: "from-repo", Usage: "create the second repository (--repo2) from the one at --repo: same master secret, own keys"},
 			&cli.StringSliceFlag{Name: "identity", Usage: "with --from-repo: age identity file that unlocks --repo (repeatable)", EnvVars: []string{envName("identity")}},
-			stringFlag("recipient", "age public key (age1... or age1pq1...) that receives the first key"),
+			stringFlag("recipient", "age public key (age1... or age1pq1...) or age plugin recipient (age1<plugin>1...) that receives the first key"),
 			stringFlag("passphrase-file", "file whose first line is the passphrase of the first key"),
 			stringFlag("identity-out", "where to write the generated identity when neither --recipient nor --passphrase-file is given (default "+defaultIdentityOut+")"),
 			&cli.StringSliceFlag{Name: "escrow-recipient", Usage: "age public key every object is also encrypted to, for decryption with the age CLI (repeatable)", EnvVars: []string{envName("escrow-recipient")}},
@@ -111,7 +112,7 @@ func runInit(c *cli.Context) error {
 	var generated *age.HybridIdentity
 	switch {
 	case rcpt != "":
-		if spec, err = repo.ParseRecipient(rcpt, label); err != nil {
+		if spec, err = recipientKey(c, rcpt, label); err != nil {
 			return usageErrorf("--recipient: %v", err)
 		}
 	case pass != "":

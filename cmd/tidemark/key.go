@@ -23,7 +23,7 @@ func keyCommand() *cli.Command {
 				Name:  "add",
 				Usage: "add a key: --recipient age1..., --new-passphrase-file F, or a generated identity (--identity-out)",
 				Flags: flagSet(repoFlags(), []cli.Flag{
-					stringFlag("recipient", "age public key (age1... or age1pq1...) to grant access to"),
+					stringFlag("recipient", "age public key (age1... or age1pq1...) or age plugin recipient (age1<plugin>1...) to grant access to"),
 					stringFlag("new-passphrase-file", "file whose first line is the passphrase of the new key"),
 					stringFlag("identity-out", "write a newly generated identity here (mode 0600) and grant it access"),
 					stringFlag("label", "label of the new key, shown by key list"),
@@ -68,7 +68,7 @@ func runKeyAdd(c *cli.Context) error {
 	var generated *age.HybridIdentity
 	switch {
 	case rcpt != "":
-		if spec, err = repo.ParseRecipient(rcpt, label); err != nil {
+		if spec, err = recipientKey(c, rcpt, label); err != nil {
 			return usageErrorf("--recipient: %v", err)
 		}
 	case pass != "":

@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"filippo.io/age/plugin"
 	"github.com/urfave/cli/v2"
 
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/keys"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/tidemarkdb/tidemark/storage/location"
 	"github.com/tidemarkdb/tidemark/storage/ratelimit"
@@ -112,17 +114,18 @@ func loadIdentitiesOf(c *cli.Context, which string) ([]age.Identity, error) {
 	if which == secondRepo && (len(c.StringSlice("repo2-identity")) > 0 || c.String("repo2-passphrase-file") != "") {
 		prefix = "repo2-"
 	}
-	var ids []age.Identity
+	var ids, plugins []age.Identity
 	for _, path := range c.StringSlice(prefix + "identity") {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return nil, usageErrorf("--%sidentity: %v", prefix, err)
 		}
-		parsed, err := age.ParseIdentities(bytes.NewReader(b))
+		native, plug, err := parseIdentityFile(b, ageUI(c))
 		if err != nil {
-			return nil, usageErrorf("--%sidentity %s: %v (want an age identity file, AGE-SECRET-KEY-1... or AGE-SECRET-KEY-PQ-1...)", prefix, path, err)
+			return nil, usageErrorf("--%sidentity %s: %v (want an age identity file: AGE-SECRET-KEY-1..., AGE-SECRET-KEY-PQ-1... or AGE-PLUGIN-...)", prefix, path, err)
 		}
-		ids = append(ids, parsed...)
+		ids = append(ids, native...)
+		plugins = append(plugins, plug...)
 	}
 	if path := c.String(prefix + "passphrase-file"); path != "" {
 		pass, err := readPassphrase(path)
@@ -135,7 +138,59 @@ func loadIdentitiesOf(c *cli.Context, which string) ([]age.Identity, error) {
 		}
 		ids = append(ids, id)
 	}
-	return ids, nil
+	// Native identities first: age stops at an identity that fails (a
+	// plugin whose program is missing) rather than trying the next.
+	return append(ids, plugins...), nil
+}
+
+// parseIdentityFile parses an age identity file: native identities, and age
+// plugin identities (AGE-PLUGIN-<NAME>-1..., one per line), whose plugin
+// program talks to the user through ui.
+func parseIdentityFile(b []byte, ui *plugin.ClientUI) (native, plugins []age.Identity, err error) {
+	var rest bytes.Buffer
+	hasNative := false
+	for _, line := range strings.Split(string(b), "\n") {
+		l := strings.TrimSpace(line)
+		if strings.HasPrefix(l, "AGE-PLUGIN-") {
+			id, err := plugin.NewIdentity(l, ui)
+			if err != nil {
+				return nil, nil, err
+			}
+			plugins = append(plugins, id)
+			continue
+		}
+		if l != "" && !strings.HasPrefix(l, "#") {
+			hasNative = true
+		}
+		rest.WriteString(line + "\n")
+	}
+	if hasNative || len(plugins) == 0 {
+		if native, err = age.ParseIdentities(&rest); err != nil {
+			return nil, nil, err
+		}
+	}
+	return native, plugins, nil
+}
+
+// ageUI is how an age plugin talks to the user: messages on stderr, PINs
+// and confirmations read from the terminal (a plugin that needs them fails
+// where there is none, as under archive_command).
+func ageUI(c *cli.Context) *plugin.ClientUI {
+	w := c.App.ErrWriter
+	return plugin.NewTerminalUI(func(format string, args ...any) {
+		fmt.Fprintf(w, format+"\n", args...)
+	}, func(format string, args ...any) {
+		fmt.Fprintf(w, "warning: "+format+"\n", args...)
+	})
+}
+
+// recipientKey makes the KeySpec of --recipient: a native age public key or
+// an age plugin recipient.
+func recipientKey(c *cli.Context, s, label string) (repo.KeySpec, error) {
+	if keys.IsPluginRecipient(s) {
+		return repo.PluginRecipient(s, label, ageUI(c))
+	}
+	return repo.ParseRecipient(s, label)
 }
 
 // readPassphrase reads a passphrase file: its first line, without the line

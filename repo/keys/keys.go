@@ -313,22 +313,36 @@ func Open(e *Envelope, identities ...age.Identity) (*Secret, error) {
 
 // ParseRecipient parses a native public recipient for a key file or escrow:
 // "age1pq1..." (hybrid post-quantum) or "age1..." (X25519). It returns the
-// recipient and its type. Plugin recipients ("age1<name>1...") are made by
-// the caller (filippo.io/age/plugin) and passed to repo with
-// TypePlugin; this package does not link the plugin client.
+// recipient and its type. Plugin recipients ("age1<name>1...", see
+// IsPluginRecipient) are made by repo.PluginRecipient and sealed with
+// TypePlugin; this package does not run plugins.
 func ParseRecipient(s string) (age.Recipient, string, error) {
 	s = strings.TrimSpace(s)
 	switch {
 	case strings.HasPrefix(s, "age1pq1"):
 		r, err := age.ParseHybridRecipient(s)
 		return r, TypeHybrid, err
+	case IsPluginRecipient(s):
+		return nil, "", fmt.Errorf("recipient %q is an age plugin recipient, not a native age public key", s)
 	case strings.HasPrefix(s, "age1"):
 		r, err := age.ParseX25519Recipient(s)
 		if err != nil {
-			return nil, "", fmt.Errorf("recipient %q is neither an X25519 nor a hybrid age public key "+
-				"(plugin recipients need the plugin client): %w", s, err)
+			return nil, "", fmt.Errorf("recipient %q is neither an X25519, a hybrid nor a plugin age recipient: %w", s, err)
 		}
 		return r, TypeX25519, nil
 	}
-	return nil, "", fmt.Errorf("recipient %q: want an age public key (age1... or age1pq1...)", s)
+	return nil, "", fmt.Errorf("recipient %q: want an age public key (age1..., age1pq1...) or an age plugin recipient (age1<plugin>1...)", s)
+}
+
+// IsPluginRecipient reports whether s has the form of an age plugin
+// recipient, "age1<name>1<bech32 data>": the human-readable part of an
+// X25519 key is "age", of a hybrid key "age1pq".
+func IsPluginRecipient(s string) bool {
+	s = strings.ToLower(strings.TrimSpace(s))
+	i := strings.LastIndexByte(s, '1')
+	if !strings.HasPrefix(s, "age1") || i <= len("age1") {
+		return false
+	}
+	hrp := s[:i]
+	return hrp != "age1pq"
 }
