@@ -580,7 +580,7 @@ func walCommand() *cli.Command {
 			Usage: "per cluster and timeline: the archived range and any gaps",
 			Flags: flagSet(repoFlags(), []cli.Flag{
 				stringFlag("cluster", "system identifier of the cluster to list (default: every cluster)"),
-				&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+				&cli.BoolFlag{Name: "json", Usage: "print JSON", EnvVars: []string{envName("json")}},
 			}),
 			Action: walList,
 		}},
