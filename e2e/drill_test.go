@@ -129,6 +129,9 @@ func TestDrillHealthy(t *testing.T) {
 					t.Errorf("check %s: %+v", name, ch)
 				}
 			}
+			if r.Proof != drill.ProofHeartbeat || !strings.Contains(r.Target.Stopped, "before ") {
+				t.Errorf("proof %q, stopped %q", r.Proof, r.Target.Stopped)
+			}
 			if ch := check(r, "pg_amcheck"); ch.Status == drill.Fail {
 				t.Errorf("pg_amcheck: %+v", ch)
 			} else {
@@ -138,6 +141,56 @@ func TestDrillHealthy(t *testing.T) {
 			if n, _ := e.count(drill.Prefix); n != 1 {
 				t.Errorf("%d drill reports in the repository, want 1", n)
 			}
+		})
+	}
+}
+
+// TestDrillTargets: drills to a transaction ID and to a restore point pass
+// on a healthy repository, with the heartbeat as proof; made to recover
+// elsewhere (the server told another target behind the drill's back), each
+// fails, naming where it stopped instead.
+func TestDrillTargets(t *testing.T) {
+	e := backupEnv(t, true, 0)
+	c := e.backupCluster(15, nil)
+	e.heartbeatAgent(c)
+	testenv.LoadRandomTable(t, c, "data", 10000)
+	e.backup(c)
+	workload(t, c, 3)
+	c.Exec(t, "CREATE TABLE marks (name text)")
+	early := c.QueryString(t, "INSERT INTO marks VALUES ('early') RETURNING pg_current_xact_id()")
+	c.Exec(t, "SELECT pg_create_restore_point('early-point')")
+	workload(t, c, 8) // beats in between: more than one interval plus slack
+	xid := c.QueryString(t, "INSERT INTO marks VALUES ('target') RETURNING pg_current_xact_id()")
+	c.Exec(t, "SELECT pg_create_restore_point('drill-point')")
+	workload(t, c, 3)
+	switchAndWait(t, c)
+
+	checksFile := filepath.Join(e.shared, "marks.sql")
+	os.WriteFile(checksFile, []byte("SELECT count(*) = 2 FROM marks"), 0o644)
+	for _, tc := range []struct {
+		name, flag, value, stopped, wrong, found string
+	}{
+		{"xid", "--target-xid", xid, "after transaction " + xid, "recovery_target_xid=" + early, "transaction " + xid + " is not started (the next ID is"},
+		{"name", "--target-name", "drill-point", `at restore point "drill-point"`, "recovery_target_name=early-point", `stopped at restore point "early-point"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := e.drill(c, tc.flag, tc.value, "--check-sql", checksFile)
+			if res.code != 0 || !res.rep.OK || res.rep.Proof != drill.ProofHeartbeat || !strings.Contains(res.rep.Target.Stopped, tc.stopped) {
+				t.Fatalf("drill %s %s: exit %d, proof %q, stopped %q: %s\n%+v", tc.flag, tc.value, res.code, res.rep.Proof, res.rep.Target.Stopped, res.stderr, res.rep.Checks)
+			}
+			for _, name := range []string{"recovery target", "heartbeat", checksFile + ":1"} {
+				if ch := check(res.rep, name); ch.Status != drill.Pass {
+					t.Errorf("check %s: %+v", name, ch)
+				}
+			}
+			t.Logf("%s: %s; %s", tc.name, check(res.rep, "recovery target").Detail, check(res.rep, "heartbeat").Detail)
+
+			// The server recovers to the earlier point instead.
+			res = e.drill(c, tc.flag, tc.value, "--pg-option", tc.wrong)
+			if res.code != 6 || res.rep.OK || !strings.Contains(res.rep.Reason, "recovery target") || !strings.Contains(res.rep.Reason, tc.found) {
+				t.Fatalf("drill recovered elsewhere (%s): exit %d, reason %q", tc.wrong, res.code, res.rep.Reason)
+			}
+			t.Logf("%s, recovered elsewhere: %s", tc.name, res.rep.Reason)
 		})
 	}
 }
@@ -155,10 +208,23 @@ func TestDrillFailures(t *testing.T) {
 	ctx := t.Context()
 	st := e.store()
 
+	// This source writes no heartbeat: a drill cannot prove where it
+	// stopped, which fails it unless allowed.
+	t.Run("unproven", func(t *testing.T) {
+		res := e.drill(c)
+		if res.code != 6 || res.rep.OK || res.rep.Proof != drill.ProofNone || !strings.Contains(res.rep.Reason, "not proven") {
+			t.Fatalf("drill without a heartbeat: exit %d, proof %q, reason %q", res.code, res.rep.Proof, res.rep.Reason)
+		}
+		res = e.drill(c, "--allow-unproven")
+		if res.code != 0 || res.rep.Proof != drill.ProofNone || check(res.rep, "heartbeat").Status != drill.Skipped {
+			t.Fatalf("drill --allow-unproven: exit %d, proof %q: %+v", res.code, res.rep.Proof, res.rep)
+		}
+	})
+
 	t.Run("check query false", func(t *testing.T) {
 		checks := filepath.Join(e.shared, "false.sql")
 		os.WriteFile(checks, []byte("SELECT count(*) = 1 FROM data"), 0o644)
-		res := e.drill(c, "--check-sql", checks)
+		res := e.drill(c, "--check-sql", checks, "--allow-unproven")
 		t.Logf("drill: %s", res.stderr)
 		if res.code != 6 || res.rep.OK || !strings.Contains(res.rep.Reason, checks+":1") {
 			t.Fatalf("drill with a false check: exit %d, reason %q", res.code, res.rep.Reason)
@@ -234,10 +300,10 @@ func TestDrillFailures(t *testing.T) {
 	})
 	// Everything put back: all is well again.
 	e.verify(0, "--read-data")
-	if res := e.drill(c); res.code != 0 {
+	if res := e.drill(c, "--allow-unproven"); res.code != 0 {
 		t.Fatalf("drill after repairs: exit %d: %s", res.code, res.rep.Reason)
 	}
-	if n, _ := e.count(drill.Prefix); n < 5 {
+	if n, _ := e.count(drill.Prefix); n < 7 {
 		t.Errorf("%d drill reports stored, want one per drill", n)
 	}
 }

@@ -28,7 +28,9 @@ func drillCommand() *cli.Command {
 		Description: "Restores a snapshot (the newest, --backup ID or --random) into a scratch directory, starts PostgreSQL of its\n" +
 			"major version there (archiving off, Unix socket only, as --pg-user when run as root) with restore_command =\n" +
 			"tidemark wal-fetch, recovers to the target (default: a random time recoverable from the snapshot) and\n" +
-			"promotes; then checks where it stopped (the heartbeat row of tidemark agent --heartbeat), runs pg_amcheck\n" +
+			"promotes; then proves where it stopped (the timeline history the promotion wrote must name the target, and the\n" +
+			"heartbeat row of tidemark agent --heartbeat, read back, must be the source's at that point: without one the\n" +
+			"drill fails unless --allow-unproven), runs pg_amcheck\n" +
 			"where installed and --check-sql, stops the server and verifies every data page's checksum. Stores a report\n" +
 			"in the repository (drills/<cluster>/<id>), removes the scratch cluster and exits 6 on any failure.",
 		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
@@ -43,6 +45,7 @@ func drillCommand() *cli.Command {
 			stringFlag("db-name", "database of the heartbeat and the checks (default postgres)"),
 			stringFlag("check-sql", "file of SQL checks; each statement must return one row holding true"),
 			&cli.StringFlag{Name: "amcheck", Value: "auto", Usage: "pg_amcheck: auto (when installed), on (required) or off", EnvVars: []string{envName("amcheck")}},
+			&cli.BoolFlag{Name: "allow-unproven", Usage: "pass a drill whose recovery point could not be proven because the source writes no heartbeat (tidemark agent --heartbeat)", EnvVars: []string{envName("allow-unproven")}},
 			&cli.DurationFlag{Name: "heartbeat-slack", Value: 5 * time.Second, Usage: "how much more than one heartbeat interval the newest heartbeat may lie before the target", EnvVars: []string{envName("heartbeat-slack")}},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON", EnvVars: []string{envName("json")}},
 			metricsFileFlag(),
@@ -59,6 +62,7 @@ func runDrill(c *cli.Context) error {
 	opts := scratchOptions(c, log)
 	opts.Backup, opts.Random = c.String("backup"), c.Bool("random")
 	opts.Amcheck, opts.HeartbeatSlack = c.String("amcheck"), c.Duration("heartbeat-slack")
+	opts.AllowUnproven = c.Bool("allow-unproven")
 	if opts.Random && opts.Backup != "" {
 		return usageErrorf("--random and --backup: give one")
 	}
@@ -197,6 +201,10 @@ func printDrill(w io.Writer, rep *drill.Report) {
 	if t.Reached != "" {
 		fmt.Fprintf(w, "  PostgreSQL: %s\n", t.Reached)
 	}
+	if t.Stopped != "" {
+		fmt.Fprintf(w, "  recovery ended: %s\n", t.Stopped)
+	}
+	fmt.Fprintf(w, "  proof of the recovery point: %s\n", rep.Proof)
 	fmt.Fprintf(w, "  time to recover: %.1f s (restore %.1f s, %d files, %s; replay and promotion %.1f s)\n",
 		rep.RecoverSeconds, rep.RestoreSeconds, rep.RestoredFiles, bytesize.Format(rep.RestoredBytes), rep.ReplaySeconds)
 	for _, ch := range rep.Checks {

@@ -197,7 +197,9 @@ type drillReport struct {
 // directory and returns its measurement and report.
 func (b *restoreBench) drill(target string) (Measurement, drillReport) {
 	t := b.t
-	cmd := exec.CommandContext(t.Context(), b.tm.Bin, "drill", "--json", "--target-time", target,
+	// --allow-unproven: the benchmark times the recovery; its source writes
+	// no heartbeat.
+	cmd := exec.CommandContext(t.Context(), b.tm.Bin, "drill", "--json", "--target-time", target, "--allow-unproven",
 		"--scratch-dir", b.shared, "--log-level", "warn")
 	cmd.Env = append(os.Environ(), b.tm.Env...)
 	var out, errs bytes.Buffer

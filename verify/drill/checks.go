@@ -62,80 +62,258 @@ func (d *run) checks(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// checkTarget checks what PostgreSQL says about where it stopped.
+// checkTarget checks where recovery stopped, by what the promoted server
+// wrote: the reason and switch point of its new timeline's history file
+// (the stop PostgreSQL decided on, in a file rather than a translated log
+// message) must name the target, and the recovered state must agree: the
+// target transaction committed or not as asked, the last replayed commit
+// no later than a target time.
 func (d *run) checkTarget(ctx context.Context, conn *pgx.Conn) CheckResult {
 	const name = "recovery target"
-	t := d.rep.Target
-	reached := t.Reached
-	var last *time.Time
-	if err := conn.QueryRow(ctx, "SELECT pg_last_xact_replay_timestamp()").Scan(&last); err != nil {
+	t := &d.rep.Target
+	if err := conn.QueryRow(ctx, "SELECT pg_last_xact_replay_timestamp()").Scan(&d.replayedCommit); err != nil {
 		return d.result(name, Fail, "query pg_last_xact_replay_timestamp(): %v", err)
 	}
 	lastText := "none"
-	if last != nil {
-		lastText = last.UTC().Format(time.RFC3339Nano)
+	if d.replayedCommit != nil {
+		lastText = d.replayedCommit.UTC().Format(time.RFC3339Nano)
+	}
+	e, tli, err := d.promotionHistory()
+	if err != nil {
+		return d.result(name, Fail, "%v", err)
+	}
+	d.stopLSN = e.SwitchPoint
+	t.Stopped = fmt.Sprintf("%s: %s (timeline %d to %d)", e.SwitchPoint, e.Reason, e.Parent, tli)
+	if want := d.o.Target.Timeline; e.Parent != want {
+		return d.result(name, Fail, "recovery ended on timeline %d, not on timeline %d it was asked to follow (%s)", e.Parent, want, t.Stopped)
+	}
+	after, before := "after", "before"
+	if !t.Inclusive {
+		after = "before"
+	}
+	reason := strings.TrimSpace(e.Reason)
+	mismatch := func(want string) CheckResult {
+		return d.result(name, Fail, "asked to stop %s, PostgreSQL stopped %s at %s (timeline history %s)", want, reason, e.SwitchPoint, pg.HistoryFileName(tli))
 	}
 	switch t.Kind {
 	case "time":
-		if !strings.HasPrefix(reached, "recovery stopping") {
-			return d.result(name, Fail, "target time %s: PostgreSQL did not log that it stopped there (last replayed commit %s)", t.Time.Format(time.RFC3339Nano), lastText)
+		at, ok := strings.CutPrefix(reason, before+" ")
+		if !ok {
+			return mismatch("before the first commit after " + t.Time.Format(time.RFC3339Nano))
 		}
-		if last != nil && last.After(t.Time) {
+		// Inclusive: before the first commit after the target; else
+		// before the first at or after it.
+		if next, err := parsePGTime(at); err == nil && ((t.Inclusive && !next.After(t.Time)) || (!t.Inclusive && next.Before(t.Time))) {
+			return d.result(name, Fail, "stopped before a commit at %s, which does not come after the target %s", next.UTC().Format(time.RFC3339Nano), t.Time.Format(time.RFC3339Nano))
+		}
+		if d.replayedCommit != nil && d.replayedCommit.After(t.Time) {
 			return d.result(name, Fail, "the last replayed commit is at %s, after the target %s", lastText, t.Time.Format(time.RFC3339Nano))
 		}
-		return d.result(name, Pass, "stopped at the target %s (%s); last replayed commit %s", t.Time.Format(time.RFC3339Nano), reached, lastText)
+		return d.result(name, Pass, "stopped %s at %s, the first commit after the target %s; last replayed commit %s", reason, e.SwitchPoint, t.Time.Format(time.RFC3339Nano), lastText)
+	case "xid":
+		// The transaction's state in the recovered data first: reported
+		// also when the stop is wrong.
+		xid := uint32(t.XID)
+		status, err := d.xactStatus(ctx, conn, xid)
+		state := fmt.Sprintf("transaction %d is %s in the recovered data", xid, status)
+		if err != nil {
+			state = fmt.Sprintf("the recovered server cannot tell transaction %d's status: %v", xid, err)
+		}
+		if want := fmt.Sprintf("%s transaction %d", after, xid); reason != want {
+			return d.result(name, Fail, "asked to stop %s, PostgreSQL stopped %s at %s (timeline history %s); %s", want, reason, e.SwitchPoint, pg.HistoryFileName(tli), state)
+		}
+		switch {
+		case err != nil:
+			return d.result(name, Fail, "stopped %s, but %s", reason, state)
+		case t.Inclusive && status != "committed" && !strings.Contains(t.Reached, "abort of transaction"):
+			return d.result(name, Fail, "stopped %s, but %s", reason, state)
+		case !t.Inclusive && status == "committed":
+			return d.result(name, Fail, "stopped %s, but %s", reason, state)
+		}
+		return d.result(name, Pass, "stopped %s at %s; %s; last replayed commit %s", reason, e.SwitchPoint, state, lastText)
+	case "name":
+		if want := fmt.Sprintf("at restore point %q", t.Name); reason != fmt.Sprintf("at restore point \"%s\"", t.Name) {
+			return mismatch(want)
+		}
+		return d.result(name, Pass, "stopped %s at %s; last replayed commit %s", reason, e.SwitchPoint, lastText)
+	case "lsn":
+		target, _ := pg.ParseLSN(t.LSN)
+		if want := fmt.Sprintf("%s LSN %s", after, target); !strings.EqualFold(reason, want) {
+			return mismatch(want)
+		}
+		if e.SwitchPoint < target {
+			return d.result(name, Fail, "recovery ended at %s, before the target %s", e.SwitchPoint, target)
+		}
+		return d.result(name, Pass, "stopped %s at %s; last replayed commit %s", reason, e.SwitchPoint, lastText)
 	case "immediate":
-		if reached == "" {
-			return d.result(name, Fail, "PostgreSQL did not log reaching a consistent state")
+		if reason != "reached consistency" {
+			return mismatch("once consistent")
 		}
-		return d.result(name, Pass, "consistent at the end of backup %s (%s)", d.snap.ID, reached)
-	default:
-		if !strings.HasPrefix(reached, "recovery stopping") {
-			return d.result(name, Fail, "target %s: PostgreSQL did not log that it stopped there", t.Kind)
+		if stop := pg.LSN(d.snap.StopLSN); e.SwitchPoint < stop {
+			return d.result(name, Fail, "recovery ended at %s, before the end %s of backup %s", e.SwitchPoint, stop, d.snap.ID)
 		}
-		return d.result(name, Pass, "%s; last replayed commit %s", reached, lastText)
+		return d.result(name, Pass, "consistent at the end of backup %s, recovery ended at %s", d.snap.ID, e.SwitchPoint)
 	}
+	return d.result(name, Fail, "unknown target kind %q", t.Kind)
 }
 
-// checkHeartbeat reads the heartbeat row back: the newest beat must lie at
-// or before the target, and no more than one interval (plus slack) before
-// it, or recovery stopped somewhere else.
+// promotionHistory reads the history file of the timeline the promotion
+// began: the newest in the scratch pg_wal. Its last entry is where recovery
+// ended and why.
+func (d *run) promotionHistory() (pg.HistoryEntry, pg.TimelineID, error) {
+	dir := filepath.Join(d.pgdata, "pg_wal")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return pg.HistoryEntry{}, 0, fmt.Errorf("read %s: %w", dir, err)
+	}
+	var newest pg.TimelineID
+	for _, e := range ents {
+		f, err := pg.ParseWALFileName(e.Name())
+		if err == nil && f.Kind == pg.WALTimelineHistory && f.Timeline > newest {
+			newest = f.Timeline
+		}
+	}
+	if newest == 0 {
+		return pg.HistoryEntry{}, 0, fmt.Errorf("no timeline history file in %s: the server did not promote after recovery", dir)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, pg.HistoryFileName(newest)))
+	if err != nil {
+		return pg.HistoryEntry{}, 0, err
+	}
+	h, err := pg.ParseHistory(newest, b)
+	if err != nil {
+		return pg.HistoryEntry{}, 0, err
+	}
+	if len(h.Entries) == 0 {
+		return pg.HistoryEntry{}, 0, fmt.Errorf("%s is empty", pg.HistoryFileName(newest))
+	}
+	return h.Entries[len(h.Entries)-1], newest, nil
+}
+
+// xactStatus asks the recovered server about the 32-bit transaction ID
+// xid, in the epoch that makes it the newest such ID (pg_xact_status needs
+// a 64-bit one; asking for the current one would assign an ID): committed,
+// aborted, in progress, or not started.
+func (d *run) xactStatus(ctx context.Context, conn *pgx.Conn, xid uint32) (string, error) {
+	var next uint64
+	if err := conn.QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric::bigint").Scan(&next); err != nil {
+		return "", err
+	}
+	full := next&^0xFFFFFFFF | uint64(xid)
+	if full >= next && full >= 1<<32 {
+		full -= 1 << 32
+	}
+	if full >= next {
+		// Recovery stopped before the transaction took its ID.
+		return fmt.Sprintf("not started (the next ID is %d)", next), nil
+	}
+	var status *string
+	if err := conn.QueryRow(ctx, "SELECT pg_xact_status($1::text::xid8)", strconv.FormatUint(full, 10)).Scan(&status); err != nil {
+		return "", err
+	}
+	if status == nil {
+		return "", fmt.Errorf("transaction %d is too old for the commit log", xid)
+	}
+	return *status, nil
+}
+
+// parsePGTime reads a time as PostgreSQL writes it in messages and history
+// files (timestamptz_to_str: ISO, the log time zone's offset).
+func parsePGTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	var err error
+	for _, layout := range []string{"2006-01-02 15:04:05.999999-07", "2006-01-02 15:04:05.999999-07:00", "2006-01-02 15:04:05.999999-07:00:00"} {
+		var t time.Time
+		if t, err = time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, err
+}
+
+// checkHeartbeat proves the recovery point with the heartbeat row the
+// source writes every interval: read back from the recovered data, the
+// newest beat must be the one the source had written when it reached the
+// target. It was written no later than the target (by its LSN, for a target
+// with one, and by its time), and no earlier than one interval (plus slack)
+// before the target's time: the target's own for a time, the commit time of
+// the target transaction, the restore point's time, the last replayed
+// commit before an LSN, the backup's end for immediate. Without a heartbeat
+// the recovery point is unproven, which fails the drill unless
+// AllowUnproven.
 func (d *run) checkHeartbeat(ctx context.Context, conn *pgx.Conn) CheckResult {
 	const name = "heartbeat"
 	hb, err := heartbeat.Read(ctx, conn)
 	switch {
 	case errors.Is(err, heartbeat.ErrNone):
-		return d.result(name, Skipped, "no heartbeat in %s of database %s: the exact recovery point rests on PostgreSQL's own report only; run tidemark agent --heartbeat 5s on the source to prove it", heartbeat.Table, d.o.DBName)
+		d.rep.Proof = ProofNone
+		status, how := Fail, "run tidemark agent --heartbeat 5s on the source, or pass --allow-unproven"
+		if d.o.AllowUnproven {
+			status, how = Skipped, "allowed by --allow-unproven"
+		}
+		return d.result(name, status, "no heartbeat in %s of database %s: the recovery point is not proven, only reported by PostgreSQL; %s", heartbeat.Table, d.o.DBName, how)
 	case err != nil:
 		return d.result(name, Fail, "%v", err)
 	}
+	d.rep.Proof = ProofHeartbeat
 	at, lsn, interval := hb.At, hb.LSN, hb.Every
 	t := d.rep.Target
 	atText := at.UTC().Format(time.RFC3339Nano)
+	// The point in time and WAL the newest beat must be just before.
+	var when time.Time
+	var what string
+	var bound pg.LSN // 0: the target has no LSN of its own
 	switch t.Kind {
 	case "time":
-		behind := t.Time.Sub(at)
-		switch {
-		case behind < 0:
-			return d.result(name, Fail, "the newest heartbeat (%s) is after the target %s: recovery went past it", atText, t.Time.Format(time.RFC3339Nano))
-		case behind > interval+d.o.HeartbeatSlack:
-			return d.result(name, Fail, "the newest heartbeat (%s) is %s before the target %s, more than its interval %s (+%s): recovery stopped early, or the heartbeat was not written then",
-				atText, behind.Round(time.Millisecond), t.Time.Format(time.RFC3339Nano), interval, d.o.HeartbeatSlack)
+		when, what = t.Time, "the target time"
+	case "xid", "lsn":
+		if d.replayedCommit != nil {
+			when, what = *d.replayedCommit, "the last replayed commit"
+			if t.Kind == "xid" && t.Inclusive {
+				what = fmt.Sprintf("the end of transaction %d", uint32(t.XID))
+			}
 		}
-		return d.result(name, Pass, "newest heartbeat %s, %s before the target (interval %s)", atText, behind.Round(time.Millisecond), interval)
-	case "lsn":
-		target, _ := pg.ParseLSN(t.LSN)
-		if lsn > target {
-			return d.result(name, Fail, "the newest heartbeat was written at LSN %s, after the target %s", lsn, t.LSN)
+		if t.Kind == "lsn" {
+			bound, _ = pg.ParseLSN(t.LSN)
 		}
-		return d.result(name, Pass, "newest heartbeat at LSN %s (%s), before the target %s", lsn, atText, t.LSN)
+	case "name":
+		if rp, ok := restorePointTime(t.Reached); ok {
+			when, what = rp, fmt.Sprintf("restore point %q", t.Name)
+		} else if d.replayedCommit != nil {
+			when, what = *d.replayedCommit, "the last replayed commit"
+		}
 	case "immediate":
-		if stop := pg.LSN(d.snap.StopLSN); lsn > stop {
-			return d.result(name, Fail, "the newest heartbeat was written at LSN %s, after the backup's end %s", lsn, stop)
-		}
-		return d.result(name, Pass, "newest heartbeat at LSN %s (%s), before the backup's end %s", lsn, atText, pg.LSN(d.snap.StopLSN))
+		when, what, bound = d.snap.StopTime, "the end of the backup", pg.LSN(d.snap.StopLSN)
 	}
-	return d.result(name, Pass, "newest heartbeat %s at LSN %s (not comparable with a %s target)", atText, lsn, t.Kind)
+	if bound != 0 && lsn > bound {
+		return d.result(name, Fail, "the newest heartbeat was written at LSN %s, after the target %s: recovery went past it", lsn, bound)
+	}
+	if d.stopLSN != 0 && lsn > d.stopLSN {
+		return d.result(name, Fail, "the newest heartbeat was written at LSN %s, after recovery ended at %s", lsn, d.stopLSN)
+	}
+	if when.IsZero() {
+		return d.result(name, Fail, "nothing to compare the newest heartbeat (%s at LSN %s) with: no commit was replayed", atText, lsn)
+	}
+	behind := when.Sub(at)
+	switch {
+	case behind < 0 && t.Kind != "immediate":
+		return d.result(name, Fail, "the newest heartbeat (%s) is after %s %s: recovery went past it", atText, what, when.UTC().Format(time.RFC3339Nano))
+	case behind > interval+d.o.HeartbeatSlack:
+		return d.result(name, Fail, "the newest heartbeat (%s) is %s before %s %s, more than its interval %s (+%s): recovery stopped early, the data are not those of the target, or the heartbeat was not written then",
+			atText, behind.Round(time.Millisecond), what, when.UTC().Format(time.RFC3339Nano), interval, d.o.HeartbeatSlack)
+	}
+	return d.result(name, Pass, "newest heartbeat %s at LSN %s, %s before %s %s (interval %s)", atText, lsn, behind.Round(time.Millisecond), what, when.UTC().Format(time.RFC3339Nano), interval)
+}
+
+// restorePointTime reads the time from PostgreSQL's "recovery stopping at
+// restore point "NAME", time T".
+func restorePointTime(reached string) (time.Time, bool) {
+	i := strings.LastIndex(reached, ", time ")
+	if i < 0 {
+		return time.Time{}, false
+	}
+	t, err := parsePGTime(reached[i+len(", time "):])
+	return t, err == nil
 }
 
 // checkSQL runs one user check: one row, one column, true.

@@ -157,6 +157,9 @@ type Options struct {
 	// HeartbeatSlack is how much later than one heartbeat interval before
 	// the target the newest heartbeat may be (default 5s).
 	HeartbeatSlack time.Duration
+	// AllowUnproven lets a drill pass whose recovery point could not be
+	// proven (the source writes no heartbeat): by default that fails it.
+	AllowUnproven bool
 	// Timeout bounds the recovery (default 6h).
 	Timeout time.Duration
 	// KeepOnFailure leaves the scratch directory of a failed drill.
@@ -204,8 +207,25 @@ type Report struct {
 	RestoredFiles  int64   `json:"restored_files"`
 
 	Checks []CheckResult `json:"checks"`
-	Key    string        `json:"report_key,omitempty"`
+	// Proof says how the recovery point was proven: ProofHeartbeat, or
+	// ProofNone when it could not be (then the drill failed, unless
+	// allowed with AllowUnproven).
+	Proof string `json:"proof"`
+	Key   string `json:"report_key,omitempty"`
 }
+
+// Proofs of the recovery point.
+const (
+	// ProofHeartbeat: the timeline history PostgreSQL wrote when it
+	// promoted names the target as where recovery stopped, and the
+	// heartbeat row the source wrote, read back from the recovered data,
+	// is the one the source had written at that point (no later beat, none
+	// missing).
+	ProofHeartbeat = "heartbeat"
+	// ProofNone: only PostgreSQL's own report; the data were not checked
+	// against the source at that point.
+	ProofNone = "none"
+)
 
 // Target is the recovery target of a drill.
 type Target struct {
@@ -220,8 +240,13 @@ type Target struct {
 	Random      bool      `json:"random"`
 	WindowStart time.Time `json:"window_start,omitzero"`
 	WindowEnd   time.Time `json:"window_end,omitzero"`
+	// Inclusive is false when recovery was to stop just before the target.
+	Inclusive bool `json:"inclusive"`
 	// Reached is where PostgreSQL said it stopped (its log).
 	Reached string `json:"reached,omitempty"`
+	// Stopped is where the timeline history file PostgreSQL wrote at the
+	// promotion says recovery ended: the switch point and its reason.
+	Stopped string `json:"stopped,omitempty"`
 }
 
 // CheckResult is the outcome of one check.
@@ -268,6 +293,10 @@ type run struct {
 	owner   *osuser.Owner
 	srv     *server
 	snap    *repo.Snapshot
+	// What the recovered server said: its last replayed commit, and where
+	// its promotion's timeline history says recovery ended.
+	replayedCommit *time.Time
+	stopLSN        pg.LSN
 }
 
 // Run runs one drill. It returns the report and, when the drill failed, a
@@ -459,6 +488,7 @@ func (d *run) chooseTarget(ctx context.Context, snaps []*repo.Snapshot) error {
 	t.Action = pg.ActionPromote
 	d.o.Target = t
 	rt := &d.rep.Target
+	rt.Inclusive = t.Inclusive == nil || *t.Inclusive
 	switch t.Kind {
 	case pg.TargetTime:
 		rt.Kind, rt.Time = "time", t.Time.UTC()

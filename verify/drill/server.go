@@ -134,6 +134,8 @@ func (d *run) defaultServerOptions() []string {
 		"logging_collector=off",
 		"log_destination=stderr",
 		"cluster_name=tidemark-drill",
+		// The drill reads where recovery stopped from the log: in English.
+		"lc_messages=C",
 	}
 }
 
