@@ -1,6 +1,6 @@
 # Convenience targets. Tests: bash scripts/test.sh (see README).
 
-.PHONY: build bench
+.PHONY: build bench soak
 
 # build: the tidemark binary in bin/.
 build:
@@ -14,3 +14,12 @@ build:
 BENCH ?=
 bench:
 	TIDEMARK_BENCH=1 go test -count=1 -timeout 180m -v -run '^TestBench$(BENCH)' ./e2e/bench/
+
+# soak: the long test, never in CI (about three and a half hours on 2 cores):
+# 30 minutes of everything at once (e2e/soak_test.go: pgbench, archiving,
+# backups killed with SIGKILL, expire and gc), then verify --read-data, every
+# kept snapshot drilled and 20 exact point-in-time recoveries; then the
+# incremental-equivalence test over 100 seeds. See scripts/soak.sh for the
+# knobs (TIDEMARK_SOAK_MINUTES, TIDEMARK_SOAK_SEEDS, ...).
+soak:
+	bash scripts/soak.sh
