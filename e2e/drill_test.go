@@ -335,9 +335,7 @@ func putObject(t *testing.T, st interface {
 
 func (e *restoreEnv) keys(prefix string) []string {
 	var out []string
-	// Not t.Context(): checkKeysDocumented lists from a t.Cleanup, after
-	// the test's context has ended.
-	for oi, err := range e.store().List(context.WithoutCancel(e.t.Context()), prefix, "") {
+	for oi, err := range e.store().List(e.t.Context(), prefix, "") {
 		if err != nil {
 			e.t.Fatal(err)
 		}
