@@ -3,6 +3,7 @@ package gc
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"iter"
@@ -388,6 +389,11 @@ func (scaleArchive) History(_ context.Context, _ uint64, tli pg.TimelineID) (pg.
 
 func (scaleArchive) Expired(context.Context, uint64) (walarchive.Ranges, error) {
 	return walarchive.Ranges{}, nil
+}
+
+// Decode is never called: the listing's segments are not in the store.
+func (scaleArchive) Decode(context.Context, string, io.Reader, string, uint64, io.Writer) (walarchive.Meta, error) {
+	return walarchive.Meta{}, errors.New("the scale test's archive holds no objects")
 }
 
 // measurement is one measured operation.
