@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -224,5 +225,39 @@ func TestReadWALRotation(t *testing.T) {
 	rep, err := verifyRun(t, f, wa, Options{Subset: 0.25})
 	if err != nil || rep.WAL.Cycle != 2 || rep.WAL.First != segKey(1) {
 		t.Fatalf("fifth run: %v %+v", err, rep.WAL)
+	}
+}
+
+// TestReadWALSideFiles: .backup and .partial objects are read and checked
+// too; damaged, they are problems that break no snapshot's recovery.
+func TestReadWALSideFiles(t *testing.T) {
+	f, _, wa := archived(t)
+	ci := walarchive.ClusterInfo{SystemID: cluster, SegSize: segSize, BlockSize: pgtest.WALPageSize}
+	label, err := os.ReadFile("../pg/testdata/pg15/000000010000000000000002.00000028.backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk, err := wa.Put(context.Background(), ci, "000000010000000000000002.00000028.backup", label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	partial := pgtest.Segment(1, 11, segSize, cluster, []time.Time{commitAt(11)})[:3*pgtest.WALPageSize+100]
+	pt, err := wa.Put(context.Background(), ci, "00000001000000000000000B.partial", partial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := verifyRun(t, f, wa, Options{ReadData: true})
+	if err != nil || rep.Stats.WALObjectsRead != 12 {
+		t.Fatalf("healthy: %v, %d objects read: %v", err, rep.Stats.WALObjectsRead, rep.Problems)
+	}
+	for key, want := range map[string]string{bk.Key: "backup history file", pt.Key: ".partial segment"} {
+		saved := object(t, f, key)
+		f.Store.Store.(*mem.Store).Corrupt(key, len(saved)/2)
+		rep, err := verifyRun(t, f, wa, Options{ReadData: true})
+		p := problemWith(rep, "wal-data", key)
+		if !errors.Is(err, ErrProblems) || p == nil || !strings.Contains(p.Message, want) || len(p.Snapshots) != 0 {
+			t.Fatalf("damaged %s: %v %+v", key, err, rep.Problems)
+		}
+		replace(t, f, key, saved)
 	}
 }
