@@ -42,7 +42,7 @@ func backupCommand() *cli.Command {
 			"newest snapshot of the cluster on the same timeline unless --full. Run it on the database host.",
 		Flags: flagSet(repoFlags(), repo2Flags(), rateFlags(), pgFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "to", Value: firstRepo,
-				Usage: "repository to write the snapshot to: repo, or repo2 (the second repository, which must have the WAL too)"},
+				Usage: "repository to write the snapshot to: repo, or repo2 (the second repository, which must have the WAL too)", EnvVars: []string{envName("to")}},
 			&cli.BoolFlag{Name: "full", Usage: "read and store everything instead of only what changed", EnvVars: []string{envName("full")}},
 			&cli.IntFlag{Name: "parallel", Usage: "files (and ranges of big files) read at once", DefaultText: "the number of CPUs", EnvVars: []string{envName("parallel")}},
 			&cli.BoolFlag{Name: "no-fast-checkpoint", Usage: "let pg_backup_start wait for a spread checkpoint", EnvVars: []string{envName("no-fast-checkpoint")}},

@@ -24,14 +24,14 @@ func copyCommand() *cli.Command {
 			"gc and backups on either side; run it again after an interruption and it reuses what landed. WAL and\n" +
 			"snapshots the target's retention expired are not copied back.",
 		Flags: flagSet(repoFlags(), repo2Flags(), []cli.Flag{
-			&cli.StringFlag{Name: "from", Value: firstRepo, Usage: "repository to copy from: repo or repo2"},
-			&cli.StringFlag{Name: "to", Usage: "repository to copy to: repo2 or repo (default: the other one)"},
+			&cli.StringFlag{Name: "from", Value: firstRepo, Usage: "repository to copy from: repo or repo2", EnvVars: []string{envName("from")}},
+			&cli.StringFlag{Name: "to", Usage: "repository to copy to: repo2 or repo (default: the other one)", EnvVars: []string{envName("to")}},
 			stringFlag("cluster", "system identifier of the only cluster to copy (default: every cluster)"),
-			&cli.StringSliceFlag{Name: "snapshot", Usage: "copy only this snapshot id (repeatable)"},
-			&cli.BoolFlag{Name: "no-wal", Usage: "copy snapshots only (their WAL must be in the target already)"},
-			&cli.BoolFlag{Name: "no-snapshots", Usage: "copy WAL only"},
+			&cli.StringSliceFlag{Name: "snapshot", Usage: "copy only this snapshot id (repeatable)", EnvVars: []string{envName("snapshot")}},
+			&cli.BoolFlag{Name: "no-wal", Usage: "copy snapshots only (their WAL must be in the target already)", EnvVars: []string{envName("no-wal")}},
+			&cli.BoolFlag{Name: "no-snapshots", Usage: "copy WAL only", EnvVars: []string{envName("no-snapshots")}},
 			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{envName("parallel")}, Usage: "WAL files and blob reads in flight at once"},
-			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}},
 		}),
 		Action: runCopy,
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -40,7 +39,7 @@ func initCommand() *cli.Command {
 			"passphrase or identity as the first repository's.",
 		Flags: []cli.Flag{
 			stringFlag("repo", "repository URL: file:///path, s3://bucket/prefix?endpoint=...&region=..., azure://container/prefix?account=... or gs://bucket/prefix"),
-			&cli.BoolFlag{Name: "from-repo", Usage: "create the second repository (--repo2) from the one at --repo: same master secret, own keys"},
+			&cli.BoolFlag{Name: "from-repo", Usage: "create the second repository (--repo2) from the one at --repo: same master secret, own keys", EnvVars: []string{envName("from-repo")}},
 			&cli.StringSliceFlag{Name: "identity", Usage: "with --from-repo: age identity file that unlocks --repo (repeatable)", EnvVars: []string{envName("identity")}},
 			stringFlag("recipient", "age public key (age1... or age1pq1...) or age plugin recipient (age1<plugin>1...) that receives the first key"),
 			stringFlag("passphrase-file", "file whose first line is the passphrase of the first key"),
@@ -313,7 +312,7 @@ func runInitSecond(c *cli.Context, log *slog.Logger) error {
 func secondKey(c *cli.Context) (repo.KeySpec, error) {
 	label := c.String("label")
 	if r := c.String("recipient"); r != "" {
-		spec, err := repo.ParseRecipient(r, label)
+		spec, err := recipientKey(c, r, label)
 		if err != nil {
 			return spec, usageErrorf("--recipient: %v", err)
 		}
@@ -332,7 +331,9 @@ func secondKey(c *cli.Context) (repo.KeySpec, error) {
 			if err != nil {
 				return repo.KeySpec{}, usageErrorf("--%sidentity: %v", prefix, err)
 			}
-			ids, err := age.ParseIdentities(bytes.NewReader(b))
+			// A plugin identity does not say its recipient: only a native
+			// one can stand in for --recipient.
+			ids, _, err := parseIdentityFile(b, ageUI(c))
 			if err != nil {
 				return repo.KeySpec{}, usageErrorf("--%sidentity %s: %v", prefix, path, err)
 			}
