@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -31,20 +30,29 @@ import (
 //
 // Not in CI: `make soak` runs it (TIDEMARK_SOAK=1), with the randomized
 // incremental-equivalence test over many seeds (scripts/soak.sh).
-// TIDEMARK_SOAK_MINUTES (default 30), TIDEMARK_SOAK_PITR (default 20) and
-// TIDEMARK_SOAK_SEED set its size and randomness; TIDEMARK_SOAK_WAL_RECEIVE=1
-// adds `tidemark wal-receive` (with TIDEMARK_SOAK_WAL_RECEIVE_ARGS) where
-// this build has that command.
+// TIDEMARK_SOAK_DURATION (a Go duration, default 30m; `make soak SOAK=5m`
+// proves the machinery in a short run), TIDEMARK_SOAK_PITR (default 20) and
+// TIDEMARK_SOAK_SEED set its size and randomness; the pauses between
+// backups and between maintenance runs shrink with a duration under ten
+// minutes, so that a short run still takes several backups, kills one and
+// runs gc. TIDEMARK_SOAK_WAL_RECEIVE=1 adds `tidemark wal-receive` (with
+// TIDEMARK_SOAK_WAL_RECEIVE_ARGS) where this build has that command.
 func TestSoak(t *testing.T) {
 	if os.Getenv("TIDEMARK_SOAK") != "1" {
 		t.Skip("soak: set TIDEMARK_SOAK=1 (make soak) to run it")
 	}
-	minutes := soakInt(t, "TIDEMARK_SOAK_MINUTES", 30)
+	dur := 30 * time.Minute
+	if v := os.Getenv("TIDEMARK_SOAK_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Minute {
+			t.Fatalf("TIDEMARK_SOAK_DURATION=%q: want a duration of at least 1m, e.g. 30m", v)
+		}
+		dur = d
+	}
 	pitrs := soakInt(t, "TIDEMARK_SOAK_PITR", 20)
 	seed := uint64(soakInt(t, "TIDEMARK_SOAK_SEED", int(time.Now().UnixNano()%1_000_000)))
-	t.Logf("soak: %d minutes, %d PITR checks, seed %d (TIDEMARK_SOAK_SEED reproduces the schedule)", minutes, pitrs, seed)
+	t.Logf("soak: %s, %d PITR checks, seed %d (TIDEMARK_SOAK_SEED reproduces the schedule)", dur, pitrs, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	dur := time.Duration(minutes) * time.Minute
 
 	e := backupEnv(t, true, 4<<20)
 	c := e.backupCluster(17, map[string]string{
@@ -70,7 +78,7 @@ func TestSoak(t *testing.T) {
 	}
 	wg.Go(func() { soakPGBench(ctx, c, dur, fail) })
 	wg.Go(func() { soakTicks(ctx, c, st, fail) })
-	wg.Go(func() { e.soakBackups(ctx, c, rng, st, fail) })
+	wg.Go(func() { e.soakBackups(ctx, c, rng, dur, st, fail) })
 	wg.Go(func() { e.soakMaintenance(ctx, dur, st, fail) })
 	if os.Getenv("TIDEMARK_SOAK_WAL_RECEIVE") == "1" {
 		wg.Go(func() { e.soakWALReceive(ctx, c, st, fail) })
@@ -233,20 +241,22 @@ func soakTicks(ctx context.Context, c *testenv.Cluster, st *soakStats, fail func
 	}
 }
 
-// soakBackups takes a backup every one to four minutes, every fourth one
-// full; about a third are killed with SIGKILL after a random moment.
-func (e *restoreEnv) soakBackups(ctx context.Context, c *testenv.Cluster, rng *rand.Rand, st *soakStats, fail func(error)) {
+// soakBackups takes a backup every one to four minutes (every 30 s to 2
+// minutes in a 5-minute soak), every fourth one full; the second and about
+// a third of the others are killed with SIGKILL after a random moment.
+func (e *restoreEnv) soakBackups(ctx context.Context, c *testenv.Cluster, rng *rand.Rand, dur time.Duration, st *soakStats, fail func(error)) {
+	pause := min(time.Minute, max(20*time.Second, dur/10))
 	for i := 1; ; i++ {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Minute + time.Duration(rng.Int64N(int64(3*time.Minute)))):
+		case <-time.After(pause + time.Duration(rng.Int64N(int64(3*pause)))):
 		}
 		args := append([]string{"backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString(), "--log-level", "warn"}, e.repoArgs()...)
 		if i%4 == 0 {
 			args = append(args, "--full")
 		}
-		kill := rng.IntN(3) == 0
+		kill := rng.IntN(3) == 0 || i == 2
 		killAfter := time.Duration(200+rng.IntN(2500)) * time.Millisecond
 		cmd := exec.Command(e.bin, args...)
 		cmd.Env = append(os.Environ(), e.env...)
@@ -286,16 +296,19 @@ func (e *restoreEnv) soakBackups(ctx context.Context, c *testenv.Cluster, rng *r
 	}
 }
 
-// soakMaintenance runs expire and gc every minute or two, as the
-// maintenance timer does daily: a window of a third of the soak, gc with a
-// grace of two minutes so that it deletes what killed backups left.
+// soakMaintenance runs expire and gc every 90 s (more often in a soak
+// under twelve minutes), as the maintenance timer does daily: a window of a
+// third of the soak, gc with a grace of two minutes (a sixth of a shorter
+// soak) so that it deletes what killed backups left.
 func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st *soakStats, fail func(error)) {
 	within := fmt.Sprintf("%dm", max(1, int(dur/time.Minute)/3))
+	every := min(90*time.Second, max(20*time.Second, dur/8))
+	grace := min(2*time.Minute, max(30*time.Second, dur/6)).String()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(90 * time.Second):
+		case <-time.After(every):
 		}
 		out, code := e.soakRun(ctx, append([]string{"expire", "--json", "--keep-within", within, "--keep-last", "3"}, e.repoArgs()...)...)
 		switch code {
@@ -307,7 +320,7 @@ func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st 
 					} `json:"snapshots"`
 				} `json:"clusters"`
 			}
-			if err := json.Unmarshal([]byte(out), &res); err != nil {
+			if err := fromJSON(out, "expire", &res); err != nil {
 				fail(fmt.Errorf("expire --json printed %q: %v", out, err))
 				return
 			}
@@ -328,7 +341,7 @@ func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st 
 			fail(fmt.Errorf("expire: exit %d: %s", code, out))
 			return
 		}
-		out, code = e.soakRun(ctx, append([]string{"gc", "--json", "--grace", "2m"}, e.repoArgs()...)...)
+		out, code = e.soakRun(ctx, append([]string{"gc", "--json", "--grace", grace}, e.repoArgs()...)...)
 		switch code {
 		case 0:
 		case -1:
@@ -341,9 +354,9 @@ func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st 
 			Deleted struct {
 				Packs int   `json:"packs"`
 				Bytes int64 `json:"bytes"`
-			}
+			} `json:"deleted"`
 		}
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
+		if err := fromJSON(out, "gc", &res); err != nil {
 			fail(fmt.Errorf("gc --json printed %q: %v", out, err))
 			return
 		}

@@ -2,7 +2,7 @@
 # The soak, run by `make soak`; not part of CI (about three and a half hours
 # on 2 cores). It needs what scripts/deps.sh installs.
 #
-#  1. TestSoak (e2e/soak_test.go): TIDEMARK_SOAK_MINUTES (default 30) of
+#  1. TestSoak (e2e/soak_test.go): TIDEMARK_SOAK_DURATION (default 30m) of
 #     pgbench, archiving, heartbeat, backups (some killed with SIGKILL),
 #     expire and gc at once, then verify --read-data, a drill of every kept
 #     snapshot and TIDEMARK_SOAK_PITR (default 20) exact point-in-time
