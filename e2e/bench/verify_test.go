@@ -69,8 +69,10 @@ func TestBenchVerifyWAL(t *testing.T) {
 		if m.Err != nil {
 			t.Fatalf("verify --read-data: %v\n%s", m.Err, errb.String())
 		}
-		if err := json.Unmarshal(out.Bytes(), &last); err != nil {
-			t.Fatal(err)
+		if err := json.Unmarshal(out.Bytes(), &struct {
+			Verify any `json:"verify"`
+		}{&last}); err != nil || last.Stats.WALObjectsRead == 0 {
+			t.Fatalf("verify --read-data --json: %v, %d WAL objects read\n%s", err, last.Stats.WALObjectsRead, out.String())
 		}
 		cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 		walls = append(walls, m.Wall.Seconds())
