@@ -370,6 +370,13 @@ type verifyReport struct {
 		To            float64 `json:"to"`
 		CycleComplete bool    `json:"cycle_complete"`
 	} `json:"subset"`
+	WAL *struct {
+		Cycle         int    `json:"cycle"`
+		First         string `json:"first"`
+		Last          string `json:"last"`
+		Objects       int    `json:"objects"`
+		CycleComplete bool   `json:"cycle_complete"`
+	} `json:"wal_read"`
 	Stats struct {
 		Packs           int   `json:"packs"`
 		PacksRead       int   `json:"packs_read"`

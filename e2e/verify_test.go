@@ -13,8 +13,10 @@ import (
 )
 
 // TestVerifySubsetRotation: four runs of --read-data-subset 25% read every
-// pack exactly once; the fifth starts a new cycle. The rotation lives in the
-// repository, so it is shared by every host that verifies.
+// pack exactly once, and every WAL object (segments and .backup files) once
+// in its own rotation over the archive's keys; the fifth starts a new pack
+// cycle. The rotations live in the repository, so they are shared by every
+// host that verifies.
 func TestVerifySubsetRotation(t *testing.T) {
 	e := backupEnv(t, true, 128<<10)
 	c := e.backupCluster(15, nil)
@@ -22,13 +24,28 @@ func TestVerifySubsetRotation(t *testing.T) {
 	e.backup(c)
 	testenv.UpdateRandomRows(t, c, "data", 0.3)
 	e.backup(c)
+	for range 3 {
+		workload(t, c, 1)
+		switchAndWait(t, c)
+	}
 
 	all := append(e.keys("data/"), e.keys("meta/")...)
 	slices.Sort(all)
 	if len(all) < 12 {
 		t.Fatalf("only %d packs: the test needs more", len(all))
 	}
-	var read []string
+	var wal []string // what --read-data reads of the archive: all but history files and the marker
+	for _, k := range e.keys(walarchive.Prefix) {
+		if f, err := pg.ParseWALFileName(k[strings.LastIndexByte(k, '/')+1:]); err == nil && f.Kind != pg.WALTimelineHistory {
+			wal = append(wal, k)
+		}
+	}
+	slices.Sort(wal)
+	if len(wal) < 8 {
+		t.Fatalf("only %d WAL objects: the test needs more", len(wal))
+	}
+	var read, walRead []string
+	walDone := false
 	for i := range 4 {
 		rep := e.verify(0, "--read-data-subset", "25%")
 		if rep.Subset == nil || rep.Subset.Cycle != 1 || rep.Subset.CycleComplete != (i == 3) {
@@ -38,11 +55,33 @@ func TestVerifySubsetRotation(t *testing.T) {
 			t.Fatalf("run %d does not say what it read: %+v %v", i+1, rep.Stats, rep.Checked)
 		}
 		read = append(read, rep.ReadPacks...)
+		w := rep.WAL
+		if w == nil || int64(w.Objects) != rep.Stats.WALObjectsRead || w.Objects == 0 {
+			t.Fatalf("run %d: WAL share %+v, %d WAL objects read", i+1, w, rep.Stats.WALObjectsRead)
+		}
+		switch {
+		case w.Cycle == 1 && !walDone:
+			for _, k := range wal {
+				if k >= w.First && k <= w.Last {
+					walRead = append(walRead, k)
+				}
+			}
+			walDone = w.CycleComplete
+		case walDone && w.Cycle == 2 && w.First != wal[0]:
+			t.Fatalf("run %d: the second WAL cycle starts at %s, not %s", i+1, w.First, wal[0])
+		case !walDone || w.Cycle != 2:
+			t.Fatalf("run %d: WAL share %+v after cycle 1 was complete=%v", i+1, w, walDone)
+		}
 	}
 	slices.Sort(read)
 	if strings.Join(read, " ") != strings.Join(all, " ") {
 		t.Fatalf("four runs of 25%% read %d packs (%d distinct); the repository has %d: each must be read exactly once",
 			len(read), len(slices.Compact(slices.Clone(read))), len(all))
+	}
+	slices.Sort(walRead)
+	if !walDone || !slices.Equal(walRead, wal) {
+		t.Fatalf("four runs of 25%% read %d WAL objects in the first cycle (complete: %v); the archive has %d: each must be read exactly once\n%v\n%v",
+			len(walRead), walDone, len(wal), walRead, wal)
 	}
 	if rep := e.verify(0, "--read-data-subset", "25%"); rep.Subset.Cycle != 2 || rep.Subset.From != 0 {
 		t.Fatalf("fifth run: %+v", rep.Subset)
