@@ -145,6 +145,7 @@ func TestJSONKeys(t *testing.T) {
 	run("restore --dry-run", "restore_plan", 0, with("restore", "--dry-run", "--pgdata", e.target("r"))...)
 	run("restore", "restore", 0, with("restore", "--pgdata", e.target("r"))...)
 	run("verify", "verify", 0, with("verify")...)
+	run("verify --read-data-subset", "verify", 0, with("verify", "--read-data-subset", "50%")...)
 	scratch := filepath.Join(e.shared, "scratch")
 	os.MkdirAll(scratch, 0o755)
 	run("drill", "drill", 0, with("drill", "--scratch-dir", scratch, "--pgdata", c.DataDir, "--log-level", "warn")...)
