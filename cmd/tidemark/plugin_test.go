@@ -17,13 +17,19 @@ import (
 // the plugin's identity, key add grants access to another plugin key and
 // to a native one, and without the plugin's program every command that
 // needs it fails with one line naming the plugin. The plugin is a real
-// program built by the test, speaking the age plugin protocol.
+// program built by the test, speaking the age plugin protocol; the
+// repository is on MinIO.
 func TestAgePlugin(t *testing.T) {
 	pluginDir := testenv.AgePlugin(t)
+	srv := testenv.MinIO(t)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
 	path := os.Getenv("PATH")
 	t.Setenv("PATH", pluginDir+string(os.PathListSeparator)+path)
 	dir := t.TempDir()
-	url := "file://" + filepath.Join(dir, "repo")
+	url := srv.URL(srv.NewBucket(t), "repo")
 	rcpt, ident := testenv.AgePluginKey(t)
 	idFile := filepath.Join(dir, "plugin-identity.txt")
 	os.WriteFile(idFile, []byte("# a plugin identity\n"+ident+"\n"), 0o600)
