@@ -428,11 +428,24 @@ func (v *run) walImpact(ctx context.Context, cw *clusterWAL, o walObject) (broke
 	return broken, lost, consistent
 }
 
+// maxCommitScanSegment is the largest segment lastCommitBefore reads into
+// memory: PostgreSQL's default 16 MiB and the sizes near it.
+const maxCommitScanSegment = 64 << 20
+
 // lastCommitBefore returns the time of the last commit in the few segments
 // before seg along h, read from the archive: the first recovery target time
 // that needs seg.
+//
+// The scan holds a whole segment in memory (pg.LastCommitTime takes its
+// plaintext), one at a time: with segments larger than
+// maxCommitScanSegment it is skipped, and the caller falls back to the
+// stop of the newest snapshot before seg, so that verify's memory stays
+// bounded whatever the segment size.
 func (v *run) lastCommitBefore(ctx context.Context, cw *clusterWAL, h pg.History, seg pg.SegNo) (time.Time, string) {
 	segSize := cw.l.Cluster.SegSize
+	if segSize > maxCommitScanSegment {
+		return time.Time{}, ""
+	}
 	for prev := seg; prev > 0 && prev+4 > seg; {
 		prev--
 		name := cw.l.SegmentName(h.SegmentTimeline(prev, segSize), prev)
