@@ -112,7 +112,9 @@ func TestSoak(t *testing.T) {
 	}
 
 	// PITR to random times inside the window: from the oldest kept
-	// snapshot's stop to the last tick.
+	// snapshot's stop, or the start of the window expire left (it keeps
+	// only the WAL a snapshot needs to become consistent for snapshots kept
+	// by --keep-last alone), to the last tick.
 	type tick struct {
 		seq int64
 		at  time.Time // commit time
@@ -135,7 +137,12 @@ func TestSoak(t *testing.T) {
 	}
 	r.Close()
 	rows.Close(t.Context())
-	from, to := snaps[0].StopTime.Add(time.Second), ticks[len(ticks)-1].at
+	from, to := snaps[0].StopTime, ticks[len(ticks)-1].at
+	if st.pitrFrom.After(from) {
+		from = st.pitrFrom
+	}
+	from = from.Add(time.Second)
+	t.Logf("PITR window: %s to %s", from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano))
 	if !to.After(from) {
 		t.Fatalf("no window to recover in: oldest kept snapshot stopped %s, last tick %s", snaps[0].StopTime, to)
 	}
@@ -182,6 +189,7 @@ type soakStats struct {
 	gcDeletedBytes                  int64
 	ticks                           int64
 	drills, pitr                    int
+	pitrFrom                        time.Time // expire keeps WAL for recovery to any moment after it
 	walReceive                      string
 }
 
@@ -316,7 +324,9 @@ func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st 
 			var res struct {
 				Clusters []struct {
 					Snapshots []struct {
-						Keep bool `json:"keep"`
+						Keep     bool      `json:"keep"`
+						PITR     bool      `json:"pitr"`
+						StopTime time.Time `json:"stop_time"`
 					} `json:"snapshots"`
 				} `json:"clusters"`
 			}
@@ -325,14 +335,24 @@ func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st 
 				return
 			}
 			n := 0
+			var pitrFrom time.Time // the oldest stop from which recovery to any later moment stays possible
 			for _, cl := range res.Clusters {
 				for _, s := range cl.Snapshots {
 					if !s.Keep {
 						n++
 					}
+					if s.Keep && s.PITR && (pitrFrom.IsZero() || s.StopTime.Before(pitrFrom)) {
+						pitrFrom = s.StopTime
+					}
 				}
 			}
-			st.add(func(s *soakStats) { s.expires++; s.expired += n })
+			st.add(func(s *soakStats) {
+				s.expires++
+				s.expired += n
+				if pitrFrom.After(s.pitrFrom) {
+					s.pitrFrom = pitrFrom
+				}
+			})
 		case 5:
 			st.add(func(s *soakStats) { s.expiresLocked++ })
 		case -1:
