@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,8 +36,10 @@ import (
 // TIDEMARK_SOAK_SEED set its size and randomness; the pauses between
 // backups and between maintenance runs shrink with a duration under ten
 // minutes, so that a short run still takes several backups, kills one and
-// runs gc. TIDEMARK_SOAK_WAL_RECEIVE=1 adds `tidemark wal-receive` (with
-// TIDEMARK_SOAK_WAL_RECEIVE_ARGS) where this build has that command.
+// runs gc. Where this build has `tidemark wal-receive` (issue 18), it
+// streams beside the archiver throughout (TIDEMARK_SOAK_WAL_RECEIVE=0 turns
+// it off, TIDEMARK_SOAK_WAL_RECEIVE_ARGS adds arguments); the report says
+// whether it ran.
 func TestSoak(t *testing.T) {
 	if os.Getenv("TIDEMARK_SOAK") != "1" {
 		t.Skip("soak: set TIDEMARK_SOAK=1 (make soak) to run it")
@@ -80,8 +83,9 @@ func TestSoak(t *testing.T) {
 	wg.Go(func() { soakTicks(ctx, c, st, fail) })
 	wg.Go(func() { e.soakBackups(ctx, c, rng, dur, st, fail) })
 	wg.Go(func() { e.soakMaintenance(ctx, dur, st, fail) })
-	if os.Getenv("TIDEMARK_SOAK_WAL_RECEIVE") == "1" {
-		wg.Go(func() { e.soakWALReceive(ctx, c, st, fail) })
+	if os.Getenv("TIDEMARK_SOAK_WAL_RECEIVE") != "0" {
+		dir := filepath.Join(e.shared, "wal-receive")
+		wg.Go(func() { e.soakWALReceive(ctx, c, dir, st, fail) })
 	}
 	wg.Wait()
 	close(errs)
@@ -407,13 +411,14 @@ func (e *restoreEnv) soakRun(ctx context.Context, args ...string) (string, int) 
 }
 
 // soakWALReceive streams WAL with tidemark wal-receive where this build has
-// it, until ctx ends.
-func (e *restoreEnv) soakWALReceive(ctx context.Context, c *testenv.Cluster, st *soakStats, fail func(error)) {
-	if err := exec.Command(e.bin, "wal-receive", "--help").Run(); err != nil {
+// it (the flags of branch receive, issue 18), from its own slot into its
+// directory dir and the repository, until ctx ends.
+func (e *restoreEnv) soakWALReceive(ctx context.Context, c *testenv.Cluster, dir string, st *soakStats, fail func(error)) {
+	if out, err := exec.Command(e.bin, "wal-receive", "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "--dir") {
 		st.add(func(s *soakStats) { s.walReceive = "not in this build" })
 		return
 	}
-	args := append([]string{"wal-receive", "--pg-conn", c.ConnString(), "--pgdata", c.DataDir}, e.repoArgs()...)
+	args := append([]string{"wal-receive", "--pg-conn", c.ConnString(), "--dir", dir, "--create-slot"}, e.repoArgs()...)
 	args = append(args, strings.Fields(os.Getenv("TIDEMARK_SOAK_WAL_RECEIVE_ARGS"))...)
 	cmd := exec.CommandContext(ctx, e.bin, args...)
 	cmd.Env = append(os.Environ(), e.env...)

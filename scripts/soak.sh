@@ -6,7 +6,9 @@
 #     pgbench, archiving, heartbeat, backups (some killed with SIGKILL),
 #     expire and gc at once, then verify --read-data, a drill of every kept
 #     snapshot and TIDEMARK_SOAK_PITR (default 20) exact point-in-time
-#     recoveries. Its last line gives the counts.
+#     recoveries. Its last line gives the counts. Where the build has
+#     `tidemark wal-receive` (issue 18, not on main yet when the soak was
+#     written), it streams throughout; the counts say whether it ran.
 #  2. The randomized incremental-equivalence test (backup/equivalence_test.go)
 #     over TIDEMARK_SOAK_SEEDS seeds (default 100): seeds 1..N, each
 #     reproducible with TIDEMARK_TEST_SEED=N.
