@@ -310,10 +310,18 @@ func (e *restoreEnv) soakBackups(ctx context.Context, c *testenv.Cluster, rng *r
 
 // soakMaintenance runs expire and gc every 90 s (more often in a soak
 // under twelve minutes), as the maintenance timer does daily: a window of a
-// third of the soak, gc with a grace of two minutes (a sixth of a shorter
-// soak) so that it deletes what killed backups left.
+// third of the soak and the last 3 (the last one under ten minutes), gc
+// with a grace of two minutes (a sixth of a shorter soak) so that it
+// deletes what expire and killed backups left.
 func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st *soakStats, fail func(error)) {
 	within := fmt.Sprintf("%dm", max(1, int(dur/time.Minute)/3))
+	// A short soak takes a handful of backups: keeping the last 3 would
+	// expire none, and gc would have nothing to delete but what killed
+	// backups left.
+	last := "3"
+	if dur < 10*time.Minute {
+		last = "1"
+	}
 	every := min(90*time.Second, max(20*time.Second, dur/8))
 	grace := min(2*time.Minute, max(30*time.Second, dur/6)).String()
 	for {
@@ -322,7 +330,7 @@ func (e *restoreEnv) soakMaintenance(ctx context.Context, dur time.Duration, st 
 			return
 		case <-time.After(every):
 		}
-		out, code := e.soakRun(ctx, append([]string{"expire", "--json", "--keep-within", within, "--keep-last", "3"}, e.repoArgs()...)...)
+		out, code := e.soakRun(ctx, append([]string{"expire", "--json", "--keep-within", within, "--keep-last", last}, e.repoArgs()...)...)
 		switch code {
 		case 0:
 			var res struct {
