@@ -57,7 +57,7 @@ func walReceiveCommand() *cli.Command {
 			stringFlag("dir", "the receiver's directory: lock, state, status.json, and with --durable local the WAL not yet uploaded"),
 			stringFlag("cluster", "system identifier the server must have (default: whatever --dir was first used with)"),
 			&cli.BoolFlag{Name: "status", Usage: "print the status of the receiver running with --dir and exit"},
-			&cli.BoolFlag{Name: "json", Usage: "with --status: print JSON"},
+			&cli.BoolFlag{Name: "json", Usage: "with --status: print JSON", EnvVars: []string{envName("json")}},
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{envName("status-interval")},
 				Usage: "send a status update to the server at least this often (a flush is reported at once)"},
 			&cli.IntFlag{Name: "max-inflight", Value: 2, EnvVars: []string{envName("max-inflight")},
