@@ -36,7 +36,8 @@ func TestVerifySubsetRotation(t *testing.T) {
 	}
 	var wal []string // what --read-data reads of the archive: all but history files and the marker
 	for _, k := range e.keys(walarchive.Prefix) {
-		if f, err := pg.ParseWALFileName(k[strings.LastIndexByte(k, '/')+1:]); err == nil && f.Kind != pg.WALTimelineHistory {
+		name := strings.TrimSuffix(k[strings.LastIndexByte(k, '/')+1:], walarchive.SummarySuffix)
+		if f, err := pg.ParseWALFileName(name); err == nil && f.Kind != pg.WALTimelineHistory {
 			wal = append(wal, k)
 		}
 	}

@@ -396,6 +396,14 @@ func (scaleArchive) Decode(context.Context, string, io.Reader, string, uint64, i
 	return walarchive.Meta{}, errors.New("the scale test's archive holds no objects")
 }
 
+func (scaleArchive) ReadSummary(context.Context, uint64, pg.TimelineID, pg.SegNo, uint32) (*walarchive.Summary, error) {
+	return nil, errors.New("the scale test's archive holds no objects")
+}
+
+func (scaleArchive) GetPiece(context.Context, uint64, walarchive.Piece, io.Writer) (walarchive.Meta, error) {
+	return walarchive.Meta{}, errors.New("the scale test's archive holds no objects")
+}
+
 // measurement is one measured operation.
 type measurement struct {
 	name    string

@@ -68,6 +68,10 @@ type Archive interface {
 	// Decode checks one archived object's bytes, read from body, and
 	// writes the file they hold to w (see walarchive.Archive.Decode).
 	Decode(ctx context.Context, key string, body io.Reader, name string, cluster uint64, w io.Writer) (walarchive.Meta, error)
+	// ReadSummary and GetPiece read a block summary and a piece of a
+	// segment, authenticated (see walarchive.Archive).
+	ReadSummary(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo, segSize uint32) (*walarchive.Summary, error)
+	GetPiece(ctx context.Context, cluster uint64, p walarchive.Piece, w io.Writer) (walarchive.Meta, error)
 }
 
 // Options configure a verification.

@@ -48,6 +48,14 @@ func (a *archive) Decode(ctx context.Context, key string, body io.Reader, name s
 	return walarchive.Meta{}, errors.New("the test's archive holds no objects")
 }
 
+func (a *archive) ReadSummary(context.Context, uint64, pg.TimelineID, pg.SegNo, uint32) (*walarchive.Summary, error) {
+	return nil, errors.New("the test's archive holds no objects")
+}
+
+func (a *archive) GetPiece(context.Context, uint64, walarchive.Piece, io.Writer) (walarchive.Meta, error) {
+	return walarchive.Meta{}, errors.New("the test's archive holds no objects")
+}
+
 // segments makes an archive holding runs of segments on timelines.
 func segments(runs map[pg.TimelineID][]walarchive.SegRange, hists ...pg.History) *archive {
 	a := &archive{l: &walarchive.Listing{Cluster: walarchive.ClusterInfo{SystemID: cluster, SegSize: segSize, BlockSize: 8192}},

@@ -46,11 +46,14 @@ type WALShare struct {
 	CycleComplete bool `json:"cycle_complete"`
 }
 
-// walObject is one archived file to read.
+// walObject is one archived file to read. For a block summary or a piece
+// of a segment, f is that segment.
 type walObject struct {
 	key     string
 	cluster uint64
 	f       pg.WALFile
+	summary bool
+	piece   *walarchive.Piece
 }
 
 // walFailure is an object that failed its reading.
@@ -60,8 +63,8 @@ type walFailure struct {
 	gone bool // vanished between the listing and the GET
 }
 
-// readWAL reads every segment, .partial and .backup file of the archive in
-// key order, or, with st, the next share of them, Parallel at a time. It
+// readWAL reads every segment, .partial and .backup file, block summary
+// and wal-receive piece of the archive in key order, or, with st, the next share of them, Parallel at a time. It
 // returns whether a rotation cycle ended. History files are not read again:
 // checkWAL read, authenticated and parsed each one.
 func (v *run) readWAL(ctx context.Context, st *state) (cycleDone bool, _ error) {
@@ -69,6 +72,12 @@ func (v *run) readWAL(ctx context.Context, st *state) (cycleDone bool, _ error) 
 	for _, cw := range v.wal {
 		for _, t := range cw.l.Timelines {
 			total += int64(t.Count()) + int64(len(t.Partial)) + int64(len(t.Backup))
+			for _, r := range t.Summaries {
+				total += int64(r.Count())
+			}
+			for _, st := range t.Streams {
+				total += int64(len(st.Pieces))
+			}
 		}
 	}
 	// Everything listed, however many objects arrived since checkWAL
@@ -161,19 +170,39 @@ list:
 			cmp.Or(share.First, "-"), cmp.Or(share.Last, "-"), share.Cycle, StateKey, map[bool]string{true: ", which this run completed"}[ended])
 	}
 	s := v.rep.Stats
-	v.checked("WAL contents: %s downloaded (%s stored, %s of WAL, %d GET and LIST requests): each decrypts (age authenticates every chunk), holds the record of the file its key names (name, kind, system identifier), decompresses to the size the record says and matches the record's MAC (BLAKE3 keyed with the repository's WAL key); each segment has the cluster's segment size and every one of its %d page headers is the one its name, timeline and the cluster's system identifier call for (magic, address, timeline, and only zero pages after a WAL switch); .backup files parse as backup labels",
+	v.checked("WAL contents: %s downloaded (%s stored, %s of WAL, %d GET and LIST requests): each decrypts (age authenticates every chunk), holds the record of the file its key names (name, kind, system identifier), decompresses to the size the record says and matches the record's MAC (BLAKE3 keyed with the repository's WAL key); each segment has the cluster's segment size and every one of its %d page headers is the one its name, timeline and the cluster's system identifier call for (magic, address, timeline, and only zero pages after a WAL switch); .backup files parse as backup labels; block summaries authenticate and describe the segment their key names; wal-receive's pieces authenticate and hold the bytes their names say",
 		what, bytesize.Format(s.WALStoredRead), bytesize.Format(s.WALBytesRead), s.WALRequests, s.WALPagesChecked)
 	return ended, nil
 }
 
 // walObjectOf returns the object a listed key holds, if it is a segment,
-// .partial or .backup file in its place of a cluster checkWAL listed.
+// .partial or .backup file, a segment's block summary or a piece of a
+// segment in its place of a cluster checkWAL listed.
 func (v *run) walObjectOf(key string) (walObject, bool) {
 	cluster, ok := walarchive.ParseCluster(key)
 	if !ok || v.wal[cluster] == nil || v.wal[cluster].l.Cluster.SegSize == 0 {
 		return walObject{}, false
 	}
+	segSize := v.wal[cluster].l.Cluster.SegSize
 	name := key[strings.LastIndexByte(key, '/')+1:]
+	if seg, ok := strings.CutSuffix(name, walarchive.SummarySuffix); ok {
+		f, err := pg.ParseWALFileName(seg)
+		if err != nil || f.Kind != pg.WALSegment {
+			return walObject{}, false
+		}
+		no, err := f.SegNo(segSize)
+		if err != nil || walarchive.SummaryKey(cluster, f.Timeline, no, segSize) != key {
+			return walObject{}, false
+		}
+		return walObject{key: key, cluster: cluster, f: f, summary: true}, true
+	}
+	if p, ok := walarchive.ParsePieceName(name); ok {
+		f, err := pg.ParseWALFileName(p.Segment)
+		if err != nil || f.Kind != pg.WALSegment || walarchive.PieceKey(cluster, p) != key {
+			return walObject{}, false
+		}
+		return walObject{key: key, cluster: cluster, f: f, piece: &p}, true
+	}
 	f, err := pg.ParseWALFileName(name)
 	if err != nil {
 		return walObject{}, false // the marker, or a stray key (checkWAL noted it)
@@ -205,6 +234,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // error when the reading itself failed (the store, the context): that
 // proves nothing either way and ends the run.
 func (v *run) readWALObject(ctx context.Context, o walObject) (*walFailure, error) {
+	if o.summary || o.piece != nil {
+		return v.readWALExtra(ctx, o)
+	}
 	ci := v.wal[o.cluster].l.Cluster
 	name := o.f.Name()
 	var check interface {
@@ -271,6 +303,44 @@ func (v *run) readWALObject(ctx context.Context, o walObject) (*walFailure, erro
 	return nil, nil
 }
 
+// readWALExtra reads a block summary (authenticated, decoded, and about
+// the segment its key names) or a piece of a segment (authenticated, of
+// the size its name says). Their bytes are not WAL: they count as objects
+// and stored bytes, not as bytes of WAL.
+func (v *run) readWALExtra(ctx context.Context, o walObject) (*walFailure, error) {
+	body := &countingWriter{}
+	var err error
+	if o.summary {
+		segSize := v.wal[o.cluster].l.Cluster.SegSize
+		no, _ := o.f.SegNo(segSize) // walObjectOf parsed it
+		_, err = v.a.ReadSummary(ctx, o.cluster, o.f.Timeline, no, segSize)
+	} else {
+		_, err = v.a.GetPiece(ctx, o.cluster, *o.piece, body)
+	}
+	v.count(func(s *Stats) {
+		s.WALRequests++
+		s.WALObjectsRead++
+	})
+	var na *walarchive.NotArchivedError
+	switch {
+	case errors.As(err, &na):
+		return &walFailure{o: o, gone: true}, nil
+	case errors.Is(err, repo.ErrCorrupt):
+		return &walFailure{o: o, err: err}, nil
+	case err != nil:
+		return nil, fmt.Errorf("read %s: %w", o.key, err)
+	}
+	return nil, nil
+}
+
+// countingWriter counts and drops what is written to it.
+type countingWriter struct{ n int64 }
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
 func (v *run) count(f func(*Stats)) {
 	v.mu.Lock()
 	f(&v.rep.Stats)
@@ -315,13 +385,24 @@ func (v *run) reportWAL(ctx context.Context, failed []walFailure) error {
 				v.rep.Notes = append(v.rep.Notes, fmt.Sprintf("%s was removed by tidemark expire while verify ran", f.o.key))
 				continue
 			}
-			if f.o.f.Kind != pg.WALSegment {
+			if f.o.f.Kind != pg.WALSegment || f.o.summary || f.o.piece != nil {
+				// A summary goes with its segment; wal-receive deletes
+				// pieces once the whole segment is archived.
 				v.rep.Notes = append(v.rep.Notes, fmt.Sprintf("%s vanished while verify ran", f.o.key))
 				continue
 			}
 			msg = "vanished while verify ran, and tidemark expire did not remove it"
 		} else {
 			msg = "fails its check: " + errText(f.err)
+		}
+		switch {
+		case f.o.summary:
+			v.problem("wal-data", f.o.key, msg+fmt.Sprintf(" (the block summary of %s: incremental backups over it fall back to reading every changed file, and recovery does not need it); to repair: delete it", f.o.f.Name()), "")
+			continue
+		case f.o.piece != nil:
+			v.problem("wal-data", f.o.key, msg+fmt.Sprintf(" (bytes %d to %d of %s streamed by wal-receive: recovery past the last complete segment of timeline %d loses them unless a complete %s is archived); to repair: restore the object from a copy of the bucket, or archive %s from pg_wal if PostgreSQL still has it (tidemark wal-push)",
+				f.o.piece.Start, f.o.piece.End, f.o.f.Name(), f.o.f.Timeline, f.o.f.Name(), f.o.f.Name()), "")
+			continue
 		}
 		switch f.o.f.Kind {
 		case pg.WALPartialSegment:

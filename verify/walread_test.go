@@ -52,6 +52,8 @@ func segKey(seg pg.SegNo) string {
 	return k
 }
 
+func sumKey(seg pg.SegNo) string { return walarchive.SummaryKey(cluster, 1, seg, segSize) }
+
 func TestReadWALHealthy(t *testing.T) {
 	f, _, wa := archived(t)
 	rep, err := verifyRun(t, f, wa, Options{ReadData: true})
@@ -59,14 +61,15 @@ func TestReadWALHealthy(t *testing.T) {
 		t.Fatalf("%v\n%v", err, rep.Problems)
 	}
 	s := rep.Stats
-	if s.WALObjectsRead != 10 || s.WALBytesRead != 10*segSize || s.WALPagesChecked != 10*segSize/pgtest.WALPageSize || s.WALStoredRead == 0 || s.WALRequests < 11 {
+	// Each segment and its block summary.
+	if s.WALObjectsRead != 20 || s.WALBytesRead != 10*segSize || s.WALPagesChecked != 10*segSize/pgtest.WALPageSize || s.WALStoredRead == 0 || s.WALRequests < 21 {
 		t.Fatalf("stats %+v", s)
 	}
-	if rep.WAL == nil || rep.WAL.Objects != 10 || rep.WAL.Total != 10 || rep.WAL.First != segKey(1) || rep.WAL.Last != segKey(10) {
+	if rep.WAL == nil || rep.WAL.Objects != 20 || rep.WAL.Total != 20 || rep.WAL.First != segKey(1) || rep.WAL.Last != sumKey(10) {
 		t.Fatalf("wal share %+v", rep.WAL)
 	}
 	text := strings.Join(rep.Checked, "\n")
-	if !strings.Contains(text, "WAL contents: all 10 objects") || !strings.Contains(text, "page headers") {
+	if !strings.Contains(text, "WAL contents: all 20 objects") || !strings.Contains(text, "page headers") {
 		t.Fatalf("report does not say what it read of the WAL:\n%s", text)
 	}
 	if strings.Contains(strings.Join(rep.NotChecked, "\n"), "WAL contents") {
@@ -207,17 +210,19 @@ func TestReadWALRotation(t *testing.T) {
 			t.Fatalf("run %d: %+v %+v", i+1, w, rep.Subset)
 		}
 		for seg := pg.SegNo(1); seg <= 10; seg++ {
-			if k := segKey(seg); k >= w.First && k <= w.Last {
-				read = append(read, k)
+			for _, k := range []string{segKey(seg), sumKey(seg)} {
+				if k >= w.First && k <= w.Last {
+					read = append(read, k)
+				}
 			}
 		}
-		if int64(rep.Stats.WALObjectsRead) != w.Objects || w.Objects != min(3, 10-int64(3*i)) {
+		if int64(rep.Stats.WALObjectsRead) != w.Objects || w.Objects != 5 {
 			t.Fatalf("run %d read %d objects: %+v", i+1, rep.Stats.WALObjectsRead, w)
 		}
 	}
 	var all []string
 	for seg := pg.SegNo(1); seg <= 10; seg++ {
-		all = append(all, segKey(seg))
+		all = append(all, segKey(seg), sumKey(seg))
 	}
 	if !slices.Equal(read, all) {
 		t.Fatalf("four runs read %v, want each of %v once", read, all)
@@ -247,7 +252,7 @@ func TestReadWALSideFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep, err := verifyRun(t, f, wa, Options{ReadData: true})
-	if err != nil || rep.Stats.WALObjectsRead != 12 {
+	if err != nil || rep.Stats.WALObjectsRead != 22 {
 		t.Fatalf("healthy: %v, %d objects read: %v", err, rep.Stats.WALObjectsRead, rep.Problems)
 	}
 	for key, want := range map[string]string{bk.Key: "backup history file", pt.Key: ".partial segment"} {
@@ -260,4 +265,40 @@ func TestReadWALSideFiles(t *testing.T) {
 		}
 		replace(t, f, key, saved)
 	}
+}
+
+// TestReadWALSummariesAndPieces: a block summary and a piece of a segment
+// streamed by wal-receive are read and authenticated too; damaged, each is
+// a problem that says what it costs, and breaks no snapshot's recovery.
+func TestReadWALSummariesAndPieces(t *testing.T) {
+	f, _, wa := archived(t)
+	ci := walarchive.ClusterInfo{SystemID: cluster, SegSize: segSize, BlockSize: pgtest.WALPageSize}
+	seg := pgtest.Segment(1, 11, segSize, cluster, []time.Time{commitAt(11)})
+	pc, err := wa.PutPiece(context.Background(), ci, pg.SegmentName(1, 11, segSize), 0, seg[:2*pgtest.WALPageSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := verifyRun(t, f, wa, Options{ReadData: true})
+	if err != nil || rep.Stats.WALObjectsRead != 21 {
+		t.Fatalf("healthy: %v, %d objects read: %v", err, rep.Stats.WALObjectsRead, rep.Problems)
+	}
+	for key, want := range map[string]string{sumKey(4): "block summary", pc.Key: "streamed by wal-receive"} {
+		saved := object(t, f, key)
+		f.Store.Store.(*mem.Store).Corrupt(key, len(saved)/2)
+		rep, err := verifyRun(t, f, wa, Options{ReadData: true})
+		p := problemWith(rep, "wal-data", key)
+		if !errors.Is(err, ErrProblems) || p == nil || !strings.Contains(p.Message, want) || len(p.Snapshots) != 0 {
+			t.Fatalf("damaged %s: %v %+v", key, err, rep.Problems)
+		}
+		replace(t, f, key, saved)
+	}
+	// A summary moved to another segment's key is caught: it names the
+	// segment it describes.
+	saved := object(t, f, sumKey(5))
+	replace(t, f, sumKey(5), object(t, f, sumKey(6)))
+	rep, err = verifyRun(t, f, wa, Options{ReadData: true})
+	if p := problemWith(rep, "wal-data", sumKey(5)); !errors.Is(err, ErrProblems) || p == nil {
+		t.Fatalf("swapped summary: %v %+v", err, rep.Problems)
+	}
+	replace(t, f, sumKey(5), saved)
 }
