@@ -2,48 +2,17 @@ package backup
 
 import (
 	"bytes"
-	"encoding/binary"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
-	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/pg/pgtest"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
-
-// writeRelFiles writes n one-page relation files named from first on into
-// dir, each page of its own (valid checksum), with mtimes an hour old, as
-// a database of many small relations has them.
-func writeRelFiles(t testing.TB, dir string, first, n int, seed uint64) {
-	t.Helper()
-	rng := rand.New(rand.NewPCG(seed, 1))
-	page := make([]byte, 8192)
-	old := time.Now().Add(-time.Hour)
-	for i := range n {
-		clear(page)
-		for j := 24; j < 1024; j += 8 {
-			binary.LittleEndian.PutUint64(page[j:], rng.Uint64())
-		}
-		binary.LittleEndian.PutUint16(page[12:], 24)   // pd_lower
-		binary.LittleEndian.PutUint16(page[14:], 8192) // pd_upper
-		binary.LittleEndian.PutUint16(page[16:], 8192) // pd_special
-		binary.LittleEndian.PutUint16(page[18:], 8192|4)
-		binary.LittleEndian.PutUint16(page[8:], pg.PageChecksum(page, 0))
-		name := filepath.Join(dir, strconv.Itoa(first+i))
-		if err := os.WriteFile(name, page, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chtimes(name, old, old); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // TestBigDirectory: a database directory of more relation files than one
 // tree holds is stored in parts; an incremental after files were added
@@ -56,7 +25,7 @@ func TestBigDirectory(t *testing.T) {
 	oid := c.QueryString(t, "SELECT oid FROM pg_database WHERE datname = 'many'")
 	dir := filepath.Join(c.DataDir, "base", oid)
 	n := 3000
-	writeRelFiles(t, dir, 3000000000, n, 1)
+	pgtest.WriteRelFiles(t, dir, 3000000000, n, 1)
 	r := newTestRepo(t, 4<<20)
 	opts := backupOpts(t, c, a)
 	opts.partMax = 512 // parts of at most 512 entries: a directory of 3000 is a big one
@@ -70,7 +39,7 @@ func TestBigDirectory(t *testing.T) {
 	for i := 1500; i < 1550; i++ {
 		os.Remove(filepath.Join(dir, strconv.Itoa(3000000000+i)))
 	}
-	writeRelFiles(t, dir, 3100000000, 100, 2)
+	pgtest.WriteRelFiles(t, dir, 3100000000, 100, 2)
 	c.ExecDB(t, "many", "UPDATE t SET v = 'changed' WHERE id % 10 = 0")
 	want := testenv.DatabaseFingerprint(t, c)
 	inc := mustBackup(t, r, opts)

@@ -2,11 +2,9 @@ package bench
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"iter"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/tidemarkdb/tidemark/internal/testenv"
-	"github.com/tidemarkdb/tidemark/pg"
+	"github.com/tidemarkdb/tidemark/pg/pgtest"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/storage/location"
 )
@@ -113,7 +111,7 @@ func benchFiles(t *testing.T, n int) filesResult {
 	oid := c.QueryString(t, "SELECT oid FROM pg_database WHERE datname = 'many'")
 	dir := filepath.Join(c.DataDir, "base", oid)
 	start := time.Now()
-	writeManyRelFiles(t, dir, 3000000000, n, 1)
+	pgtest.WriteRelFiles(t, dir, 3000000000, n, 1)
 	t.Logf("wrote %d relation files in %s", n, time.Since(start).Round(time.Second))
 
 	objects := func() int {
@@ -156,7 +154,7 @@ func benchFiles(t *testing.T, n int) filesResult {
 	res.full = backup("full backup")
 	// 1% of the files change (new bytes, a new mtime), and some rows.
 	for i := 0; i < n; i += 100 {
-		writeManyRelFiles(t, dir, 3000000000+i, 1, uint64(i)+7)
+		pgtest.WriteRelFiles(t, dir, 3000000000+i, 1, uint64(i)+7)
 		now := time.Now()
 		os.Chtimes(filepath.Join(dir, strconv.Itoa(3000000000+i)), now, now)
 	}
@@ -211,34 +209,6 @@ func benchFiles(t *testing.T, n int) filesResult {
 	t.Logf("restore: %s, peak RSS %.0f MiB\n%s", m.Wall.Round(10*time.Millisecond), MiB(max(m.PeakTreeRSS, m.MaxRSS)), out.String())
 	os.RemoveAll(dest)
 	return res
-}
-
-// writeManyRelFiles writes n one-page relation files named from first on
-// into dir: a page header, a KiB of random bytes (the rest zero, so that
-// they compress as small tables do), a valid checksum, an mtime an hour old.
-func writeManyRelFiles(t testing.TB, dir string, first, n int, seed uint64) {
-	t.Helper()
-	rng := rand.New(rand.NewPCG(seed, 1))
-	page := make([]byte, 8192)
-	old := time.Now().Add(-time.Hour)
-	for i := range n {
-		clear(page)
-		for j := 24; j < 1024; j += 8 {
-			binary.LittleEndian.PutUint64(page[j:], rng.Uint64())
-		}
-		binary.LittleEndian.PutUint16(page[12:], 24)   // pd_lower
-		binary.LittleEndian.PutUint16(page[14:], 8192) // pd_upper
-		binary.LittleEndian.PutUint16(page[16:], 8192) // pd_special
-		binary.LittleEndian.PutUint16(page[18:], 8192|4)
-		binary.LittleEndian.PutUint16(page[8:], pg.PageChecksum(page, 0))
-		name := filepath.Join(dir, strconv.Itoa(first+i))
-		if err := os.WriteFile(name, page, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chtimes(name, old, old); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // listBucket yields the sizes of the objects under prefix.
