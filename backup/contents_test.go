@@ -215,6 +215,8 @@ func TestSummaryMismatchFallsBack(t *testing.T) {
 	opts.summaryForced = func(s *summary) {
 		delete(s.rels, relKey{rel.Tablespace, rel.Database, rel.RelNumber, pg.ForkMain})
 	}
+	// Sampling is random, a few pages per 16 MiB: this table is smaller.
+	opts.sampleAll = true
 	res := mustBackup(t, r, opts)
 	if res.Method != MethodLSNScan || !strings.Contains(res.Fallback, "disagreed") {
 		t.Fatalf("method %s (%s), want a fallback to %s", res.Method, res.Fallback, MethodLSNScan)

@@ -418,8 +418,14 @@ func (wk *worker) sample(f *file, p0, p1 uint32) error {
 	if rand.Uint32N(full) < samplesPerItem*(limit-p0)%full {
 		n++
 	}
-	for range n {
+	if c.opts.sampleAll {
+		n = limit - p0
+	}
+	for i := range n {
 		p := p0 + rand.Uint32N(limit-p0)
+		if c.opts.sampleAll {
+			p = p0 + i
+		}
 		if f.changes.changed(p) {
 			continue
 		}

@@ -99,6 +99,7 @@ type Options struct {
 	Logger        *slog.Logger
 	Now           func() time.Time
 	summaryForced func(*summary) // tests: tamper with a loaded summary
+	sampleAll     bool           // tests: cross-check every page the summaries skip, not a random few
 	noPGSummaries bool           // tests: leave PostgreSQL's WAL summaries out
 	partMax       int            // tests: directories of more entries are parted (filemap.PartMax)
 }
