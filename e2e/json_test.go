@@ -135,6 +135,11 @@ func TestJSONKeys(t *testing.T) {
 	// An incremental: its change_sources say which summaries it read or
 	// why it could not.
 	run("backup incremental", "backup", 0, with("backup", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())...)
+	// The drill below picks a random time from a second after the newest
+	// backup's stop to its last archived commit: without a commit in that
+	// window it recovers to the consistent point and has no target time.
+	time.Sleep(1500 * time.Millisecond)
+	workload(t, c, 1)
 	switchAndWait(t, c)
 	run("list", "snapshots", 0, with("list")...)
 	run("info", "repository", 0, with("info")...)
