@@ -84,12 +84,13 @@ func TestDocumentedKeyPatterns(t *testing.T) {
 		return false
 	}
 	for _, k := range []string{"config", "keys/ab12", "data/ab/ab12", "wal/7000/0000000100000000/000000010000000000000003",
-		"retention/7000", "verify/state", "gc/quarantine/20260101T000000Z-0a0b0c0d", "drills/7000/x"} {
+		"retention/7000", "verify/state", "gc/quarantine/20260101T000000Z-0a0b0c0d", "drills/7000/x",
+		"leases/backup/7000/20260101T000000Z-0a0b0c0d", "leases/gc/x"} {
 		if !match(k) {
 			t.Errorf("%s matches no documented pattern", k)
 		}
 	}
-	for _, k := range []string{"other/thing", "snapshots/x", "data/ab"} {
+	for _, k := range []string{"other/thing", "snapshots/x", "data/ab", "leases/x"} {
 		if match(k) {
 			t.Errorf("%s matches a documented pattern", k)
 		}

@@ -629,14 +629,21 @@ func TestReadBlobsStreamsSpans(t *testing.T) {
 	off := int(last.Pack.PayloadOffset) + int(last.Offset) + int(last.Length)/2
 	store.Corrupt(key, off)
 	var inPack []blob.ID
+	// Blobs that end a whole 64 KiB encryption chunk or more before the
+	// flipped byte are authenticated before it is reached; the others
+	// share its chunk, which fails as a whole.
+	before := 0
 	for _, l := range sorted {
 		if l.Pack.Key() == key {
 			inPack = append(inPack, l.ID)
+			if int(l.Offset)+int(l.Length)+2*(64<<10) <= int(last.Offset)+int(last.Length)/2 {
+				before++
+			}
 		}
 	}
 	got, err := read(inPack)
 	var ce *CorruptError
-	if !errors.As(err, &ce) || ce.Key != key || got[last.ID] || len(inPack) > 1 && len(got) == 0 {
+	if !errors.As(err, &ce) || ce.Key != key || got[last.ID] || len(got) < before {
 		t.Fatalf("flipped byte: %v, %d of %d delivered", err, len(got), len(inPack))
 	}
 	store.Corrupt(key, off)
