@@ -47,21 +47,11 @@ type Piece struct {
 
 // Name returns the piece's object name.
 func (p Piece) Name() string {
-	return p.Segment + "." + hex8(uint32(p.Start)) + "." + hex8(uint32(p.End)) + PieceSuffix
+	return fmt.Sprintf("%s.%08X.%08X%s", p.Segment, uint32(p.Start), uint32(p.End), PieceSuffix)
 }
 
 // Size is the number of bytes the piece holds.
 func (p Piece) Size() int64 { return p.End - p.Start }
-
-func hex8(v uint32) string {
-	const digits = "0123456789ABCDEF"
-	var b [8]byte
-	for i := 7; i >= 0; i-- {
-		b[i] = digits[v&0xF]
-		v >>= 4
-	}
-	return string(b[:])
-}
 
 // ParsePieceName parses a piece's object name. It accepts only the one
 // spelling Name produces, for a segment name with a non-empty range below
