@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -632,7 +633,17 @@ func TestWALFetchStaleSpool(t *testing.T) {
 
 	// "Restore 2": cluster b into the same directory, from its repository.
 	setup(b)
-	t.Cleanup(func() { stopPrefetcher(t, spool) })
+	t.Cleanup(func() {
+		stopPrefetcher(t, spool)
+		// Its process may still write in the spool after it let go of
+		// the lock (its last log line): remove the spool until it stays
+		// gone, before the temporary directory's own cleanup.
+		waitUntil(t, 10*time.Second, "the spool removed", func() bool {
+			os.RemoveAll(spool)
+			_, err := os.Stat(spool)
+			return errors.Is(err, os.ErrNotExist)
+		})
+	})
 	r := rb.run(t, dir, nil, "wal-fetch", name2, "pg_wal/RECOVERYXLOG")
 	if r.code != 0 {
 		t.Fatalf("restore 2: exit %d: %s", r.code, r.stderr)
