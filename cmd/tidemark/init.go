@@ -58,6 +58,19 @@ func initCommand() *cli.Command {
 }
 
 // lockOption reads --lock-days and --lock-mode: nil for no lock.
+// initOptions are the settings of a new repository that init and init
+// --from-repo both take from their flags.
+func initOptions(c *cli.Context, log *slog.Logger, spec repo.KeySpec, packSize int64, lock *repo.Lock) repo.InitOptions {
+	return repo.InitOptions{
+		Options:          repo.Options{Logger: log},
+		Key:              spec,
+		EscrowRecipients: c.StringSlice("escrow-recipient"),
+		PackSize:         packSize,
+		CompressionLevel: c.Int("compression-level"),
+		Lock:             lock,
+	}
+}
+
 func lockOption(c *cli.Context) (*repo.Lock, error) {
 	switch days, mode := c.Int("lock-days"), c.String("lock-mode"); {
 	case days < 0 || days > 36500:
@@ -147,14 +160,7 @@ func runInit(c *cli.Context) error {
 			return err
 		}
 	}
-	r, res, err := repo.Init(c.Context, st, repo.InitOptions{
-		Options:          repo.Options{Logger: log},
-		Key:              spec,
-		EscrowRecipients: c.StringSlice("escrow-recipient"),
-		PackSize:         packSize,
-		CompressionLevel: c.Int("compression-level"),
-		Lock:             lock,
-	})
+	r, res, err := repo.Init(c.Context, st, initOptions(c, log, spec, packSize, lock))
 	if err != nil {
 		if generated != nil {
 			os.Remove(idPath) // it unlocks nothing
@@ -274,15 +280,9 @@ func runInitSecond(c *cli.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	r, res, err := repo.Init(c.Context, st, repo.InitOptions{
-		Options:          repo.Options{Logger: log},
-		Key:              spec,
-		EscrowRecipients: c.StringSlice("escrow-recipient"),
-		PackSize:         packSize,
-		CompressionLevel: c.Int("compression-level"),
-		Lock:             lock,
-		ShareSecretOf:    first,
-	})
+	opts := initOptions(c, log, spec, packSize, lock)
+	opts.ShareSecretOf = first
+	r, res, err := repo.Init(c.Context, st, opts)
 	if err != nil {
 		var ee *repo.ExistsError
 		if errors.As(err, &ee) {
