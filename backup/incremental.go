@@ -2,9 +2,14 @@ package backup
 
 import (
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
+	"io/fs"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -44,6 +49,13 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 				// data, the file is a new relation under a reused
 				// name and inode: the zero page is the truth.
 				ch = !prevZero(f.prevMap, p)
+			}
+			if !ch && !c.checksums && pg.PageAllVisible(page) {
+				v, err := wk.visibleSinceRef(f, p)
+				if err != nil {
+					return err
+				}
+				ch = v
 			}
 			if ch {
 				wk.changed[p-s0] = true
@@ -125,6 +137,65 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 		return wk.windowSum(f, s0, s1, n == 0)
 	}
 	return nil
+}
+
+// visibleSinceRef reports whether heap page p of f, which carries
+// PD_ALL_VISIBLE and an LSN older than the reference, may have been marked
+// all-visible after the reference started: VACUUM sets the flag without
+// stamping the page's LSN on a cluster without data checksums and
+// wal_log_hints (pg.PageAllVisible), so the LSN cannot tell, and recovery
+// from this backup's start does not replay the record that set it. The
+// visibility map page covering the block always gets that record's LSN, so
+// a map page no newer than the reference proves the flag was already set
+// then; anything else (a newer map page, no map, a short map) captures the
+// page. wal_log_hints is not trusted: it can have been off when VACUUM ran.
+func (wk *worker) visibleSinceRef(f *file, p uint32) (bool, error) {
+	c := wk.c
+	if !f.isRel || f.relf.Fork != pg.ForkMain {
+		return false, nil
+	}
+	vmPage := pg.RelationBlock(f.relf.Segment, p, c.relSegSize) / pg.VMHeapBlocksPerPage(c.blockSize)
+	vm := f.relf
+	vm.Fork, vm.Segment = pg.ForkVM, vmPage/c.relSegSize
+	abs := filepath.Join(filepath.Dir(f.slot.abs), vm.FileName())
+	if wk.vm.abs != abs || wk.vm.page != vmPage {
+		lsn, ok, err := readPageLSN(abs, int64(vmPage%c.relSegSize)*int64(c.blockSize))
+		if err != nil {
+			return false, fmt.Errorf("visibility map of %s: %w", f.rel, err)
+		}
+		wk.vm = vmCache{abs: abs, page: vmPage, lsn: lsn, ok: ok}
+	}
+	return !wk.vm.ok || wk.vm.lsn >= c.ref.start, nil
+}
+
+// vmCache is the last visibility map page a worker looked at: one map page
+// covers 32,672 heap pages, so consecutive pages share it.
+type vmCache struct {
+	abs  string
+	page uint32
+	lsn  pg.LSN
+	ok   bool
+}
+
+// readPageLSN reads the LSN of the page at off in the file at abs; ok is
+// false when the file or the page does not exist.
+func readPageLSN(abs string, off int64) (lsn pg.LSN, ok bool, err error) {
+	fh, err := os.Open(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	defer fh.Close()
+	var b [8]byte
+	if _, err := fh.ReadAt(b[:], off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return 0, false, nil
+		}
+		return 0, false, err
+	}
+	return pg.PageLSN(b[:]), true, nil
 }
 
 // baseWorthFetching reports whether window [s0, s1)'s changed pages

@@ -27,6 +27,7 @@ type worker struct {
 	have       []bool // per page of the current slot: in buf and verified
 	ext        []filemap.Extent
 	sums       []filemap.SlotSum
+	vm         vmCache // visibleSinceRef
 }
 
 func (c *capture) worker() {

@@ -76,6 +76,26 @@ func PageLSN(page []byte) LSN {
 	return LSN(uint64(le.Uint32(page[0:]))<<32 | uint64(le.Uint32(page[4:])))
 }
 
+// PageAllVisible reports whether page is a heap page (no special space)
+// with PD_ALL_VISIBLE set in pd_flags. VACUUM sets that flag with a WAL
+// record that names the page but, without data checksums and wal_log_hints,
+// leaves its LSN alone (visibilitymap_set: the heap page's LSN is stamped
+// only when XLogHintBitIsNeeded), so the flag is the one change to a page
+// that its LSN does not show and that recovery does not redo from an
+// earlier start point.
+func PageAllVisible(page []byte) bool {
+	if len(page) < PageHeaderSize {
+		return false
+	}
+	le := binary.LittleEndian
+	return int(le.Uint16(page[16:])) == len(page) && le.Uint16(page[10:])&0x0004 != 0
+}
+
+// VMHeapBlocksPerPage is how many heap blocks one page of a visibility map
+// covers: two bits per heap block after the page header
+// (HEAPBLOCKS_PER_PAGE in visibilitymap.c).
+func VMHeapBlocksPerPage(blockSize int) uint32 { return uint32(blockSize-PageHeaderSize) * 4 }
+
 // PageIsNew reports whether the page has never been initialised
 // (PageIsNew: pd_upper is 0). Such a page carries no checksum; it is valid
 // only if it is entirely zero, which VerifyPage checks.

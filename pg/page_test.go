@@ -299,3 +299,22 @@ func TestErrorMessages(t *testing.T) {
 		t.Error("PageIsZero on short input")
 	}
 }
+
+func TestPageAllVisible(t *testing.T) {
+	page := make([]byte, DefaultBlockSize)
+	binary.LittleEndian.PutUint16(page[16:], DefaultBlockSize) // heap: no special space
+	if PageAllVisible(page) {
+		t.Fatal("flag clear, reported set")
+	}
+	binary.LittleEndian.PutUint16(page[10:], 0x0004|0x0002)
+	if !PageAllVisible(page) {
+		t.Fatal("PD_ALL_VISIBLE set, reported clear")
+	}
+	binary.LittleEndian.PutUint16(page[16:], DefaultBlockSize-16) // an index page's special space
+	if PageAllVisible(page) {
+		t.Fatal("a page with special space is no heap page")
+	}
+	if n := VMHeapBlocksPerPage(DefaultBlockSize); n != 32672 {
+		t.Fatalf("heap blocks per map page %d, want 32672 (HEAPBLOCKS_PER_PAGE)", n)
+	}
+}
