@@ -7,7 +7,7 @@
 #
 #   bash scripts/test.sh              # all packages
 #   bash scripts/test.sh ./storage/... # some packages
-#   FUZZTIME=1m bash scripts/test.sh   # longer fuzzing (default 10s per target)
+#   FUZZTIME=1m bash scripts/test.sh   # longer fuzzing (default 4s per target: a smoke run in CI)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ fi
 gobin=$(go env GOBIN)
 export PATH="${gobin:-$(go env GOPATH)/bin}:$PATH"
 
-fuzztime=${FUZZTIME:-10s}
+fuzztime=${FUZZTIME:-4s}
 pkgs=("$@")
 [ ${#pkgs[@]} -gt 0 ] || pkgs=(./...)
 
