@@ -10,7 +10,8 @@ build:
 # need what scripts/deps.sh installs (PostgreSQL, MinIO, pgBackRest), take
 # minutes each, load the machine (run nothing else meanwhile: they measure
 # latency), and print their tables at the end. BENCH picks some by name:
-# make bench BENCH=WAL runs TestBenchWAL only.
+# make bench BENCH=WAL runs TestBenchWAL and TestBenchWALSummaries;
+# BENCH=WALSummaries the latter only.
 BENCH ?=
 bench:
 	TIDEMARK_BENCH=1 go test -count=1 -timeout 180m -v -run '^TestBench$(BENCH)' ./e2e/bench/

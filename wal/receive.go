@@ -737,17 +737,22 @@ func (r *Receiver) readLocal(name string) (*heldSeg, error) {
 		return nil, err
 	}
 	path := filepath.Join(r.sink.o.dir, name+".partial")
-	buf := make([]byte, r.ci.SegSize)
 	fh, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer fh.Close()
-	if _, err := io.ReadFull(fh, buf); err != nil && err != io.ErrUnexpectedEOF {
+	r.sink.mu.Lock()
+	buf := r.sink.newBufLocked()
+	r.sink.mu.Unlock()
+	n, err := io.ReadFull(fh, buf.b)
+	if err != nil && err != io.ErrUnexpectedEOF {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
+	// localExtent reads the whole buffer: a short file's tail is zeros.
+	clear(buf.b[n:])
 	g := &heldSeg{tli: f.Timeline, no: seg, name: name, buf: buf}
-	g.have = localExtent(buf, seg.Start(r.ci.SegSize), r.ci.BlockSize)
+	g.have = localExtent(buf.b, seg.Start(r.ci.SegSize), r.ci.BlockSize)
 	return g, nil
 }
 

@@ -66,7 +66,9 @@ type heldSeg struct {
 	tli  pg.TimelineID
 	no   pg.SegNo
 	name string
-	buf  []byte // the segment's bytes, nil once not needed in memory
+	// buf holds the segment's bytes, nil once the segment needs them no
+	// more in memory (see segBuf: readers may still hold it then).
+	buf *segBuf
 
 	// recv: bytes [0, recv) arrived (or were copied from the parent
 	// timeline at a switch). durable: [0, durable) are durable where the
@@ -102,11 +104,80 @@ type heldSeg struct {
 
 type span struct{ start, end int64 }
 
+// segBuf is the memory of one segment. Whoever reads or writes it outside
+// the sink's lock (the stream writing into it, the local writer, piece
+// uploads and merges, the archiver) holds a reference, taken and given
+// back under the lock; the segment holds one while its buf points here.
+// When the last is given back the memory goes back to the sink's pool for
+// a later segment: never while an upload may still read it.
+type segBuf struct {
+	b    []byte
+	refs int // under sink.mu
+}
+
+// Buffers come from the pool as a former segment left them: nothing reads
+// a segment's bytes past recv (what arrived), which the stream writes
+// before anything reads them, so they are never zeroed. A segment that is
+// written out whole is complete; the tail of one that is not is stored
+// only up to recv (pieces) and its local file is zero-filled ahead.
+
+// newBufLocked returns a buffer with one reference, the segment's.
+func (s *sink) newBufLocked() *segBuf {
+	if n := len(s.free); n > 0 {
+		b := s.free[n-1]
+		s.free[n-1] = nil
+		s.free = s.free[:n-1]
+		return &segBuf{b: b, refs: 1}
+	}
+	s.stats.buffers++
+	return &segBuf{b: make([]byte, s.segSize), refs: 1}
+}
+
+// refLocked takes a reference to g's buffer for a use outside the lock.
+func (s *sink) refLocked(g *heldSeg) *segBuf {
+	g.buf.refs++
+	return g.buf
+}
+
+// unrefLocked gives a reference back; the last one returns the memory to
+// the pool (as many buffers as segments may be held; more are left to
+// the garbage collector).
+func (s *sink) unrefLocked(b *segBuf) {
+	b.refs--
+	switch {
+	case b.refs > 0:
+		return
+	case b.refs < 0:
+		panic("wal: a segment buffer given back twice")
+	}
+	if s.o.poison {
+		// Tests: a reader that outlived its reference would see this.
+		for i := range b.b {
+			b.b[i] = poisonByte
+		}
+	}
+	if len(s.free) < s.o.maxSegments {
+		s.free = append(s.free, b.b)
+	}
+	b.b = nil
+}
+
+// poisonByte fills released buffers under sinkOptions.poison.
+const poisonByte = 0xA5
+
+// dropBufLocked gives back the segment's own reference to its buffer.
+func (s *sink) dropBufLocked(g *heldSeg) {
+	if g.buf != nil {
+		s.unrefLocked(g.buf)
+		g.buf = nil
+	}
+}
+
 func (g *heldSeg) start(segSize uint32) pg.LSN { return g.no.Start(segSize) }
 
 // sinkOptions configure a sink.
 type sinkOptions struct {
-	arch    *walarchive.Archive
+	arch    sinkArchive
 	cluster walarchive.ClusterInfo
 	mode    Durability
 	// dir holds the local copies (DurableLocal): <segment>.partial while it
@@ -124,6 +195,19 @@ type sinkOptions struct {
 	fatal func(error)
 	// flushed is told when the durable position may have moved.
 	flushed func()
+	// poison (tests only) overwrites a segment buffer when its last
+	// reference is given back, so that a read after it shows.
+	poison bool
+}
+
+// sinkArchive is what the sink needs of the WAL archive
+// (*walarchive.Archive; a test wraps it to hold an upload back).
+type sinkArchive interface {
+	PutPiece(ctx context.Context, ci walarchive.ClusterInfo, segment string, start int64, data []byte) (walarchive.PutResult, error)
+	PutFrom(ctx context.Context, ci walarchive.ClusterInfo, name string, r io.Reader, size int64) (walarchive.PutResult, error)
+	ListPieces(ctx context.Context, cluster uint64, segment string) ([]walarchive.Piece, error)
+	DeletePieces(ctx context.Context, cluster uint64, pieces []walarchive.Piece) error
+	ReadChain(ctx context.Context, cluster uint64, chain []walarchive.Piece, w io.Writer) (int64, error)
 }
 
 // sink holds what the stream delivers and makes it durable: in the local
@@ -162,6 +246,8 @@ type sink struct {
 	fromPieces []walarchive.Stream
 	// localDone are complete local files to archive, oldest first.
 	localDone []string
+	// free are segment buffers no one holds (see segBuf).
+	free [][]byte
 
 	work     chan struct{} // durability worker
 	archWake chan struct{} // archiver
@@ -172,6 +258,9 @@ type sinkStats struct {
 	pieces, pieceBytes, segments, segmentBytes int64
 	uploadFailures                             int64
 	lastUploadErr                              string
+	// buffers is how many segment buffers were allocated (the others
+	// came from the pool).
+	buffers int64
 }
 
 func newSink(o sinkOptions) *sink {
@@ -247,7 +336,7 @@ func (s *sink) newSegmentLocked(ctx context.Context, tli pg.TimelineID, no pg.Se
 	if s.stopping || ctx.Err() != nil {
 		return nil, context.Cause(ctx)
 	}
-	g := &heldSeg{tli: tli, no: no, name: pg.SegmentName(tli, no, s.segSize), buf: make([]byte, s.segSize)}
+	g := &heldSeg{tli: tli, no: no, name: pg.SegmentName(tli, no, s.segSize), buf: s.newBufLocked()}
 	s.segs = append(s.segs, g)
 	return g, nil
 }
@@ -318,7 +407,7 @@ func (s *sink) begin(ctx context.Context, tli pg.TimelineID, at pg.LSN, from pg.
 		var b []byte
 		for _, g := range s.segs {
 			if g.tli == old && g.no == seg && g.buf != nil && g.recv >= off {
-				b = bytes.Clone(g.buf[:off])
+				b = bytes.Clone(g.buf.b[:off])
 			}
 		}
 		if b == nil {
@@ -337,7 +426,7 @@ func (s *sink) begin(ctx context.Context, tli pg.TimelineID, at pg.LSN, from pg.
 		if err != nil {
 			return err
 		}
-		copy(g.buf, b)
+		copy(g.buf.b, b)
 		g.recv = off
 		g.since, g.unstoredSince = time.Now(), time.Now()
 	default:
@@ -357,7 +446,7 @@ func (s *sink) begin(ctx context.Context, tli pg.TimelineID, at pg.LSN, from pg.
 		if err != nil {
 			return err
 		}
-		copy(g.buf, b)
+		copy(g.buf.b, b)
 		g.recv = off
 		if from == tli {
 			// The archive's own pieces: stored and durable already; the
@@ -405,7 +494,7 @@ func (s *sink) write(ctx context.Context, tli pg.TimelineID, lsn pg.LSN, data []
 			cur := s.curLocked()
 			n := min(int64(len(data)), int64(s.verifyTo-lsn))
 			off := int64(lsn.SegmentOffset(s.segSize))
-			same := bytes.Equal(cur.buf[off:off+n], data[:n])
+			same := bytes.Equal(cur.buf.b[off:off+n], data[:n])
 			s.mu.Unlock()
 			if !same {
 				return fmt.Errorf("at %s on timeline %d: %w", lsn, tli, ErrStreamDiffers)
@@ -434,10 +523,11 @@ func (s *sink) write(ctx context.Context, tli pg.TimelineID, lsn pg.LSN, data []
 				return err
 			}
 		}
-		buf := cur.buf
+		buf := s.refLocked(cur)
 		s.mu.Unlock()
-		n := copy(buf[off:], data)
+		n := copy(buf.b[off:], data)
 		s.mu.Lock()
+		s.unrefLocked(buf)
 		if cur.recv == cur.durable {
 			cur.since = now
 		}
@@ -685,10 +775,11 @@ func (s *sink) pieceWorker(ctx context.Context) {
 			g.pieceEnd = end
 			g.inflight++
 			inflight++
-			data := g.buf[start:end]
+			buf := s.refLocked(g)
 			go func() {
-				err := s.uploadPiece(ctx, g, data, start)
+				err := s.uploadPiece(ctx, g, buf.b[start:end], start)
 				s.mu.Lock()
+				s.unrefLocked(buf)
 				g.inflight--
 				if err == nil {
 					s.ackedLocked(g, span{start, end})
@@ -706,13 +797,14 @@ func (s *sink) pieceWorker(ctx context.Context) {
 		if g, level, run, ok := s.mergeLocked(); ok && inflight < s.o.maxInflight {
 			g.merging = true
 			inflight++
-			data := g.buf[run[0].start:run[len(run)-1].end]
+			buf := s.refLocked(g)
 			go func() {
-				err := s.merge(ctx, g, level, run, data)
+				err := s.merge(ctx, g, level, run, buf.b[run[0].start:run[len(run)-1].end])
 				if err != nil && ctx.Err() == nil {
 					s.o.log.Warn("merging pieces failed; trying again later", "segment", g.name, "err", err)
 				}
 				s.mu.Lock()
+				s.unrefLocked(buf)
 				g.merging = false
 				s.mu.Unlock()
 				done <- struct{}{}
@@ -756,28 +848,37 @@ func (s *sink) localWorker(ctx context.Context) {
 		for ctx.Err() == nil {
 			type job struct {
 				g        *heldSeg
+				buf      *segBuf
 				from, to int64
 			}
 			var jobs []job
 			s.mu.Lock()
 			for _, g := range s.segs {
 				if g.buf != nil && g.written < g.recv {
-					jobs = append(jobs, job{g, g.written, g.recv})
+					jobs = append(jobs, job{g, s.refLocked(g), g.written, g.recv})
 				}
 			}
 			s.mu.Unlock()
 			if len(jobs) == 0 {
 				break
 			}
+			var err error
 			for _, j := range jobs {
-				if err := s.writeLocal(ctx, j.g, j.from, j.to, spare); err != nil {
-					if ctx.Err() == nil {
+				if err == nil {
+					err = s.writeLocal(ctx, j.g, j.buf.b[j.from:j.to], j.from, spare)
+					if err != nil && ctx.Err() == nil {
 						s.o.fatal(fmt.Errorf("write %s: %w", filepath.Join(s.o.dir, j.g.name+".partial"), err))
 					}
-					return
 				}
 			}
 			s.mu.Lock()
+			for _, j := range jobs {
+				s.unrefLocked(j.buf)
+			}
+			if err != nil {
+				s.mu.Unlock()
+				return
+			}
 			for _, j := range jobs {
 				j.g.written = j.to
 				if j.to > j.g.durable {
@@ -801,8 +902,9 @@ func (s *sink) localWorker(ctx context.Context) {
 	}
 }
 
-// writeLocal writes g's bytes [from, to) to its file and syncs it.
-func (s *sink) writeLocal(ctx context.Context, g *heldSeg, from, to int64, spare chan string) error {
+// writeLocal writes data, g's bytes from offset from on, to its file and
+// syncs it.
+func (s *sink) writeLocal(ctx context.Context, g *heldSeg, data []byte, from int64, spare chan string) error {
 	if g.file == nil {
 		f, err := s.openLocal(ctx, g, spare)
 		if err != nil {
@@ -810,7 +912,7 @@ func (s *sink) writeLocal(ctx context.Context, g *heldSeg, from, to int64, spare
 		}
 		g.file = f
 	}
-	if _, err := g.file.WriteAt(g.buf[from:to], from); err != nil {
+	if _, err := g.file.WriteAt(data, from); err != nil {
 		return err
 	}
 	return unix.Fdatasync(int(g.file.Fd()))
@@ -927,7 +1029,7 @@ func (s *sink) completeLocal(g *heldSeg) error {
 		return fmt.Errorf("complete %s: %w", to, err)
 	}
 	s.mu.Lock()
-	g.buf = nil
+	s.dropBufLocked(g)
 	g.queued = true
 	s.cond.Broadcast()
 	s.mu.Unlock()
@@ -962,11 +1064,12 @@ func (s *sink) lazyPieces(ctx context.Context) {
 				continue
 			}
 			start, end := g.stored, min(g.durable, g.stored+maxPiece)
-			data := g.buf[start:end]
+			buf := s.refLocked(g)
 			g.inflight++
 			wg.Go(func() {
-				err := s.uploadPiece(ctx, g, data, start)
+				err := s.uploadPiece(ctx, g, buf.b[start:end], start)
 				s.mu.Lock()
+				s.unrefLocked(buf)
 				g.inflight--
 				if err == nil {
 					s.ackedLocked(g, span{start, end})
@@ -988,6 +1091,7 @@ func (s *sink) dropLocked() {
 		last := i == len(s.segs)-1
 		done := g.archived || (g.ended && g.stored >= g.recv && g.inflight == 0)
 		if done && !last {
+			s.dropBufLocked(g)
 			if g.file != nil {
 				g.file.Close()
 				g.file = nil
@@ -998,7 +1102,7 @@ func (s *sink) dropLocked() {
 			continue
 		}
 		if done && last {
-			g.buf = nil
+			s.dropBufLocked(g)
 		}
 		keep = append(keep, g)
 	}
@@ -1117,9 +1221,17 @@ func (s *sink) cleanPieces(ctx context.Context, name string) {
 
 func (s *sink) archiveSegment(ctx context.Context, g *heldSeg) error {
 	var err error
+	s.mu.Lock()
+	var buf *segBuf
 	if g.buf != nil {
-		buf := g.buf
-		err = s.put(ctx, g.name, func() (io.Reader, error) { return bytes.NewReader(buf), nil })
+		buf = s.refLocked(g)
+	}
+	s.mu.Unlock()
+	if buf != nil {
+		err = s.put(ctx, g.name, func() (io.Reader, error) { return bytes.NewReader(buf.b), nil })
+		s.mu.Lock()
+		s.unrefLocked(buf)
+		s.mu.Unlock()
 	} else {
 		path := filepath.Join(s.o.dir, g.name)
 		err = s.put(ctx, g.name, func() (io.Reader, error) { return os.Open(path) })
@@ -1140,7 +1252,7 @@ func (s *sink) archiveSegment(ctx context.Context, g *heldSeg) error {
 		s.archivedTo = max(s.archivedTo, g.start(s.segSize)+pg.LSN(s.segSize))
 	}
 	if g != s.curLocked() {
-		g.buf = nil
+		s.dropBufLocked(g)
 	}
 	s.dropLocked()
 	s.cond.Broadcast()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,17 +184,24 @@ func putLSN(b []byte, l pg.LSN) {
 	}
 }
 
-// sinkEnv runs a sink over the env's archive.
+// newTestSink runs a sink over the env's archive.
 func newTestSink(t *testing.T, e *env, mode Durability) *sink {
+	return newTestSinkWith(t, e.arch, mode, func(*sinkOptions) {})
+}
+
+// newTestSinkWith runs a sink over arch with options changed by set.
+func newTestSinkWith(t *testing.T, arch sinkArchive, mode Durability, set func(*sinkOptions)) *sink {
 	t.Helper()
 	fatal := make(chan error, 1)
-	s := newSink(sinkOptions{arch: e.arch, cluster: cluster, mode: mode, dir: t.TempDir(), maxInflight: 2,
+	o := sinkOptions{arch: arch, cluster: cluster, mode: mode, dir: t.TempDir(), maxInflight: 2,
 		uploadDelay: time.Hour, fatal: func(err error) {
 			select {
 			case fatal <- err:
 			default:
 			}
-		}, flushed: func() {}})
+		}, flushed: func() {}}
+	set(&o)
+	s := newSink(o)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.run(ctx)
 	t.Cleanup(func() {
@@ -366,4 +374,131 @@ func TestSinkMerges(t *testing.T) {
 		t.Fatalf("after merging: %d pieces, chain to %d: %v", len(ps), end, err)
 	}
 	t.Logf("%d writes stored in %d pieces, %d in the chain", n, len(ps), len(chain))
+}
+
+// heldArchive holds back the first PutPiece that hold picks until release
+// is closed, and records the bytes that upload then read.
+type heldArchive struct {
+	sinkArchive
+	hold    func(segment string, start int64, data []byte) bool
+	held    chan struct{} // closed once the upload is held
+	release chan struct{}
+	once    sync.Once
+	mu      sync.Mutex
+	got     []byte
+}
+
+func (h *heldArchive) PutPiece(ctx context.Context, ci walarchive.ClusterInfo, segment string, start int64, data []byte) (walarchive.PutResult, error) {
+	mine := false
+	if h.hold(segment, start, data) {
+		h.once.Do(func() { mine = true })
+	}
+	if mine {
+		close(h.held)
+		<-h.release
+		h.mu.Lock()
+		h.got = bytes.Clone(data)
+		h.mu.Unlock()
+	}
+	return h.sinkArchive.PutPiece(ctx, ci, segment, start, data)
+}
+
+// TestSinkBufferReuse: segment buffers come back from a pool, and one goes
+// back only when its last reader is done. An upload is held while its
+// segment completes and later segments fill (and would take its buffer if
+// it were given back early); released buffers are poisoned, so an upload
+// reading one after the fact would store poison or another segment's
+// bytes. The held upload must send exactly its segment's bytes: a piece
+// uploaded lazily in local mode, and a merge of pieces in repository mode.
+func TestSinkBufferReuse(t *testing.T) {
+	ctx := context.Background()
+	const step = 200
+	for _, tc := range []struct {
+		name string
+		mode Durability
+		// hold picks the upload to hold; want is what it must send.
+		hold func(segment string, start int64, data []byte) bool
+		want int
+		// fill writes seg 3 up to want so that the upload starts.
+		fill func(t *testing.T, s *sink, s3 []byte, start pg.LSN)
+	}{
+		{
+			name: "local, lazy piece", mode: DurableLocal, want: 70000,
+			hold: func(segment string, start int64, data []byte) bool { return segment == segName(1, 3) },
+			fill: func(t *testing.T, s *sink, s3 []byte, start pg.LSN) {
+				s.setConnected(false) // pieces go up at once
+				if err := s.write(ctx, 1, start, s3[:70000]); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "repository, merge", mode: DurableRepository, want: mergeRun * step,
+			hold: func(segment string, start int64, data []byte) bool {
+				return segment == segName(1, 3) && len(data) == mergeRun*step
+			},
+			fill: func(t *testing.T, s *sink, s3 []byte, start pg.LSN) {
+				for i := range mergeRun {
+					at := start + pg.LSN(i*step)
+					if err := s.write(ctx, 1, at, s3[i*step:(i+1)*step]); err != nil {
+						t.Fatal(err)
+					}
+					waitFor(t, "the piece", func() bool { return s.flushPos(1) == at+step })
+				}
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			h := &heldArchive{sinkArchive: e.arch, hold: tc.hold, held: make(chan struct{}), release: make(chan struct{})}
+			s := newTestSinkWith(t, h, tc.mode, func(o *sinkOptions) { o.poison, o.maxSegments = true, 2 })
+			start := pg.SegNo(3).Start(segSize)
+			if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+				t.Fatal(err)
+			}
+			segs := map[pg.SegNo][]byte{}
+			for no := pg.SegNo(3); no <= 7; no++ {
+				segs[no] = segment(1, no, uint64(no))
+			}
+			tc.fill(t, s, segs[3], start)
+			<-h.held
+			s.setConnected(true)
+			if err := s.write(ctx, 1, start+pg.LSN(tc.want), segs[3][tc.want:]); err != nil {
+				t.Fatal(err)
+			}
+			// Segment 3 completes and is archived; 4 to 7 fill buffers
+			// from the pool meanwhile.
+			for no := pg.SegNo(4); no <= 7; no++ {
+				if err := s.write(ctx, 1, no.Start(segSize), segs[no]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "segments 3 to 7 archived", func() bool {
+				for no := pg.SegNo(3); no <= 7; no++ {
+					b, _, err := e.arch.ReadFile(ctx, sys, segName(1, no))
+					if err != nil || !bytes.Equal(b, segs[no]) {
+						return false
+					}
+				}
+				return true
+			})
+			close(h.release)
+			waitFor(t, "the held upload", func() bool {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				return h.got != nil
+			})
+			if !bytes.Equal(h.got, segs[3][:tc.want]) {
+				i := 0
+				for i < len(h.got) && i < tc.want && h.got[i] == segs[3][i] {
+					i++
+				}
+				t.Fatalf("the held upload sent %d bytes differing from segment 3's from byte %d", len(h.got), i)
+			}
+			s.mu.Lock()
+			n := s.stats.buffers
+			s.mu.Unlock()
+			t.Logf("%d buffers allocated for 5 segments", n)
+		})
+	}
 }

@@ -120,48 +120,14 @@ func summarySizes(t *testing.T, srv *testenv.S3Server, bucket string) (n int, su
 func TestBenchWAL(t *testing.T) {
 	Enabled(t)
 	load := EnvDuration(t, "TIDEMARK_BENCH_WAL_LOAD", defaultWALLoad)
-	backlog := defaultBacklogSegs
-	if s := os.Getenv("TIDEMARK_BENCH_WAL_BACKLOG"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("TIDEMARK_BENCH_WAL_BACKLOG=%q: want a number of segments", s)
-		}
-		backlog = n
-	}
+	backlog := walBacklog(t)
 	srv := testenv.MinIOTLS(t)
 	meter := NewMeter(t, srv)
 	pairs := Pairs(t)
 
 	var tm *Tidemark
 	var pgbr *PGBackRest
-	// startAgent runs tidemark's agent beside the cluster until stopped.
-	startAgent := func(t *testing.T, c *testenv.Cluster) (func(), int) {
-		cmd := c.Command(context.Background(), tm.Bin, "agent", "--pgdata", c.DataDir)
-		logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sock := filepath.Join(c.DataDir, "tidemark-agent.sock")
-		deadline := time.Now().Add(time.Minute)
-		for {
-			if _, err := os.Stat(sock); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the agent did not start (log %s)", logf.Name())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-			logf.Close()
-		}, cmd.Process.Pid
-	}
+	startAgent := func(t *testing.T, c *testenv.Cluster) (func(), int) { return startWALAgent(t, tm, c) }
 	setups := []walSetup{
 		{
 			name:    "tidemark sync",
@@ -298,6 +264,181 @@ func TestBenchWAL(t *testing.T) {
 			tab.Print(w)
 		}
 	})
+}
+
+// walBacklog is the number of segments of the saturation run:
+// TIDEMARK_BENCH_WAL_BACKLOG, default defaultBacklogSegs.
+func walBacklog(t *testing.T) int {
+	t.Helper()
+	s := os.Getenv("TIDEMARK_BENCH_WAL_BACKLOG")
+	if s == "" {
+		return defaultBacklogSegs
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("TIDEMARK_BENCH_WAL_BACKLOG=%q: want a number of segments", s)
+	}
+	return n
+}
+
+// startWALAgent runs tidemark's agent beside the cluster until stopped.
+func startWALAgent(t *testing.T, tm *Tidemark, c *testenv.Cluster) (stop func(), pid int) {
+	cmd := c.Command(context.Background(), tm.Bin, "agent", "--pgdata", c.DataDir)
+	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(c.DataDir, "tidemark-agent.sock")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not start (log %s)", logf.Name())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		logf.Close()
+	}, cmd.Process.Pid
+}
+
+// drainRun is one drain of a backlog of ready segments by the agent.
+type drainRun struct {
+	segs      int
+	wall      time.Duration
+	cpu, xcpu time.Duration // tidemark's (agent and wal-push calls); the object store's
+	load      float64       // the 1-minute load average at the end
+	summaries int
+}
+
+func (r drainRun) segsPerSec() float64 { return float64(r.segs) / r.wall.Seconds() }
+func (r drainRun) gib() float64        { return GiB(int64(r.segs) * walSegSize) }
+
+// TestBenchWALSummaries measures what block summaries cost the archive's
+// drain rate (issue 19: at most 10% lower): a backlog of ready segments
+// (TIDEMARK_BENCH_WAL_BACKLOG, default 48, of the WAL benchmark's pgbench
+// load) drained by tidemark's agent into MinIO over TLS, with summaries and
+// without them (TIDEMARK_NO_BLOCK_SUMMARIES, a switch for this measurement
+// only), in alternating pairs whose order flips each pair
+// (TIDEMARK_BENCH_PAIRS, default 3). For each: segments/s, wall time, CPU
+// seconds per GiB drained (tidemark: the agent and the archive_command
+// calls; and the object store's), and the load average at the end. make
+// bench BENCH=WAL runs it after TestBenchWAL; BENCH=WALSummaries alone.
+func TestBenchWALSummaries(t *testing.T) {
+	Enabled(t)
+	backlog := walBacklog(t)
+	srv := testenv.MinIOTLS(t)
+	meter := NewMeter(t, srv)
+	pairs := Pairs(t)
+	runs := [2][]drainRun{} // with summaries, without
+	for i := range pairs {
+		order := []int{0, 1}
+		if i%2 == 1 {
+			order = []int{1, 0}
+		}
+		for _, k := range order {
+			name := []string{"with-summaries", "without-summaries"}[k]
+			t.Run(fmt.Sprintf("%s-%d", name, i+1), func(t *testing.T) {
+				waitQuiet(t)
+				bucket := srv.NewBucket(t)
+				tm := NewTidemark(t, srv, bucket)
+				env := slices.Clone(tm.Env)
+				if k == 1 {
+					env = append(env, "TIDEMARK_NO_BLOCK_SUMMARIES=1")
+				}
+				r := benchDrain(t, tm, meter, env, backlog)
+				r.summaries, _, _ = summarySizes(t, srv, bucket)
+				t.Logf("%s: %d segments in %v (%.2f/s), tidemark CPU %v, store CPU %v, %d summaries, load average %.1f",
+					name, r.segs, r.wall.Round(time.Millisecond), r.segsPerSec(), r.cpu, r.xcpu, r.summaries, r.load)
+				runs[k] = append(runs[k], r)
+			})
+		}
+	}
+	if t.Failed() || len(runs[0]) != pairs || len(runs[1]) != pairs {
+		return
+	}
+	col := func(rs []drainRun, f func(drainRun) float64) Series {
+		out := make(Series, len(rs))
+		for i, r := range rs {
+			out[i] = f(r)
+		}
+		return out
+	}
+	tab := &PairTable{
+		Title: fmt.Sprintf("WAL archive drain with and without block summaries: PostgreSQL 15, %d ready 16 MiB segments, "+
+			"tidemark agent, MinIO over TLS on loopback, %d cores, %d pairs (order alternating)", backlog, runtimeCPUs(), pairs),
+		Columns: [2]string{"with summaries", "without summaries"},
+	}
+	row := func(name, format string, f func(drainRun) float64, target string) {
+		tab.Add(name, format, col(runs[0], f), col(runs[1], f), target)
+	}
+	tab.Step("draining the backlog")
+	row("segments/s", "%.2f", drainRun.segsPerSec, ">= 0.90x")
+	row("wall, s", "%.2f", func(r drainRun) float64 { return r.wall.Seconds() }, "")
+	row("CPU s/GiB, tidemark + object store", "%.2f", func(r drainRun) float64 { return (r.cpu + r.xcpu).Seconds() / r.gib() }, "")
+	row("  of which tidemark", "%.2f", func(r drainRun) float64 { return r.cpu.Seconds() / r.gib() }, "")
+	row("block summaries written", "%.0f", func(r drainRun) float64 { return float64(r.summaries) }, "")
+	row("machine load average at the end", "%.1f", func(r drainRun) float64 { return r.load }, "")
+	// The ratio within each pair: its two runs shared the machine's state.
+	var ratios []float64
+	for i := range pairs {
+		ratios = append(ratios, runs[0][i].segsPerSec()/runs[1][i].segsPerSec())
+	}
+	Report(t, func(w io.Writer) {
+		tab.Print(w)
+		fmt.Fprintf(w, "drain rate with / without summaries, per pair: %s\n", rangeOf(ratios, "%.2fx"))
+	})
+}
+
+// benchDrain builds a backlog of ready segments on a new cluster (with
+// archive_command empty), then starts the agent and measures the drain.
+func benchDrain(t *testing.T, tm *Tidemark, meter *Meter, env []string, backlog int) drainRun {
+	c := testenv.NewCluster(t, testenv.PGConfig{
+		Version: 15,
+		Settings: map[string]string{
+			"archive_mode": "on", "archive_command": "", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
+		},
+		Env: env,
+	})
+	timer, err := NewCommandTimer(testenv.SharedDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, "CREATE TABLE walbench (id bigint, payload text)")
+	for readySegments(t, c) < backlog {
+		runLoad(t, c, 5*time.Second)
+	}
+	c.Exec(t, "CHECKPOINT")
+	ready := readyNames(t, c)
+	last := ready[len(ready)-1]
+	settle()
+	start := time.Now()
+	span := meter.Start(nil)
+	stop, pid := startWALAgent(t, tm, c)
+	defer stop()
+	setArchiveCommand(t, c, timer.Script+" "+tm.ArchiveCommand())
+	waitArchivedName(t, c, last, 10*time.Minute)
+	r := drainRun{segs: len(ready), wall: time.Since(start), load: loadAverage()}
+	m := span.Stop()
+	r.xcpu = m.StoreCPU
+	r.cpu = ProcCPU(pid)
+	calls, err := timer.Calls()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, call := range calls {
+		r.cpu += call.CPU
+	}
+	c.StopImmediate()
+	return r
 }
 
 func newPGBR(t *testing.T, srv *testenv.S3Server, c *testenv.Cluster, async bool) *PGBackRest {
