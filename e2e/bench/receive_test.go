@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -43,6 +44,10 @@ type recvRun struct {
 	rss           int64   // its peak RSS
 	walMB         float64 // WAL written during the load
 	load          float64 // the machine's 1-minute load average at the end of the load
+	// pieces is how many pieces wal-receive uploaded during the load, and
+	// txPerPiece the transactions per piece: how well group commit groups
+	// (NaN for pg_receivewal).
+	pieces, txPerPiece float64
 }
 
 func benchEnvInt(t *testing.T, name string, def int) int {
@@ -95,8 +100,8 @@ func TestBenchReceive(t *testing.T) {
 			i := (k + r) % len(setups)
 			n++
 			run := benchReceiveRun(t, c, setups[i], fmt.Sprintf("bench_%d", n), load, clients)
-			t.Logf("round %d, %s: %.0f tps, p50 %.2f ms, p99 %.2f ms, CPU %.1f s, peak RSS %.0f MiB, WAL %.0f MB, load average %.1f",
-				r+1, setups[i].name, run.tps, run.p50, run.p99, run.cpu, MiB(run.rss), run.walMB, run.load)
+			t.Logf("round %d, %s: %.0f tps, p50 %.2f ms, p99 %.2f ms, CPU %.1f s, peak RSS %.0f MiB, WAL %.0f MB, load average %.1f, %.0f pieces, %.1f transactions per piece",
+				r+1, setups[i].name, run.tps, run.p50, run.p99, run.cpu, MiB(run.rss), run.walMB, run.load, run.pieces, run.txPerPiece)
 			runs[i] = append(runs[i], run)
 		}
 	}
@@ -123,6 +128,8 @@ func TestBenchReceive(t *testing.T) {
 	row("standby peak RSS (MiB)", "%.0f", func(r recvRun) float64 { return MiB(r.rss) })
 	row("WAL written (MB per run)", "%.0f", func(r recvRun) float64 { return r.walMB })
 	row("machine load average at the end", "%.1f", func(r recvRun) float64 { return r.load })
+	row("pieces uploaded (per run)", "%.0f", func(r recvRun) float64 { return r.pieces })
+	row("transactions per piece", "%.1f", func(r recvRun) float64 { return r.txPerPiece })
 	tps := func(i int) []float64 {
 		var out []float64
 		for _, r := range runs[i] {
@@ -145,7 +152,9 @@ func TestBenchReceive(t *testing.T) {
 func medianRange(runs []recvRun, format string, f func(recvRun) float64) string {
 	var v []float64
 	for _, r := range runs {
-		v = append(v, f(r))
+		if x := f(r); !math.IsNaN(x) {
+			v = append(v, x)
+		}
 	}
 	return rangeOf(v, format)
 }
@@ -247,9 +256,14 @@ func benchReceiveRun(t *testing.T, c *testenv.Cluster, s recvSetup, slot string,
 	startLSN := c.QueryString(t, "SELECT pg_current_wal_lsn()")
 	cpu0 := cpuSeconds(cmd.Process.Pid)
 	rss := SampleRSS(cmd.Process.Pid)
+	pieces0 := piecesUploaded(cmd)
 	res := testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: clients, Jobs: 2, Duration: load,
 		Args: []string{"-l", "--log-prefix=" + filepath.Join(logDir, "pgbench")}})
 	run := recvRun{tps: res.TPS, rss: rss.Stop(), cpu: cpuSeconds(cmd.Process.Pid) - cpu0, load: loadAverage()}
+	// status.json is rewritten about once a second.
+	time.Sleep(1500 * time.Millisecond)
+	run.pieces = piecesUploaded(cmd) - pieces0
+	run.txPerPiece = float64(res.Transactions) / run.pieces
 	run.walMB = float64(pgLSNDiff(t, c, startLSN)) / 1e6
 	lat := pgbenchLatencies(t, logDir)
 	run.p50, run.p99 = Millis(Percentile(lat, 50)), Millis(Percentile(lat, 99))
@@ -258,6 +272,26 @@ func benchReceiveRun(t *testing.T, c *testenv.Cluster, s recvSetup, slot string,
 	stop()
 	c.Exec(t, "SELECT pg_drop_replication_slot($1)", slot)
 	return run
+}
+
+// piecesUploaded reads the pieces a wal-receive process (its --dir) has
+// uploaded from its status file; NaN for another standby.
+func piecesUploaded(cmd *exec.Cmd) float64 {
+	i := slices.Index(cmd.Args, "--dir")
+	if i < 0 || i+1 >= len(cmd.Args) {
+		return math.NaN()
+	}
+	b, err := os.ReadFile(filepath.Join(cmd.Args[i+1], "status.json"))
+	if err != nil {
+		return math.NaN()
+	}
+	var st struct {
+		Pieces int64 `json:"pieces_uploaded"`
+	}
+	if json.Unmarshal(b, &st) != nil {
+		return math.NaN()
+	}
+	return float64(st.Pieces)
 }
 
 func pgLSNDiff(t *testing.T, c *testenv.Cluster, from string) int64 {
