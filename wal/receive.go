@@ -155,8 +155,9 @@ type Receiver struct {
 	// does not continue; pieces are uploaded from them.
 	histories map[pg.TimelineID][]byte // verified against the archive
 
-	kick  atomic.Pointer[chan struct{}] // the current stream's status sender
-	abort context.CancelFunc            // ends the stream after a fatal error of the sink
+	kick   atomic.Pointer[chan struct{}] // the current stream's status goroutine
+	sender atomic.Pointer[statusSender]  // the current stream's status updates
+	abort  context.CancelFunc            // ends the stream after a fatal error of the sink
 
 	mu sync.Mutex
 	st ReceiveStatus
@@ -510,11 +511,13 @@ func (r *Receiver) setup(ctx context.Context, conn *pgconn.PgConn, server string
 	return nil
 }
 
-// poke tells the current stream's status sender that the flush position
-// may have moved.
+// poke sends the current stream's server a status update if the flush
+// position moved: at once, from the goroutine that made WAL durable (the
+// local writer, an upload), not through another goroutine's wake-up,
+// which cost a commit a scheduling round trip and the receiver CPU.
 func (r *Receiver) poke() {
-	if k := r.kick.Load(); k != nil {
-		wake(*k)
+	if ss := r.sender.Load(); ss != nil {
+		ss.send(false)
 	}
 }
 
@@ -885,10 +888,15 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 	var lastMsg atomic.Int64
 	lastMsg.Store(time.Now().UnixNano())
 	sctx, stopSender := context.WithCancel(ctx)
+	ss := &statusSender{ctx: sctx, conn: conn, tli: tli, sink: r.sink, log: r.log}
+	r.sender.Store(ss)
+	defer r.sender.Store(nil)
 	senderDone := make(chan struct{})
 	go func() {
 		defer close(senderDone)
-		r.sendStatus(sctx, conn, tli, kick, &lastMsg)
+		// Once it ends no update is sent (CopyDone may follow).
+		defer ss.stop()
+		r.sendStatus(sctx, ss, kick, &lastMsg)
 	}()
 	defer func() {
 		stopSender()
@@ -1035,10 +1043,9 @@ func drainToReady(ctx context.Context, conn *pgconn.PgConn) error {
 // position: nothing is ever applied beyond what is durable, and
 // synchronous_commit = remote_apply then waits for exactly that. It closes
 // the connection when nothing arrived for three intervals.
-func (r *Receiver) sendStatus(ctx context.Context, conn *pgconn.PgConn, tli pg.TimelineID, kick chan struct{}, lastMsg *atomic.Int64) {
+func (r *Receiver) sendStatus(ctx context.Context, ss *statusSender, kick chan struct{}, lastMsg *atomic.Int64) {
 	tick := time.NewTicker(r.opts.StatusInterval)
 	defer tick.Stop()
-	var lastWrite, lastFlush pg.LSN
 	for {
 		forced := false
 		select {
@@ -1049,27 +1056,65 @@ func (r *Receiver) sendStatus(ctx context.Context, conn *pgconn.PgConn, tli pg.T
 			forced = true
 			if time.Since(time.Unix(0, lastMsg.Load())) > 3*r.opts.StatusInterval {
 				r.log.Warn("nothing from the server for three status intervals; closing the connection", "interval", r.opts.StatusInterval)
-				conn.Conn().Close()
+				ss.conn.Conn().Close()
 				return
 			}
 		}
-		_, write, _ := r.sink.pos()
-		flush := r.sink.flushPos(tli)
-		if !forced && write == lastWrite && flush == lastFlush {
-			continue
-		}
-		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
-			WALWritePosition: pglogrepl.LSN(write), WALFlushPosition: pglogrepl.LSN(flush),
-			WALApplyPosition: pglogrepl.LSN(max(flush, 1)), ReplyRequested: forced})
-		if err != nil {
-			if ctx.Err() == nil {
-				r.log.Warn("status update failed", "err", err)
-				conn.Conn().Close()
-			}
+		if !ss.send(forced) {
 			return
 		}
-		lastWrite, lastFlush = write, flush
 	}
+}
+
+// statusSender sends one stream's standby status updates; the stream's
+// status goroutine and whoever makes WAL durable (poke) share it, one
+// update at a time.
+type statusSender struct {
+	ctx  context.Context
+	conn *pgconn.PgConn
+	tli  pg.TimelineID
+	sink *sink
+	log  *slog.Logger
+
+	mu                   sync.Mutex
+	stopped              bool
+	lastWrite, lastFlush pg.LSN
+}
+
+// send sends an update if a position moved, or forced; it reports false
+// once updates have stopped (the stream ended, or one failed: the
+// connection is then closed, and the stream ends with an error).
+func (ss *statusSender) send(forced bool) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.stopped {
+		return false
+	}
+	_, write, _ := ss.sink.pos()
+	flush := ss.sink.flushPos(ss.tli)
+	if !forced && write == ss.lastWrite && flush == ss.lastFlush {
+		return true
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ss.ctx, ss.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(write), WALFlushPosition: pglogrepl.LSN(flush),
+		WALApplyPosition: pglogrepl.LSN(max(flush, 1)), ReplyRequested: forced})
+	if err != nil {
+		ss.stopped = true
+		if ss.ctx.Err() == nil {
+			ss.log.Warn("status update failed", "err", err)
+			ss.conn.Conn().Close()
+		}
+		return false
+	}
+	ss.lastWrite, ss.lastFlush = write, flush
+	return true
+}
+
+// stop ends the updates; one in flight is finished first.
+func (ss *statusSender) stop() {
+	ss.mu.Lock()
+	ss.stopped = true
+	ss.mu.Unlock()
 }
 
 // readJSON and writeJSONSynced read and write small state files.
