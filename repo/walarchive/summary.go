@@ -154,15 +154,25 @@ func (s *Summary) Blocks() int {
 
 // summarizer builds a Summary from a segment's bytes, fed in order.
 type summarizer struct {
-	s      Summary
-	r      *pg.WALReader
-	rels   map[RelFork]*relBuild
+	s    Summary
+	r    *pg.WALReader
+	rels map[RelFork]*relBuild
+	// recent are the relation forks of the last block effects, newest
+	// first: WAL comes in runs of records on one relation (a heap and its
+	// index), and a map lookup per record was a quarter of the summary's
+	// cost.
+	recent [2]recentRel
 	dbs    map[DBDir]bool
 	spcs   map[uint32]bool
 	pend   pg.WALRecord
 	err    error
 	inited bool
 	upTo   pg.LSN // records from here on are left out; 0: none
+}
+
+type recentRel struct {
+	k RelFork
+	b *relBuild
 }
 
 type relBuild struct {
@@ -218,10 +228,19 @@ func (z *summarizer) effect(lsn pg.LSN, e pg.WALEffect) {
 	switch e.Kind {
 	case pg.EffectBlock, pg.EffectTruncate:
 		k := RelFork{Rel: e.Rel, Fork: e.Fork}
-		b := z.rels[k]
-		if b == nil {
-			b = &relBuild{limit: NoLimit}
-			z.rels[k] = b
+		var b *relBuild
+		switch {
+		case z.recent[0].b != nil && z.recent[0].k == k:
+			b = z.recent[0].b
+		case z.recent[1].b != nil && z.recent[1].k == k:
+			b = z.recent[1].b
+			z.recent[0], z.recent[1] = z.recent[1], z.recent[0]
+		default:
+			if b = z.rels[k]; b == nil {
+				b = &relBuild{limit: NoLimit}
+				z.rels[k] = b
+			}
+			z.recent[1], z.recent[0] = z.recent[0], recentRel{k, b}
 		}
 		if e.Kind == pg.EffectTruncate {
 			b.limit = min(b.limit, e.Block)
