@@ -20,8 +20,8 @@ type worker struct {
 	patch      []byte   // changed pages waiting to be stored as one patch blob
 	patchPages []uint32 // the file page of each page in patch
 	patchBases []pageBase
-	byBase     map[blob.ID][]int // deltaPatch: patch pages by base
-	seen       []blob.ID         // prevPatches: patch blobs of the window
+	baseBuf    []byte    // the base slot of the window being patched
+	seen       []blob.ID // prevPatches: patch blobs of the window
 	page       []byte
 	changed    []bool // per page of the current slot
 	have       []bool // per page of the current slot: in buf and verified
@@ -35,10 +35,10 @@ func (c *capture) worker() {
 		c:       c,
 		buf:     make([]byte, blob.SlotSize),
 		patch:   make([]byte, 0, blob.SlotSize),
+		baseBuf: make([]byte, 0, blob.SlotSize),
 		page:    make([]byte, c.blockSize),
 		changed: make([]bool, c.pagesPerSlot()),
 		have:    make([]bool, c.pagesPerSlot()),
-		byBase:  map[blob.ID][]int{},
 	}
 	for it := range c.jobs {
 		if c.ctx.Err() == nil {
