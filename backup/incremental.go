@@ -26,19 +26,83 @@ import (
 // summarizer never saw).
 const samplesPerItem = 2
 
-// incrementalSlot captures the pages of slot [s0, s1) that changed since
-// the reference snapshot started, as patch pages, or rewrites the whole slot
-// when the rebase rule says so. Pages it does not capture keep the
-// reference's extents (filemap.Overlay).
-func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
+// baseLookahead is how many windows ahead of the one being read a
+// summary-based incremental decides what to do and starts fetching base
+// slots: the fetches (a ranged GET each, with its latency) overlap with
+// reading the data directory. Each holds a slot of memory per worker.
+const baseLookahead = 4
+
+// slotPlan is what an incremental does with one window: decided before
+// the window's pages are read when summaries say which changed, so that
+// the base fetches of the next windows run meanwhile.
+type slotPlan struct {
+	s0, s1  uint32
+	changed []bool // per page of the window
+	n       int    // changed pages
+	patched int    // pages the window holds in patches after this backup
+	scan    bool   // the window was read whole to find its changed pages
+	rebase  bool   // rewrite the window as one slot blob
+	base    windowBase
+	fetch   *baseFetch
+	buf     []byte // the base's bytes
+}
+
+// incrementalItem captures pages [p0, p1) of a file that changed since
+// the reference snapshot started, window by window (incrementalSlot).
+func (wk *worker) incrementalItem(f *file, p0, p1 uint32) error {
 	c := wk.c
-	clear(wk.have)
+	pps := uint32(c.pagesPerSlot())
+	depth := 1
+	if c.summaries() && !f.changes.scan {
+		depth = baseLookahead
+	}
+	// Window j of the item is planned in wk.plans[j%depth]: windows
+	// [cur, next) are planned, their bases being fetched.
+	plan := func(j uint32) *slotPlan { return wk.plans[j%uint32(depth)] }
+	windows := (p1 - p0 + pps - 1) / pps
+	cur, next := uint32(0), uint32(0)
+	defer func() {
+		// Fetches write into the plans' buffers: none may outlive the item.
+		for j := cur; j < next; j++ {
+			if pl := plan(j); pl.fetch != nil {
+				pl.fetch.wait()
+				pl.fetch = nil
+			}
+		}
+	}()
+	for cur < windows {
+		for next < windows && next-cur < uint32(depth) {
+			s0 := p0 + next*pps
+			if err := wk.planSlot(f, s0, min(s0+pps, p1), plan(next)); err != nil {
+				return err
+			}
+			next++
+		}
+		pl := plan(cur)
+		err := wk.incrementalSlot(f, pl)
+		cur++
+		if err != nil {
+			return err
+		}
+		c.stats.done.Add(int64(pl.s1-pl.s0) * int64(c.blockSize))
+	}
+	return nil
+}
+
+// planSlot decides what to do with window [s0, s1): which of its pages
+// changed (reading them all first for an LSN scan), whether to rewrite
+// it whole, and the base its changed pages are stored as deltas against,
+// whose fetch it starts.
+func (wk *worker) planSlot(f *file, s0, s1 uint32, pl *slotPlan) error {
+	c := wk.c
+	*pl = slotPlan{s0: s0, s1: s1, changed: pl.changed, buf: pl.buf}
 	clear(wk.changed)
 	prevPages := f.prevMap.Pages
 	n := 0
-	scan := c.method == MethodLSNScan || c.summaries() && f.changes.scan
+	pl.scan = c.method == MethodLSNScan || c.summaries() && f.changes.scan
 	switch {
-	case scan:
+	case pl.scan:
+		clear(wk.have)
 		if err := wk.read(f, s0, s0, s1); err != nil {
 			return err
 		}
@@ -64,9 +128,6 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 			}
 		}
 	case c.summaries():
-		// Which pages changed is known before any is read: the decisions
-		// below are taken first, so that the base slot's fetch from the
-		// repository runs while the pages are read.
 		for p := s0; p < s1; p++ {
 			if p >= prevPages || f.changes.changed(p) {
 				wk.changed[p-s0] = true
@@ -76,6 +137,7 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 	default:
 		return fmt.Errorf("incremental capture with method %q", c.method)
 	}
+	copy(pl.changed, wk.changed)
 	prev, err := wk.prevPatches(f, s0, s1)
 	if err != nil {
 		return err
@@ -104,20 +166,46 @@ func (wk *worker) incrementalSlot(f *file, s0, s1 uint32) error {
 	if n > 0 {
 		blobs++
 	}
-	if plain > c.opts.RebasePages || blobs > maxPatchBlobs || patched > 0 && prev.old && c.rebaseShare(f.rel, s0) {
+	pl.n, pl.patched = n, patched
+	pl.rebase = plain > c.opts.RebasePages || blobs > maxPatchBlobs || patched > 0 && prev.old && c.rebaseShare(f.rel, s0)
+	if !pl.rebase && n > 0 && base.pages > 0 {
+		pl.base = base
+		pl.fetch = wk.fetchBase(base, pl.buf)
+	}
+	return nil
+}
+
+// incrementalSlot captures the pages of a planned window that changed
+// since the reference snapshot started, as patch pages, or rewrites the
+// whole slot when the plan says so. Pages it does not capture keep the
+// reference's extents (filemap.Overlay).
+func (wk *worker) incrementalSlot(f *file, pl *slotPlan) error {
+	c := wk.c
+	s0, s1 := pl.s0, pl.s1
+	if pl.fetch != nil {
+		defer func() {
+			data, _ := pl.fetch.wait()
+			pl.buf, pl.fetch = data[:0], nil // grown to a slot once, then reused
+		}()
+	}
+	if !pl.scan {
+		clear(wk.have)
+	}
+	copy(wk.changed, pl.changed)
+	if pl.rebase {
 		if err := wk.readRest(f, s0, s1); err != nil {
 			return err
 		}
 		c.stats.rebased.Add(1)
 		return wk.storeSlot(f, s0, s1)
 	}
-	if n > 0 {
-		if err := wk.patchWindow(f, s0, s1, base, scan); err != nil {
+	if pl.n > 0 {
+		if err := wk.patchWindow(f, pl); err != nil {
 			return err
 		}
 	}
-	if patched > 0 {
-		return wk.windowSum(f, s0, s1, n == 0)
+	if pl.patched > 0 {
+		return wk.windowSum(f, s0, s1, pl.n == 0)
 	}
 	return nil
 }
@@ -181,29 +269,23 @@ func readPageLSN(abs string, off int64) (lsn pg.LSN, ok bool, err error) {
 	return pg.PageLSN(b[:]), true, nil
 }
 
-// patchWindow reads the changed pages of window [s0, s1) (unless a scan
+// patchWindow reads the changed pages of a planned window (unless a scan
 // read them all already) and adds them to the open patch, as deltas
-// against base where it holds them. The base is fetched from the
-// repository while the pages are read from the data directory.
-func (wk *worker) patchWindow(f *file, s0, s1 uint32, base windowBase, scan bool) error {
+// against the window's base where it holds them.
+func (wk *worker) patchWindow(f *file, pl *slotPlan) error {
 	c := wk.c
-	var bf *baseFetch
-	if base.pages > 0 {
-		bf = wk.fetchBase(base)
-		defer bf.wait()
-	}
-	if !scan {
+	s0, s1, base := pl.s0, pl.s1, pl.base
+	if !pl.scan {
 		if err := wk.readChanged(f, s0, s1); err != nil {
 			return err
 		}
 	}
 	var data []byte
-	if bf != nil {
+	if pl.fetch != nil {
 		var err error
-		if data, err = bf.wait(); err != nil {
+		if data, err = pl.fetch.wait(); err != nil {
 			return fmt.Errorf("%s: read the base slot of changed pages: %w", f.slot.abs, err)
 		}
-		wk.baseBuf = data[:0] // grown to a slot once, then reused
 	}
 	bs := uint32(c.blockSize)
 	for p := s0; p < s1; p++ {
@@ -280,23 +362,21 @@ type baseFetch struct {
 	err  error
 }
 
-// fetchBase starts reading a window's base slot blob into the worker's
-// base buffer; wait returns it. ReadBlob checks the blob's keyed ID, so a
-// delta is never taken against other bytes.
-func (wk *worker) fetchBase(base windowBase) *baseFetch {
+// fetchBase starts reading a window's base slot blob into buf; wait
+// returns it. ReadBlob checks the blob's keyed ID, so a delta is never
+// taken against other bytes.
+func (wk *worker) fetchBase(base windowBase, buf []byte) *baseFetch {
 	c := wk.c
 	c.stats.baseRead.Add(base.fetch)
 	bf := &baseFetch{done: make(chan struct{})}
-	buf := wk.baseBuf[:0]
 	go func() {
 		defer close(bf.done)
-		bf.data, bf.err = c.store.ReadBlob(c.ctx, base.id, buf)
+		bf.data, bf.err = c.store.ReadBlob(c.ctx, base.id, buf[:0])
 	}()
 	return bf
 }
 
-// wait waits for the fetch; the data is valid until the worker's next
-// fetchBase.
+// wait waits for the fetch.
 func (bf *baseFetch) wait() ([]byte, error) {
 	<-bf.done
 	return bf.data, bf.err

@@ -20,8 +20,8 @@ type worker struct {
 	patch      []byte   // changed pages waiting to be stored as one patch blob
 	patchPages []uint32 // the file page of each page in patch
 	patchBases []pageBase
-	baseBuf    []byte    // the base slot of the window being patched
-	seen       []blob.ID // prevPatches: patch blobs of the window
+	plans      []*slotPlan // incrementalItem: the windows planned ahead
+	seen       []blob.ID   // prevPatches: patch blobs of the window
 	page       []byte
 	changed    []bool // per page of the current slot
 	have       []bool // per page of the current slot: in buf and verified
@@ -35,10 +35,12 @@ func (c *capture) worker() {
 		c:       c,
 		buf:     make([]byte, blob.SlotSize),
 		patch:   make([]byte, 0, blob.SlotSize),
-		baseBuf: make([]byte, 0, blob.SlotSize),
 		page:    make([]byte, c.blockSize),
 		changed: make([]bool, c.pagesPerSlot()),
 		have:    make([]bool, c.pagesPerSlot()),
+	}
+	for range baseLookahead {
+		wk.plans = append(wk.plans, &slotPlan{changed: make([]bool, c.pagesPerSlot())})
 	}
 	for it := range c.jobs {
 		if c.ctx.Err() == nil {
@@ -110,18 +112,16 @@ func (wk *worker) relItem(it item) error {
 			return err
 		}
 	}
-	for s0 := p0; s0 < p1; s0 += pps {
-		s1 := min(s0+pps, p1)
-		var err error
-		if f.whole {
-			err = wk.wholeSlot(f, s0, s1)
-		} else {
-			err = wk.incrementalSlot(f, s0, s1)
+	if f.whole {
+		for s0 := p0; s0 < p1; s0 += pps {
+			s1 := min(s0+pps, p1)
+			if err := wk.wholeSlot(f, s0, s1); err != nil {
+				return err
+			}
+			c.stats.done.Add(int64(s1-s0) * int64(c.blockSize))
 		}
-		if err != nil {
-			return err
-		}
-		c.stats.done.Add(int64(s1-s0) * int64(c.blockSize))
+	} else if err := wk.incrementalItem(f, p0, p1); err != nil {
+		return err
 	}
 	if err := wk.flushPatch(f); err != nil {
 		return err

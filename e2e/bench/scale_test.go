@@ -65,7 +65,7 @@ func TestBenchScale(t *testing.T) {
 		bins: scaleBins(t, tm.Bin), rounds: backupBenchInt(t, "TIDEMARK_BENCH_SCALE_ROUNDS", 1)}
 	tmFull := sc.tidemark(tm.Bin, "full")
 	pbFull := sc.pgbackrest("full")
-	holdScale(t)
+	holdScale(t, "")
 
 	n := scale * 100000
 	if backupBenchInt(t, "TIDEMARK_BENCH_SCALE_CLUSTERED", 1) == 1 {
@@ -77,6 +77,7 @@ func TestBenchScale(t *testing.T) {
 		t.Logf("0.5%% of %d accounts updated in 10 runs in %s", n, time.Since(start).Round(time.Second))
 		sc.incrementals(fmt.Sprintf("pgbench scale %d (%s), 0.5%% of the accounts updated in 10 runs of consecutive aids", scale, size), tmFull, pbFull)
 	}
+	holdScale(t, ".random")
 	start = time.Now()
 	c.Exec(t, fmt.Sprintf("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT (random() * %d)::int + 1 FROM generate_series(1, %d))", n-1, n/100))
 	t.Logf("1%% of %d accounts updated in %s", n, time.Since(start).Round(time.Second))
@@ -103,14 +104,16 @@ func scaleBins(t *testing.T, self string) []scaleBin {
 }
 
 // holdScale waits, when TIDEMARK_BENCH_SCALE_HOLD names a file, until
-// that file exists: the full backups are taken, and a binary named in
+// that file with suffix exists (after the full backups; with suffix
+// ".random", before the random updates): a binary named in
 // TIDEMARK_BENCH_SCALE_BINS may still be being built (profiling against a
 // prepared cluster).
-func holdScale(t *testing.T) {
+func holdScale(t *testing.T, suffix string) {
 	p := os.Getenv("TIDEMARK_BENCH_SCALE_HOLD")
 	if p == "" {
 		return
 	}
+	p += suffix
 	t.Logf("waiting for %s", p)
 	for {
 		if _, err := os.Stat(p); err == nil {
@@ -245,7 +248,7 @@ func (sc *scaleBench) readFloor(lsn pg.LSN) string {
 				}
 				total++
 				rs := files[p]
-				if n := len(rs); n > 0 && rs[n-1].off+rs[n-1].n == base+int64(off) {
+				if n := len(rs); n > 0 && rs[n-1].off+rs[n-1].n == base+int64(off) && rs[n-1].n < int64(len(buf)) {
 					rs[n-1].n += 8192
 				} else {
 					rs = append(rs, run{base + int64(off), 8192})
