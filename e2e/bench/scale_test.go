@@ -182,8 +182,6 @@ func (sc *scaleBench) incrementals(title string, tmFull, pbFull scaleRun) {
 			b.name, float64(runs[i][0].dataRead+runs[i][0].repoRead)/float64(changed*8192),
 			seriesMedian(runs[i])/tmFull.m.Wall.Seconds(), seriesMedian(runs[i])/seriesMedian(runs[len(sc.bins)]), runs[i][0].detail)
 	}
-	t.Log(s.String())
-	fmt.Print(s.String())
 	Report(t, func(w io.Writer) { io.WriteString(w, s.String()) })
 }
 
