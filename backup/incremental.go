@@ -326,14 +326,44 @@ const (
 // the unchanged pages between them where a joined read is cheaper; every
 // page read is verified.
 func (wk *worker) readChanged(f *file, s0, s1 uint32) error {
-	var from, to, ch uint32 // the read being grown: [from, to), ch changed pages
-	for p := s0; p < s1; {
-		if !wk.changed[p-s0] {
+	return readSpans(wk.changed[:s1-s0], func(from, to uint32) error {
+		return wk.read(f, s0, s0+from, s0+to)
+	})
+}
+
+// readSpans calls read for the spans [from, to) of a window's pages to
+// read: every changed page once, in order, runs of them joined across at
+// most maxReadGap unchanged pages while a span holds no more than
+// readSlack times its changed pages.
+func readSpans(changed []bool, read func(from, to uint32) error) error {
+	// The whole window's changed pages in one span when it qualifies;
+	// joining run by run from the left would stop at the first wide gap.
+	first, last, n, gap, maxGap := -1, 0, uint32(0), uint32(0), uint32(0)
+	for p, c := range changed {
+		switch {
+		case !c:
+			gap++
+		case first < 0:
+			first, last, n, gap = p, p, 1, 0
+		default:
+			maxGap = max(maxGap, gap)
+			last, n, gap = p, n+1, 0
+		}
+	}
+	if first < 0 {
+		return nil
+	}
+	if maxGap <= maxReadGap && uint32(last+1-first) <= readSlack*n {
+		return read(uint32(first), uint32(last+1))
+	}
+	var from, to, ch uint32 // the span being grown: [from, to), ch changed pages
+	for p := uint32(0); p < uint32(len(changed)); {
+		if !changed[p] {
 			p++
 			continue
 		}
 		q := p
-		for q < s1 && wk.changed[q-s0] {
+		for q < uint32(len(changed)) && changed[q] {
 			q++
 		}
 		switch {
@@ -342,7 +372,7 @@ func (wk *worker) readChanged(f *file, s0, s1 uint32) error {
 		case p-to <= maxReadGap && q-from <= readSlack*(ch+q-p):
 			to, ch = q, ch+q-p
 		default:
-			if err := wk.read(f, s0, from, to); err != nil {
+			if err := read(from, to); err != nil {
 				return err
 			}
 			from, to, ch = p, q, q-p
@@ -352,7 +382,7 @@ func (wk *worker) readChanged(f *file, s0, s1 uint32) error {
 	if to == 0 {
 		return nil
 	}
-	return wk.read(f, s0, from, to)
+	return read(from, to)
 }
 
 // baseFetch is a base slot being read from the repository.
