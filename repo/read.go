@@ -194,17 +194,18 @@ func (r *Repo) ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob.ID,
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	mem := newBudget(r.opts.ReadMemory, 0)
+	mem := r.readMem
 	work := make(chan readSpan)
 	var wg sync.WaitGroup
 	for range min(r.opts.ReadConcurrency, max(1, len(spans))) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var bufs spanBuffers
 			for s := range work {
-				err := r.readSpan(ctx, s, &bufs, fn)
+				bufs := spanPool.Get().(*spanBuffers)
+				err := r.readSpan(ctx, s, bufs, fn)
 				bufs.trim()
+				spanPool.Put(bufs)
 				mem.release(s.cost())
 				if err != nil {
 					cancel(err)

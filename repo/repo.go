@@ -53,7 +53,9 @@ type Options struct {
 	// ReadConcurrency is the number of parallel ranged GETs of ReadBlobs.
 	// Default 8.
 	ReadConcurrency int
-	// ReadMemory bounds the bytes ReadBlobs holds in flight. Default 64 MiB.
+	// ReadMemory bounds the bytes all ReadBlobs calls of the Repo hold in
+	// flight together (stored blob, chunks, decoded blob of every GET
+	// being read). Default 64 MiB.
 	ReadMemory int64
 	// IndexSpillDir is where the blob index keeps what does not stay in
 	// memory (index.NewSpilling): temporary files, removed by the system
@@ -138,6 +140,10 @@ type Repo struct {
 	hasher     *blob.Hasher
 	zenc       *zstd.Encoder
 	zdec       *zstd.Decoder
+	// readMem bounds the bytes of every ReadBlobs of this Repo together
+	// (Options.ReadMemory): a backup's workers each read base slots at
+	// once, and a bound per call let them hold the bound each.
+	readMem *readBudget
 
 	idxMu     sync.Mutex
 	idx       *index.Index
@@ -380,7 +386,7 @@ func newRepo(store storage.Store, cfg Config, secret *keys.Secret, opts Options)
 	}
 	return &Repo{store: &metered{Store: store}, cfg: cfg, opts: opts, log: opts.Logger, secret: secret,
 		identities: ids, recipients: recipients, hasher: blob.NewHasher(secret.BlobIDKey()),
-		zenc: zenc, zdec: zdec}, nil
+		zenc: zenc, zdec: zdec, readMem: newReadBudget(opts.ReadMemory)}, nil
 }
 
 // Open opens the repository with the identities (age identities, scrypt

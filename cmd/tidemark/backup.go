@@ -24,9 +24,10 @@ import (
 // with the default, peak RSS stays under 96 MiB whatever the database
 // size) and make an interrupted backup index what it uploaded often enough
 // for the next run to reuse most of it.
-func backupRepoOptions(packMemory int64) repo.Options {
+func backupRepoOptions(packMemory, readMemory int64) repo.Options {
 	return repo.Options{
 		PackMemory:        packMemory,
+		ReadMemory:        readMemory,
 		IndexEveryPacks:   4,
 		IndexEvery:        time.Minute,
 		UploadConcurrency: max(2, runtime.GOMAXPROCS(0)/2),
@@ -53,6 +54,8 @@ func backupCommand() *cli.Command {
 			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
 			&cli.StringFlag{Name: "pack-memory", Value: "40MiB", EnvVars: []string{envName("pack-memory")},
 				Usage: "bytes of packs held while they fill and upload; packs are filled smaller than the repository's pack size when two would not fit"},
+			&cli.StringFlag{Name: "read-memory", Value: "16MiB", EnvVars: []string{envName("read-memory")},
+				Usage: "bytes of base slots (and page maps, trees) read back from the repository at once, by all workers together"},
 			&cli.DurationFlag{Name: "archive-timeout", Value: backup.DefaultArchiveWait, EnvVars: []string{envName("archive-timeout")},
 				Usage: "how long to wait for the WAL up to the backup's stop to be archived before failing"},
 			&cli.IntFlag{Name: "rebase-pages", Hidden: true, EnvVars: []string{envName("rebase-pages")},
@@ -98,12 +101,16 @@ func runBackup(c *cli.Context) error {
 	if err != nil || packMemory < 8<<20 {
 		return usageErrorf("--pack-memory %q: want a size of at least 8MiB, such as 40MiB", c.String("pack-memory"))
 	}
-	setMemoryLimit(packMemory)
+	readMem, err := readMemory(c)
+	if err != nil {
+		return err
+	}
+	setMemoryLimit(packMemory + readMem)
 	to, err := repoChoice(c, "to")
 	if err != nil {
 		return err
 	}
-	r, err := openRepoAt(c.Context, c, log, to, backupRepoOptions(packMemory), 0)
+	r, err := openRepoAt(c.Context, c, log, to, backupRepoOptions(packMemory, readMem), 0)
 	if err != nil {
 		return err
 	}

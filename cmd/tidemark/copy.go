@@ -40,9 +40,8 @@ func copyCommand() *cli.Command {
 // copyRepoOptions make an interrupted copy index what it uploaded often
 // enough for the rerun to reuse most of it, as a backup does.
 func copyRepoOptions(parallel int) repo.Options {
-	o := backupRepoOptions(repo.DefaultPackMemory)
+	o := backupRepoOptions(repo.DefaultPackMemory, defaultReadMemory)
 	o.ReadConcurrency = max(parallel, 1)
-	o.ReadMemory = defaultReadMemory
 	return o
 }
 

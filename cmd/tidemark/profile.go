@@ -39,15 +39,22 @@ func startProfiles(args []string) func() {
 	// The heap profile describes the heap as of the last collection:
 	// taken whenever the heap in use has grown by a tenth past the largest
 	// seen, the last one taken is the largest heap's.
+	// It also keeps the peaks of the live heap (what the last collection
+	// found reachable: the bounds at work, garbage excluded) and of all
+	// the memory the runtime mapped, for mem.txt.
 	stop, done := make(chan struct{}), make(chan []byte)
+	var peakLive, peakTotal uint64
 	go func() {
-		sample := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		sample := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"},
+			{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"}}
 		var peak uint64
 		var prof []byte
 		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
 		for {
 			rtmetrics.Read(sample)
+			peakLive = max(peakLive, sample[1].Value.Uint64())
+			peakTotal = max(peakTotal, sample[2].Value.Uint64())
 			if v := sample[0].Value.Uint64(); v > peak+peak/10 {
 				peak = v
 				var b bytes.Buffer
@@ -80,7 +87,7 @@ func startProfiles(args []string) func() {
 		}
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		os.WriteFile(base+".mem.txt", fmt.Appendf(nil, "heap_sys %d\nheap_inuse %d\nstack_sys %d\nsys %d\nnum_gc %d\n",
-			ms.HeapSys, ms.HeapInuse, ms.StackSys, ms.Sys, ms.NumGC), 0o644)
+		os.WriteFile(base+".mem.txt", fmt.Appendf(nil, "heap_sys %d\nheap_inuse %d\nstack_sys %d\nsys %d\nnum_gc %d\npeak_live_heap %d\npeak_runtime_total %d\n",
+			ms.HeapSys, ms.HeapInuse, ms.StackSys, ms.Sys, ms.NumGC, peakLive, peakTotal), 0o644)
 	}
 }

@@ -76,6 +76,11 @@ func NewTidemark(t testing.TB, srv *testenv.S3Server, bucket string) *Tidemark {
 	}
 	testenv.ChownToServer(t, dir)
 	tm.Env = append([]string{"TIDEMARK_REPO=" + tm.URL, "TIDEMARK_IDENTITY=" + tm.Identity}, srv.Env()...)
+	// The processes PostgreSQL starts (wal-push, wal-fetch and its
+	// prefetcher) profile too when the benchmark asks for profiles.
+	if d := os.Getenv("TIDEMARK_PROFILE_DIR"); d != "" {
+		tm.Env = append(tm.Env, "TIDEMARK_PROFILE_DIR="+d)
+	}
 	return tm
 }
 
