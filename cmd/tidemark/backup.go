@@ -54,7 +54,7 @@ func backupCommand() *cli.Command {
 			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
 			&cli.StringFlag{Name: "pack-memory", Value: "40MiB", EnvVars: []string{envName("pack-memory")},
 				Usage: "bytes of packs held while they fill and upload; packs are filled smaller than the repository's pack size when two would not fit"},
-			&cli.StringFlag{Name: "read-memory", Value: "16MiB", EnvVars: []string{envName("read-memory")},
+			&cli.StringFlag{Name: "read-memory", Value: "8MiB", EnvVars: []string{envName("read-memory")},
 				Usage: "bytes of base slots (and page maps, trees) read back from the repository at once, by all workers together"},
 			&cli.DurationFlag{Name: "archive-timeout", Value: backup.DefaultArchiveWait, EnvVars: []string{envName("archive-timeout")},
 				Usage: "how long to wait for the WAL up to the backup's stop to be archived before failing"},

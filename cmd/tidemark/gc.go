@@ -51,7 +51,10 @@ func runGC(c *cli.Context) error {
 			return usageErrorf("--repack-dead %q: %v", v, err)
 		}
 	}
-	r, err := openRepo(c, log, repo.Options{})
+	// Repacking writes through a Writer (its packs) and reads what it
+	// moves; marking reads metadata.
+	setMemoryLimit(repo.DefaultPackMemory + metaReadMemory)
+	r, err := openRepo(c, log, repo.Options{ReadMemory: metaReadMemory})
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,17 @@ import (
 // databases of 0.3 to 3 GiB.
 const heapMargin = 32 << 20
 
+// streamMemory is what one object read as a stream holds (a WAL object
+// being fetched or verified, a pack verify --read-data reads): its zstd
+// decoder's window and buffers, the decrypted chunks, one blob. The
+// commands that read several at once (verify --parallel, the prefetcher's
+// --prefetch-parallel) count it for each in their memory limit.
+const streamMemory = 4 << 20
+
+// metaReadMemory is the ReadMemory of the commands that read only
+// metadata (file maps, trees) through ReadBlobs: verify and gc.
+const metaReadMemory = 16 << 20
+
 // setMemoryLimit gives the Go runtime a soft memory limit of bounds (the
 // bytes the command's settings let it hold in buffers) plus heapMargin,
 // unless the operator set GOMEMLIMIT. Without one the collector lets the

@@ -69,7 +69,8 @@ func runVerify(c *cli.Context) error {
 	if opts.Parallel < 1 {
 		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)
 	}
-	r, err := openRepo(c, log, repo.Options{})
+	setMemoryLimit(int64(opts.Parallel)*streamMemory + metaReadMemory)
+	r, err := openRepo(c, log, repo.Options{ReadMemory: metaReadMemory})
 	if err != nil {
 		return err
 	}

@@ -283,6 +283,7 @@ func walFetchRun(c *cli.Context) error {
 	if served, err := serveSpooled(c, opts, name, dest); served || err != nil {
 		return err
 	}
+	setMemoryLimit(streamMemory)
 	spoolDir := opts.SpoolDir
 	if spoolDir == "" {
 		spoolDir = wal.DefaultSpoolDir(opts.PGData)
@@ -457,6 +458,7 @@ func walPrefetchCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			setMemoryLimit(int64(max(opts.Parallel, 1)) * streamMemory)
 			f, r, err := newFetcher(c, log, opts)
 			if err != nil {
 				return err
