@@ -62,6 +62,10 @@ type Options struct {
 	// when the process ends. Default os.TempDir(); "-" keeps it all in
 	// memory.
 	IndexSpillDir string
+	// IndexMemory bounds the bytes of index entries kept in memory before
+	// the rest spill to IndexSpillDir (about 1.8 bytes an entry stay in
+	// memory for those). Default index.DefaultMemory (13 MiB).
+	IndexMemory int64
 	// CoalesceGap: ReadBlobs reads two blobs of a pack with one GET when at
 	// most this many bytes lie between them. Default 256 KiB.
 	CoalesceGap int64
@@ -478,9 +482,9 @@ func (r *Repo) newIndex() *index.Index {
 	case "-":
 		return index.New()
 	case "":
-		return index.NewSpilling(os.TempDir())
+		return index.NewSpilling(os.TempDir(), r.opts.IndexMemory)
 	default:
-		return index.NewSpilling(d)
+		return index.NewSpilling(d, r.opts.IndexMemory)
 	}
 }
 

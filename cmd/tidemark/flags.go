@@ -36,6 +36,8 @@ func repoFlags() []cli.Flag {
 	return append(repoURLFlags(),
 		&cli.StringSliceFlag{Name: "identity", Usage: "age identity file that unlocks the repository (repeatable)", EnvVars: []string{envName("identity")}},
 		stringFlag("passphrase-file", "file holding a passphrase that unlocks the repository"),
+		&cli.StringFlag{Name: "index-memory", Value: "13MiB", EnvVars: []string{envName("index-memory")},
+			Usage: "bytes of the repository's blob index kept in memory; the rest spills to sorted files in the temp directory"},
 	)
 }
 

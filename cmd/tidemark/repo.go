@@ -228,11 +228,28 @@ func openRepoAt(ctx context.Context, c *cli.Context, log *slog.Logger, which str
 	if opts.Logger == nil {
 		opts.Logger = log
 	}
+	if opts.IndexMemory, err = indexMemory(c); err != nil {
+		return nil, err
+	}
 	r, err := repo.Open(ctx, st, ids, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open repository %s: %w", st, err)
 	}
 	return r, nil
+}
+
+// indexMemory parses --index-memory (0, the default, when the command has
+// no such flag).
+func indexMemory(c *cli.Context) (int64, error) {
+	v := c.String("index-memory")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := bytesize.Parse(v)
+	if err != nil || n < 1<<20 {
+		return 0, usageErrorf("--index-memory %q: want a size of at least 1MiB, such as 13MiB", v)
+	}
+	return n, nil
 }
 
 // openSecondOf opens repo2 and checks that it is a second repository of

@@ -49,7 +49,7 @@ func TestFileRoundtrip(t *testing.T) {
 func TestIndexLookupAndMerge(t *testing.T) {
 	t.Run("memory", func(t *testing.T) { testLookupAndMerge(t, New()) })
 	t.Run("spilling", func(t *testing.T) {
-		x := NewSpilling(t.TempDir())
+		x := NewSpilling(t.TempDir(), 0)
 		x.spillAt = 700 // runs of a few hundred entries, merged as they come
 		testLookupAndMerge(t, x)
 		if len(x.runs) == 0 || x.runs[0].n < 1000 {
@@ -135,4 +135,38 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSpillingMemory: the memory given to a spilling index bounds the
+// entries its sorted array keeps; past it they go to runs and stay found.
+func TestSpillingMemory(t *testing.T) {
+	x := NewSpilling(t.TempDir(), 2000*int64(EntryMemSize))
+	if x.spillAt != 2000 {
+		t.Fatalf("spillAt %d, want 2000", x.spillAt)
+	}
+	var ids []blob.ID
+	for p := range 3 {
+		var added []pack.Entry
+		for range mergeAt + 1 { // each pack past the overlay: merged at once
+			var id blob.ID
+			rand.Read(id[:])
+			ids = append(ids, id)
+			added = append(added, pack.Entry{ID: id, Kind: blob.KindPatch, Length: 1, RawLength: 1})
+		}
+		x.AddPack(Pack{ID: pack.ID{byte(p + 1)}, PlainSize: 1 << 20}, added)
+		if len(x.sorted) > x.spillAt {
+			t.Fatalf("after pack %d: %d entries in memory, bound %d", p, len(x.sorted), x.spillAt)
+		}
+	}
+	if len(x.runs) == 0 {
+		t.Fatal("nothing spilled")
+	}
+	for _, id := range ids {
+		if !x.Has(id) {
+			t.Fatalf("entry %s lost", id)
+		}
+	}
+	if d := NewSpilling(t.TempDir(), 0); d.spillAt != 1<<18 {
+		t.Fatalf("default spillAt %d", d.spillAt)
+	}
 }

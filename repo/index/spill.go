@@ -14,7 +14,7 @@ import (
 
 // An index of millions of blobs (a repository of a cluster with millions of
 // files) would hold tens of bytes per blob in memory. A spilling index
-// (NewSpilling) keeps at most spillAt entries in its sorted array; the rest
+// (NewSpilling) keeps at most a set number of entries in its sorted array; the rest
 // live in runs: sorted files of fixed-size records in a temporary
 // directory, unlinked at creation (the system removes them when the
 // process ends), with in memory only the first ID of each block of
@@ -24,10 +24,11 @@ import (
 // are merged so that each is at most half the size of the one before: a
 // few runs, and each entry rewritten a few times.
 
+// DefaultMemory is the bytes of entries a spilling index keeps in memory
+// unless told otherwise: 256k entries, 13 MiB.
+const DefaultMemory = int64(1<<18) * int64(EntryMemSize)
+
 const (
-	// spillAt is how many entries the sorted array holds before they go
-	// to a run (13 MiB).
-	spillAt = 1 << 18
 	// runBlock is the records of a run read by one lookup (3.3 KiB).
 	runBlock = 64
 	// recSize is the size of a record in a run: ID, pack, offset, length,
@@ -39,12 +40,16 @@ const (
 	bloomHashes = 7
 )
 
-// NewSpilling returns an empty index that keeps most of its entries in
-// runs in dir (see spillAt). If a run cannot be written there, the index
-// keeps its entries in memory instead.
-func NewSpilling(dir string) *Index {
+// NewSpilling returns an empty index that keeps at most memory bytes of
+// entries in its sorted array (DefaultMemory when memory <= 0; at least
+// 1,024 entries) and the rest in runs in dir. If a run cannot be written
+// there, the index keeps its entries in memory instead.
+func NewSpilling(dir string, memory int64) *Index {
+	if memory <= 0 {
+		memory = DefaultMemory
+	}
 	x := New()
-	x.spillDir, x.spillAt = dir, spillAt
+	x.spillDir, x.spillAt = dir, int(max(memory/int64(EntryMemSize), 1024))
 	return x
 }
 
