@@ -29,6 +29,8 @@ func gcCommand() *cli.Command {
 			&cli.DurationFlag{Name: "grace", Value: time.Hour, Usage: "leave packs younger than this (and than the oldest running backup) alone; also covers clock differences between hosts", EnvVars: []string{envName("grace")}},
 			stringFlag("repack-dead", "repack a pack when at least this share of its bytes is dead (default 50%; 100% turns repacking off)"),
 			&cli.DurationFlag{Name: "wait", Usage: "wait up to this long for the leases the new quarantine must outlive, then delete in this run", EnvVars: []string{envName("wait")}},
+			&cli.StringFlag{Name: "read-memory", Value: "16MiB", EnvVars: []string{envName("read-memory")},
+				Usage: "bytes of metadata (file maps, trees) read from the repository at once"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "show what would be quarantined and deleted; change nothing", EnvVars: []string{envName("dry-run")}},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON", EnvVars: []string{envName("json")}},
 			metricsFileFlag(),
@@ -53,8 +55,12 @@ func runGC(c *cli.Context) error {
 	}
 	// Repacking writes through a Writer (its packs) and reads what it
 	// moves; marking reads metadata.
-	setMemoryLimit(repo.DefaultPackMemory + metaReadMemory)
-	r, err := openRepo(c, log, repo.Options{ReadMemory: metaReadMemory})
+	readMem, err := readMemory(c)
+	if err != nil {
+		return err
+	}
+	setMemoryLimit(repo.DefaultPackMemory + readMem)
+	r, err := openRepo(c, log, repo.Options{ReadMemory: readMem})
 	if err != nil {
 		return err
 	}

@@ -22,10 +22,6 @@ const heapMargin = 24 << 20
 // --prefetch-parallel) count it for each in their memory limit.
 const streamMemory = 4 << 20
 
-// metaReadMemory is the ReadMemory of the commands that read only
-// metadata (file maps, trees) through ReadBlobs: verify and gc.
-const metaReadMemory = 16 << 20
-
 // setMemoryLimit gives the Go runtime a soft memory limit of bounds (the
 // bytes the command's settings let it hold in buffers) plus heapMargin,
 // unless the operator set GOMEMLIMIT. Without one the collector lets the

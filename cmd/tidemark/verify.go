@@ -33,6 +33,8 @@ func verifyCommand() *cli.Command {
 			&cli.BoolFlag{Name: "read-data", Usage: "download and check every pack and every WAL object", EnvVars: []string{envName("read-data")}},
 			stringFlag("read-data-subset", "download and check the next N% of the packs and of the WAL objects (e.g. 10%), continuing where the last run stopped"),
 			&cli.IntFlag{Name: "parallel", Value: 4, Usage: "packs (then WAL objects) read at once", EnvVars: []string{envName("parallel")}},
+			&cli.StringFlag{Name: "read-memory", Value: "16MiB", EnvVars: []string{envName("read-memory")},
+				Usage: "bytes of metadata (file maps, trees) read from the repository at once"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON", EnvVars: []string{envName("json")}},
 			metricsFileFlag(),
 		}),
@@ -69,8 +71,12 @@ func runVerify(c *cli.Context) error {
 	if opts.Parallel < 1 {
 		return usageErrorf("--parallel %d: want at least 1", opts.Parallel)
 	}
-	setMemoryLimit(int64(opts.Parallel)*streamMemory + metaReadMemory)
-	r, err := openRepo(c, log, repo.Options{ReadMemory: metaReadMemory})
+	readMem, err := readMemory(c)
+	if err != nil {
+		return err
+	}
+	setMemoryLimit(int64(opts.Parallel)*streamMemory + readMem)
+	r, err := openRepo(c, log, repo.Options{ReadMemory: readMem})
 	if err != nil {
 		return err
 	}
