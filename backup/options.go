@@ -8,6 +8,7 @@ import (
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
 
@@ -104,12 +105,25 @@ type Options struct {
 	partMax       int            // tests: directories of more entries are parted (filemap.PartMax)
 }
 
+// WorkerMemory is what one worker (Options.Parallel) holds in buffers: a
+// slot being read, a patch being filled and the base slots it fetches
+// ahead of the window it reads (baseLookahead). A command's memory limit
+// counts it per worker beside the pack and read budgets.
+const WorkerMemory = (2 + baseLookahead) * blob.SlotSize
+
+// Workers is the number of workers Parallel asks for: the number of CPUs
+// when it is 0.
+func (o Options) Workers() int {
+	if o.Parallel <= 0 {
+		return runtime.GOMAXPROCS(0)
+	}
+	return o.Parallel
+}
+
 func (o *Options) deltas() bool { return !o.NoPageDeltas }
 
 func (o *Options) setDefaults() {
-	if o.Parallel <= 0 {
-		o.Parallel = runtime.GOMAXPROCS(0)
-	}
+	o.Parallel = o.Workers()
 	if o.RebasePages <= 0 {
 		o.RebasePages = DefaultRebasePages
 	}

@@ -105,7 +105,7 @@ func runBackup(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	setMemoryLimit(packMemory + readMem)
+	setMemoryLimit(packMemory + readMem + int64(opts.Workers())*backup.WorkerMemory)
 	to, err := repoChoice(c, "to")
 	if err != nil {
 		return err
