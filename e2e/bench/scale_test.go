@@ -225,42 +225,16 @@ func (sc *scaleBench) readFloor(lsn pg.LSN) string {
 	files := map[string][]run{}
 	var total int64
 	buf := make([]byte, 1<<20)
-	err := filepath.WalkDir(filepath.Join(sc.c.DataDir, "base"), func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
+	forChangedPages(t, sc.c.DataDir, lsn, func(p string, off int64) {
+		total++
+		rs := files[p]
+		if n := len(rs); n > 0 && rs[n-1].off+rs[n-1].n == off && rs[n-1].n < int64(len(buf)) {
+			rs[n-1].n += 8192
+		} else {
+			rs = append(rs, run{off, 8192})
 		}
-		rel, _ := filepath.Rel(sc.c.DataDir, p)
-		if _, ok := pg.ParseRelPath(filepath.ToSlash(rel)); !ok {
-			return nil
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return nil
-		}
-		defer f.Close()
-		for base := int64(0); ; base += int64(len(buf)) {
-			k, err := io.ReadFull(f, buf)
-			for off := 0; off+8192 <= k; off += 8192 {
-				if pg.PageLSN(buf[off:off+8192]) < lsn {
-					continue
-				}
-				total++
-				rs := files[p]
-				if n := len(rs); n > 0 && rs[n-1].off+rs[n-1].n == base+int64(off) && rs[n-1].n < int64(len(buf)) {
-					rs[n-1].n += 8192
-				} else {
-					rs = append(rs, run{base + int64(off), 8192})
-				}
-				files[p] = rs
-			}
-			if err != nil {
-				return nil
-			}
-		}
+		files[p] = rs
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var reads int
 	settle()
 	start := time.Now()
@@ -437,6 +411,15 @@ func sectorsRead(t *testing.T, stat string) int64 {
 // LSN is at or after lsn.
 func changedPages(t *testing.T, dataDir string, lsn pg.LSN) int64 {
 	var n int64
+	forChangedPages(t, dataDir, lsn, func(string, int64) { n++ })
+	return n
+}
+
+// forChangedPages calls fn with the path and offset of every page of the
+// relation files under dataDir/base whose LSN is at or after lsn, file by
+// file in offset order.
+func forChangedPages(t *testing.T, dataDir string, lsn pg.LSN, fn func(path string, off int64)) {
+	t.Helper()
 	buf := make([]byte, 1<<20)
 	err := filepath.WalkDir(filepath.Join(dataDir, "base"), func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -448,14 +431,14 @@ func changedPages(t *testing.T, dataDir string, lsn pg.LSN) int64 {
 		}
 		f, err := os.Open(p)
 		if err != nil {
-			return nil
+			return nil // dropped meanwhile
 		}
 		defer f.Close()
-		for {
+		for base := int64(0); ; base += int64(len(buf)) {
 			k, err := io.ReadFull(f, buf)
 			for off := 0; off+8192 <= k; off += 8192 {
 				if pg.PageLSN(buf[off:off+8192]) >= lsn {
-					n++
+					fn(p, base+int64(off))
 				}
 			}
 			if err != nil {
@@ -466,5 +449,4 @@ func changedPages(t *testing.T, dataDir string, lsn pg.LSN) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n
 }
