@@ -416,14 +416,14 @@ func hintsOnly(a, b []byte) bool {
 // checkSums checks the window sums of incremental a's relation files in
 // PGDATA: every window holding patch pages has one (when wholeSums: a
 // backup that reads only changed pages sums only windows it read whole),
-// and each sum is the ID of the
-// window's bytes as the backup read them, which is what a restore of a
-// writes (materialised in da) or, for a page whose hint bits changed after
-// its base was stored, what the full backup taken right after it read
-// (materialised in db).
+// and each sum is the ID of the window's bytes as the backup read them,
+// which is what a restore of a writes (materialised in da) or, for a page
+// whose hint bits changed after its base was stored, what the full backup
+// taken right after it read (materialised in db). A window whose hint bits
+// moved between the two reads cannot be checked (hintsMoved).
 func checkSums(t *testing.T, r *repo.Repo, a *repo.Snapshot, da, db string, wholeSums bool) {
 	t.Helper()
-	var windows, restored int
+	var windows, restored, unverified int
 	for rel, n := range snapshotFiles(t, r, a) {
 		if n.Map.IsZero() {
 			continue
@@ -436,26 +436,51 @@ func checkSums(t *testing.T, r *repo.Repo, a *repo.Snapshot, da, db string, whol
 			}
 		}
 		bs := int64(m.BlockSize)
+		fa, _ := os.ReadFile(filepath.Join(da, rel))
+		fb, _ := os.ReadFile(filepath.Join(db, rel))
 		for _, s := range m.Sums {
 			off, end := int64(s.Slot*sp)*bs, int64(min((s.Slot+1)*sp, m.Pages))*bs
-			window := func(dir string) blob.ID {
-				f, err := os.ReadFile(filepath.Join(dir, rel))
-				if err != nil || int64(len(f)) < end {
-					return blob.ID{}
-				}
-				return r.BlobID(blob.KindSlot, f[off:end])
-			}
 			windows++
-			switch s.ID {
-			case window(da):
+			if int64(len(fa)) >= end && r.BlobID(blob.KindSlot, fa[off:end]) == s.ID {
 				restored++
-			case window(db):
+				continue
+			}
+			if int64(len(fb)) < end || int64(len(fa)) < end {
+				t.Errorf("%s: window %d has a sum but the restored files are short", rel, s.Slot)
+				continue
+			}
+			switch {
+			case r.BlobID(blob.KindSlot, fb[off:end]) == s.ID:
+			case hintsMoved(fa[off:end], fb[off:end], int(bs)):
+				unverified++
 			default:
 				t.Errorf("%s: the sum of window %d matches neither the restored incremental nor the full backup", rel, s.Slot)
 			}
 		}
 	}
-	t.Logf("window sums: %d, of which %d match the restored incremental", windows, restored)
+	t.Logf("window sums: %d, of which %d match the restored incremental; %d not checked (hint bits flushed while the backups ran)", windows, restored, unverified)
+}
+
+// hintsMoved reports whether windows a (restored incremental) and b (the
+// later full backup) differ, and only in hint bits. The incremental read
+// the window from disk between the two, and a checkpoint may flush a
+// buffer whose only change is hint bits at any moment (each backup starts
+// with one; every new connection sets hint bits on pg_attribute's recent
+// tuples), so what it read can be a third state of those bits, which no
+// copy in the test holds. Where a and b are identical the disk held that
+// content throughout (hint bits are only ever set), so the sum must match.
+func hintsMoved(a, b []byte, bs int) bool {
+	moved := false
+	for off := 0; off < len(a); off += bs {
+		if bytes.Equal(a[off:off+bs], b[off:off+bs]) {
+			continue
+		}
+		if !hintsOnly(a[off:off+bs], b[off:off+bs]) {
+			return false
+		}
+		moved = true
+	}
+	return moved
 }
 
 // checkIndexes runs amcheck's bt_index_check with heapallindexed on every
