@@ -570,6 +570,9 @@ func (w *writer) run(ctx context.Context, s *repo.Snapshot, settings []setting, 
 	if err := w.writeControl(); err != nil {
 		return err
 	}
+	if delta {
+		w.log.Info("restore: relation pages compared", w.delta.logAttrs()...)
+	}
 	w.log.Info("restore: done", "backup", s.ID, "files", w.p.files+1, "fetched_bytes", w.fetched.Load(),
 		"written_bytes", w.written.Load(), "unchanged_files", w.skipped.Load(), "removed", w.removed.Load(), "seconds", now().Sub(start).Seconds())
 	return nil

@@ -77,11 +77,31 @@ type writer struct {
 
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 	progress                                         *progress.Counter
+	// delta counts what a delta restore's comparison decided, page by
+	// page, so that its log says why it fetched what it fetched.
+	delta deltaStats
 
 	// Delta restore: the directory being cleaned up (cleanVisit) and its
 	// entries on disk not seen in the snapshot yet, sorted.
 	cleaning *listing
 	existing []string
+}
+
+// deltaStats counts, in pages, what a delta restore's comparison of
+// relation files kept and what it asked for: kept whole by a window sum,
+// kept by a held slot (only patches fetched), kept by a blob's ID, and
+// wanted as deltas, as plain pages cut from a blob (a slot split by
+// patches, or a patch), or as whole blobs that differ.
+type deltaStats struct {
+	keptSum, keptSlot, keptBlob    atomic.Int64
+	wantDelta, wantPart, wantWhole atomic.Int64
+	wantZero                       atomic.Int64
+}
+
+// logAttrs returns the counters as log attributes.
+func (d *deltaStats) logAttrs() []any {
+	return []any{"kept_pages_by_sum", d.keptSum.Load(), "kept_pages_by_slot", d.keptSlot.Load(), "kept_pages_by_blob", d.keptBlob.Load(),
+		"fetched_delta_pages", d.wantDelta.Load(), "fetched_part_pages", d.wantPart.Load(), "fetched_whole_pages", d.wantWhole.Load(), "zeroed_pages", d.wantZero.Load()}
 }
 
 // batch writes one batch of files: fresh ones created sparse at their final
@@ -899,11 +919,17 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 		}
 		sp := m.SlotPages()
 		var parts []filemap.Extent
+		for _, win := range windows {
+			if win {
+				w.delta.keptSum.Add(int64(sp))
+			}
+		}
 		for xi, whole := range m.Extents {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			if held[xi] {
+				w.delta.keptSlot.Add(int64(whole.Count))
 				continue
 			}
 			parts = outsideWindows(parts[:0], whole, windows, sp)
@@ -911,6 +937,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 				off, n := int64(x.Page)*bs, int64(x.Count)*bs
 				if x.IsDelta() {
 					same = false
+					w.delta.wantDelta.Add(int64(x.Count))
 					w.wantDelta(i, x, bs, sp, slots)
 					continue
 				}
@@ -922,6 +949,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 					if !zero {
 						punch = append(punch, [2]int64{off, n})
 						same = false
+						w.delta.wantZero.Add(int64(x.Count))
 					}
 					continue
 				}
@@ -935,8 +963,12 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 						return err
 					}
 					if b != nil && w.r.BlobID(loc.Kind, b) == x.Blob {
+						w.delta.keptBlob.Add(int64(x.Count))
 						continue
 					}
+					w.delta.wantWhole.Add(int64(x.Count))
+				} else {
+					w.delta.wantPart.Add(int64(x.Count))
 				}
 				same = false
 				w.addDest(x.Blob, dest{file: i, fileOff: off, blobOff: int64(x.BlobPage) * bs, n: n})
