@@ -256,7 +256,14 @@ func benchReceiveRun(t *testing.T, c *testenv.Cluster, s recvSetup, slot string,
 	startLSN := c.QueryString(t, "SELECT pg_current_wal_lsn()")
 	cpu0 := cpuSeconds(cmd.Process.Pid)
 	rss := SampleRSS(cmd.Process.Pid)
+	// The status file is written about once a second from the receiver's
+	// start: a receiver that became the synchronous standby within the
+	// first second has none yet, and counting from NaN gave NaN pieces.
 	pieces0 := piecesUploaded(cmd)
+	for wait := time.Now().Add(3 * time.Second); math.IsNaN(pieces0) && isWALReceive(cmd) && time.Now().Before(wait); {
+		time.Sleep(100 * time.Millisecond)
+		pieces0 = piecesUploaded(cmd)
+	}
 	res := testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: clients, Jobs: 2, Duration: load,
 		Args: []string{"-l", "--log-prefix=" + filepath.Join(logDir, "pgbench")}})
 	run := recvRun{tps: res.TPS, rss: rss.Stop(), cpu: cpuSeconds(cmd.Process.Pid) - cpu0, load: loadAverage()}
@@ -273,6 +280,9 @@ func benchReceiveRun(t *testing.T, c *testenv.Cluster, s recvSetup, slot string,
 	c.Exec(t, "SELECT pg_drop_replication_slot($1)", slot)
 	return run
 }
+
+// isWALReceive reports whether cmd runs tidemark wal-receive.
+func isWALReceive(cmd *exec.Cmd) bool { return slices.Contains(cmd.Args, "wal-receive") }
 
 // piecesUploaded reads the pieces a wal-receive process (its --dir) has
 // uploaded from its status file; NaN for another standby.
