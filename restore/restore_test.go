@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"maps"
@@ -1204,5 +1205,84 @@ func TestRewriteAutoConfStandby(t *testing.T) {
 	}
 	if got := string(rewriteAutoConf([]byte(old), nil, false, "S1", t0)); !strings.Contains(got, "host=old") {
 		t.Errorf("a PITR restore dropped primary_conninfo:\n%s", got)
+	}
+}
+
+// manyPatches is a relation of 9 windows whose deltas each sit in a patch
+// blob of their own, more than heldDeltas holds at once (maxGroupPatches),
+// so that proving the windows takes several groups of patch reads.
+func manyPatches(t *testing.T) tfile {
+	const windows = 9
+	base := randomBytes(51, windows*128*testBS)
+	data := bytes.Clone(base)
+	fmap := func(ctx context.Context, w *repo.Writer) *filemap.Map {
+		m := &filemap.Map{BlockSize: testBS, Pages: windows * 128}
+		for win := range uint32(windows) {
+			slot := add(t, ctx, w, blob.KindSlot, base[win*blob.SlotSize:(win+1)*blob.SlotSize])
+			var xor []byte
+			for k := range uint32(3) {
+				p := win*128 + 10 + k
+				page := data[p*testBS : (p+1)*testBS]
+				copy(page[300:], randomBytes(uint64(60+p), 50))
+				x := bytes.Clone(page)
+				subtle.XORBytes(x, x, base[p*testBS:(p+1)*testBS])
+				xor = append(xor, x...)
+			}
+			patch := add(t, ctx, w, blob.KindPatch, xor)
+			m.Extents = append(m.Extents,
+				filemap.Extent{Page: win * 128, Count: 10, Blob: slot},
+				filemap.Extent{Page: win*128 + 10, Count: 3, Blob: patch, Base: slot, BasePage: 10},
+				filemap.Extent{Page: win*128 + 13, Count: 115, Blob: slot, BlobPage: 13})
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	return tfile{data: data, rel: true, fmap: fmap}
+}
+
+// TestRestoreDeltaProvedByDeltas: a --delta restore over a copy of a
+// snapshot whose windows are split by deltas (no window sums) keeps every
+// window it can prove by XORing the deltas back to the slot, reading the
+// patches but no slot, in groups of patch reads; a window that differs is
+// rewritten whole and right.
+func TestRestoreDeltaProvedByDeltas(t *testing.T) {
+	ctx := context.Background()
+	const relPath = "base/1/16384"
+	files := sampleFiles()
+	files[relPath] = manyPatches(t)
+	r, a, s := setupFiles(t, files)
+	patchBytes := int64(9 * 3 * testBS)
+	for _, differ := range []bool{false, true} {
+		t.Run("differs="+strconv.FormatBool(differ), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "pgdata")
+			opts := baseOpts(t, dir)
+			if _, err := Run(ctx, r, a, opts); err != nil {
+				t.Fatal(err)
+			}
+			if differ {
+				// A page of window 5 outside its deltas, and one of
+				// window 7's deltas.
+				scribble(t, filepath.Join(dir, relPath), (5*128+60)*testBS, 100)
+				scribble(t, filepath.Join(dir, relPath), (7*128+11)*testBS, 100)
+			}
+			opts.Delta = true
+			res, err := Run(ctx, r, a, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRestoredFiles(t, dir, s, files)
+			// The patches, postgresql.auto.conf, and where windows
+			// differ, their slots and patches again.
+			want := patchBytes + 4<<10
+			if differ {
+				want += 2 * (blob.SlotSize + 3*testBS)
+			}
+			if res.FetchedBytes > want {
+				t.Errorf("fetched %d bytes in %d blobs, want at most %d", res.FetchedBytes, res.FetchedBlobs, want)
+			}
+			t.Logf("fetched %d bytes in %d blobs", res.FetchedBytes, res.FetchedBlobs)
+		})
 	}
 }
