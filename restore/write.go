@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -1084,16 +1085,9 @@ func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, held
 	slotPages := m.SlotPages()
 	var held map[int]bool
 	var slots map[uint32]blob.ID
-	ext := m.Extents
-	for j := 0; j < len(ext); {
-		wstart := ext[j].Page / slotPages * slotPages
+	for first, win := range mapWindows(m) {
+		wstart := win[0].Page / slotPages * slotPages
 		wend := min(wstart+slotPages, m.Pages)
-		k := j
-		for k < len(ext) && ext[k].Page < wend {
-			k++
-		}
-		win := ext[j:k]
-		j = k
 		// One plain extent is the whole slot or not cut from one; one
 		// delta may still be XORed onto the slot the file holds.
 		if (len(win) < 2 && !win[0].IsDelta()) || heldWin[wstart/slotPages] || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
@@ -1120,7 +1114,7 @@ func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, held
 		for i := range win {
 			// A delta's pages are not its blob's, whatever blob that is.
 			if win[i].Blob == slot && !win[i].IsDelta() {
-				held[k-len(win)+i] = true
+				held[first+i] = true
 				w.delta.keptSlot.Add(int64(win[i].Count))
 			}
 		}
@@ -1245,16 +1239,9 @@ func (w *writer) deltaWindows(ctx context.Context, m *filemap.Map, have int64, h
 	bs := int64(m.BlockSize)
 	slotPages := m.SlotPages()
 	var out []deltaWindow
-	ext := m.Extents
-	for j := 0; j < len(ext); {
-		wstart := ext[j].Page / slotPages * slotPages
+	for first, win := range mapWindows(m) {
+		wstart := win[0].Page / slotPages * slotPages
 		wend := min(wstart+slotPages, m.Pages)
-		k := j
-		for k < len(ext) && ext[k].Page < wend {
-			k++
-		}
-		win, first := ext[j:k], j
-		j = k
 		w0 := wstart / slotPages
 		if _, ok := m.Sum(w0); ok || heldWin[w0] || !slots[w0].IsZero() || int64(wend)*bs > have ||
 			win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || !slices.ContainsFunc(win, func(x filemap.Extent) bool { return x.IsDelta() }) {
@@ -1270,6 +1257,27 @@ func (w *writer) deltaWindows(ctx context.Context, m *filemap.Map, have int64, h
 		out = append(out, deltaWindow{first: first, count: len(win), start: wstart, pages: wend - wstart, slot: slot})
 	}
 	return out, nil
+}
+
+// mapWindows yields the extents of m window by window: the index of the
+// first and the extents that begin in the window (the last may reach past
+// it, which callers check).
+func mapWindows(m *filemap.Map) iter.Seq2[int, []filemap.Extent] {
+	return func(yield func(int, []filemap.Extent) bool) {
+		slotPages := m.SlotPages()
+		ext := m.Extents
+		for j := 0; j < len(ext); {
+			wend := min(ext[j].Page/slotPages*slotPages+slotPages, m.Pages)
+			k := j
+			for k < len(ext) && ext[k].Page < wend {
+				k++
+			}
+			if !yield(j, ext[j:k]) {
+				return
+			}
+			j = k
+		}
+	}
 }
 
 // onSlot reports whether every extent of a window starting at page wstart
