@@ -94,7 +94,7 @@ func TestBenchRestore(t *testing.T) {
 	tmI, brI := rb.restoreStep(tab, "incr", "restore after 3 incrementals", pairs, gib)
 
 	waitQuiet(t)
-	dw, dc := rb.deltaPairs(pairs)
+	dw, dc, coldRead := rb.deltaPairs(pairs)
 	fullWall := func(ms []Measurement) Series {
 		return Series{Of(ms, Wall).Median()}
 	}
@@ -108,6 +108,8 @@ func TestBenchRestore(t *testing.T) {
 		tab.AddRuns(dc[0], dc[1], gib, "", "")
 		tab.Add("delta / own full restore (medians)", "%.2f", Series{Of(dc[0], Wall).Median() / fullWall(tmI)[0]},
 			Series{Of(dc[1], Wall).Median() / fullWall(brI)[0]}, "tidemark <= 0.20")
+		tab.Add("floor: reading the copy alone, cold, s", "%.2f", Series(coldRead), nil, "")
+		tab.Add("floor / tidemark's own full restore (medians)", "%.2f", Series{Series(coldRead).Median() / fullWall(tmI)[0]}, nil, "")
 	}
 
 	// At least 1 GiB of WAL after the newest backup: updates of a quarter
@@ -320,7 +322,7 @@ func (b *restoreBench) restorePairs(name string, n int) (tm, br []Measurement) {
 // primary that just stopped has them; then, where the benchmark may drop
 // the caches (root), with nothing cached, as after a reboot (cold is empty
 // without that).
-func (b *restoreBench) deltaPairs(n int) (warm, cold [2][]Measurement) {
+func (b *restoreBench) deltaPairs(n int) (warm, cold [2][]Measurement, coldRead []float64) {
 	t := b.t
 	tmDir, brDir := filepath.Join(b.shared, "delta-tm"), filepath.Join(b.shared, "delta-br")
 	defer os.RemoveAll(tmDir)
@@ -346,11 +348,19 @@ func (b *restoreBench) deltaPairs(n int) (warm, cold [2][]Measurement) {
 	warm[0], warm[1] = Alternate(n, func(int) Measurement { return run(tmDir, true, tmRun) },
 		func(int) Measurement { return run(brDir, true, brRun) })
 	if !canDropCaches() {
-		return warm, cold
+		return warm, cold, nil
 	}
 	cold[0], cold[1] = Alternate(n, func(int) Measurement { return run(tmDir, false, tmRun) },
 		func(int) Measurement { return run(brDir, false, brRun) })
-	return warm, cold
+	// The floor of a delta restore from a cold cache, which must read
+	// every byte of the copy to compare it: the read alone.
+	for range n {
+		settle()
+		start := time.Now()
+		warmDir(t, tmDir)
+		coldRead = append(coldRead, time.Since(start).Seconds())
+	}
+	return warm, cold, coldRead
 }
 
 // warmDir reads every file under dir, so that the page cache holds it.
