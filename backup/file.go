@@ -38,13 +38,16 @@ type file struct {
 	// whole: every page is captured (the file is new or not the same file
 	// any more, an FSM fork, or a full backup); prevMap then only carries
 	// blob ages forward.
+	// Maps are held compact (filemap.CompactMap, filemap.Extents: 24
+	// bytes an extent): a file whose pages changed at random has an
+	// extent per run of them, tens of thousands in a 1 GiB segment.
 	prevMapID blob.ID
-	prevMap   *filemap.Map
+	prevMap   *filemap.CompactMap
 	whole     bool
 	changes   fileChanges // with summaries
 
 	pending atomic.Int64
-	parts   [][]filemap.Extent  // relation files: extents found per item
+	parts   []filemap.Extents   // relation files: extents found per item
 	sums    [][]filemap.SlotSum // relation files: window sums per item
 	chunks  []chunk             // other files: content per chunk
 }
@@ -98,7 +101,7 @@ func (b *fileBatch) flush() {
 	}
 	if len(ids) > 0 {
 		err := c.store.ReadBlobs(c.ctx, ids, func(id blob.ID, data []byte) error {
-			m, err := filemap.DecodeMap(data)
+			m, err := filemap.DecodeCompactMap(data)
 			if err != nil {
 				return fmt.Errorf("page map %s: %w", id, err)
 			}
@@ -193,7 +196,7 @@ func (c *capture) dispatch(f *file) {
 	if f.isRel {
 		perItem := uint32(itemSlots * c.pagesPerSlot())
 		n = int((f.pages + perItem - 1) / perItem)
-		f.parts = make([][]filemap.Extent, n)
+		f.parts = make([]filemap.Extents, n)
 		f.sums = make([][]filemap.SlotSum, n)
 	} else {
 		chunks := int((f.node.Size + filemap.ChunkSize - 1) / filemap.ChunkSize)
@@ -236,27 +239,25 @@ func (c *capture) finishFile(f *file) {
 	}
 	n := f.node
 	if f.isRel {
-		var updates []filemap.Extent
-		for _, p := range f.parts {
-			updates = append(updates, p...)
-		}
 		base := f.prevMap
 		if base == nil || f.whole {
-			base = &filemap.Map{BlockSize: uint32(c.blockSize)}
+			base = &filemap.CompactMap{BlockSize: uint32(c.blockSize)}
 		}
-		m, err := filemap.Overlay(base, f.pages, updates)
-		if err != nil {
-			c.fail(fmt.Errorf("page map of %s: %w", f.slot.abs, err))
-			return
-		}
+		var sums []filemap.SlotSum
 		for _, s := range f.sums {
-			m.Sums = append(m.Sums, s...)
+			sums = append(sums, s...)
 		}
-		b, err := filemap.EncodeMap(m)
+		// The new map is encoded straight from the reference's and the
+		// items' extents, never built as a filemap.Map: only its
+		// encoding is held beside them.
+		b, err := filemap.EncodeOverlay(base, f.pages, f.updates, sums)
 		if err != nil {
 			c.fail(fmt.Errorf("page map of %s: %w", f.slot.abs, err))
 			return
 		}
+		// Storing the map can wait for a pack upload: what it was built
+		// from is not needed meanwhile.
+		f.prevMap, f.parts, f.sums = nil, nil, nil
 		if n.Map, err = c.add(blob.KindFileMap, b); err != nil {
 			c.fail(fmt.Errorf("page map of %s: %w", f.slot.abs, err))
 			return
@@ -277,6 +278,18 @@ func (c *capture) finishFile(f *file) {
 		}
 	}
 	f.slot.finish(n)
+}
+
+// updates yields the extents the items of a relation file found, in page
+// order.
+func (f *file) updates(yield func(filemap.Extent) bool) {
+	for i := range f.parts {
+		for e := range f.parts[i].All() {
+			if !yield(e) {
+				return
+			}
+		}
+	}
 }
 
 // readControl reads global/pg_control, after every other file, and stores

@@ -461,9 +461,9 @@ func (wk *worker) windowSum(f *file, s0, s1 uint32, unchanged bool) error {
 }
 
 // prevZero reports whether the reference map holds page p as a zero page.
-func prevZero(m *filemap.Map, p uint32) bool {
+func prevZero(m *filemap.CompactMap, p uint32) bool {
 	i := m.Lookup(p)
-	return i < 0 || m.Extents[i].Blob.IsZero()
+	return i < 0 || m.Extents.At(i).Blob.IsZero()
 }
 
 // windowBase is the slot blob a window's pages rest on in the reference
@@ -536,8 +536,8 @@ func (wk *worker) prevPatches(f *file, s0, s1 uint32) (prevWindow, error) {
 		}
 		return nil
 	}
-	for ; i < len(m.Extents) && m.Extents[i].Page < s1; i++ {
-		e := m.Extents[i]
+	for ; i < m.Extents.Len() && m.Extents.At(i).Page < s1; i++ {
+		e := m.Extents.At(i)
 		if e.Blob.IsZero() {
 			continue
 		}

@@ -127,7 +127,7 @@ func (wk *worker) relItem(it item) error {
 		return err
 	}
 	sortExtents(wk.ext)
-	f.parts[it.idx] = append([]filemap.Extent(nil), wk.ext...)
+	f.parts[it.idx] = filemap.NewExtents(wk.ext)
 	if len(wk.sums) > 0 {
 		f.sums[it.idx] = append([]filemap.SlotSum(nil), wk.sums...)
 	}
@@ -242,8 +242,10 @@ func (wk *worker) storeSlot(f *file, s0, s1 uint32) error {
 		// A slot stored before keeps its age (DESIGN.md: the rebase by
 		// age looks at when a base was first written).
 		if f.prevMap != nil {
-			if i := f.prevMap.Lookup(s0); i >= 0 && f.prevMap.Extents[i].Blob == id {
-				e.Written = f.prevMap.Extents[i].Written
+			if i := f.prevMap.Lookup(s0); i >= 0 {
+				if pe := f.prevMap.Extents.At(i); pe.Blob == id {
+					e.Written = pe.Written
+				}
 			}
 		}
 	}

@@ -191,6 +191,16 @@ func EncodeMap(m *Map) ([]byte, error) {
 	}
 	b := make([]byte, 0, 16+len(m.Extents)*44+len(m.Sums)*34)
 	deltas := m.HasDeltas()
+	b = appendMapHeader(b, m, len(m.Extents), deltas)
+	for i := range m.Extents {
+		b = appendExtent(b, &m.Extents[i], deltas)
+	}
+	return appendSums(b, m.Sums, deltas), nil
+}
+
+// appendMapHeader appends the magic, block size, pages and extent count of
+// m: the oldest encoding that can hold it.
+func appendMapHeader(b []byte, m *Map, extents int, deltas bool) []byte {
 	switch {
 	case deltas:
 		b = append(b, deltasMagic[:]...)
@@ -201,36 +211,81 @@ func EncodeMap(m *Map) ([]byte, error) {
 	}
 	b = binary.AppendUvarint(b, uint64(m.BlockSize))
 	b = binary.AppendUvarint(b, uint64(m.Pages))
-	b = binary.AppendUvarint(b, uint64(len(m.Extents)))
-	for _, e := range m.Extents {
-		b = binary.AppendUvarint(b, uint64(e.Count))
-		b = append(b, e.Blob[:]...)
-		b = binary.AppendUvarint(b, uint64(e.BlobPage))
-		b = binary.AppendVarint(b, e.Written)
-		if deltas {
-			if e.IsDelta() {
-				b = append(b, 1)
-				b = append(b, e.Base[:]...)
-				b = binary.AppendUvarint(b, uint64(e.BasePage))
-			} else {
-				b = append(b, 0)
-			}
+	return binary.AppendUvarint(b, uint64(extents))
+}
+
+func appendExtent(b []byte, e *Extent, deltas bool) []byte {
+	b = binary.AppendUvarint(b, uint64(e.Count))
+	b = append(b, e.Blob[:]...)
+	b = binary.AppendUvarint(b, uint64(e.BlobPage))
+	b = binary.AppendVarint(b, e.Written)
+	if deltas {
+		if e.IsDelta() {
+			b = append(b, 1)
+			b = append(b, e.Base[:]...)
+			b = binary.AppendUvarint(b, uint64(e.BasePage))
+		} else {
+			b = append(b, 0)
 		}
 	}
-	if deltas || len(m.Sums) > 0 {
-		b = binary.AppendUvarint(b, uint64(len(m.Sums)))
-		next := uint32(0)
-		for _, s := range m.Sums {
-			b = binary.AppendUvarint(b, uint64(s.Slot-next))
-			b = append(b, s.ID[:]...)
-			next = s.Slot + 1
-		}
+	return b
+}
+
+// extentLen is the length of appendExtent's encoding of e in a map
+// without deltas (a map with deltas adds a byte to each, and the base to
+// the deltas).
+func extentLen(e *Extent) int {
+	return uvarintLen(uint64(e.Count)) + 32 + uvarintLen(uint64(e.BlobPage)) + varintLen(e.Written)
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
 	}
-	return b, nil
+	return n
+}
+
+func varintLen(v int64) int {
+	u := uint64(v) << 1
+	if v < 0 {
+		u = ^u
+	}
+	return uvarintLen(u)
+}
+
+func appendSums(b []byte, sums []SlotSum, deltas bool) []byte {
+	if !deltas && len(sums) == 0 {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(len(sums)))
+	next := uint32(0)
+	for _, s := range sums {
+		b = binary.AppendUvarint(b, uint64(s.Slot-next))
+		b = append(b, s.ID[:]...)
+		next = s.Slot + 1
+	}
+	return b
 }
 
 // DecodeMap decodes and validates a page map.
 func DecodeMap(data []byte) (*Map, error) {
+	m := &Map{}
+	h, err := decodeMap(data, func(n int) { m.Extents = make([]Extent, 0, n) },
+		func(e Extent) { m.Extents = append(m.Extents, e) })
+	if err != nil {
+		return nil, err
+	}
+	m.BlockSize, m.Pages, m.Sums = h.BlockSize, h.Pages, h.Sums
+	return m, nil
+}
+
+// decodeMap decodes and validates a page map, handing its extents in order
+// to add after telling reserve how many there are; it returns the rest of
+// the map. DecodeMap and DecodeCompactMap share it, so that both accept
+// exactly the same bytes.
+func decodeMap(data []byte, reserve func(int), add func(Extent)) (*Map, error) {
 	d := decoder{b: data}
 	form := d.magic(mapMagic, sumsMagic, deltasMagic)
 	deltas := form == 2
@@ -238,16 +293,22 @@ func DecodeMap(data []byte) (*Map, error) {
 		BlockSize: uint32(d.uvarint(MaxBlockSize, "block size")),
 		Pages:     uint32(d.uvarint(1<<32-1, "pages")),
 	}
+	if d.err == nil {
+		if err := checkBlockSize(m.BlockSize); err != nil {
+			return nil, err
+		}
+	}
 	count := d.uvarint(MaxExtents, "extent count")
 	if d.err == nil {
 		// An extent takes at least 35 bytes.
 		if count > uint64(len(d.b))/35 {
 			d.fail("%d extents in %d bytes", count, len(d.b))
 		} else if count > 0 {
-			m.Extents = make([]Extent, 0, count)
+			reserve(int(count))
 		}
 	}
 	var page uint64
+	hasDelta := false
 	for i := uint64(0); i < count && d.err == nil; i++ {
 		e := Extent{Page: uint32(page)}
 		e.Count = uint32(d.uvarint(1<<32-1, "extent length"))
@@ -267,11 +328,19 @@ func DecodeMap(data []byte) (*Map, error) {
 				d.fail("extent %d: delta flag %d", i, flag)
 			}
 		}
+		if d.err != nil {
+			break
+		}
 		page += uint64(e.Count)
 		if page > uint64(m.Pages) {
 			d.fail("extents run past %d pages", m.Pages)
+			break
 		}
-		m.Extents = append(m.Extents, e)
+		if err := checkExtent(int(i), &e, e.Page, m.Pages); err != nil {
+			return nil, err
+		}
+		hasDelta = hasDelta || e.IsDelta()
+		add(e)
 	}
 	if form > 0 {
 		m.Sums = d.sums(m, deltas)
@@ -279,11 +348,14 @@ func DecodeMap(data []byte) (*Map, error) {
 	if err := d.finish(); err != nil {
 		return nil, err
 	}
-	if deltas != m.HasDeltas() {
+	if deltas != hasDelta {
 		// One map, one encoding: TMM3 only for maps that need it.
 		return nil, invalidf("map in TMM3 without a delta extent")
 	}
-	if err := m.Validate(); err != nil {
+	if page != uint64(m.Pages) {
+		return nil, invalidf("extents cover %d of %d pages", page, m.Pages)
+	}
+	if err := checkSums(m.Sums, m.Windows()); err != nil {
 		return nil, err
 	}
 	return m, nil

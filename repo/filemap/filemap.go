@@ -15,10 +15,8 @@
 package filemap
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/tidemarkdb/tidemark/repo/blob"
@@ -217,13 +215,7 @@ func (m *Map) Windows() uint32 {
 }
 
 // Sum returns window w's sum, if the map holds one.
-func (m *Map) Sum(w uint32) (ID, bool) {
-	i, ok := slices.BinarySearchFunc(m.Sums, w, func(s SlotSum, w uint32) int { return cmp.Compare(s.Slot, w) })
-	if !ok {
-		return ID{}, false
-	}
-	return m.Sums[i].ID, true
-}
+func (m *Map) Sum(w uint32) (ID, bool) { return findSum(m.Sums, w) }
 
 // ErrInvalid is matched (errors.Is) by every validation and decoding error.
 var ErrInvalid = errors.New("invalid file map")
@@ -235,43 +227,63 @@ func invalidf(format string, args ...any) error {
 // Validate checks the invariants a restore relies on: every page is covered
 // exactly once, in order.
 func (m *Map) Validate() error {
-	if m.BlockSize == 0 || m.BlockSize > MaxBlockSize || m.BlockSize&(m.BlockSize-1) != 0 {
-		return invalidf("block size %d", m.BlockSize)
+	if err := checkBlockSize(m.BlockSize); err != nil {
+		return err
 	}
 	var next uint32
 	for i, e := range m.Extents {
-		if e.Count == 0 {
-			return invalidf("extent %d is empty", i)
-		}
-		if e.Page != next {
-			return invalidf("extent %d starts at page %d, want %d", i, e.Page, next)
-		}
-		if uint64(e.Page)+uint64(e.Count) > uint64(m.Pages) {
-			return invalidf("extent %d ends at page %d past the file's %d pages", i, uint64(e.Page)+uint64(e.Count), m.Pages)
-		}
-		if uint64(e.BlobPage)+uint64(e.Count) > 1<<32 {
-			return invalidf("extent %d overflows its blob", i)
-		}
-		if e.Blob.IsZero() && (e.BlobPage != 0 || e.IsDelta()) {
-			return invalidf("extent %d of zero pages has a blob page or a base", i)
-		}
-		if e.IsDelta() && (e.Base == e.Blob || uint64(e.BasePage)+uint64(e.Count) > 1<<32) {
-			return invalidf("extent %d has a delta base that is its own blob or overflows", i)
-		}
-		if !e.IsDelta() && e.BasePage != 0 {
-			return invalidf("extent %d has a base page and no base", i)
+		if err := checkExtent(i, &e, next, m.Pages); err != nil {
+			return err
 		}
 		next = e.Page + e.Count
 	}
 	if next != m.Pages {
 		return invalidf("extents cover %d of %d pages", next, m.Pages)
 	}
-	windows := m.Windows()
-	for i, s := range m.Sums {
+	return checkSums(m.Sums, m.Windows())
+}
+
+func checkBlockSize(bs uint32) error {
+	if bs == 0 || bs > MaxBlockSize || bs&(bs-1) != 0 {
+		return invalidf("block size %d", bs)
+	}
+	return nil
+}
+
+// checkExtent checks extent i of a map of pages pages, which must start at
+// page next.
+func checkExtent(i int, e *Extent, next, pages uint32) error {
+	if e.Count == 0 {
+		return invalidf("extent %d is empty", i)
+	}
+	if e.Page != next {
+		return invalidf("extent %d starts at page %d, want %d", i, e.Page, next)
+	}
+	if uint64(e.Page)+uint64(e.Count) > uint64(pages) {
+		return invalidf("extent %d ends at page %d past the file's %d pages", i, uint64(e.Page)+uint64(e.Count), pages)
+	}
+	if uint64(e.BlobPage)+uint64(e.Count) > 1<<32 {
+		return invalidf("extent %d overflows its blob", i)
+	}
+	if e.Blob.IsZero() && (e.BlobPage != 0 || e.IsDelta()) {
+		return invalidf("extent %d of zero pages has a blob page or a base", i)
+	}
+	if e.IsDelta() && (e.Base == e.Blob || uint64(e.BasePage)+uint64(e.Count) > 1<<32) {
+		return invalidf("extent %d has a delta base that is its own blob or overflows", i)
+	}
+	if !e.IsDelta() && e.BasePage != 0 {
+		return invalidf("extent %d has a base page and no base", i)
+	}
+	return nil
+}
+
+// checkSums checks a map's sums against its number of windows.
+func checkSums(sums []SlotSum, windows uint32) error {
+	for i, s := range sums {
 		if s.Slot >= windows {
 			return invalidf("sum %d is for window %d of %d", i, s.Slot, windows)
 		}
-		if i > 0 && m.Sums[i-1].Slot >= s.Slot {
+		if i > 0 && sums[i-1].Slot >= s.Slot {
 			return invalidf("sums %d and %d are not sorted and unique", i-1, i)
 		}
 		if s.ID.IsZero() {
@@ -298,6 +310,8 @@ func (m *Map) Lookup(p uint32) int {
 	}
 	return -1
 }
+
+func (m *Map) at(i int) Extent { return m.Extents[i] }
 
 // Blobs calls fn for every non-zero blob the map references, the bases of
 // deltas included: neighbouring repeats once, others possibly more than once

@@ -484,11 +484,18 @@ func FuzzDecodeMap(f *testing.F) {
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodeMap(data)
+		cm, cerr := DecodeCompactMap(data)
+		if (err == nil) != (cerr == nil) {
+			t.Fatalf("DecodeMap: %v, DecodeCompactMap: %v", err, cerr)
+		}
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error not ErrInvalid: %v", err)
+			if !errors.Is(err, ErrInvalid) || !errors.Is(cerr, ErrInvalid) {
+				t.Fatalf("error not ErrInvalid: %v, %v", err, cerr)
 			}
 			return
+		}
+		if !reflect.DeepEqual(cm.Map(), m) {
+			t.Fatal("the compact map differs from the map")
 		}
 		out, err := EncodeMap(m)
 		if err != nil {
