@@ -80,14 +80,63 @@ func (b *fileBatch) add(s *dirSlot) {
 }
 
 // flush reads the reference maps the planned files need, then dispatches
-// the files to the workers.
+// the files to the workers: in groups whose maps take at most
+// batchMapBytes, so that the maps waiting for their files' turn stay
+// bounded however many big files (segments of a big relation) a batch
+// holds.
 func (b *fileBatch) flush() {
 	c := b.c
 	files := b.files
 	b.files = nil
-	if len(files) == 0 || c.ctx.Err() != nil {
-		return
+	for len(files) > 0 && c.ctx.Err() == nil {
+		n, err := b.mapGroup(files)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if !b.readMaps(files[:n]) {
+			return
+		}
+		for _, f := range files[:n] {
+			if c.ctx.Err() != nil {
+				return
+			}
+			c.dispatch(f)
+		}
+		files = files[n:]
 	}
+}
+
+// batchMapBytes bounds the encoded reference maps a batch reads at once
+// (one file's is read whatever its size). Held compact (24 bytes an extent
+// against at least 35 encoded) until each file is done, they are what a
+// backup holds besides the maps of the files in flight.
+const batchMapBytes = 4 << 20
+
+// mapGroup returns how many of files form the next group of flush.
+func (b *fileBatch) mapGroup(files []*file) (int, error) {
+	c := b.c
+	var size int64
+	for i, f := range files {
+		if f.prevMapID.IsZero() {
+			continue
+		}
+		loc, err := c.store.Lookup(c.ctx, f.prevMapID)
+		if err != nil {
+			return 0, fmt.Errorf("%s: snapshot %s refers to page map %s: %w", f.slot.abs, c.ref.snap.ID, f.prevMapID, err)
+		}
+		size += int64(loc.RawLength)
+		if size > batchMapBytes && i > 0 {
+			return i, nil
+		}
+	}
+	return len(files), nil
+}
+
+// readMaps reads the reference maps of files, each map once; false if the
+// capture failed.
+func (b *fileBatch) readMaps(files []*file) bool {
+	c := b.c
 	want := map[blob.ID][]*file{}
 	var ids []blob.ID
 	for _, f := range files {
@@ -99,28 +148,24 @@ func (b *fileBatch) flush() {
 		}
 		want[f.prevMapID] = append(want[f.prevMapID], f)
 	}
-	if len(ids) > 0 {
-		err := c.store.ReadBlobs(c.ctx, ids, func(id blob.ID, data []byte) error {
-			m, err := filemap.DecodeCompactMap(data)
-			if err != nil {
-				return fmt.Errorf("page map %s: %w", id, err)
-			}
-			for _, f := range want[id] {
-				f.prevMap = m // read-only from here on
-			}
-			return nil
-		})
+	if len(ids) == 0 {
+		return true
+	}
+	err := c.store.ReadBlobs(c.ctx, ids, func(id blob.ID, data []byte) error {
+		m, err := filemap.DecodeCompactMap(data)
 		if err != nil {
-			c.fail(fmt.Errorf("read page maps of snapshot %s in %s: %w", c.ref.snap.ID, b.d.abs, err))
-			return
+			return fmt.Errorf("page map %s: %w", id, err)
 		}
-	}
-	for _, f := range files {
-		if c.ctx.Err() != nil {
-			return
+		for _, f := range want[id] {
+			f.prevMap = m // read-only from here on
 		}
-		c.dispatch(f)
+		return nil
+	})
+	if err != nil {
+		c.fail(fmt.Errorf("read page maps of snapshot %s in %s: %w", c.ref.snap.ID, b.d.abs, err))
+		return false
 	}
+	return true
 }
 
 // plan decides how to capture one file. A file the reference snapshot
