@@ -71,6 +71,9 @@ type Options struct {
 	DirectIO bool
 	// openDirect replaces the O_DIRECT open in tests of the fallback.
 	openDirect func(p string) (directFile, error)
+	// groupDeltaBytes replaces maxGroupDeltaBytes in tests of heldDeltas'
+	// groups.
+	groupDeltaBytes int64
 	// Owner, when set, receives every file; otherwise a restore run as root
 	// gives them to the owner of the data directory (or of its parent when
 	// it does not exist yet) and a restore run as another user keeps them.

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -222,6 +223,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	w.direct.Store(opts.DirectIO)
 	w.progress = opts.Progress
 	w.openDirect = opts.openDirect
+	w.groupDeltaBytes = cmp.Or(opts.groupDeltaBytes, maxGroupDeltaBytes)
 	if w.openDirect == nil {
 		w.openDirect = openDirect
 	}

@@ -1209,8 +1209,9 @@ func TestRewriteAutoConfStandby(t *testing.T) {
 }
 
 // manyPatches is a relation of 9 windows whose deltas each sit in a patch
-// blob of their own, more than heldDeltas holds at once (maxGroupPatches),
-// so that proving the windows takes several groups of patch reads.
+// blob of their own: with groups of 4 windows' delta pages
+// (groupDeltaBytes), proving the windows takes several groups of patch
+// reads.
 func manyPatches(t *testing.T) tfile {
 	const windows = 9
 	base := randomBytes(51, windows*128*testBS)
@@ -1268,6 +1269,7 @@ func TestRestoreDeltaProvedByDeltas(t *testing.T) {
 				scribble(t, filepath.Join(dir, relPath), (7*128+11)*testBS, 100)
 			}
 			opts.Delta = true
+			opts.groupDeltaBytes = 4 * 3 * testBS
 			res, err := Run(ctx, r, a, opts)
 			if err != nil {
 				t.Fatal(err)

@@ -75,6 +75,8 @@ type writer struct {
 	// system refuses it.
 	direct     atomic.Bool
 	openDirect func(p string) (directFile, error)
+	// groupDeltaBytes bounds the delta pages heldDeltas holds at once.
+	groupDeltaBytes int64
 
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 	progress                                         *progress.Counter
@@ -1141,40 +1143,46 @@ func (w *writer) heldDeltas(ctx context.Context, m *filemap.Map, have int64, hel
 		return held, err
 	}
 	bs := int64(m.BlockSize)
-	patches := map[blob.ID][]byte{}
-	var spare [][]byte
 	// Windows go in groups whose patches are read with one ReadBlobs
-	// call (a GET per run of neighbouring blobs rather than one per
-	// blob: MinIO spent more CPU on a request per patch than the restore
-	// saved), at most maxGroupPatches distinct patches, so that a
-	// comparison holds a few MiB of them.
+	// call, a GET per run of neighbouring blobs: a call per patch, or per
+	// few, cost MinIO more CPU than the slots it spared. A group holds
+	// only the delta pages its windows need, at most maxGroupDeltaBytes.
 	for g := 0; g < len(wins); {
-		clear(patches)
+		need := map[blob.ID][]filemap.Extent{}
 		var ids []blob.ID
+		var needBytes int64
 		e := g
-		for ; e < len(wins); e++ {
-			n := len(ids)
+		for ; e < len(wins) && (e == g || needBytes < w.groupDeltaBytes); e++ {
 			for _, x := range m.Extents[wins[e].first : wins[e].first+wins[e].count] {
-				if x.IsDelta() && !slices.Contains(ids, x.Blob) {
+				if !x.IsDelta() {
+					continue
+				}
+				if _, ok := need[x.Blob]; !ok {
 					ids = append(ids, x.Blob)
 				}
-			}
-			if len(ids) > maxGroupPatches && e > g {
-				ids = ids[:n]
-				break
+				need[x.Blob] = append(need[x.Blob], x)
+				needBytes += int64(x.Count) * bs
 			}
 		}
+		// pages[extent's blob and page] = its delta pages, copied out of
+		// the patch (ReadBlobs reuses its buffers).
+		type at struct {
+			id   blob.ID
+			page uint32
+		}
+		pages := make(map[at][]byte, len(ids))
 		var mu sync.Mutex
 		err := w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
 			mu.Lock()
 			defer mu.Unlock()
-			var b []byte
-			if n := len(spare); n > 0 {
-				b, spare = spare[n-1][:0], spare[:n-1]
-			}
-			patches[id] = append(b, data...)
 			w.fetched.Add(int64(len(data)))
 			w.fetchedBlobs.Add(1)
+			for _, x := range need[id] {
+				from, n := int64(x.BlobPage)*bs, int64(x.Count)*bs
+				if from+n <= int64(len(data)) { // short: left to the fetch, which says so
+					pages[at{id, x.BlobPage}] = append([]byte(nil), data[from:from+n]...)
+				}
+			}
 			return nil
 		})
 		if err != nil {
@@ -1191,14 +1199,13 @@ func (w *writer) heldDeltas(ctx context.Context, m *filemap.Map, have int64, hel
 				if !ok || !x.IsDelta() {
 					continue
 				}
-				pb := patches[x.Blob]
-				from, n := int64(x.BlobPage)*bs, int64(x.Count)*bs
-				if from+n > int64(len(pb)) {
-					ok = false // a short patch: leave it to the fetch, which says so
+				pb, have := pages[at{x.Blob, x.BlobPage}]
+				if !have {
+					ok = false
 					continue
 				}
-				at := int64(x.Page-dw.start) * bs
-				subtle.XORBytes(b[at:at+n], b[at:at+n], pb[from:from+n])
+				off := int64(x.Page-dw.start) * bs
+				subtle.XORBytes(b[off:off+int64(len(pb))], b[off:off+int64(len(pb))], pb)
 			}
 			if !ok || w.r.BlobID(blob.KindSlot, b) != dw.slot {
 				continue
@@ -1211,17 +1218,14 @@ func (w *writer) heldDeltas(ctx context.Context, m *filemap.Map, have int64, hel
 			}
 			w.delta.keptDelta.Add(int64(dw.pages))
 		}
-		for _, b := range patches {
-			spare = append(spare, b)
-		}
 		g = e
 	}
 	return held, nil
 }
 
-// maxGroupPatches bounds the distinct patch blobs heldDeltas holds at once
-// (at most a slot's worth of plaintext each).
-const maxGroupPatches = 4
+// maxGroupDeltaBytes bounds the delta pages heldDeltas holds at once for
+// one file (the window that passes it closes the group).
+const maxGroupDeltaBytes = 4 << 20
 
 // deltaWindow is a window heldDeltas may prove: extents [first,
 // first+count) of the map, pages [start, start+pages), all the slot's own
