@@ -105,11 +105,8 @@ func (x *Index) findLocked(id blob.ID) (Entry, bool) {
 	if e, ok := x.recent[id]; ok {
 		return e, true
 	}
-	i, ok := slices.BinarySearchFunc(x.sorted, id, func(e Entry, id blob.ID) int {
-		return compareID(&e.ID, &id)
-	})
-	if ok {
-		return x.sorted[i], true
+	if e, ok := x.findSortedLocked(&id); ok {
+		return e, true
 	}
 	if len(x.runs) > 0 {
 		return x.findRunsLocked(&id)
@@ -190,6 +187,15 @@ func (x *Index) MemBytes() int64 {
 	return n
 }
 
+// EntryBytes is the bytes of entries the index holds in memory (the sorted
+// array at its capacity and the overlay, EntryMemSize each): what the
+// memory of a spilling index bounds. Entries in runs are not counted.
+func (x *Index) EntryBytes() int64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return int64(cap(x.sorted)+len(x.recent)) * int64(EntryMemSize)
+}
+
 // AddPack adds the blobs of one pack (for example after it was uploaded).
 // Blobs already indexed keep their first location.
 func (x *Index) AddPack(p Pack, entries []pack.Entry) {
@@ -202,9 +208,11 @@ func (x *Index) AddPack(p Pack, entries []pack.Entry) {
 		}
 		x.recent[pe.ID] = Entry{ID: pe.ID, Pack: n, Offset: pe.Offset, Length: pe.Length,
 			RawLength: pe.RawLength, Kind: pe.Kind, Compression: pe.Compression}
-	}
-	if len(x.recent) >= mergeAt {
-		x.mergeLocked(nil)
+		// Within the loop: a pack of many small blobs would otherwise
+		// grow the overlay by all of them first.
+		if len(x.recent) >= x.overlayMax() {
+			x.mergeLocked(nil)
+		}
 	}
 }
 
@@ -226,11 +234,22 @@ func (x *Index) AddFile(f *File) {
 
 // mergeLocked merges the overlay and add (any order) into the sorted array,
 // keeping the first location of a duplicate ID (existing entries first).
+//
+// The merge is done in place, from the back, in the sorted array's spare
+// capacity: a merge never holds the old and the new array at once, which
+// at a spilling index's bound would double its memory. A spilling index
+// grows the array up to its bound and no further; when the merged entries
+// would not fit under it, they go straight to a run (mergeToRunLocked).
 func (x *Index) mergeLocked(add []Entry) {
-	for _, e := range x.recent {
-		add = append(add, e)
+	if len(x.recent) > 0 {
+		add = slices.Grow(add, len(x.recent))
+		for _, e := range x.recent {
+			add = append(add, e)
+		}
+		// A new map rather than clear: clear keeps the buckets of the
+		// largest overlay the map ever held.
+		x.recent = make(map[blob.ID]Entry)
 	}
-	clear(x.recent)
 	if len(add) == 0 {
 		return
 	}
@@ -243,28 +262,96 @@ func (x *Index) mergeLocked(add []Entry) {
 	}
 	slices.SortStableFunc(add, func(a, b Entry) int { return compareID(&a.ID, &b.ID) })
 	add = slices.CompactFunc(add, func(a, b Entry) bool { return a.ID == b.ID })
-	merged := make([]Entry, 0, len(x.sorted)+len(add))
-	i, j := 0, 0
-	for i < len(x.sorted) && j < len(add) {
-		switch c := compareID(&x.sorted[i].ID, &add[j].ID); {
-		case c < 0:
-			merged = append(merged, x.sorted[i])
-			i++
-		case c > 0:
-			merged = append(merged, add[j])
-			j++
-		default:
-			merged = append(merged, x.sorted[i])
-			i++
-			j++
+	// What the array holds keeps its first location too.
+	add = slices.DeleteFunc(add, func(e Entry) bool {
+		_, ok := x.findSortedLocked(&e.ID)
+		return ok
+	})
+	if len(add) == 0 {
+		return
+	}
+	need := len(x.sorted) + len(add)
+	if x.spillDir != "" && need >= x.spillAt {
+		if x.mergeToRunLocked(add) {
+			return
 		}
 	}
-	merged = append(merged, x.sorted[i:]...)
-	merged = append(merged, add[j:]...)
-	x.sorted = merged
-	if x.spillDir != "" && len(x.sorted) >= x.spillAt {
-		x.spillLocked()
+	if need > cap(x.sorted) {
+		// Grow by half (not double) so that a big in-memory index does
+		// not briefly hold twice itself; a spilling one never past its
+		// bound.
+		c := max(need, cap(x.sorted)+cap(x.sorted)/2, 1024)
+		if x.spillDir != "" {
+			c = max(min(c, x.spillAt), need)
+		}
+		grown := make([]Entry, len(x.sorted), c)
+		copy(grown, x.sorted)
+		x.sorted = grown
 	}
+	// Backward merge into the spare capacity: the write position never
+	// overtakes the unread part of the old entries.
+	i, j := len(x.sorted)-1, len(add)-1
+	x.sorted = x.sorted[:need]
+	for k := need - 1; j >= 0; k-- {
+		if i >= 0 && compareID(&x.sorted[i].ID, &add[j].ID) > 0 {
+			x.sorted[k] = x.sorted[i]
+			i--
+		} else {
+			x.sorted[k] = add[j]
+			j--
+		}
+	}
+}
+
+// findSortedLocked looks id up in the sorted array.
+func (x *Index) findSortedLocked(id *blob.ID) (Entry, bool) {
+	i, ok := slices.BinarySearchFunc(x.sorted, *id, func(e Entry, id blob.ID) int {
+		return compareID(&e.ID, &id)
+	})
+	if ok {
+		return x.sorted[i], true
+	}
+	return Entry{}, false
+}
+
+// mergeToRunLocked writes the sorted array and add (sorted, unique, none
+// in the array or the runs) merged as a new run, empties the array (its
+// capacity stays for the next entries) and merges runs as spillLocked
+// does. False, with nothing changed, when the run cannot be written.
+func (x *Index) mergeToRunLocked(add []Entry) bool {
+	i, j := 0, 0
+	sorted := x.sorted
+	next := func() (Entry, bool, error) {
+		switch {
+		case i < len(sorted) && (j == len(add) || compareID(&sorted[i].ID, &add[j].ID) < 0):
+			i++
+			return sorted[i-1], true, nil
+		case j < len(add):
+			j++
+			return add[j-1], true, nil
+		}
+		return Entry{}, false, nil
+	}
+	r, err := writeRun(x.spillDir, len(sorted)+len(add), next)
+	if err != nil {
+		x.spillDir = ""
+		return false
+	}
+	x.runs = append(x.runs, r)
+	x.sorted = x.sorted[:0]
+	x.mergeRunsLocked()
+	return true
+}
+
+// overlayMax is the overlay size at which it is merged: mergeAt, or for a
+// spilling index an eighth of its bound if that is less, so that the
+// overlay (about 100 bytes an entry) stays within a small multiple of
+// what the bound lets the sorted array hold.
+func (x *Index) overlayMax() int {
+	if x.spillDir != "" {
+		return max(min(mergeAt, x.spillAt/8), 128)
+	}
+	return mergeAt
 }
 
 // Files returns the whole index as files of at most maxBlobs blobs each, in

@@ -138,33 +138,50 @@ func FuzzDecode(f *testing.F) {
 }
 
 // TestSpillingMemory: the memory given to a spilling index bounds the
-// entries its sorted array keeps; past it they go to runs and stay found.
+// entries it holds (the sorted array's capacity, merges included, and the
+// overlay), whatever the number of entries; past it they go to runs and
+// stay found, the first location of an ID kept.
 func TestSpillingMemory(t *testing.T) {
-	x := NewSpilling(t.TempDir(), 2000*int64(EntryMemSize))
-	if x.spillAt != 2000 {
-		t.Fatalf("spillAt %d, want 2000", x.spillAt)
-	}
-	var ids []blob.ID
-	for p := range 3 {
-		var added []pack.Entry
-		for range mergeAt + 1 { // each pack past the overlay: merged at once
-			var id blob.ID
-			rand.Read(id[:])
-			ids = append(ids, id)
-			added = append(added, pack.Entry{ID: id, Kind: blob.KindPatch, Length: 1, RawLength: 1})
+	const bound = 2000
+	for _, n := range []int{5 * bound, 60 * bound} {
+		x := NewSpilling(t.TempDir(), bound*int64(EntryMemSize))
+		if x.spillAt != bound {
+			t.Fatalf("spillAt %d, want %d", x.spillAt, bound)
 		}
-		x.AddPack(Pack{ID: pack.ID{byte(p + 1)}, PlainSize: 1 << 20}, added)
-		if len(x.sorted) > x.spillAt {
-			t.Fatalf("after pack %d: %d entries in memory, bound %d", p, len(x.sorted), x.spillAt)
+		var ids []blob.ID
+		maxCap, maxOverlay := 0, 0
+		for p := 0; len(ids) < n; p++ {
+			var added []pack.Entry
+			for range 1 + p%700 { // packs of 1 to 700 blobs
+				var id blob.ID
+				rand.Read(id[:])
+				ids = append(ids, id)
+				added = append(added, pack.Entry{ID: id, Kind: blob.KindPatch, Length: 1, RawLength: 1})
+			}
+			if p%5 == 0 && len(ids) > 10 {
+				// A blob stored again keeps its first location.
+				added = append(added, pack.Entry{ID: ids[len(ids)/2], Kind: blob.KindPatch, Offset: 99, Length: 1, RawLength: 1})
+			}
+			x.AddPack(Pack{ID: pack.ID{byte(p), byte(p >> 8), byte(p >> 16)}, PlainSize: 1 << 20}, added)
+			maxCap, maxOverlay = max(maxCap, cap(x.sorted)), max(maxOverlay, len(x.recent))
 		}
-	}
-	if len(x.runs) == 0 {
-		t.Fatal("nothing spilled")
-	}
-	for _, id := range ids {
-		if !x.Has(id) {
-			t.Fatalf("entry %s lost", id)
+		if maxCap > bound || maxOverlay > bound/8 {
+			t.Fatalf("%d entries: sorted array capacity up to %d, overlay up to %d; bound %d", n, maxCap, maxOverlay, bound)
 		}
+		if len(x.runs) == 0 {
+			t.Fatal("nothing spilled")
+		}
+		if x.Len() != len(ids) {
+			t.Fatalf("Len %d, want %d", x.Len(), len(ids))
+		}
+		for _, id := range ids {
+			loc, ok := x.Lookup(id)
+			if !ok || loc.Offset == 99 {
+				t.Fatalf("entry %s: %+v %v", id, loc.Entry, ok)
+			}
+		}
+		t.Logf("%d entries: sorted capacity up to %d, overlay up to %d, %d runs, %d bytes in memory",
+			n, maxCap, maxOverlay, len(x.runs), x.MemBytes())
 	}
 	if d := NewSpilling(t.TempDir(), 0); d.spillAt != 1<<18 {
 		t.Fatalf("default spillAt %d", d.spillAt)

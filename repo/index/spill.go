@@ -14,7 +14,7 @@ import (
 
 // An index of millions of blobs (a repository of a cluster with millions of
 // files) would hold tens of bytes per blob in memory. A spilling index
-// (NewSpilling) keeps at most a set number of entries in its sorted array; the rest
+// (NewSpilling) keeps fewer than a set number of entries in its sorted array; the rest
 // live in runs: sorted files of fixed-size records in a temporary
 // directory, unlinked at creation (the system removes them when the
 // process ends), with in memory only the first ID of each block of
@@ -266,25 +266,9 @@ func mergeSources(srcs ...func() (Entry, bool, error)) (func() (Entry, bool, err
 	}, nil
 }
 
-// spillLocked moves the sorted array to a new run and merges runs so that
-// each is at most half the one before. On failure the entries stay in
-// memory and the index stops spilling.
-func (x *Index) spillLocked() {
-	i := 0
-	sorted := x.sorted
-	r, err := writeRun(x.spillDir, len(sorted), func() (Entry, bool, error) {
-		if i == len(sorted) {
-			return Entry{}, false, nil
-		}
-		i++
-		return sorted[i-1], true, nil
-	})
-	if err != nil {
-		x.spillDir = ""
-		return
-	}
-	x.runs = append(x.runs, r)
-	x.sorted = nil
+// mergeRunsLocked merges the newest runs so that each is at most half the
+// one before. A merge that fails leaves the two runs as they are.
+func (x *Index) mergeRunsLocked() {
 	for len(x.runs) >= 2 {
 		a, b := x.runs[len(x.runs)-2], x.runs[len(x.runs)-1]
 		if 2*b.n < a.n {
@@ -296,7 +280,7 @@ func (x *Index) spillLocked() {
 			m, err = writeRun(x.spillDir, a.n+b.n, next)
 		}
 		if err != nil {
-			return // the two runs stay as they are
+			return
 		}
 		x.runs = append(x.runs[:len(x.runs)-2], m)
 	}
