@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 	"time"
 
@@ -358,7 +359,7 @@ func (w *Writer) append(ctx context.Context, id blob.ID, k blob.Kind, comp blob.
 		return err
 	}
 	p.plain += int64(len(stored))
-	if p.b.Size() >= w.packSize {
+	if p.b.Size() >= w.packSize || p.b.Len() >= packBlobs {
 		return w.finishLocked(ctx, class)
 	}
 	return nil
@@ -469,8 +470,17 @@ func (w *Writer) packDone(p *openPack, err error) {
 }
 
 // deltaBlobs is the number of blobs uploaded after which a Writer writes an
-// index delta whatever the number of packs (IndexEveryPacks).
-const deltaBlobs = 1 << 17
+// index delta whatever the number of packs (IndexEveryPacks). Until then
+// each blob is held twice (the pending set and the uploaded packs' entries,
+// about 150 bytes together): 32k blobs are about 5 MiB.
+const deltaBlobs = 1 << 15
+
+// packBlobs is the number of blobs after which a pack is finished whatever
+// its size. A meta pack of a million small files' page maps (about 100
+// bytes each) would otherwise take 170,000 of them before it fills, all
+// held in the pending set and the pack's entries until it is uploaded and
+// indexed: memory growing with the number of files.
+const packBlobs = 1 << 13
 
 // writeDelta writes an index delta listing the packs uploaded since the last
 // one, then makes them visible in the repository's index.
@@ -519,6 +529,11 @@ func (w *Writer) writeDelta(ctx context.Context) error {
 			delete(w.pending, e.ID)
 		}
 	}
+	// A map keeps the buckets of the most it ever held: copy what is left
+	// (blobs of packs not yet indexed) to a new one.
+	rest := make(map[blob.ID]struct{}, len(w.pending))
+	maps.Copy(rest, w.pending)
+	w.pending = rest
 	w.stats.Deltas++
 	w.deltaKeys = append(w.deltaKeys, key)
 	w.mu.Unlock()
