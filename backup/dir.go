@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
 	"path/filepath"
 	"sync/atomic"
 
-	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
@@ -51,14 +51,20 @@ func (c *capture) walkRoot(d *dir, prev blob.ID, ownDir string) {
 // directory of more than filemap.PartMax entries is walked in parts
 // (walkParted).
 func (c *capture) walkDir(d *dir, ownDir string) {
-	names, err := readNames(d.abs)
+	dn, err := readDirNames(d.abs, os.TempDir(), c.opts.namesBatch)
 	var ents []entry
-	if err == nil && len(names) > c.opts.partMax && ownDir == "" {
-		c.walkParted(d, names)
+	if err == nil && dn.n > c.opts.partMax && ownDir == "" {
+		c.walkParted(d, dn)
+		dn.close()
 		return
 	}
 	if err == nil {
-		ents, err = listNames(d.abs, d.rel, ownDir, names, pg.UnloggedRelations(names))
+		var names []string
+		names, err = dn.strings()
+		dn.close()
+		if err == nil {
+			ents, err = listNames(d.abs, d.rel, ownDir, names, dn.unlogged)
+		}
 	}
 	switch {
 	case err != nil && d.up != nil && errors.Is(err, fs.ErrNotExist):

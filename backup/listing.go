@@ -159,20 +159,28 @@ func stat(p string) (*syscall.Stat_t, error) {
 }
 
 // scanSize adds up the bytes a backup will consider, for progress and ETA.
-// It is a quick pass over metadata only; errors just end it early.
+// It is a quick pass over metadata only; errors just end it early. It
+// holds no more than a batch of names of a directory (readDirNames), never
+// its entries: a directory of a million files would take 170 MiB of them.
 func scanSize(abs, rel, ownTablespaceDir string) int64 {
-	ents, err := listDir(abs, rel, ownTablespaceDir)
+	dn, err := readDirNames(abs, os.TempDir(), 0)
 	if err != nil {
 		return 0
 	}
+	defer dn.close()
 	var n int64
-	for _, e := range ents {
+	dn.each(func(name string) bool {
+		e, ok, err := listEntry(abs, rel, ownTablespaceDir, name, dn.unlogged)
 		switch {
+		case err != nil:
+			return false
+		case !ok:
 		case e.node.Type == filemap.TypeFile:
 			n += e.node.Size
 		case e.node.Type == filemap.TypeDir && !e.emptyDir:
-			n += scanSize(filepath.Join(abs, e.node.Name), path.Join(rel, e.node.Name), "")
+			n += scanSize(filepath.Join(abs, name), path.Join(rel, name), "")
 		}
-	}
+		return true
+	})
 	return n
 }

@@ -103,6 +103,7 @@ type Options struct {
 	sampleAll     bool           // tests: cross-check every page the summaries skip, not a random few
 	noPGSummaries bool           // tests: leave PostgreSQL's WAL summaries out
 	partMax       int            // tests: directories of more entries are parted (filemap.PartMax)
+	namesBatch    int            // tests: directories of more names are listed through sorted runs (namesBatch)
 }
 
 // WorkerMemory is what one worker (Options.Parallel) holds in buffers: a

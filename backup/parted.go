@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
 )
@@ -39,50 +38,60 @@ type partedDir struct {
 	cacheEnd   int
 }
 
-// walkParted walks directory d, whose sorted names are names, in parts.
-func (c *capture) walkParted(d *dir, names []string) {
-	unlogged := pg.UnloggedRelations(names)
+// walkParted walks directory d, whose names are dn, in parts.
+func (c *capture) walkParted(d *dir, dn *dirNames) {
+	unlogged := dn.unlogged
 	a := &partedDir{c: c, d: d, prev: d.prev}
 	a.pending.Store(1)
 	// A database directory made anew (see sameDatabase) keeps nothing of
 	// the reference's.
-	if a.prev != nil {
-		if _, found := slices.BinarySearch(names, "PG_VERSION"); found {
-			e, ok, err := listEntry(d.abs, d.rel, "", "PG_VERSION", unlogged)
-			if err != nil {
-				c.fail(err)
-				return
-			}
-			p, err := a.prevRange("PG_VERSION", "PG_VERSION")
-			if err != nil {
-				c.fail(err)
-				return
-			}
-			if !ok || !sameDatabase([]entry{e}, p) {
-				a.prev = nil
-			}
-		}
-	}
-	var cur []entry
-	for _, name := range names {
-		if c.ctx.Err() != nil {
-			return
-		}
-		e, ok, err := listEntry(d.abs, d.rel, "", name, unlogged)
+	if a.prev != nil && dn.pgVersion {
+		e, ok, err := listEntry(d.abs, d.rel, "", "PG_VERSION", unlogged)
 		if err != nil {
 			c.fail(err)
 			return
 		}
+		p, err := a.prevRange("PG_VERSION", "PG_VERSION")
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if !ok || !sameDatabase([]entry{e}, p) {
+			a.prev = nil
+		}
+	}
+	var cur []entry
+	stopped := false
+	err := dn.each(func(name string) bool {
+		if c.ctx.Err() != nil {
+			stopped = true
+			return false
+		}
+		e, ok, err := listEntry(d.abs, d.rel, "", name, unlogged)
+		if err != nil {
+			c.fail(err)
+			stopped = true
+			return false
+		}
 		if !ok {
-			continue
+			return true
 		}
 		cur = append(cur, e)
 		if filemap.PartEndsScaled(name, len(cur), c.opts.partMax) {
 			if !a.walkPart(cur) {
-				return
+				stopped = true
+				return false
 			}
 			cur = nil
 		}
+		return true
+	})
+	if err != nil {
+		c.fail(fmt.Errorf("directory %s: %w", d.abs, err))
+		return
+	}
+	if stopped {
+		return
 	}
 	if len(cur) > 0 && !a.walkPart(cur) {
 		return

@@ -28,7 +28,8 @@ func TestBigDirectory(t *testing.T) {
 	pgtest.WriteRelFiles(t, dir, 3000000000, n, 1)
 	r := newTestRepo(t, 4<<20)
 	opts := backupOpts(t, c, a)
-	opts.partMax = 512 // parts of at most 512 entries: a directory of 3000 is a big one
+	opts.partMax = 512    // parts of at most 512 entries: a directory of 3000 is a big one
+	opts.namesBatch = 700 // and its names are listed through sorted runs
 	full := mustBackup(t, r, opts)
 	fullParts := dbParts(t, r.Repo, full.Snapshot, oid)
 	if len(fullParts) < 2 {
