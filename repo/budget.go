@@ -87,16 +87,16 @@ func (b *budget) getBuffer() []byte {
 }
 
 // putBuffer returns the buffer of a finished pack, whose reservation is
-// reserved: it is kept for reuse if there is room on the free list, else
-// dropped and unreserved.
-func (b *budget) putBuffer(buf []byte, reserved int64) {
+// reserved: it is kept for reuse if keep is set and there is room on the
+// free list, else dropped and unreserved.
+func (b *budget) putBuffer(buf []byte, reserved int64, keep bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.final -= reserved
 	if extra := reserved - int64(cap(buf)); extra > 0 {
 		b.used -= extra
 	}
-	if len(b.free) < b.maxFree {
+	if keep && len(b.free) < b.maxFree {
 		b.free = append(b.free, buf[:0])
 		close(b.changed)
 		b.changed = make(chan struct{})

@@ -315,7 +315,16 @@ func (w *Writer) ensure(ctx context.Context, p *openPack, extra int64) error {
 
 func (w *Writer) newPack(ctx context.Context, class blob.Class) (*openPack, error) {
 	p := &openPack{class: class, buf: &packBuf{}}
-	if b := w.budget.getBuffer(); b != nil {
+	// Only data packs reuse buffers (all of the full size, see packDone):
+	// a meta pack, small now that packs end at packBlobs, would hold a
+	// full-size buffer for a few hundred KiB, and a data pack handed a
+	// meta pack's small buffer would regrow it, leaving garbage of every
+	// size for the collector.
+	var b []byte
+	if class == blob.ClassData {
+		b = w.budget.getBuffer()
+	}
+	if b != nil {
 		p.buf.b, p.reserved = b, int64(cap(b))
 	} else {
 		// Data packs fill up: start at full size. Meta packs are often small:
@@ -439,7 +448,7 @@ func (w *Writer) packDone(p *openPack, err error) {
 	size := int64(len(p.buf.b))
 	up := uploadedPack{p: index.Pack{ID: p.id, Class: p.class, PayloadKey: p.info.PayloadKey,
 		PayloadOffset: uint32(p.info.PayloadOffset), PlainSize: uint32(p.plain)}, entries: p.entries}
-	w.budget.putBuffer(p.buf.b, p.reserved)
+	w.budget.putBuffer(p.buf.b, p.reserved, p.class == blob.ClassData && int64(cap(p.buf.b)) >= w.targetCap())
 	p.buf.b = nil
 	w.mu.Lock()
 	w.inflight--
