@@ -1092,7 +1092,7 @@ func (w *writer) heldSlots(ctx context.Context, m *filemap.Map, have int64, held
 		wend := min(wstart+slotPages, m.Pages)
 		// One plain extent is the whole slot or not cut from one; one
 		// delta may still be XORed onto the slot the file holds.
-		if (len(win) < 2 && !win[0].IsDelta()) || heldWin[wstart/slotPages] || win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
+		if (len(win) < 2 && !win[0].IsDelta()) || heldWin[wstart/slotPages] || win[len(win)-1].Page+win[len(win)-1].Count > wend || int64(wend)*bs > have {
 			continue
 		}
 		slot, slotLen, err := w.windowSlot(ctx, win, wstart)
@@ -1248,7 +1248,7 @@ func (w *writer) deltaWindows(ctx context.Context, m *filemap.Map, have int64, h
 		wend := min(wstart+slotPages, m.Pages)
 		w0 := wstart / slotPages
 		if _, ok := m.Sum(w0); ok || heldWin[w0] || !slots[w0].IsZero() || int64(wend)*bs > have ||
-			win[0].Page < wstart || win[len(win)-1].Page+win[len(win)-1].Count > wend || !slices.ContainsFunc(win, func(x filemap.Extent) bool { return x.IsDelta() }) {
+			win[len(win)-1].Page+win[len(win)-1].Count > wend || !slices.ContainsFunc(win, func(x filemap.Extent) bool { return x.IsDelta() }) {
 			continue
 		}
 		slot, slotLen, err := w.windowSlot(ctx, win, wstart)
@@ -1264,8 +1264,8 @@ func (w *writer) deltaWindows(ctx context.Context, m *filemap.Map, have int64, h
 }
 
 // mapWindows yields the extents of m window by window: the index of the
-// first and the extents that begin in the window (the last may reach past
-// it, which callers check).
+// first and the extents that begin in the window the first begins in (so
+// none begins before it; the last may reach past it, which callers check).
 func mapWindows(m *filemap.Map) iter.Seq2[int, []filemap.Extent] {
 	return func(yield func(int, []filemap.Extent) bool) {
 		slotPages := m.SlotPages()
