@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -442,4 +443,56 @@ func stopPrefetcher(t *testing.T, spool string) {
 	if !wal.StopPrefetcher(spool, 30*time.Second) {
 		t.Errorf("the prefetcher of %s did not stop", spool)
 	}
+	// A prefetcher still writes its last log line into the spool after it
+	// let go of the lock, and one that started but has not yet taken the
+	// lock is not in the lock file: wait for every process prefetching into
+	// this spool to be gone (or a zombie: the tests may be its subreaper).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		pids := prefetchersOf(spool)
+		if len(pids) == 0 {
+			return
+		}
+		sig := syscall.SIGTERM
+		if time.Now().After(deadline) {
+			sig = syscall.SIGKILL
+		}
+		for _, pid := range pids {
+			syscall.Kill(pid, sig)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// prefetchersOf lists the live (not zombie) wal-prefetch processes whose
+// --spool-dir is spool.
+func prefetchersOf(spool string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !slices.Contains(args, "wal-prefetch") {
+			continue
+		}
+		if i := slices.Index(args, "--spool-dir"); i < 0 || i+1 >= len(args) || args[i+1] != spool {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
 }
