@@ -30,7 +30,9 @@ const samplesPerItem = 2
 // summary-based incremental decides what to do and starts fetching base
 // slots: the fetches (a ranged GET each, with its latency) overlap with
 // reading the data directory. Each holds a slot of memory per worker.
-const baseLookahead = 4
+// Two keep a local store's GETs (a few ms) ahead of the disk; each more
+// cost a MiB a worker of the 96 MiB an incremental may hold in all.
+const baseLookahead = 2
 
 // slotPlan is what an incremental does with one window: decided before
 // the window's pages are read when summaries say which changed, so that

@@ -77,6 +77,10 @@ type writer struct {
 	openDirect func(p string) (directFile, error)
 	// groupDeltaBytes bounds the delta pages heldDeltas holds at once.
 	groupDeltaBytes int64
+	// compareBufs holds compare's read buffers (*[]byte, a slot each):
+	// a fresh slot per file compared cleared a gigabyte of memory for a
+	// cluster's thousand small files, a quarter of a delta restore's CPU.
+	compareBufs sync.Pool
 
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 	progress                                         *progress.Counter
@@ -868,6 +872,15 @@ func sameType(m fs.FileMode, t filemap.NodeType) bool {
 	return false
 }
 
+// compareBuf returns a read buffer of a slot for compare, from the pool.
+func (w *writer) compareBuf() *[]byte {
+	if b, ok := w.compareBufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, blob.SlotSize)
+	return &b
+}
+
 // compare checks one existing file against the snapshot: relation pages by
 // the keyed ID of each whole blob they should equal (a slot or a patch),
 // other files by size and mtime and then by chunk. Deltas are never equal
@@ -894,18 +907,19 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	}
 	have := st.Size()
 	var punch [][2]int64
-	buf := make([]byte, 0, blob.SlotSize)
+	bp := w.compareBuf()
+	defer w.compareBufs.Put(bp)
+	buf := (*bp)[:0]
 	cr := newCompareReader(f, p, w.direct.Load())
 	defer cr.Close()
 	read := func(off, n int64) ([]byte, error) {
 		if off+n > have {
 			return nil, nil
 		}
-		b := buf[:0]
-		if int64(cap(b)) < n {
-			b = make([]byte, n)
+		if int64(cap(buf)) < n {
+			buf = make([]byte, 0, n)
 		}
-		b = b[:n]
+		b := buf[:n]
 		if _, err := cr.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read %s: %w", p, err)
 		}
