@@ -21,6 +21,7 @@ import (
 type blobStore interface {
 	ReadBlob(ctx context.Context, id blob.ID, buf []byte) ([]byte, error)
 	ReadBlobs(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error
+	ReadBlobRun(ctx context.Context, ids []blob.ID, maxBytes int64) (*repo.BlobRun, error)
 	Lookup(ctx context.Context, id blob.ID) (index.Location, error)
 	BlobID(k blob.Kind, data []byte) blob.ID
 }

@@ -172,9 +172,52 @@ func (wk *worker) planSlot(f *file, s0, s1 uint32, pl *slotPlan) error {
 	pl.rebase = plain > c.opts.RebasePages || blobs > maxPatchBlobs || patched > 0 && prev.old && c.rebaseShare(f.rel, s0)
 	if !pl.rebase && n > 0 && base.pages > 0 {
 		pl.base = base
-		pl.fetch = wk.fetchBase(base, pl.buf)
+		pl.fetch = wk.fetchBase(base, wk.basesAhead(f, s1), pl.buf)
 	}
 	return nil
+}
+
+// baseRunWindows is how many windows past the one planned basesAhead
+// looks at, and maxBaseRun the bytes of stored base slots one GET reads
+// for them (readBase): about ten slots of a pgbench table, which compress
+// to about 100 KB each.
+const (
+	baseRunWindows = 16
+	maxBaseRun     = 1 << 20
+)
+
+// basesAhead guesses the base slots that the windows after s1 will fetch
+// (summary-based incrementals only, which know those windows' changes):
+// for each of the next baseRunWindows windows with a changed page, the
+// blob the reference's map holds aligned at the window's start, or the
+// base of the delta there. A wrong guess costs only bytes ReadBlobRun
+// leaves out or reads for nothing, never a wrong base: each is decoded
+// by its ID.
+func (wk *worker) basesAhead(f *file, s1 uint32) []blob.ID {
+	c := wk.c
+	m := f.prevMap
+	if !c.summaries() || f.changes.scan || m == nil {
+		return nil
+	}
+	pps := uint32(c.pagesPerSlot())
+	var ids []blob.ID
+	for w, k := s1, 0; k < baseRunWindows && w < m.Pages; w, k = w+pps, k+1 {
+		if !f.changes.anyChanged(w, w+pps) {
+			continue
+		}
+		i := m.Lookup(w)
+		if i < 0 {
+			continue
+		}
+		e := m.Extents.At(i)
+		switch {
+		case e.IsDelta() && e.BasePage+(w-e.Page) == 0:
+			ids = append(ids, e.Base)
+		case !e.IsDelta() && !e.Blob.IsZero() && e.BlobPage+(w-e.Page) == 0:
+			ids = append(ids, e.Blob)
+		}
+	}
+	return ids
 }
 
 // incrementalSlot captures the pages of a planned window that changed
@@ -394,18 +437,44 @@ type baseFetch struct {
 	err  error
 }
 
-// fetchBase starts reading a window's base slot blob into buf; wait
-// returns it. ReadBlob checks the blob's keyed ID, so a delta is never
-// taken against other bytes.
-func (wk *worker) fetchBase(base windowBase, buf []byte) *baseFetch {
-	c := wk.c
-	c.stats.baseRead.Add(base.fetch)
+// fetchBase starts reading a window's base slot blob into buf (readBase,
+// with the guesses ahead at the next windows' bases); wait returns it.
+func (wk *worker) fetchBase(base windowBase, ahead []blob.ID, buf []byte) *baseFetch {
 	bf := &baseFetch{done: make(chan struct{})}
 	go func() {
 		defer close(bf.done)
-		bf.data, bf.err = c.store.ReadBlob(c.ctx, base.id, buf[:0])
+		bf.data, bf.err = wk.readBase(base, ahead, buf[:0])
 	}()
 	return bf
+}
+
+// readBase appends base's plaintext to buf: from the run of stored base
+// slots the worker holds, or from a new run read with one GET with base
+// first and the guesses of ahead after it (repo.ReadBlobRun). Each blob is
+// checked against its keyed ID as it is decoded, so a delta is never taken
+// against other bytes.
+func (wk *worker) readBase(base windowBase, ahead []blob.ID, buf []byte) ([]byte, error) {
+	c := wk.c
+	if base.id.IsZero() {
+		return c.store.ReadBlob(c.ctx, base.id, buf)
+	}
+	wk.basesMu.Lock()
+	defer wk.basesMu.Unlock()
+	if wk.bases != nil {
+		if data, ok, err := wk.bases.Decode(base.id, buf); ok {
+			return data, err
+		}
+		wk.bases.Release()
+		wk.bases = nil
+	}
+	run, err := c.store.ReadBlobRun(c.ctx, append([]blob.ID{base.id}, ahead...), maxBaseRun)
+	if err != nil {
+		return buf, err
+	}
+	c.stats.baseRead.Add(run.Read())
+	wk.bases = run
+	data, _, err := run.Decode(base.id, buf)
+	return data, err
 }
 
 // wait waits for the fetch.

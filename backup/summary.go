@@ -174,6 +174,15 @@ func (s *summary) forFile(r pg.RelFile, relSegSize uint32) fileChanges {
 }
 
 // changed reports whether page p of the file is in the summary.
+// anyChanged reports whether a page of [p0, p1) changed.
+func (fc *fileChanges) anyChanged(p0, p1 uint32) bool {
+	if p1 > fc.limit {
+		return true
+	}
+	i, _ := slices.BinarySearch(fc.pages, p0)
+	return i < len(fc.pages) && fc.pages[i] < p1
+}
+
 func (fc *fileChanges) changed(p uint32) bool {
 	if p >= fc.limit {
 		return true

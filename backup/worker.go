@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
@@ -28,6 +29,11 @@ type worker struct {
 	ext        []filemap.Extent
 	sums       []filemap.SlotSum
 	vm         vmCache // visibleSinceRef
+	// bases holds the stored bytes of the base slots of the next windows
+	// read with one GET (readBase); the fetches of the windows planned
+	// ahead share it.
+	basesMu sync.Mutex
+	bases   *repo.BlobRun
 }
 
 func (c *capture) worker() {
@@ -57,6 +63,10 @@ func (c *capture) worker() {
 			}
 		}
 		c.items.Done()
+	}
+	// Every fetch of an item ends with it: none uses the run now.
+	if wk.bases != nil {
+		wk.bases.Release()
 	}
 }
 
