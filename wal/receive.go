@@ -51,7 +51,7 @@ type ReceiveOptions struct {
 	// without a reason (default 10s); a flush goes at once.
 	StatusInterval time.Duration
 	// MaxInflight bounds the piece uploads in flight (DurableRepository,
-	// default 2).
+	// default 2, at most the package's MaxInflight).
 	MaxInflight int
 	// UploadDelay: with DurableLocal, bytes not yet in the repository are
 	// uploaded as a piece after this long even while WAL keeps coming
@@ -179,6 +179,9 @@ func NewReceiver(arch *walarchive.Archive, opts ReceiveOptions) (*Receiver, erro
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.MaxInflight > MaxInflight {
+		return nil, fmt.Errorf("at most %d piece uploads in flight (--max-inflight %d)", MaxInflight, opts.MaxInflight)
 	}
 	if opts.ShutdownTimeout <= 0 {
 		opts.ShutdownTimeout = 30 * time.Second

@@ -60,6 +60,18 @@ func ParseDurability(s string) (Durability, error) {
 // at once rather than one huge one, and an upload that fails costs little.
 const maxPiece = 4 << 20
 
+// MaxInflight bounds ReceiveOptions.MaxInflight. Below mergeRun, so that
+// no merge of a run of pieces can have the name of a piece of the run
+// (that would take every piece of the run in flight at once; see
+// pieceWorker).
+const MaxInflight = 16
+
+// maxResend bounds what a piece carries again of the uploads in flight
+// before it (see pieceWorker): past it, a receiver that is behind (a slow
+// store, a burst of WAL) uploads the next bytes only, in pieces beside
+// each other, instead of sending its backlog many times over.
+const maxResend = 256 << 10
+
 // heldSeg is one WAL segment the receiver holds, from its first byte: the
 // one filling, and older ones until they are archived whole.
 type heldSeg struct {
@@ -96,10 +108,16 @@ type heldSeg struct {
 	acked    []span
 	// levels[i] are this run's stored pieces merged i times, in order, not
 	// yet merged further; merging is a merge of mergeRun of them in flight.
+	// A piece of level 0 may overlap the one before it (see pieceWorker).
 	levels  [][]span
 	merging bool
+	// covered are stored pieces that pieces stored before them cover
+	// whole: deleted with the next merge (or with the segment).
+	covered []span
 	// When the oldest byte not yet durable, and not yet stored, arrived.
 	since, unstoredSince time.Time
+	// pieceSince: when the oldest byte not yet in a piece arrived.
+	pieceSince time.Time
 }
 
 type span struct{ start, end int64 }
@@ -267,6 +285,7 @@ func newSink(o sinkOptions) *sink {
 	if o.maxInflight <= 0 {
 		o.maxInflight = 2
 	}
+	o.maxInflight = min(o.maxInflight, MaxInflight)
 	if o.maxSegments <= 0 {
 		o.maxSegments = 3
 	}
@@ -534,6 +553,9 @@ func (s *sink) write(ctx context.Context, tli pg.TimelineID, lsn pg.LSN, data []
 		if cur.recv == cur.stored {
 			cur.unstoredSince = now
 		}
+		if cur.recv == cur.pieceEnd {
+			cur.pieceSince = now
+		}
 		cur.recv += int64(n)
 		s.posLSN += pg.LSN(n)
 		s.lastRecv = now
@@ -639,8 +661,12 @@ func (s *sink) ackedLocked(g *heldSeg, sp span) {
 	g.acked = append(g.acked, sp)
 	slices.SortFunc(g.acked, func(a, b span) int { return int(a.start - b.start) })
 	for len(g.acked) > 0 && g.acked[0].start <= g.stored {
-		if g.acked[0].start == g.stored {
-			g.addLevel(0, g.acked[0])
+		if a := g.acked[0]; a.end > g.stored {
+			g.addLevel(0, a)
+		} else {
+			// Inside what later pieces stored already (an upload that
+			// another, started after it from the same place, overtook).
+			g.covered = append(g.covered, a)
 		}
 		g.stored = max(g.stored, g.acked[0].end)
 		g.acked = g.acked[1:]
@@ -672,34 +698,36 @@ func (g *heldSeg) addLevel(l int, sp span) {
 }
 
 // mergeLocked picks a run of mergeRun pieces of one level to merge, if
-// any segment has one and no merge of it is in flight.
-func (s *sink) mergeLocked() (g *heldSeg, level int, run []span, ok bool) {
+// any segment has one and no merge of it is in flight, with the covered
+// pieces to delete beside it.
+func (s *sink) mergeLocked() (g *heldSeg, level int, run, covered []span, ok bool) {
 	for _, x := range s.segs {
 		if x.buf == nil || x.merging || x.queued || x.archived || x.ended {
 			continue
 		}
 		for l, sps := range x.levels {
 			if len(sps) >= mergeRun {
-				return x, l, slices.Clone(sps[:mergeRun]), true
+				return x, l, slices.Clone(sps[:mergeRun]), slices.Clone(x.covered), true
 			}
 		}
 	}
-	return nil, 0, nil, false
+	return nil, 0, nil, nil, false
 }
 
 // merge uploads run of g as one piece, then deletes the pieces it
-// replaces (the chain of pieces reaches as far either way; a failure
-// leaves both, which is as good).
-func (s *sink) merge(ctx context.Context, g *heldSeg, level int, run []span, data []byte) error {
+// replaces and the covered ones (the chain of pieces reaches as far
+// either way; a failure leaves both, which is as good).
+func (s *sink) merge(ctx context.Context, g *heldSeg, level int, run, covered []span, data []byte) error {
 	start := run[0].start
 	if _, err := s.o.arch.PutPiece(ctx, s.o.cluster, g.name, start, data); err != nil {
 		return err
 	}
-	old := make([]walarchive.Piece, len(run))
-	for i, sp := range run {
-		old[i] = walarchive.Piece{Segment: g.name, Start: sp.start, End: sp.end}
+	old := make([]walarchive.Piece, 0, len(run)+len(covered))
+	for _, sp := range slices.Concat(run, covered) {
+		old = append(old, walarchive.Piece{Segment: g.name, Start: sp.start, End: sp.end})
 	}
-	if err := s.o.arch.DeletePieces(ctx, s.o.cluster.SystemID, old); err != nil {
+	err := s.o.arch.DeletePieces(ctx, s.o.cluster.SystemID, old)
+	if err != nil {
 		s.o.log.Warn("cannot delete pieces merged into one; they stay beside it", "segment", g.name, "err", err)
 	}
 	s.mu.Lock()
@@ -708,6 +736,10 @@ func (s *sink) merge(ctx context.Context, g *heldSeg, level int, run []span, dat
 		g.levels[level] = g.levels[level][len(run):]
 	}
 	g.addLevel(level+1, span{start, run[len(run)-1].end})
+	if err == nil {
+		// Only appended to meanwhile.
+		g.covered = g.covered[len(covered):]
+	}
 	return nil
 }
 
@@ -753,8 +785,16 @@ func refused(err error) bool {
 }
 
 // pieceWorker (DurableRepository) uploads what arrived as pieces, up to
-// maxInflight at once: while one upload is in flight the next bytes
-// gather, so that one upload carries the commits of many transactions.
+// maxInflight at once: while uploads are in flight the next bytes gather,
+// so that one upload carries the commits of many transactions.
+//
+// A piece starts where the stored pieces end, not where the pieces in
+// flight do (while that is at most maxResend bytes back): it carries
+// again what the uploads before it carry, so that whichever upload the
+// store acknowledges first makes everything up to its end durable. An
+// upload that is slow (a PUT at the store's tail latency) is overtaken by
+// the next one instead of holding back every commit behind it; that
+// costs bytes sent twice, not requests.
 func (s *sink) pieceWorker(ctx context.Context) {
 	done := make(chan struct{}, s.o.maxInflight)
 	inflight := 0
@@ -771,35 +811,52 @@ func (s *sink) pieceWorker(ctx context.Context) {
 			if g == nil {
 				break
 			}
-			start, end := g.pieceEnd, min(g.recv, g.pieceEnd+maxPiece)
+			start := g.stored
+			if g.recv-start > maxResend {
+				start = g.pieceEnd
+			}
+			end := min(g.recv, start+maxPiece)
 			g.pieceEnd = end
 			g.inflight++
 			inflight++
 			buf := s.refLocked(g)
+			arrived, started := g.pieceSince, time.Now()
+			if end < g.recv {
+				g.pieceSince = started
+			}
 			go func() {
 				err := s.uploadPiece(ctx, g, buf.b[start:end], start)
+				took := time.Since(started)
 				s.mu.Lock()
 				s.unrefLocked(buf)
 				g.inflight--
+				advanced := false
 				if err == nil {
+					was := g.durable
 					s.ackedLocked(g, span{start, end})
 					s.settleLocked(g)
+					advanced = g.durable > was
 				}
 				s.cond.Broadcast()
 				s.mu.Unlock()
 				if err == nil {
 					s.o.flushed()
+					// What a commit waits for in this receiver: its bytes
+					// waiting for an upload to start, then the upload.
+					s.o.log.Debug("piece stored", "segment", g.name, "start", start, "bytes", end-start,
+						"waited", started.Sub(arrived), "upload", took, "advanced", advanced)
 				}
 				done <- struct{}{}
 			}()
 		}
-		// Merging only uses a slot no new WAL wants.
-		if g, level, run, ok := s.mergeLocked(); ok && inflight < s.o.maxInflight {
+		// Merging only uses a slot no new WAL wants: under a loaded
+		// store, requests beside the uploads slow every upload down.
+		if g, level, run, covered, ok := s.mergeLocked(); ok && inflight < s.o.maxInflight {
 			g.merging = true
 			inflight++
 			buf := s.refLocked(g)
 			go func() {
-				err := s.merge(ctx, g, level, run, buf.b[run[0].start:run[len(run)-1].end])
+				err := s.merge(ctx, g, level, run, covered, buf.b[run[0].start:run[len(run)-1].end])
 				if err != nil && ctx.Err() == nil {
 					s.o.log.Warn("merging pieces failed; trying again later", "segment", g.name, "err", err)
 				}

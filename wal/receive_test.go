@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -374,6 +375,57 @@ func TestSinkMerges(t *testing.T) {
 		t.Fatalf("after merging: %d pieces, chain to %d: %v", len(ps), end, err)
 	}
 	t.Logf("%d writes stored in %d pieces, %d in the chain", n, len(ps), len(chain))
+}
+
+// TestSinkOvertakes: an upload that hangs does not hold back the flush
+// position. The next piece starts where the stored pieces end, carrying
+// the hung one's bytes again, and the store's first answer makes all of
+// them durable. The hung piece, stored at last, is covered by the one
+// that overtook it, and goes with the next merge.
+func TestSinkOvertakes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	h := &heldArchive{sinkArchive: e.arch, held: make(chan struct{}), release: make(chan struct{}),
+		hold: func(segment string, start int64, data []byte) bool { return start == 0 && len(data) == 1000 }}
+	s := newTestSinkWith(t, h, DurableRepository, func(*sinkOptions) {})
+	s3 := segment(1, 3, 1)
+	start := pg.SegNo(3).Start(segSize)
+	if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	write := func(from, to int) {
+		t.Helper()
+		if err := s.write(ctx, 1, start+pg.LSN(from), s3[from:to]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0, 1000)
+	<-h.held
+	write(1000, 3000)
+	waitFor(t, "the flush position past the hung upload", func() bool { return s.flushPos(1) == start+3000 })
+	hung := walarchive.Piece{Segment: segName(1, 3), Start: 0, End: 1000}
+	has := func(p walarchive.Piece) bool {
+		ps, _ := e.arch.ListPieces(ctx, sys, segName(1, 3))
+		return slices.Contains(ps, p)
+	}
+	if has(hung) {
+		t.Fatal("the hung piece is stored")
+	}
+	close(h.release)
+	waitFor(t, "the hung piece stored", func() bool { return has(hung) })
+	const step = 200
+	for i := range mergeRun {
+		at := 3000 + i*step
+		write(at, at+step)
+		waitFor(t, "the piece", func() bool { return s.flushPos(1) == start+pg.LSN(at+step) })
+	}
+	waitFor(t, "the covered piece deleted with the merge", func() bool { return !has(hung) })
+	ps, _ := e.arch.ListPieces(ctx, sys, segName(1, 3))
+	chain, end := walarchive.Chain(ps)
+	var b bytes.Buffer
+	if _, err := e.arch.ReadChain(ctx, sys, chain, &b); err != nil || end != 3000+mergeRun*step || !bytes.Equal(b.Bytes(), s3[:end]) {
+		t.Fatalf("%d pieces, chain to %d: %v", len(ps), end, err)
+	}
 }
 
 // heldArchive holds back the first PutPiece that hold picks until release

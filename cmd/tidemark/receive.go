@@ -61,7 +61,7 @@ func walReceiveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: []string{envName("status-interval")},
 				Usage: "send a status update to the server at least this often (a flush is reported at once)"},
 			&cli.IntFlag{Name: "max-inflight", Value: 2, EnvVars: []string{envName("max-inflight")},
-				Usage: "--durable repository: piece uploads in flight at once"},
+				Usage: "--durable repository: piece uploads in flight at once (1 to 16)"},
 			&cli.DurationFlag{Name: "upload-delay", Value: 5 * time.Second, EnvVars: []string{envName("upload-delay")},
 				Usage: "--durable local: upload WAL not yet in the repository after this long even while it keeps coming (at once when the stream stops)"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: []string{envName("shutdown-timeout")},

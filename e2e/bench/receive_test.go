@@ -93,6 +93,13 @@ func TestBenchReceive(t *testing.T) {
 				start: startWALReceive(srv, "repository", "--max-inflight", n)})
 		}
 	}
+	// TIDEMARK_BENCH_RECEIVE_BASELINE=<tidemark binary> adds --durable
+	// repository run by that binary (another build: before and after a
+	// change, in the same rounds).
+	if bin := os.Getenv("TIDEMARK_BENCH_RECEIVE_BASELINE"); bin != "" {
+		setups = append(setups, recvSetup{name: "repository, baseline binary", app: "tidemark",
+			start: startWALReceiveBin(srv, bin, "repository")})
+	}
 	runs := make([][]recvRun, len(setups))
 	n := 0
 	for r := range rounds {
@@ -192,10 +199,19 @@ func startPGReceivewal(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd 
 }
 
 func startWALReceive(srv *testenv.S3Server, durable string, extra ...string) func(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd {
+	return startWALReceiveBin(srv, "", durable, extra...)
+}
+
+// startWALReceiveBin is startWALReceive with the tidemark binary bin ("":
+// the one built from this tree).
+func startWALReceiveBin(srv *testenv.S3Server, bin, durable string, extra ...string) func(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd {
 	return func(t *testing.T, c *testenv.Cluster, slot string) *exec.Cmd {
 		// A repository of its own: the receiver starts where the archive
 		// ends, and WAL of the runs before would be gone from the server.
 		tm := NewTidemark(t, srv, srv.NewBucket(t))
+		if bin != "" {
+			tm.Bin = bin
+		}
 		args := []string{"wal-receive", "--pg-conn", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.Port),
 			"--slot", slot, "--create-slot", "--dir", filepath.Join(t.TempDir(), "recv"), "--durable", durable, "--log-level", "warn"}
 		cmd := exec.Command(tm.Bin, append(args, extra...)...)

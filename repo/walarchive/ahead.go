@@ -37,7 +37,7 @@ func (f *Frame) Size() int { return cap(f.comp) }
 // that it decompresses to piece, and keeps its digest. It takes one of the
 // archive's CPU slots, like an upload's chunk. piece is not retained.
 func (a *Archive) Precompress(ctx context.Context, ci ClusterInfo, name string, prev *Frame, piece []byte) (*Frame, error) {
-	fp, err := a.compress(ctx, piece)
+	fp, err := a.compress(ctx, a.slots, piece)
 	if err != nil {
 		return nil, err
 	}

@@ -62,6 +62,11 @@ type Archive struct {
 	// first come, first served) instead of all slowing down together: the
 	// oldest segment, the one PostgreSQL waits for, finishes first.
 	slots chan *workspace
+	// quick are slots of their own for pieces (wal-receive): a commit
+	// waits for its piece, which must not queue behind the chunks of
+	// whole segments being archived at the same time. A piece is one
+	// chunk or less, so they cost a core for a moment at most.
+	quick chan *workspace
 	// chunks and frames keep buffers across garbage collections (a
 	// sync.Pool is emptied by them, and a fresh 4 MiB buffer costs a
 	// thousand page faults); each keeps a bounded number.
@@ -99,10 +104,12 @@ func New(store storage.Store, c Crypter, mac MACKey, opts Options) *Archive {
 	}
 	a := &Archive{store: store, crypt: c, mac: mac, log: log, enc: enc, clusters: map[uint64]ClusterInfo{}, summaries: !opts.NoSummaries,
 		slots:  make(chan *workspace, procs),
+		quick:  make(chan *workspace, procs),
 		chunks: newFreeList(2*procs, chunkSize),
 		frames: newFreeList(4*procs, chunkSize/2)}
 	for range procs {
 		a.slots <- nil
+		a.quick <- nil
 	}
 	return a
 }
@@ -515,6 +522,10 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 		}
 	}()
 	inflight := make(chan struct{}, max(2, cap(a.slots)))
+	slots := a.slots
+	if m.Kind == KindPiece && m.Size <= chunkSize {
+		slots = a.quick
+	}
 	h := macState(&a.mac, m)
 	// While every piece so far took its frame, the MAC can start from the
 	// last one's state instead of reading the pieces again.
@@ -571,7 +582,7 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 					a.chunks.put(cp)
 					<-inflight
 				}()
-				frames[i], errs[i] = a.compress(ctx, chunk)
+				frames[i], errs[i] = a.compress(ctx, slots, chunk)
 			})
 		}
 		return expectEOF(r, m.Size)
@@ -614,15 +625,15 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 }
 
 // compress compresses one chunk into a frame (from a.frames) and checks it,
-// holding a CPU slot.
-func (a *Archive) compress(ctx context.Context, chunk []byte) (*[]byte, error) {
+// holding a CPU slot of slots (a.slots or a.quick).
+func (a *Archive) compress(ctx context.Context, slots chan *workspace, chunk []byte) (*[]byte, error) {
 	var ws *workspace
 	select {
-	case ws = <-a.slots:
+	case ws = <-slots:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	defer func() { a.slots <- ws }()
+	defer func() { slots <- ws }()
 	if ws == nil {
 		ws = newWorkspace()
 	}
