@@ -54,7 +54,7 @@ func (r *Repo) ReadBlobRun(ctx context.Context, ids []blob.ID, maxBytes int64) (
 	for _, l := range locs[1:] {
 		o, e := int64(l.Offset), int64(l.Offset)+int64(l.Length)
 		if o < end {
-			continue // the same blob under another ID cannot be; overlapping is corrupt: leave it to its own read
+			continue // a guess repeated (windows sharing a base), or an entry overlapping one in the run
 		}
 		if o-end > r.opts.CoalesceGap || e-start > maxBytes {
 			break
