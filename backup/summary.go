@@ -173,7 +173,6 @@ func (s *summary) forFile(r pg.RelFile, relSegSize uint32) fileChanges {
 	return fc
 }
 
-// changed reports whether page p of the file is in the summary.
 // anyChanged reports whether a page of [p0, p1) changed.
 func (fc *fileChanges) anyChanged(p0, p1 uint32) bool {
 	if p1 > fc.limit {
@@ -183,6 +182,7 @@ func (fc *fileChanges) anyChanged(p0, p1 uint32) bool {
 	return i < len(fc.pages) && fc.pages[i] < p1
 }
 
+// changed reports whether page p of the file is in the summary.
 func (fc *fileChanges) changed(p uint32) bool {
 	if p >= fc.limit {
 		return true

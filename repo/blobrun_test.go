@@ -8,20 +8,13 @@ import (
 	"testing"
 
 	"github.com/tidemarkdb/tidemark/repo/blob"
-	"github.com/tidemarkdb/tidemark/storage/mem"
 )
 
 // TestReadBlobRun: one GET reads the first blob and those after it in its
 // pack within the gap and size bounds; each decodes to its bytes; blobs
 // elsewhere, before it, unknown or past the bounds are left out.
 func TestReadBlobRun(t *testing.T) {
-	c := &counting{Store: mem.New()}
-	f := initRepo(t, c)
-	var list [][]byte
-	for i := range 60 {
-		list = append(list, randBytes(10_000+i)) // raw: ~600 KB, 3 packs of 256 KiB
-	}
-	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: list})
+	c, f, ids := threePacks(t)
 	// The blobs of the first pack in pack order.
 	var inPack []blob.ID
 	var first string

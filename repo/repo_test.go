@@ -192,13 +192,7 @@ func TestReadBlobIsOneRangedGET(t *testing.T) {
 }
 
 func TestReadBlobsCoalesces(t *testing.T) {
-	c := &counting{Store: mem.New()}
-	f := initRepo(t, c)
-	var list [][]byte
-	for i := range 60 {
-		list = append(list, randBytes(10_000+i)) // raw: ~600 KB, 3 packs of 256 KiB
-	}
-	ids := writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: list})
+	c, f, ids := threePacks(t)
 	var all []blob.ID
 	for id := range ids {
 		all = append(all, id)
@@ -741,6 +735,19 @@ func TestReadPackStreams(t *testing.T) {
 	check("truncated", whole[:len(whole)-100], "truncated")
 	check("one byte more", append(bytes.Clone(whole), 0), "longer")
 	store.Put(ctx, key, bytes.NewReader(whole), int64(len(whole)))
+}
+
+// threePacks is a repository on a counting in-memory store holding 60
+// incompressible file blobs of about 10 KB: about 600 KB, 3 packs of 256
+// KiB.
+func threePacks(t *testing.T) (*counting, *fixture, map[blob.ID][]byte) {
+	c := &counting{Store: mem.New()}
+	f := initRepo(t, c)
+	var list [][]byte
+	for i := range 60 {
+		list = append(list, randBytes(10_000+i))
+	}
+	return c, f, writeBlobs(t, f.repo, map[blob.Kind][][]byte{blob.KindFile: list})
 }
 
 func list0(ids map[blob.ID][]byte) blob.ID {
