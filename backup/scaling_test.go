@@ -82,8 +82,9 @@ INSERT INTO dense SELECT g, repeat('a', 90) FROM generate_series(1, 1200000) g`)
 		t.Fatalf("%d pages stored as deltas in %d windows: the test wants most windows' pages as deltas", st.DeltaPages, windows)
 	}
 	// One GET a window (and the maps, index and snapshot besides) was
-	// 167 GETs for this table's 144 windows.
-	if st.RepoGets*2 > windows {
+	// 167 GETs for this table's 144 windows; runs make 58 to 75, as the
+	// two workers' slots happen to alternate in the packs.
+	if st.RepoGets*3 > windows*2 {
 		t.Errorf("%d GETs for the bases of about %d windows: not shared", st.RepoGets, windows)
 	}
 }
