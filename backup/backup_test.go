@@ -1,14 +1,17 @@
 package backup
 
 import (
+	"path/filepath"
 	"testing"
 
+	"github.com/tidemarkdb/tidemark/internal/directio"
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 )
 
 // TestFullBackupRestores backs up a pgbench database, restores the
 // snapshot and checks that the restored cluster starts and has the same
-// data.
+// data. On 17 the relation files are read with O_DIRECT (the default), on
+// 15 through the page cache (--direct-io=false).
 func TestFullBackupRestores(t *testing.T) {
 	for _, v := range []int{15, 17} {
 		t.Run("pg"+itoa(v), func(t *testing.T) {
@@ -17,9 +20,17 @@ func TestFullBackupRestores(t *testing.T) {
 			testenv.PGBenchInit(t, c, 2)
 			want := testenv.DatabaseFingerprint(t, c)
 			r := newTestRepo(t, 1<<20)
-			res := mustBackup(t, r, backupOpts(t, c, a))
+			opts := backupOpts(t, c, a)
+			opts.NoDirectIO = v == 15
+			res := mustBackup(t, r, opts)
 			if res.Snapshot.Type != "full" || res.Method != MethodFull {
 				t.Fatalf("first backup is %s by %s, want full", res.Snapshot.Type, res.Method)
+			}
+			switch {
+			case opts.NoDirectIO && res.Stats.DirectBytes != 0:
+				t.Errorf("--direct-io=false: %d bytes read with O_DIRECT", res.Stats.DirectBytes)
+			case !opts.NoDirectIO && directio.Supported(filepath.Dir(c.DataDir)) && res.Stats.DirectBytes < res.Stats.ReadBytes/2:
+				t.Errorf("%d of %d bytes read with O_DIRECT, want most (the relation files)", res.Stats.DirectBytes, res.Stats.ReadBytes)
 			}
 			rc := restoreSnapshot(t, r.Repo, res.Snapshot, a, v, false)
 			if got := testenv.DatabaseFingerprint(t, rc); got != want {

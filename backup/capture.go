@@ -103,7 +103,7 @@ type tablespaceRoot struct {
 // counters are updated by workers and read by progress reports.
 type counters struct {
 	files, relFiles, reusedFiles        atomic.Int64
-	logical, done, read                 atomic.Int64
+	logical, done, read, directRead     atomic.Int64
 	patched, rebased, sampled, verified atomic.Int64
 	deltaPages, baseRead                atomic.Int64
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/tidemarkdb/tidemark/internal/directio"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
@@ -30,6 +31,7 @@ type file struct {
 	node  filemap.Node
 	rel   string
 	f     *os.File
+	r     *directio.Reader // reads f
 	isRel bool
 	relf  pg.RelFile
 	pages uint32 // relation files: length in pages
@@ -237,6 +239,15 @@ func (c *capture) dispatch(f *file) {
 		return
 	}
 	f.f = fh
+	// Relation files are read with O_DIRECT (Options.NoDirectIO): every
+	// byte once, so the page cache would only cost the CPU of filling it
+	// and the database's hot pages their room. The other files are small
+	// and many are the server's hot ones (pg_xact).
+	mode := directio.Cached
+	if f.isRel && !c.opts.NoDirectIO {
+		mode = directio.Direct
+	}
+	f.r = directio.NewReader(fh, f.slot.abs, mode)
 	var n int
 	if f.isRel {
 		perItem := uint32(itemSlots * c.pagesPerSlot())
@@ -277,6 +288,9 @@ func (c *capture) itemDone(f *file) {
 // file's content) and hands the node to its directory.
 func (c *capture) finishFile(f *file) {
 	if f.f != nil {
+		_, direct := f.r.Counts()
+		c.stats.directRead.Add(direct)
+		f.r.Close()
 		f.f.Close()
 	}
 	if c.ctx.Err() != nil {

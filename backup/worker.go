@@ -78,7 +78,7 @@ func (wk *worker) readAt(f *file, b []byte, off int64) (int, error) {
 	if err := c.limiter.wait(c.ctx, len(b)); err != nil {
 		return 0, err
 	}
-	n, err := f.f.ReadAt(b, off)
+	n, err := f.r.ReadAt(b, off)
 	c.stats.read.Add(int64(n))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return n, fmt.Errorf("read %s at %d: %w", f.slot.abs, off, err)

@@ -63,7 +63,7 @@ type Options struct {
 	// Parallel is the number of local file workers (hashing, fsync).
 	// Repository reads run at the Repository's own concurrency.
 	Parallel int
-	// DirectIO writes runs of relation pages of directMin and more with
+	// DirectIO writes runs of relation pages of directio.Min and more with
 	// O_DIRECT where the file system allows, sparing the CPU the copy into
 	// the page cache (on the benchmark VM, growing the cache cost up to
 	// 2 s of system time per GiB written). The server started on the

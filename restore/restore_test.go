@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
+	"github.com/tidemarkdb/tidemark/internal/directio"
 	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
@@ -725,8 +725,8 @@ func TestRestoreDirectIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRestored(t, dir, s)
-	if directBytes.Load() < directMin {
-		t.Errorf("%d bytes written with O_DIRECT, want at least %d", directBytes.Load(), directMin)
+	if directBytes.Load() < directio.Min {
+		t.Errorf("%d bytes written with O_DIRECT, want at least %d", directBytes.Load(), directio.Min)
 	}
 }
 
@@ -1147,17 +1147,8 @@ func (c countingWriter) WriteAt(b []byte, off int64) (int, error) {
 // write (tmpfs before Linux 6.6 does not).
 func requireDirectIO(t *testing.T, dir string) {
 	t.Helper()
-	p := filepath.Join(dir, "direct-probe")
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|syscall.O_DIRECT, 0o600)
-	if err == nil {
-		buf := make([]byte, 2*directIOAlign)
-		off := directIOAlign - int(uintptr(unsafe.Pointer(&buf[0])))%directIOAlign
-		_, err = f.WriteAt(buf[off:off+directIOAlign], 0)
-		f.Close()
-	}
-	os.Remove(p)
-	if err != nil {
-		t.Skipf("%s does not take O_DIRECT writes: %v", dir, err)
+	if !directio.Supported(dir) {
+		t.Skipf("%s does not take O_DIRECT writes", dir)
 	}
 }
 

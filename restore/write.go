@@ -16,8 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
+	"github.com/tidemarkdb/tidemark/internal/directio"
 	"github.com/tidemarkdb/tidemark/internal/osuser"
 	"github.com/tidemarkdb/tidemark/internal/progress"
 	"github.com/tidemarkdb/tidemark/repo"
@@ -461,7 +461,7 @@ func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
 	// every file that has a delta through the cache grew the cache by the
 	// whole of the benchmark's two big tables: five restores after three
 	// incrementals took 5.4-10.6 s, against 4.7-6.9 s this way.)
-	if !d.whole && !d.base && w.direct.Load() && directAligned(b, d.fileOff) {
+	if !d.whole && !d.base && w.direct.Load() && directio.Aligned(b, d.fileOff) {
 		err := of.writeDirect(d.file, p, b, d.fileOff, w.openDirect)
 		switch {
 		case err == nil:
@@ -504,23 +504,6 @@ func (w *writer) done(d dest) {
 // openDirect opens the existing file p for O_DIRECT writes.
 func openDirect(p string) (directFile, error) {
 	return os.OpenFile(p, os.O_WRONLY|syscall.O_DIRECT, 0)
-}
-
-// directIOAlign is the alignment O_DIRECT needs of memory, offset and
-// length: the largest logical block size in use (4 KiB drives).
-const directIOAlign = 4096
-
-// directMin is the smallest write done with O_DIRECT: a direct write is
-// synchronous, and the scattered pages of patches written one by one that
-// way are slower than through the page cache.
-const directMin = 256 << 10
-
-// directAligned reports whether b can be written at off with O_DIRECT.
-// Decoded blobs are large heap allocations, which Go aligns to its 8 KiB
-// pages, so slots almost always are.
-func directAligned(b []byte, off int64) bool {
-	return len(b) >= directMin && len(b)%directIOAlign == 0 && off%directIOAlign == 0 &&
-		uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directIOAlign == 0
 }
 
 // each runs fn for every index below n on w.parallel goroutines and returns
@@ -910,7 +893,11 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	bp := w.compareBuf()
 	defer w.compareBufs.Put(bp)
 	buf := (*bp)[:0]
-	cr := newCompareReader(f, p, w.direct.Load())
+	mode := directio.Cached
+	if w.direct.Load() {
+		mode = directio.CacheFirst
+	}
+	cr := directio.NewReader(f, p, mode)
 	defer cr.Close()
 	read := func(off, n int64) ([]byte, error) {
 		if off+n > have {
