@@ -2,6 +2,7 @@ package backup
 
 import (
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -47,27 +48,41 @@ func TestCoverRange(t *testing.T) {
 	}
 }
 
+// changedPages lists the pages under n that fc says changed.
+func changedPages(fc fileChanges, n uint32) []uint32 {
+	var out []uint32
+	for p := range n {
+		if fc.changed(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func TestSummaryForFile(t *testing.T) {
 	const seg = 131072
-	s := &summary{rels: map[relKey]*relChanges{
-		{1663, 5, 100, pg.ForkMain}: {limit: noLimit, blocks: []uint32{1, 7, seg + 3}},
-		{1663, 5, 101, pg.ForkMain}: {limit: seg + 10, blocks: []uint32{4}},
-		{1663, 6, 0, pg.ForkMain}:   {limit: 0},
-	}}
+	s := newSummary(MethodSummaries, 0, 1)
+	for _, b := range []uint32{7, seg + 3, 1} {
+		s.addBlock(relKey{1663, 5, 100, pg.ForkMain}, b)
+	}
+	s.addBlock(relKey{1663, 5, 101, pg.ForkMain}, 4)
+	s.setLimit(relKey{1663, 5, 101, pg.ForkMain}, seg+10)
+	s.setLimit(relKey{1663, 6, 0, pg.ForkMain}, 0)
+	s.finish()
 	rel := func(db, n, segno uint32) pg.RelFile {
 		return pg.RelFile{Tablespace: 1663, Database: db, RelNumber: n, Segment: segno}
 	}
 	fc := s.forFile(rel(5, 100, 0), seg)
-	if !slices.Equal(fc.pages, []uint32{1, 7}) || fc.limit != noLimit || !fc.changed(7) || fc.changed(2) {
-		t.Errorf("segment 0: %+v", fc)
+	if got := changedPages(fc, seg); !slices.Equal(got, []uint32{1, 7}) || fc.limit != noLimit || !fc.anyChanged(7, 8) || fc.anyChanged(2, 7) {
+		t.Errorf("segment 0: %v, %+v", got, fc)
 	}
-	if fc := s.forFile(rel(5, 100, 1), seg); !slices.Equal(fc.pages, []uint32{3}) {
+	if fc := s.forFile(rel(5, 100, 1), seg); !slices.Equal(changedPages(fc, seg), []uint32{3}) || fc.anyChanged(0, 3) || !fc.anyChanged(0, 4) {
 		t.Errorf("segment 1: %+v", fc)
 	}
 	if fc := s.forFile(rel(5, 101, 0), seg); fc.limit != noLimit || !fc.changed(4) || fc.changed(5) {
 		t.Errorf("truncated past segment 0: %+v", fc)
 	}
-	if fc := s.forFile(rel(5, 101, 1), seg); fc.limit != 10 || !fc.changed(10) || fc.changed(9) {
+	if fc := s.forFile(rel(5, 101, 1), seg); fc.limit != 10 || !fc.changed(10) || fc.changed(9) || !fc.anyChanged(9, 11) {
 		t.Errorf("truncated in segment 1: %+v", fc)
 	}
 	if fc := s.forFile(rel(5, 101, 2), seg); fc.limit != 0 {
@@ -76,8 +91,85 @@ func TestSummaryForFile(t *testing.T) {
 	if fc := s.forFile(rel(6, 555, 0), seg); fc.limit != 0 || !fc.changed(0) {
 		t.Errorf("file of a database created in the range: %+v", fc)
 	}
-	if fc := s.forFile(rel(5, 999, 0), seg); fc.limit != noLimit || fc.changed(0) {
+	if fc := s.forFile(rel(5, 999, 0), seg); fc.limit != noLimit || fc.changed(0) || fc.anyChanged(0, seg) {
 		t.Errorf("untouched relation: %+v", fc)
+	}
+}
+
+// TestSummaryBitmap: a fork whose blocks changed densely is held as a
+// bitmap (a bit a block, not 4 bytes), one with a few far-apart blocks as
+// a list, and a fork with both (dense at its start, a few blocks far past
+// it) as both; lookups agree with the blocks added either way, across
+// several files, whatever order and repeats the blocks came in.
+func TestSummaryBitmap(t *testing.T) {
+	const seg = 1 << 16
+	r := rand.New(rand.NewPCG(1, 2))
+	want := map[relKey]map[uint32]bool{}
+	s := newSummary(MethodBlockSummaries, 0, 1)
+	add := func(k relKey, b uint32) {
+		if want[k] == nil {
+			want[k] = map[uint32]bool{}
+		}
+		want[k][b] = true
+		if r.IntN(2) == 0 {
+			s.addBlock(k, b)
+		} else {
+			s.addBlocks(k, []uint32{b})
+		}
+	}
+	dense, sparse, mixed := relKey{1663, 5, 1, pg.ForkMain}, relKey{1663, 5, 2, pg.ForkMain}, relKey{1663, 5, 3, pg.ForkMain}
+	// The mixed fork's far blocks come first: they must not keep its
+	// dense ones out of the bitmap.
+	for range 100 {
+		add(sparse, r.Uint32N(1<<31))
+		add(mixed, 1<<30+r.Uint32N(1<<20))
+	}
+	for range 300_000 {
+		add(dense, r.Uint32N(3*seg))
+		add(mixed, r.Uint32N(seg))
+	}
+	s.finish()
+	if rc := s.rels[dense]; len(rc.blocks) != 0 || len(rc.bits) != 3*seg/64 {
+		t.Errorf("dense fork: %d listed, %d bitmap words; want a bitmap only", len(rc.blocks), len(rc.bits))
+	}
+	if rc := s.rels[sparse]; len(rc.bits) != 0 || len(rc.blocks) != len(want[sparse]) {
+		t.Errorf("sparse fork: %d listed, %d bitmap words; want a list only", len(rc.blocks), len(rc.bits))
+	}
+	if rc := s.rels[mixed]; len(rc.bits) == 0 || len(rc.blocks) == 0 {
+		t.Errorf("mixed fork: %d listed, %d bitmap words; want both", len(rc.blocks), len(rc.bits))
+	}
+	total := 0
+	for k, blocks := range want {
+		total += len(blocks)
+		rc := s.rels[k]
+		for range 20_000 {
+			b := r.Uint32N(3 * seg)
+			if r.IntN(2) == 0 {
+				b = 1<<30 + r.Uint32N(1<<20)
+			}
+			if rc.has(b) != blocks[b] {
+				t.Fatalf("%+v block %d: has %v, want %v", k, b, rc.has(b), blocks[b])
+			}
+			n := 1 + r.Uint32N(300)
+			any := false
+			for x := b; x < b+n; x++ {
+				any = any || blocks[x]
+			}
+			if got := rc.anyIn(uint64(b), uint64(b+n)); got != any {
+				t.Fatalf("%+v blocks %d..%d: anyIn %v, want %v", k, b, b+n, got, any)
+			}
+		}
+		for segno := range uint32(3) {
+			fc := s.forFile(pg.RelFile{Tablespace: k.spc, Database: k.db, RelNumber: k.rel, Segment: segno}, seg)
+			for p := range uint32(seg) {
+				if fc.changed(p) != blocks[segno*seg+p] {
+					t.Fatalf("%+v segment %d page %d: changed %v", k, segno, p, fc.changed(p))
+				}
+			}
+		}
+	}
+	if s.blocks != total {
+		t.Errorf("summary counts %d blocks, %d were added", s.blocks, total)
 	}
 }
 
