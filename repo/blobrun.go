@@ -93,7 +93,7 @@ func (b *BlobRun) Read() int64 { return b.read }
 // Release gives the run's buffer back; the run holds nothing after it.
 func (b *BlobRun) Release() {
 	if b.plain != nil {
-		putReadBuf(b.plain)
+		b.r.readBufs.put(b.plain)
 	}
 	*b = BlobRun{r: b.r}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -132,5 +133,32 @@ func TestReadBlobRun(t *testing.T) {
 	var ce *CorruptError
 	if _, err := r3.ReadBlobRun(ctx, inPack, 1<<20); !errors.As(err, &ce) {
 		t.Fatalf("damaged pack: %v", err)
+	}
+}
+
+// TestReadBufsSurviveCollections: a read buffer given back is there for
+// the next read after a garbage collection (a sync.Pool's would not be),
+// up to keptReadBufs of them, and buffers over keptReadBuf are not kept.
+func TestReadBufsSurviveCollections(t *testing.T) {
+	var l bufList
+	var held [][]byte
+	for range keptReadBufs + 2 {
+		held = append(held, l.get(1<<20))
+	}
+	for _, b := range held {
+		l.put(b)
+	}
+	l.put(make([]byte, keptReadBuf+1))
+	runtime.GC()
+	runtime.GC()
+	if len(l.bufs) != keptReadBufs {
+		t.Fatalf("%d buffers kept, want %d", len(l.bufs), keptReadBufs)
+	}
+	b := l.get(1 << 19)
+	if &b[:1][0] != &held[0][:1][0] || len(b) != 1<<19 {
+		t.Errorf("get after two collections made a new buffer, want the first one given back")
+	}
+	if big := l.get(keptReadBuf); cap(big) < keptReadBuf || len(l.bufs) != keptReadBufs-1 {
+		t.Errorf("a get larger than every kept buffer: cap %d, %d kept", cap(big), len(l.bufs))
 	}
 }

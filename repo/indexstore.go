@@ -520,7 +520,7 @@ func (r *Repo) packTail(ctx context.Context, p *index.Pack) (tail []byte, entrie
 			return nil, nil, err
 		}
 		tail := bytes.Clone(plain[plainSize-tailLen-first:])
-		putReadBuf(plain)
+		r.readBufs.put(plain)
 		tl, err := pack.ParseFooter(tail, plainSize)
 		if err != nil {
 			return nil, nil, &CorruptError{Key: key, Err: err}

@@ -148,6 +148,8 @@ type Repo struct {
 	// (Options.ReadMemory): a backup's workers each read base slots at
 	// once, and a bound per call let them hold the bound each.
 	readMem *readBudget
+	// readBufs are ciphertext buffers kept for the next ranged read.
+	readBufs bufList
 
 	idxMu     sync.Mutex
 	idx       *index.Index
