@@ -123,12 +123,8 @@ func (wk *worker) relItem(it item) error {
 		}
 	}
 	if f.whole {
-		for s0 := p0; s0 < p1; s0 += pps {
-			s1 := min(s0+pps, p1)
-			if err := wk.wholeSlot(f, s0, s1); err != nil {
-				return err
-			}
-			c.stats.done.Add(int64(s1-s0) * int64(c.blockSize))
+		if err := wk.wholeSlots(f, p0, p1); err != nil {
+			return err
 		}
 	} else if err := wk.incrementalItem(f, p0, p1); err != nil {
 		return err
@@ -228,13 +224,64 @@ func (wk *worker) verify(f *file, s0, p uint32) error {
 	return nil
 }
 
-// wholeSlot reads pages [s0, s1) and stores them as one slot blob.
-func (wk *worker) wholeSlot(f *file, s0, s1 uint32) error {
-	clear(wk.have)
-	if err := wk.read(f, s0, s0, s1); err != nil {
-		return err
+// wholeSlots captures the slots of pages [p0, p1) whole, each as one slot
+// blob (storeSlot), reading each next slot while the one before is verified, compressed and
+// stored: a direct read (Options.NoDirectIO) has no kernel readahead to
+// keep the disk busy while the worker computes. The slot read ahead goes
+// into the first planned window's buffer, which an incremental item fills
+// with base slots and a whole one leaves idle (WorkerMemory counts it).
+func (wk *worker) wholeSlots(f *file, p0, p1 uint32) error {
+	c := wk.c
+	pps, bs := uint32(c.pagesPerSlot()), int64(c.blockSize)
+	if cap(wk.plans[0].buf) < blob.SlotSize {
+		wk.plans[0].buf = make([]byte, blob.SlotSize)
 	}
-	return wk.storeSlot(f, s0, s1)
+	type result struct {
+		n   int
+		err error
+	}
+	var pending chan result // the read of the slot ahead, into wk.plans[0].buf
+	readAhead := func(s0 uint32) {
+		b := wk.plans[0].buf[:int64(min(s0+pps, p1)-s0)*bs]
+		ch := make(chan result, 1)
+		pending = ch
+		go func() {
+			n, err := wk.readAt(f, b, int64(s0)*bs)
+			ch <- result{n, err}
+		}()
+	}
+	// No read may still write into a buffer once the item is left.
+	defer func() {
+		if pending != nil {
+			<-pending
+		}
+	}()
+	readAhead(p0)
+	for s0 := p0; s0 < p1; s0 += pps {
+		s1 := min(s0+pps, p1)
+		r := <-pending
+		pending = nil
+		if r.err != nil {
+			return r.err
+		}
+		wk.buf, wk.plans[0].buf = wk.plans[0].buf[:cap(wk.plans[0].buf)], wk.buf[:cap(wk.buf)]
+		if s1 < p1 {
+			readAhead(s1)
+		}
+		clear(wk.buf[r.n : int64(s1-s0)*bs])
+		clear(wk.have)
+		for p := s0; p < s1; p++ {
+			if err := wk.verify(f, s0, p); err != nil {
+				return err
+			}
+			wk.have[p-s0] = true
+		}
+		if err := wk.storeSlot(f, s0, s1); err != nil {
+			return err
+		}
+		c.stats.done.Add(int64(s1-s0) * bs)
+	}
+	return nil
 }
 
 // storeSlot stores the slot in buf (all of it read) as one slot blob, or
