@@ -297,6 +297,7 @@ func (b *run) stats(c *capture, reusedPacks int) Stats {
 		Files: c.stats.files.Load(), RelFiles: c.stats.relFiles.Load(), ReusedFiles: c.stats.reusedFiles.Load(),
 		LogicalBytes: c.stats.logical.Load(), ReadBytes: c.stats.read.Load(), DirectBytes: c.stats.directRead.Load(), PatchedPages: c.stats.patched.Load(),
 		DeltaPages: c.stats.deltaPages.Load(), BaseReadBytes: c.stats.baseRead.Load(),
+		SummedWindows: c.stats.summed.Load(), UnsummedWindows: c.stats.unsummed.Load(),
 		RebasedSlots: c.stats.rebased.Load(), SampledPages: c.stats.sampled.Load(), ChecksumPages: c.stats.verified.Load(),
 		RepoReadBytes: rs.Bytes - b.reads.Bytes, RepoGets: rs.Gets - b.reads.Gets,
 		NewBytes: ws.StoredBytes, NewBlobs: ws.NewBlobs, ReusedPacks: reusedPacks,

@@ -106,6 +106,7 @@ type counters struct {
 	logical, done, read, directRead     atomic.Int64
 	patched, rebased, sampled, verified atomic.Int64
 	deltaPages, baseRead                atomic.Int64
+	summed, unsummed                    atomic.Int64
 }
 
 // dirSlot is where a finished child goes: entry idx of directory d.

@@ -250,7 +250,7 @@ func (wk *worker) incrementalSlot(f *file, pl *slotPlan) error {
 		}
 	}
 	if pl.patched > 0 {
-		return wk.windowSum(f, s0, s1, pl.n == 0)
+		return wk.windowSum(f, pl)
 	}
 	return nil
 }
@@ -499,36 +499,110 @@ func (wk *worker) baseWorthFetching(base windowBase, s0, s1 uint32) bool {
 	return base.fetch <= k*int64(wk.c.blockSize)
 }
 
-// windowSum records the sum (filemap.SlotSum) of window [s0, s1), which
-// holds patch pages and so cannot be recognised by one slot blob's ID. The
-// sum is of the pages as this backup read them, which may differ from what
-// a restore of this snapshot writes in bits that are not WAL-logged (hint
-// bits set after the page's base was stored): a delta restore that keeps a
-// window matching it keeps exactly what a full backup taken now would hold,
-// an equally valid start for replay. An unchanged window keeps the
-// reference's sum. A backup that reads only the changed pages (summaries)
-// sums only windows it read whole: reading the rest of a window for its
-// sum would make its reads grow with the files, not with what changed; a
-// delta restore compares a window without a sum extent by extent.
-func (wk *worker) windowSum(f *file, s0, s1 uint32, unchanged bool) error {
+// windowSum records the sum (filemap.SlotSum) of planned window [s0, s1),
+// which holds patch pages and so cannot be recognised by one slot blob's
+// ID. Each page summed is either what a restore of this snapshot writes
+// there (a page of the fetched base slot that the window still holds, a
+// zero page) or the page as this backup read it, which may differ from
+// what the restore writes in bits that are not WAL-logged (hint bits set
+// after the page's stored copy was read): a delta restore that keeps a
+// window matching it keeps what a full backup taken now would hold, or the
+// snapshot's own bytes, an equally valid start for replay. An unchanged
+// window keeps the reference's sum. A backup that reads only the changed
+// pages (summaries) must not read the rest of every window it touches for
+// its sum (its reads would grow with the files, not with what changed):
+// it sums a window it did not read whole from what it holds already
+// (sumFromBase) and, within the read budget of readSpans, reads the few
+// pages that earlier backups stored in patches; other windows get no sum,
+// and a delta restore compares them by their deltas or extent by extent.
+func (wk *worker) windowSum(f *file, pl *slotPlan) error {
 	c := wk.c
+	s0, s1 := pl.s0, pl.s1
 	w := s0 / uint32(c.pagesPerSlot())
-	if unchanged {
+	if pl.n == 0 {
 		if id, ok := f.prevMap.Sum(w); ok {
 			wk.sums = append(wk.sums, filemap.SlotSum{Slot: w, ID: id})
+			c.stats.summed.Add(1)
 			return nil
 		}
 	}
 	if c.summaries() && !f.changes.scan && slices.Contains(wk.have[:s1-s0], false) {
-		return nil
+		ok, err := wk.sumFromBase(f, pl)
+		if err != nil || !ok {
+			c.stats.unsummed.Add(1)
+			return err
+		}
 	}
 	if err := wk.readRest(f, s0, s1); err != nil {
 		return err
 	}
 	if id := c.store.BlobID(blob.KindSlot, wk.buf[:int(s1-s0)*c.blockSize]); !id.IsZero() {
 		wk.sums = append(wk.sums, filemap.SlotSum{Slot: w, ID: id})
+		c.stats.summed.Add(1)
 	}
 	return nil
+}
+
+// sumFromBase fills in the pages of planned window [s0, s1) that this
+// backup did not read and that the reference map holds as the fetched base
+// slot's own page at the same offset (the bytes a restore writes there:
+// the slot blob, checked against its ID as it was decoded) or as a zero
+// page. It reports whether the rest, pages earlier backups stored in
+// patches, may be read from the data directory: when all the pages read of
+// the window stay within readSlack times its changed pages, the bound of
+// readChanged, so that summing never makes the backup's reads grow with
+// the files rather than with what changed. The earlier patches themselves
+// are not fetched: decoding them costs about what it spares the restore.
+func (wk *worker) sumFromBase(f *file, pl *slotPlan) (bool, error) {
+	c := wk.c
+	s0, s1 := pl.s0, pl.s1
+	var data []byte
+	if pl.fetch != nil {
+		var err error
+		if data, err = pl.fetch.wait(); err != nil {
+			return false, err
+		}
+	}
+	bs := uint32(c.blockSize)
+	m := f.prevMap
+	read, rest := 0, 0
+	for p := s0; p < s1; {
+		if wk.have[p-s0] {
+			read++
+			p++
+			continue
+		}
+		i := m.Lookup(p)
+		if i < 0 {
+			// Not in the reference map: a page past its end that the
+			// summaries did not name (a gap a restore would not
+			// compare) is read.
+			rest++
+			p++
+			continue
+		}
+		e := m.Extents.At(i)
+		end := min(e.Page+e.Count, s1)
+		for ; p < end; p++ {
+			if wk.have[p-s0] {
+				read++
+				continue
+			}
+			dst := wk.pageBuf(s0, p)
+			off := (p - s0) * bs
+			switch {
+			case e.Blob.IsZero():
+				clear(dst)
+			case !e.IsDelta() && e.Blob == pl.base.id && pl.fetch != nil && e.BlobPage+(p-e.Page) == p-s0 && int(off+bs) <= len(data):
+				copy(dst, data[off:off+bs])
+			default:
+				rest++
+				continue
+			}
+			wk.have[p-s0] = true
+		}
+	}
+	return rest == 0 || read+rest <= readSlack*pl.n, nil
 }
 
 // prevZero reports whether the reference map holds page p as a zero page.

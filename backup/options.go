@@ -213,21 +213,23 @@ type Timing struct {
 
 // Stats count a run's work.
 type Stats struct {
-	Files         int64 `json:"files"`                 // files in the snapshot
-	RelFiles      int64 `json:"relation_files"`        // relation files among them
-	ReusedFiles   int64 `json:"reused_files"`          // files whose parent entry was reused unread
-	LogicalBytes  int64 `json:"logical_bytes"`         // bytes of the files in the snapshot
-	ReadBytes     int64 `json:"read_bytes"`            // bytes read from the data directory
-	DirectBytes   int64 `json:"direct_read_bytes"`     // of those, read with O_DIRECT (Options.NoDirectIO)
-	PatchedPages  int64 `json:"patched_pages"`         // pages stored in patches
-	DeltaPages    int64 `json:"delta_pages"`           // of those, stored XORed onto their base slot's page
-	BaseReadBytes int64 `json:"base_read_bytes"`       // bytes of base slots fetched back from the repository for deltas (stored bytes in whole encrypted chunks)
-	RepoReadBytes int64 `json:"repository_read_bytes"` // bytes read from the repository in all (index, trees, page maps, bases, summaries)
-	RepoGets      int64 `json:"repository_gets"`       // GET requests to the repository
-	RebasedSlots  int64 `json:"rebased_slots"`         // slots rewritten whole by the rebase rule
-	SampledPages  int64 `json:"sampled_pages"`         // pages read to cross-check WAL summaries
-	NewBytes      int64 `json:"new_bytes"`             // bytes newly stored (compressed), data and metadata
-	NewBlobs      int64 `json:"new_blobs"`
-	ReusedPacks   int   `json:"reused_packs"`   // packs of reused blobs re-checked before commit
-	ChecksumPages int64 `json:"verified_pages"` // pages whose checksum was verified
+	Files           int64 `json:"files"`                 // files in the snapshot
+	RelFiles        int64 `json:"relation_files"`        // relation files among them
+	ReusedFiles     int64 `json:"reused_files"`          // files whose parent entry was reused unread
+	LogicalBytes    int64 `json:"logical_bytes"`         // bytes of the files in the snapshot
+	ReadBytes       int64 `json:"read_bytes"`            // bytes read from the data directory
+	DirectBytes     int64 `json:"direct_read_bytes"`     // of those, read with O_DIRECT (Options.NoDirectIO)
+	PatchedPages    int64 `json:"patched_pages"`         // pages stored in patches
+	DeltaPages      int64 `json:"delta_pages"`           // of those, stored XORed onto their base slot's page
+	BaseReadBytes   int64 `json:"base_read_bytes"`       // bytes of base slots fetched back from the repository for deltas (stored bytes in whole encrypted chunks)
+	SummedWindows   int64 `json:"summed_windows"`        // windows holding patch pages that got a sum (filemap.SlotSum) a delta restore checks with one hash
+	UnsummedWindows int64 `json:"unsummed_windows"`      // windows holding patch pages left without one (reads for it would not scale with the changes)
+	RepoReadBytes   int64 `json:"repository_read_bytes"` // bytes read from the repository in all (index, trees, page maps, bases, summaries)
+	RepoGets        int64 `json:"repository_gets"`       // GET requests to the repository
+	RebasedSlots    int64 `json:"rebased_slots"`         // slots rewritten whole by the rebase rule
+	SampledPages    int64 `json:"sampled_pages"`         // pages read to cross-check WAL summaries
+	NewBytes        int64 `json:"new_bytes"`             // bytes newly stored (compressed), data and metadata
+	NewBlobs        int64 `json:"new_blobs"`
+	ReusedPacks     int   `json:"reused_packs"`   // packs of reused blobs re-checked before commit
+	ChecksumPages   int64 `json:"verified_pages"` // pages whose checksum was verified
 }

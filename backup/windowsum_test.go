@@ -1,0 +1,87 @@
+package backup
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
+)
+
+// TestWindowSumsFromBase: an incremental from block summaries that reads
+// only the changed pages of a window still sums it when it holds the rest
+// (the fetched base slot's own pages), and when the pages earlier
+// incrementals stored in patches fit within its read budget (reading them
+// too stays within twice the changed pages); past that budget the window
+// gets no sum. Every sum must be the ID of exactly the bytes a restore of
+// the snapshot writes into the window: a wrong one would make a delta
+// restore keep a window that differs (the table is frozen and only
+// updated by TID, so no hint bit moves between the backup's reads and the
+// restore).
+func TestWindowSumsFromBase(t *testing.T) {
+	c, a := newCluster(t, 15, map[string]string{"autovacuum": "off"})
+	// About 17 rows a page: 3 windows of 128 pages.
+	c.Exec(t, `CREATE TABLE sparse (id int, v text) WITH (fillfactor = 50);
+INSERT INTO sparse SELECT g, repeat('x', 200) FROM generate_series(1, 7000) g`)
+	c.Exec(t, "VACUUM FREEZE sparse")
+	c.Exec(t, "CHECKPOINT")
+	rel := c.QueryString(t, "SELECT pg_relation_filepath('sparse')")
+	r := newTestRepo(t, 1<<20)
+	opts := backupOpts(t, c, a)
+	mustBackup(t, r, opts)
+	// Each incremental updates the first row of 24 pages of window 0, 5
+	// pages apart (each read alone, and enough for its base slot to be
+	// worth fetching): the first leaves the rest of the window on the
+	// base; the second also has the first's 24 patched pages to read (48
+	// pages read for 24 changed: the budget); the third 48 (over it).
+	for i, want := range []bool{true, true, false} {
+		var tids []string
+		for p := 2 * i; p < 120; p += 5 {
+			tids = append(tids, fmt.Sprintf(`"(%d,1)"`, p))
+		}
+		c.Exec(t, "UPDATE sparse SET v = repeat('y', 200) WHERE ctid = ANY('{"+strings.Join(tids, ",")+"}'::tid[])")
+		c.Exec(t, "CHECKPOINT")
+		res := mustBackup(t, r, opts)
+		if res.Method != MethodBlockSummaries {
+			t.Fatalf("incremental %d by %s (%s), want %s", i+1, res.Method, res.Fallback, MethodBlockSummaries)
+		}
+		n, ok := snapshotFiles(t, r.Repo, res.Snapshot)[rel]
+		if !ok || n.Map.IsZero() {
+			t.Fatalf("incremental %d has no page map for %s", i+1, rel)
+		}
+		m, patched := patchWindows(t, r.Repo, n.Map)
+		_, summed := m.Sum(0)
+		t.Logf("incremental %d: %d delta pages, %d windows summed, %d without a sum; window 0: %d patch blobs, sum %v",
+			i+1, res.Stats.DeltaPages, res.Stats.SummedWindows, res.Stats.UnsummedWindows, len(patched[0]), summed)
+		if res.Stats.DeltaPages < 24 || len(patched[0]) != i+1 {
+			t.Fatalf("incremental %d: %d delta pages, window 0 in %d patch blobs; want its 24 pages as deltas in the %d", i+1, res.Stats.DeltaPages, len(patched[0]), i+1)
+		}
+		if summed != want {
+			t.Errorf("incremental %d: window 0 summed %v, want %v", i+1, summed, want)
+		}
+		checkSumsExact(t, r, res, rel, m)
+	}
+}
+
+// checkSumsExact materialises snapshot res and checks that every window
+// sum of relation file rel (map m) is the ID of the window as restored.
+func checkSumsExact(t *testing.T, r *testRepo, res *Result, rel string, m *filemap.Map) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data")
+	materialize(t, r.Repo, res.Snapshot, dir, nil)
+	data, err := os.ReadFile(filepath.Join(dir, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := int64(m.BlockSize)
+	sp := m.SlotPages()
+	for _, s := range m.Sums {
+		off, end := int64(s.Slot*sp)*bs, int64(min((s.Slot+1)*sp, m.Pages))*bs
+		if int64(len(data)) < end || r.BlobID(blob.KindSlot, data[off:end]) != s.ID {
+			t.Errorf("%s: the sum of window %d is not the ID of the window as restored", rel, s.Slot)
+		}
+	}
+}
