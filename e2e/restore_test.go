@@ -700,3 +700,87 @@ func TestRestoreInterrupted(t *testing.T) {
 		t.Errorf("finished restore differs from the source")
 	}
 }
+
+// TestRestoreDeltaSummedWindow: a delta restore over a copy that differs in
+// one page of a window the incremental summed without reading it whole
+// (the page is its base slot's, which the backup never read: the sum came
+// from the fetched base) rewrites that page: a sum that did not cover
+// exactly what the restore writes would keep the wrong copy.
+func TestRestoreDeltaSummedWindow(t *testing.T) {
+	e := newRestoreEnv(t, false)
+	c := e.cluster(15, map[string]string{"autovacuum": "off"})
+	c.Exec(t, `CREATE TABLE sparse (id int, v text) WITH (fillfactor = 50);
+INSERT INTO sparse SELECT g, repeat('x', 200) FROM generate_series(1, 7000) g`)
+	c.Exec(t, "VACUUM FREEZE sparse")
+	c.Exec(t, "CHECKPOINT")
+	rel := c.QueryString(t, "SELECT pg_relation_filepath('sparse')")
+	e.backup(c)
+	// 24 pages of the first window, 5 apart: read one by one, stored as
+	// deltas on the window's base slot (as in backup's
+	// TestWindowSumsFromBase).
+	var tids []string
+	for p := 0; p < 120; p += 5 {
+		tids = append(tids, fmt.Sprintf(`"(%d,1)"`, p))
+	}
+	c.Exec(t, "UPDATE sparse SET v = repeat('y', 200) WHERE ctid = ANY('{"+strings.Join(tids, ",")+"}'::tid[])")
+	c.Exec(t, "CHECKPOINT")
+	if s := e.backup(c); s.Type != repo.SnapshotIncremental {
+		t.Fatalf("second backup is %s", s.Type)
+	}
+	switchAndWait(t, c)
+
+	args := []string{"--target", "immediate", "--target-action", "promote"}
+	want := e.target("fresh")
+	e.restore(want, args...)
+	d := e.target("copy")
+	e.restore(d, args...)
+	delta := func() string {
+		t.Helper()
+		out, errs, code := e.tidemark(append(append([]string{"restore", "--pgdata", d, "--delta"}, e.repoArgs()...), args...)...)
+		if code != 0 {
+			t.Fatalf("delta restore: exit %d\n%s%s", code, out, errs)
+		}
+		return errs
+	}
+	// Over the intact copy the window is kept by its sum, not proved by
+	// its deltas (which fetches the patches).
+	if errs := delta(); logCount(t, errs, "kept_pages_by_sum") < 128 || logCount(t, errs, "kept_pages_by_deltas") != 0 {
+		t.Errorf("delta restore over an intact copy, want the table's first window kept by its sum:\n%s", errs)
+	}
+	f, err := os.OpenFile(filepath.Join(d, rel), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("stale"), 8192+4000); err != nil { // page 1: not changed since the full
+		t.Fatal(err)
+	}
+	f.Close()
+	if errs := delta(); logCount(t, errs, "fetched_delta_pages")+logCount(t, errs, "fetched_part_pages")+logCount(t, errs, "fetched_whole_pages") == 0 {
+		t.Errorf("delta restore over a stale page fetched nothing:\n%s", errs)
+	}
+	got, err := os.ReadFile(filepath.Join(d, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, err := os.ReadFile(filepath.Join(want, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, exp) {
+		t.Fatalf("%s after the delta restore differs from a fresh restore (page 1 kept stale: %v)", rel, bytes.Contains(got, []byte("stale")))
+	}
+}
+
+// logCount returns the number logged as key=N in a command's log.
+func logCount(t *testing.T, log, key string) int64 {
+	t.Helper()
+	i := strings.Index(log, " "+key+"=")
+	if i < 0 {
+		t.Fatalf("no %s in the log:\n%s", key, log)
+	}
+	v, err := strconv.ParseInt(strings.Fields(log[i+len(key)+2:])[0], 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return v
+}
