@@ -502,19 +502,18 @@ func (wk *worker) baseWorthFetching(base windowBase, s0, s1 uint32) bool {
 // windowSum records the sum (filemap.SlotSum) of planned window [s0, s1),
 // which holds patch pages and so cannot be recognised by one slot blob's
 // ID. Each page summed is either what a restore of this snapshot writes
-// there (a page of the fetched base slot that the window still holds, a
-// zero page) or the page as this backup read it, which may differ from
-// what the restore writes in bits that are not WAL-logged (hint bits set
-// after the page's stored copy was read): a delta restore that keeps a
-// window matching it keeps what a full backup taken now would hold, or the
-// snapshot's own bytes, an equally valid start for replay. An unchanged
-// window keeps the reference's sum. A backup that reads only the changed
-// pages (summaries) must not read the rest of every window it touches for
-// its sum (its reads would grow with the files, not with what changed):
-// it sums a window it did not read whole from what it holds already
-// (sumFromBase) and, within the read budget of readSpans, reads the few
-// pages that earlier backups stored in patches; other windows get no sum,
-// and a delta restore compares them by their deltas or extent by extent.
+// there or the page as this backup read it, which may differ from what the
+// restore writes in bits that are not WAL-logged (hint bits set after the
+// page's stored copy was read): a delta restore that keeps a window
+// matching it keeps the snapshot's pages or what a full backup taken now
+// would hold, an equally valid start for replay. An unchanged window keeps
+// the reference's sum. A backup that reads only the changed pages
+// (summaries) must not read the rest of every window it touches for its
+// sum (its reads would grow with the files, not with what changed): it
+// takes what it holds already (sumFromBase: the fetched base slot's pages)
+// and reads at most the pages earlier backups stored in patches, within
+// readChanged's budget; other windows get no sum, and a delta restore
+// proves them by their deltas or compares them extent by extent.
 func (wk *worker) windowSum(f *file, pl *slotPlan) error {
 	c := wk.c
 	s0, s1 := pl.s0, pl.s1
@@ -526,7 +525,7 @@ func (wk *worker) windowSum(f *file, pl *slotPlan) error {
 			return nil
 		}
 	}
-	if c.summaries() && !f.changes.scan && slices.Contains(wk.have[:s1-s0], false) {
+	if c.summaries() && !f.changes.scan {
 		ok, err := wk.sumFromBase(f, pl)
 		if err != nil || !ok {
 			c.stats.unsummed.Add(1)
@@ -543,16 +542,18 @@ func (wk *worker) windowSum(f *file, pl *slotPlan) error {
 	return nil
 }
 
-// sumFromBase fills in the pages of planned window [s0, s1) that this
-// backup did not read and that the reference map holds as the fetched base
-// slot's own page at the same offset (the bytes a restore writes there:
-// the slot blob, checked against its ID as it was decoded) or as a zero
-// page. It reports whether the rest, pages earlier backups stored in
-// patches, may be read from the data directory: when all the pages read of
-// the window stay within readSlack times its changed pages, the bound of
-// readChanged, so that summing never makes the backup's reads grow with
-// the files rather than with what changed. The earlier patches themselves
-// are not fetched: decoding them costs about what it spares the restore.
+// sumFromBase puts into the buffer of planned window [s0, s1), for each
+// page this backup does not store, what a restore writes there where the
+// backup holds it: the fetched base slot's own page at the same offset
+// (checked against the slot's ID as it was decoded) or a zero page, as the
+// parent's map has it; so a restored copy matches the sum even where the
+// data directory's copy of an unchanged page gained hint bits. It reports
+// whether the pages left, stored by earlier backups in patches and not read
+// yet, may be read from the data directory: only while all the pages read
+// of the window stay within readSlack times its changed pages, the bound of
+// readChanged, so that summing never makes the backup's reads grow with the
+// files rather than with what changed. Fetching those patches instead
+// would cost the backup the decoding that it spares the restore.
 func (wk *worker) sumFromBase(f *file, pl *slotPlan) (bool, error) {
 	c := wk.c
 	s0, s1 := pl.s0, pl.s1
@@ -567,24 +568,25 @@ func (wk *worker) sumFromBase(f *file, pl *slotPlan) (bool, error) {
 	m := f.prevMap
 	read, rest := 0, 0
 	for p := s0; p < s1; {
-		if wk.have[p-s0] {
+		if wk.changed[p-s0] {
 			read++
 			p++
 			continue
 		}
 		i := m.Lookup(p)
 		if i < 0 {
-			// Not in the reference map: a page past its end that the
-			// summaries did not name (a gap a restore would not
-			// compare) is read.
-			rest++
+			// Not in the parent's map (a page past its end is changed).
+			if wk.have[p-s0] {
+				read++
+			} else {
+				rest++
+			}
 			p++
 			continue
 		}
 		e := m.Extents.At(i)
-		end := min(e.Page+e.Count, s1)
-		for ; p < end; p++ {
-			if wk.have[p-s0] {
+		for end := min(e.Page+e.Count, s1); p < end; p++ {
+			if wk.changed[p-s0] {
 				read++
 				continue
 			}
@@ -595,9 +597,15 @@ func (wk *worker) sumFromBase(f *file, pl *slotPlan) (bool, error) {
 				clear(dst)
 			case !e.IsDelta() && e.Blob == pl.base.id && pl.fetch != nil && e.BlobPage+(p-e.Page) == p-s0 && int(off+bs) <= len(data):
 				copy(dst, data[off:off+bs])
+			case wk.have[p-s0]:
+				read++
+				continue
 			default:
 				rest++
 				continue
+			}
+			if wk.have[p-s0] {
+				read++
 			}
 			wk.have[p-s0] = true
 		}
