@@ -512,7 +512,7 @@ func (wk *worker) baseWorthFetching(base windowBase, s0, s1 uint32) bool {
 // sum (its reads would grow with the files, not with what changed): it
 // takes what it holds already (sumFromBase: the fetched base slot's pages)
 // and reads at most the pages earlier backups stored in patches, within
-// readChanged's budget; other windows get no sum, and a delta restore
+// sumReadSlack; other windows get no sum, and a delta restore
 // proves them by their deltas or compares them extent by extent.
 func (wk *worker) windowSum(f *file, pl *slotPlan) error {
 	c := wk.c
