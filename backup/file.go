@@ -239,12 +239,11 @@ func (c *capture) dispatch(f *file) {
 		return
 	}
 	f.f = fh
-	// Relation files are read with O_DIRECT (Options.NoDirectIO): every
-	// byte once, so the page cache would only cost the CPU of filling it
-	// and the database's hot pages their room. The other files are small
-	// and many are the server's hot ones (pg_xact).
+	// With Options.DirectIO relation files are read with O_DIRECT: every
+	// byte once, sparing the database's cached pages. The other files are
+	// small and many are the server's hot ones (pg_xact).
 	mode := directio.Cached
-	if f.isRel && !c.opts.NoDirectIO {
+	if f.isRel && c.opts.DirectIO {
 		mode = directio.Direct
 	}
 	f.r = directio.NewReader(fh, f.slot.abs, mode)

@@ -226,7 +226,7 @@ func (wk *worker) verify(f *file, s0, p uint32) error {
 
 // wholeSlots captures the slots of pages [p0, p1) whole, each as one slot
 // blob (storeSlot), reading each next slot while the one before is verified, compressed and
-// stored: a direct read (Options.NoDirectIO) has no kernel readahead to
+// stored: a direct read (Options.DirectIO) has no kernel readahead to
 // keep the disk busy while the worker computes. The slot read ahead goes
 // into the first planned window's buffer, which an incremental item fills
 // with base slots and a whole one leaves idle (WorkerMemory counts it).
