@@ -198,7 +198,7 @@ func TestJSONKeys(t *testing.T) {
 				t.Errorf("key gone: %s", l)
 			}
 		}
-		t.Errorf("the --json keys changed: update testdata/json-keys.txt (-update) and raise jsonFormat in cmd/tidemark/json.go")
+		t.Errorf("the --json keys changed: update testdata/json-keys.txt (-update), and raise jsonFormat in cmd/tidemark/json.go if a key is gone or changed meaning")
 	}
 }
 

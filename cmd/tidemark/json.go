@@ -10,8 +10,9 @@ import (
 // version of tidemark's JSON output and whose other key names what the
 // command printed ("snapshots", "backup", "drill", ...). Keys are
 // snake_case; a list is [] when empty, never null. e2e TestJSONKeys pins
-// the keys of every command's output: a change to them is a change of
-// jsonFormat.
+// the keys of every command's output: a key renamed, removed or given
+// another meaning is a change of jsonFormat; a new key is not (readers
+// ignore keys they do not know).
 
 // jsonFormat is the version of the --json outputs.
 const jsonFormat = 1

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/tidemarkdb/tidemark/internal/testenv"
 )
 
@@ -78,6 +81,7 @@ func TestBenchReceive(t *testing.T) {
 	srv := testenv.MinIOTLS(t)
 	c := receiveBenchCluster(t)
 	testenv.PGBenchInit(t, c, receiveScale)
+	floor := storeFloor(t, srv)
 
 	setups := []recvSetup{
 		{name: "pg_receivewal --synchronous", app: "pg_receivewal", start: startPGReceivewal},
@@ -128,6 +132,7 @@ func TestBenchReceive(t *testing.T) {
 		fmt.Fprintf(&sb, "  %-34s", s.name)
 	}
 	sb.WriteByte('\n')
+	fmt.Fprintf(&sb, "%s\n", floor)
 	row("TPS", "%.0f", func(r recvRun) float64 { return r.tps })
 	row("latency p50 (ms)", "%.2f", func(r recvRun) float64 { return r.p50 })
 	row("latency p99 (ms)", "%.2f", func(r recvRun) float64 { return r.p99 })
@@ -154,6 +159,58 @@ func TestBenchReceive(t *testing.T) {
 	}
 	t.Log(sb.String())
 	fmt.Print(sb.String())
+}
+
+// storeFloor measures what one synchronous commit must wait for at least
+// in each durability mode, before any standby runs: a PUT of one 8 KiB
+// object to the benchmark's object store (what --durable repository waits
+// for), and an 8 KiB write followed by fdatasync on the disk the cluster
+// and the local directories are on (what pg_receivewal and --durable local
+// wait for). 200 of each, one at a time, after 20 to warm up.
+func storeFloor(t *testing.T, srv *testenv.S3Server) string {
+	t.Helper()
+	const n, warm, size = 200, 20, 8 << 10
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	bucket := srv.NewBucket(t)
+	cl := srv.Client()
+	var puts []time.Duration
+	for i := range n + warm {
+		start := time.Now()
+		_, err := cl.PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(bucket),
+			Key: aws.String(fmt.Sprintf("floor/%d", i)), Body: bytes.NewReader(payload)})
+		if err != nil {
+			t.Fatalf("PUT to the object store: %v", err)
+		}
+		if i >= warm {
+			puts = append(puts, time.Since(start))
+		}
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "floor"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var syncs []time.Duration
+	for i := range n + warm {
+		start := time.Now()
+		if _, err := f.WriteAt(payload, int64(i)*size); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			t.Fatal(err)
+		}
+		if i >= warm {
+			syncs = append(syncs, time.Since(start))
+		}
+	}
+	p50, p99 := Percentile(puts, 50), Percentile(puts, 99)
+	s50, s99 := Percentile(syncs, 50), Percentile(syncs, 99)
+	return fmt.Sprintf("floor, one at a time: 8 KiB PUT to the object store p50 %.2f ms, p99 %.2f ms; "+
+		"8 KiB write + fdatasync p50 %.2f ms, p99 %.2f ms; PUT / fdatasync at p50 %.1fx (load average %.1f)",
+		Millis(p50), Millis(p99), Millis(s50), Millis(s99), float64(p50)/float64(s50), loadAverage())
 }
 
 func medianRange(runs []recvRun, format string, f func(recvRun) float64) string {
