@@ -10,6 +10,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
+	"github.com/tidemarkdb/tidemark/repo/agestream"
 	"github.com/tidemarkdb/tidemark/storage"
 	"github.com/zeebo/blake3"
 )
@@ -23,6 +24,13 @@ import (
 // to finish the stream. The WAL archive stores each segment this way.
 func (r *Repo) Encrypt(dst io.Writer) (io.WriteCloser, error) {
 	return age.Encrypt(dst, r.recipients...)
+}
+
+// NewSession starts an age session to the repository's recipients: many
+// files under one header, each with its own nonce (agestream.Session). The
+// WAL archive writes wal-receive's pieces this way.
+func (r *Repo) NewSession() (*agestream.Session, error) {
+	return agestream.NewSession(r.recipients...)
 }
 
 // Decrypt reads an age stream written by Encrypt. A stream that fails

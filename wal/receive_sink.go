@@ -798,6 +798,24 @@ func refused(err error) bool {
 func (s *sink) pieceWorker(ctx context.Context) {
 	done := make(chan struct{}, s.o.maxInflight)
 	inflight := 0
+	// Uploads and merges run on goroutines that live as long as the
+	// worker: a goroutine per upload started on a small stack and grew it
+	// through the S3 client's call chain every time (a tenth of the
+	// receiver's CPU in copystack). At most maxInflight jobs are out at
+	// once, so a send never blocks.
+	jobs := make(chan func(), s.o.maxInflight)
+	var workers sync.WaitGroup
+	for range s.o.maxInflight {
+		workers.Go(func() {
+			for job := range jobs {
+				job()
+			}
+		})
+	}
+	defer func() {
+		close(jobs)
+		workers.Wait()
+	}()
 	for {
 		s.mu.Lock()
 		for inflight < s.o.maxInflight {
@@ -824,7 +842,7 @@ func (s *sink) pieceWorker(ctx context.Context) {
 			if end < g.recv {
 				g.pieceSince = started
 			}
-			go func() {
+			jobs <- func() {
 				err := s.uploadPiece(ctx, g, buf.b[start:end], start)
 				took := time.Since(started)
 				s.mu.Lock()
@@ -847,7 +865,7 @@ func (s *sink) pieceWorker(ctx context.Context) {
 						"waited", started.Sub(arrived), "upload", took, "advanced", advanced)
 				}
 				done <- struct{}{}
-			}()
+			}
 		}
 		// Merging only uses a slot no new WAL wants: under a loaded
 		// store, requests beside the uploads slow every upload down.
@@ -855,7 +873,7 @@ func (s *sink) pieceWorker(ctx context.Context) {
 			g.merging = true
 			inflight++
 			buf := s.refLocked(g)
-			go func() {
+			jobs <- func() {
 				err := s.merge(ctx, g, level, run, covered, buf.b[run[0].start:run[len(run)-1].end])
 				if err != nil && ctx.Err() == nil {
 					s.o.log.Warn("merging pieces failed; trying again later", "segment", g.name, "err", err)
@@ -865,7 +883,7 @@ func (s *sink) pieceWorker(ctx context.Context) {
 				g.merging = false
 				s.mu.Unlock()
 				done <- struct{}{}
-			}()
+			}
 		}
 		s.mu.Unlock()
 		select {

@@ -191,3 +191,60 @@ func TestAppendWriterIsAge(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionFilesAreAge checks that files sharing a session's header are
+// ordinary age files, each with its own nonce (so its own payload key), and
+// that OpenHeader recovers each one's payload key.
+func TestSessionFilesAreAge(t *testing.T) {
+	id, _ := age.GenerateHybridIdentity()
+	s, err := NewSession(id.Recipient())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := make([]byte, 3*ChunkSize+5)
+	rand.Read(plain)
+	var files [][]byte
+	for _, size := range []int{0, 1, 4000, ChunkSize, len(plain), 4000} {
+		var buf bytes.Buffer
+		buf.WriteString("prefix")
+		w, err := s.Encrypt(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(plain[:size])
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		f := bytes.TrimPrefix(buf.Bytes(), []byte("prefix"))
+		r, err := age.Decrypt(bytes.NewReader(f), id)
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, plain[:size]) {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		info, err := OpenHeader(f, true, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(f)) != info.PayloadOffset+CiphertextSize(int64(size)) {
+			t.Fatalf("size %d: %d bytes", size, len(f))
+		}
+		files = append(files, f)
+	}
+	// The header is shared, the nonce is not: two files of the same 4000
+	// bytes differ.
+	a, b := files[2], files[5]
+	hdr := len(s.header)
+	if !bytes.Equal(a[:hdr], b[:hdr]) {
+		t.Fatal("files of one session have different headers")
+	}
+	if bytes.Equal(a[hdr:hdr+NonceSize], b[hdr:hdr+NonceSize]) || bytes.Equal(a, b) {
+		t.Fatal("two files of one session share a nonce")
+	}
+	other, _ := age.GenerateHybridIdentity()
+	if _, err := age.Decrypt(bytes.NewReader(a), other); err == nil {
+		t.Fatal("decrypted with another identity")
+	}
+}
