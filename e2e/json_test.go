@@ -149,6 +149,7 @@ func TestJSONKeys(t *testing.T) {
 	run("check", "check", 0, with("check", "--no-switch", "--pgdata", c.DataDir, "--pg-conn", c.ConnString())...)
 	run("restore --dry-run", "restore_plan", 0, with("restore", "--dry-run", "--pgdata", e.target("r"))...)
 	run("restore", "restore", 0, with("restore", "--pgdata", e.target("r"))...)
+	run("restore --delta", "restore", 0, with("restore", "--delta", "--pgdata", e.target("r"))...)
 	run("verify", "verify", 0, with("verify")...)
 	run("verify --read-data-subset", "verify", 0, with("verify", "--read-data-subset", "50%")...)
 	scratch := filepath.Join(e.shared, "scratch")

@@ -130,10 +130,24 @@ type Result struct {
 	WrittenBytes    int64
 	SkippedFiles    int64 // delta: files that were already right
 	RemovedPaths    int64 // delta: entries removed because the snapshot has none
-	Settings        []string
-	Standby         bool // the server starts as a standby
+	// DeltaPages says, for a delta restore, how the relation pages of the
+	// existing files were proved or fetched; nil for a fresh restore.
+	DeltaPages *DeltaPages
+	Settings   []string
+	Standby    bool // the server starts as a standby
 	// Plan is what a dry run found (Options.DryRun); nil otherwise.
 	Plan *Plan
+}
+
+// DeltaPages counts, in pages, what a delta restore's comparison of the
+// existing relation files found: pages kept because their window's sum
+// matched, because the slot the window holds matched (only patches
+// fetched), because the window's deltas XOR back to its slot, or because
+// a blob's ID matched; and pages fetched as deltas, as plain pages cut
+// from a blob, as whole blobs, or zeroed.
+type DeltaPages struct {
+	KeptBySum, KeptBySlot, KeptByDeltas, KeptByBlob int64
+	FetchedDelta, FetchedPart, FetchedWhole, Zeroed int64
 }
 
 // ErrRefused is matched by every *RefusedError.

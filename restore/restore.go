@@ -235,6 +235,9 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	res.WrittenBytes = w.written.Load()
 	res.SkippedFiles = w.skipped.Load()
 	res.RemovedPaths = w.removed.Load()
+	if opts.Delta {
+		res.DeltaPages = w.delta.pages()
+	}
 	return res, nil
 }
 

@@ -398,6 +398,11 @@ func TestRestoreDelta(t *testing.T) {
 	if res.FetchedBytes > 4<<10 {
 		t.Errorf("delta of an identical directory fetched %d bytes in %d blobs", res.FetchedBytes, res.FetchedBlobs)
 	}
+	// Its page counts say so: every relation page kept, none fetched.
+	if d := res.DeltaPages; d == nil || d.KeptBySum+d.KeptBySlot+d.KeptByDeltas+d.KeptByBlob == 0 ||
+		d.FetchedDelta+d.FetchedPart+d.FetchedWhole+d.Zeroed != 0 {
+		t.Errorf("delta of an identical directory: pages %+v", d)
+	}
 	checkRestored(t, dir, s)
 }
 

@@ -107,6 +107,13 @@ type deltaStats struct {
 	wantZero                       atomic.Int64
 }
 
+// pages returns the counters.
+func (d *deltaStats) pages() *DeltaPages {
+	return &DeltaPages{KeptBySum: d.keptSum.Load(), KeptBySlot: d.keptSlot.Load(), KeptByDeltas: d.keptDelta.Load(),
+		KeptByBlob: d.keptBlob.Load(), FetchedDelta: d.wantDelta.Load(), FetchedPart: d.wantPart.Load(),
+		FetchedWhole: d.wantWhole.Load(), Zeroed: d.wantZero.Load()}
+}
+
 // logAttrs returns the counters as log attributes.
 func (d *deltaStats) logAttrs() []any {
 	return []any{"kept_pages_by_sum", d.keptSum.Load(), "kept_pages_by_slot", d.keptSlot.Load(), "kept_pages_by_deltas", d.keptDelta.Load(), "kept_pages_by_blob", d.keptBlob.Load(),

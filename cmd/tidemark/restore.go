@@ -364,6 +364,10 @@ func printRestore(w io.Writer, pgdata string, res *restore.Result) {
 		fmt.Fprintf(w, "; %d files already right, %d entries removed", res.SkippedFiles, res.RemovedPaths)
 	}
 	fmt.Fprintln(w)
+	if d := res.DeltaPages; d != nil {
+		fmt.Fprintf(w, "  relation pages kept: %d by window sum, %d by slot, %d by deltas, %d by blob; fetched: %d as deltas, %d cut from blobs, %d in whole blobs; %d zeroed\n",
+			d.KeptBySum, d.KeptBySlot, d.KeptByDeltas, d.KeptByBlob, d.FetchedDelta, d.FetchedPart, d.FetchedWhole, d.Zeroed)
+	}
 	fmt.Fprintf(w, "  recovery along %s\n", res.TimelineReason)
 	if !res.LastCommit.IsZero() {
 		fmt.Fprintf(w, "  archived WAL reaches LSN %s, last commit at %s\n", res.LastRecoverable, res.LastCommit.UTC().Format(time.RFC3339Nano))
@@ -402,8 +406,21 @@ type restoreJSON struct {
 	WrittenBytes *int64 `json:"written_bytes,omitempty"`
 	SkippedFiles *int64 `json:"skipped_files,omitempty"`
 	RemovedPaths *int64 `json:"removed_paths,omitempty"`
+	// A delta restore: how the existing relation pages were proved.
+	DeltaPages *deltaPagesJSON `json:"delta_pages,omitempty"`
 	// A dry run.
 	Plan *restorePlanJSON `json:"plan,omitempty"`
+}
+
+type deltaPagesJSON struct {
+	KeptBySum    int64 `json:"kept_by_sum"`
+	KeptBySlot   int64 `json:"kept_by_slot"`
+	KeptByDeltas int64 `json:"kept_by_deltas"`
+	KeptByBlob   int64 `json:"kept_by_blob"`
+	FetchedDelta int64 `json:"fetched_delta"`
+	FetchedPart  int64 `json:"fetched_part"`
+	FetchedWhole int64 `json:"fetched_whole"`
+	Zeroed       int64 `json:"zeroed"`
 }
 
 type restorePlanJSON struct {
@@ -447,6 +464,11 @@ func describeRestore(pgdata string, res *restore.Result) restoreJSON {
 	if p == nil {
 		j.FetchedBytes, j.FetchedBlobs, j.WrittenBytes = &res.FetchedBytes, &res.FetchedBlobs, &res.WrittenBytes
 		j.SkippedFiles, j.RemovedPaths = &res.SkippedFiles, &res.RemovedPaths
+		if d := res.DeltaPages; d != nil {
+			j.DeltaPages = &deltaPagesJSON{KeptBySum: d.KeptBySum, KeptBySlot: d.KeptBySlot, KeptByDeltas: d.KeptByDeltas,
+				KeptByBlob: d.KeptByBlob, FetchedDelta: d.FetchedDelta, FetchedPart: d.FetchedPart,
+				FetchedWhole: d.FetchedWhole, Zeroed: d.Zeroed}
+		}
 		return j
 	}
 	pj := &restorePlanJSON{SnapshotReason: p.SnapshotReason, WALFirst: p.WALFirst, WALLast: p.WALLast, WALSegments: p.WALSegments,
