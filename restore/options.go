@@ -146,8 +146,14 @@ type Result struct {
 // a blob's ID matched; and pages fetched as deltas, as plain pages cut
 // from a blob, as whole blobs, or zeroed.
 type DeltaPages struct {
-	KeptBySum, KeptBySlot, KeptByDeltas, KeptByBlob int64
-	FetchedDelta, FetchedPart, FetchedWhole, Zeroed int64
+	KeptBySum    int64 `json:"kept_by_sum"`
+	KeptBySlot   int64 `json:"kept_by_slot"`
+	KeptByDeltas int64 `json:"kept_by_deltas"`
+	KeptByBlob   int64 `json:"kept_by_blob"`
+	FetchedDelta int64 `json:"fetched_delta"`
+	FetchedPart  int64 `json:"fetched_part"`
+	FetchedWhole int64 `json:"fetched_whole"`
+	Zeroed       int64 `json:"zeroed"`
 }
 
 // ErrRefused is matched by every *RefusedError.

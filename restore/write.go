@@ -116,8 +116,9 @@ func (d *deltaStats) pages() *DeltaPages {
 
 // logAttrs returns the counters as log attributes.
 func (d *deltaStats) logAttrs() []any {
-	return []any{"kept_pages_by_sum", d.keptSum.Load(), "kept_pages_by_slot", d.keptSlot.Load(), "kept_pages_by_deltas", d.keptDelta.Load(), "kept_pages_by_blob", d.keptBlob.Load(),
-		"fetched_delta_pages", d.wantDelta.Load(), "fetched_part_pages", d.wantPart.Load(), "fetched_whole_pages", d.wantWhole.Load(), "zeroed_pages", d.wantZero.Load()}
+	p := d.pages()
+	return []any{"kept_pages_by_sum", p.KeptBySum, "kept_pages_by_slot", p.KeptBySlot, "kept_pages_by_deltas", p.KeptByDeltas, "kept_pages_by_blob", p.KeptByBlob,
+		"fetched_delta_pages", p.FetchedDelta, "fetched_part_pages", p.FetchedPart, "fetched_whole_pages", p.FetchedWhole, "zeroed_pages", p.Zeroed}
 }
 
 // batch writes one batch of files: fresh ones created sparse at their final

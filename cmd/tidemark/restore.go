@@ -407,20 +407,9 @@ type restoreJSON struct {
 	SkippedFiles *int64 `json:"skipped_files,omitempty"`
 	RemovedPaths *int64 `json:"removed_paths,omitempty"`
 	// A delta restore: how the existing relation pages were proved.
-	DeltaPages *deltaPagesJSON `json:"delta_pages,omitempty"`
+	DeltaPages *restore.DeltaPages `json:"delta_pages,omitempty"`
 	// A dry run.
 	Plan *restorePlanJSON `json:"plan,omitempty"`
-}
-
-type deltaPagesJSON struct {
-	KeptBySum    int64 `json:"kept_by_sum"`
-	KeptBySlot   int64 `json:"kept_by_slot"`
-	KeptByDeltas int64 `json:"kept_by_deltas"`
-	KeptByBlob   int64 `json:"kept_by_blob"`
-	FetchedDelta int64 `json:"fetched_delta"`
-	FetchedPart  int64 `json:"fetched_part"`
-	FetchedWhole int64 `json:"fetched_whole"`
-	Zeroed       int64 `json:"zeroed"`
 }
 
 type restorePlanJSON struct {
@@ -463,12 +452,7 @@ func describeRestore(pgdata string, res *restore.Result) restoreJSON {
 	p := res.Plan
 	if p == nil {
 		j.FetchedBytes, j.FetchedBlobs, j.WrittenBytes = &res.FetchedBytes, &res.FetchedBlobs, &res.WrittenBytes
-		j.SkippedFiles, j.RemovedPaths = &res.SkippedFiles, &res.RemovedPaths
-		if d := res.DeltaPages; d != nil {
-			j.DeltaPages = &deltaPagesJSON{KeptBySum: d.KeptBySum, KeptBySlot: d.KeptBySlot, KeptByDeltas: d.KeptByDeltas,
-				KeptByBlob: d.KeptByBlob, FetchedDelta: d.FetchedDelta, FetchedPart: d.FetchedPart,
-				FetchedWhole: d.FetchedWhole, Zeroed: d.Zeroed}
-		}
+		j.SkippedFiles, j.RemovedPaths, j.DeltaPages = &res.SkippedFiles, &res.RemovedPaths, res.DeltaPages
 		return j
 	}
 	pj := &restorePlanJSON{SnapshotReason: p.SnapshotReason, WALFirst: p.WALFirst, WALLast: p.WALLast, WALSegments: p.WALSegments,

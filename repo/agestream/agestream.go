@@ -225,28 +225,37 @@ type Info struct {
 // the file can later be read by chunk without unwrapping the header.
 func Encrypt(dst io.Writer, recipients ...age.Recipient) (io.WriteCloser, Info, error) {
 	var info Info
-	var fileKey []byte
+	w, fileKey, head, err := start(dst, recipients)
+	if err != nil {
+		return nil, info, err
+	}
+	info.PayloadOffset = int64(len(head))
+	info.PayloadKey, err = PayloadKey(fileKey, head[len(head)-NonceSize:])
+	if err != nil {
+		return nil, info, err
+	}
+	return w, info, nil
+}
+
+// start begins an age file to the recipients on dst and returns age's
+// writer with the file key it drew and the bytes it wrote before the
+// payload: the header and the nonce.
+func start(dst io.Writer, recipients []age.Recipient) (w io.WriteCloser, fileKey, head []byte, err error) {
 	wrapped := make([]age.Recipient, len(recipients))
 	for i, r := range recipients {
 		wrapped[i] = &captureRecipient{inner: r, fileKey: &fileKey}
 	}
 	rec := &recordWriter{dst: dst}
-	w, err := age.Encrypt(rec, wrapped...)
-	if err != nil {
-		return nil, info, err
+	if w, err = age.Encrypt(rec, wrapped...); err != nil {
+		return nil, nil, nil, err
 	}
 	// age.Encrypt writes the header and the nonce before it returns.
 	if len(rec.buf) < NonceSize || len(fileKey) != fileKeySize {
-		return nil, info, errors.New("age: header or file key not observed")
+		return nil, nil, nil, errors.New("age: header or file key not observed")
 	}
-	info.PayloadOffset = int64(len(rec.buf))
-	info.PayloadKey, err = PayloadKey(fileKey, rec.buf[len(rec.buf)-NonceSize:])
-	if err != nil {
-		return nil, info, err
-	}
-	rec.done = true
-	rec.buf = nil
-	return w, info, nil
+	head = rec.buf
+	rec.done, rec.buf = true, nil
+	return w, fileKey, head, nil
 }
 
 type recordWriter struct {
@@ -428,20 +437,12 @@ type Session struct {
 
 // NewSession draws a file key and wraps it to the recipients.
 func NewSession(recipients ...age.Recipient) (*Session, error) {
-	var fileKey []byte
-	wrapped := make([]age.Recipient, len(recipients))
-	for i, r := range recipients {
-		wrapped[i] = &captureRecipient{inner: r, fileKey: &fileKey}
-	}
-	var buf []byte
-	if _, err := age.Encrypt(sliceWriter{&buf}, wrapped...); err != nil {
+	// age's writer is dropped unused: nothing is buffered in it yet.
+	_, fileKey, head, err := start(io.Discard, recipients)
+	if err != nil {
 		return nil, err
 	}
-	// age.Encrypt writes the header and the nonce before it returns.
-	if len(buf) < NonceSize || len(fileKey) != fileKeySize {
-		return nil, errors.New("age: header or file key not observed")
-	}
-	return &Session{header: bytes.Clone(buf[:len(buf)-NonceSize]), fileKey: bytes.Clone(fileKey)}, nil
+	return &Session{header: head[:len(head)-NonceSize], fileKey: fileKey}, nil
 }
 
 // Encrypt starts an age file on dst under the session's header with a

@@ -30,8 +30,13 @@ import (
 // Crypter encrypts and decrypts whole objects as age streams to the
 // repository's recipients. *repo.Repo is one.
 type Crypter interface {
-	Encrypt(dst io.Writer) (io.WriteCloser, error)
+	encrypter
 	Decrypt(src io.Reader) (io.Reader, error)
+}
+
+// encrypter starts an age stream on dst (a Crypter, or a session of one).
+type encrypter interface {
+	Encrypt(dst io.Writer) (io.WriteCloser, error)
 }
 
 // sessionCrypter is a Crypter that can also start an age session (one
@@ -100,12 +105,10 @@ type Archive struct {
 	sessSince time.Time
 }
 
-// encrypter returns what encrypts an object of m's kind: for a piece, a
+// encrypterFor returns what encrypts an object of m's kind: for a piece, a
 // session shared by at most sessionPieces pieces over sessionAge when the
 // Crypter offers sessions; else the Crypter.
-func (a *Archive) encrypter(m *Meta) (interface {
-	Encrypt(io.Writer) (io.WriteCloser, error)
-}, error) {
+func (a *Archive) encrypterFor(m *Meta) (encrypter, error) {
 	sc, ok := a.crypt.(sessionCrypter)
 	if m.Kind != KindPiece || !ok {
 		return a.crypt, nil
@@ -656,7 +659,7 @@ func (a *Archive) encode(ctx context.Context, m *Meta, r io.Reader, head func([]
 	out := a.getBuf()
 	out.Grow(total + 4096)
 	var w io.WriteCloser
-	enc, err := a.encrypter(m)
+	enc, err := a.encrypterFor(m)
 	if err == nil {
 		w, err = enc.Encrypt(out)
 	}
