@@ -15,7 +15,7 @@ import (
 // only the changed pages of a window still sums it when it holds the rest
 // (the fetched base slot's own pages), and when the pages earlier
 // incrementals stored in patches fit within its read budget (reading them
-// too stays within three times the changed pages); past that budget the
+// too stays within sixteen times the changed pages); past that budget the
 // window gets no sum. Every sum must be the ID of exactly the bytes a restore of
 // the snapshot writes into the window: a wrong one would make a delta
 // restore keep a window that differs (the table is frozen and only
@@ -33,14 +33,19 @@ INSERT INTO sparse SELECT g, repeat('x', 200) FROM generate_series(1, 7000) g`)
 	opts := backupOpts(t, c, a)
 	mustBackup(t, r, opts)
 	// Each incremental updates the first row of pages of window 0, 5
-	// pages apart (each read alone, and enough for its base slot to be
-	// worth fetching): the first 24 pages, leaving the rest of the window
-	// on the base; the second 24 more, with the first's 24 patched pages
-	// to read (48 pages read for 24 changed, within the budget); the third
-	// 12, with 48 to read (60 for 12: over it).
-	for i, want := range []bool{true, true, false} {
+	// pages apart (each read alone). The first updates 24 pages, enough
+	// for the base slot to be worth fetching, leaving the rest of the
+	// window on the base: summed from it. The second 24 more, with the
+	// first's 24 patched pages to read (48 pages read for 24 changed,
+	// within the budget): summed. The third 2, too few for the base to be
+	// worth fetching (stored as plain pages), so that summing would read
+	// the whole window, 64 times its changed pages: no sum.
+	for i, tc := range []struct {
+		first, end  int
+		deltas, sum bool
+	}{{0, 120, true, true}, {2, 120, true, true}, {3, 13, false, false}} {
 		var tids []string
-		for p := 2 * i; p < 120>>(i/2); p += 5 {
+		for p := tc.first; p < tc.end; p += 5 {
 			tids = append(tids, fmt.Sprintf(`"(%d,1)"`, p))
 		}
 		c.Exec(t, "UPDATE sparse SET v = repeat('y', 200) WHERE ctid = ANY('{"+strings.Join(tids, ",")+"}'::tid[])")
@@ -57,11 +62,11 @@ INSERT INTO sparse SELECT g, repeat('x', 200) FROM generate_series(1, 7000) g`)
 		_, summed := m.Sum(0)
 		t.Logf("incremental %d: %d delta pages, %d windows summed, %d without a sum; window 0: %d patch blobs, sum %v",
 			i+1, res.Stats.DeltaPages, res.Stats.SummedWindows, res.Stats.UnsummedWindows, len(patched[0]), summed)
-		if res.Stats.DeltaPages < int64(len(tids)) || len(patched[0]) != i+1 {
-			t.Fatalf("incremental %d: %d delta pages, window 0 in %d patch blobs; want its %d pages as deltas in the %d", i+1, res.Stats.DeltaPages, len(patched[0]), len(tids), i+1)
+		if (res.Stats.DeltaPages >= int64(len(tids))) != tc.deltas || len(patched[0]) != i+1 {
+			t.Fatalf("incremental %d: %d delta pages, window 0 in %d patch blobs; want its %d pages as deltas %v in the %d", i+1, res.Stats.DeltaPages, len(patched[0]), len(tids), tc.deltas, i+1)
 		}
-		if summed != want {
-			t.Errorf("incremental %d: window 0 summed %v, want %v", i+1, summed, want)
+		if summed != tc.sum {
+			t.Errorf("incremental %d: window 0 summed %v, want %v", i+1, summed, tc.sum)
 		}
 		checkSumsExact(t, r, res, rel, m)
 	}
