@@ -104,24 +104,33 @@ func (v indexView) Has(id blob.ID) bool {
 
 // view returns the index as readers see it, loading it on first use.
 func (r *Repo) view(ctx context.Context) (indexView, error) {
+	v, loaded, err := r.viewLocked(ctx)
+	if loaded {
+		r.reportIndexMemory()
+	}
+	return v, err
+}
+
+// viewLocked is view under idxMu; loaded says it loaded the index.
+func (r *Repo) viewLocked(ctx context.Context) (v indexView, loaded bool, err error) {
 	r.idxMu.Lock()
 	defer r.idxMu.Unlock()
 	if r.idxLoaded {
-		return indexView{r.idx, r.qidx}, nil
+		return indexView{r.idx, r.qidx}, false, nil
 	}
 	if !r.quarantinesRead {
 		qs, err := r.Quarantines(ctx)
 		if err != nil {
-			return indexView{}, err
+			return indexView{}, false, err
 		}
 		r.addExcludedLocked(QuarantinedPacks(qs))
 	}
 	idx, qidx, _, err := r.loadIndexFiltered(ctx, r.exclude)
 	if err != nil {
-		return indexView{}, err
+		return indexView{}, false, err
 	}
 	r.idx, r.qidx, r.idxLoaded = idx, qidx, true
-	return indexView{idx, qidx}, nil
+	return indexView{idx, qidx}, true, nil
 }
 
 // indexState is what loadIndex read.
@@ -150,6 +159,7 @@ func (r *Repo) ReloadIndex(ctx context.Context) error {
 	r.idxMu.Lock()
 	r.idx, r.qidx, r.idxLoaded = idx, qidx, true
 	r.idxMu.Unlock()
+	r.reportIndexMemory()
 	return nil
 }
 
@@ -330,6 +340,7 @@ func (r *Repo) CompactIndex(ctx context.Context) (CompactStats, error) {
 	r.idxMu.Lock()
 	r.installUnfiltered(idx)
 	r.idxMu.Unlock()
+	r.reportIndexMemory()
 	return stats, nil
 }
 
@@ -454,6 +465,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, full bool) (RebuildStats, error
 		r.idxMu.Lock()
 		r.installUnfiltered(fresh)
 		r.idxMu.Unlock()
+		r.reportIndexMemory()
 		return stats, nil
 	}
 	if len(delta.Packs) > 0 {
@@ -465,6 +477,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, full bool) (RebuildStats, error
 	r.idxMu.Lock()
 	r.installUnfiltered(old)
 	r.idxMu.Unlock()
+	r.reportIndexMemory()
 	return stats, nil
 }
 

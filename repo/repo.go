@@ -66,6 +66,14 @@ type Options struct {
 	// the rest spill to IndexSpillDir (about 1.8 bytes an entry stay in
 	// memory for those). Default index.DefaultMemory (13 MiB).
 	IndexMemory int64
+	// OnIndexMemory, when set, is called with the memory the blob indexes
+	// hold (index.Index.MemBytes, the quarantined blobs' included) after
+	// the index is loaded and whenever it has moved by indexReportStep
+	// since the last call: IndexMemory bounds the entries, but the overlay
+	// of recent additions, the packs and about 1.8 bytes per spilled
+	// entry come on top, so that a command can count what the index
+	// really holds in its memory limit. Calls are serialised.
+	OnIndexMemory func(bytes int64)
 	// CoalesceGap: ReadBlobs reads two blobs of a pack with one GET when at
 	// most this many bytes lie between them. Default 256 KiB.
 	CoalesceGap int64
@@ -163,6 +171,38 @@ type Repo struct {
 	exclude         map[pack.ID]struct{}
 	qidx            *index.Index
 	quarantinesRead bool
+	// idxReportMu serialises Options.OnIndexMemory; idxReported is the
+	// last value it was given (-1: none yet).
+	idxReportMu sync.Mutex
+	idxReported int64
+}
+
+// indexReportStep is how far the indexes' memory moves before
+// Options.OnIndexMemory hears of it again.
+const indexReportStep = 1 << 20
+
+// reportIndexMemory tells Options.OnIndexMemory what the loaded indexes
+// hold, when that moved by indexReportStep (or was never told).
+func (r *Repo) reportIndexMemory() {
+	if r.opts.OnIndexMemory == nil {
+		return
+	}
+	r.idxMu.Lock()
+	idx, qidx := r.idx, r.qidx
+	r.idxMu.Unlock()
+	var n int64
+	for _, x := range []*index.Index{idx, qidx} {
+		if x != nil {
+			n += x.MemBytes()
+		}
+	}
+	r.idxReportMu.Lock()
+	defer r.idxReportMu.Unlock()
+	if r.idxReported >= 0 && n > r.idxReported-indexReportStep && n < r.idxReported+indexReportStep {
+		return
+	}
+	r.idxReported = n
+	r.opts.OnIndexMemory(n)
 }
 
 // KeySpec describes the recipient of a new key file.
@@ -392,7 +432,7 @@ func newRepo(store storage.Store, cfg Config, secret *keys.Secret, opts Options)
 	}
 	return &Repo{store: &metered{Store: store}, cfg: cfg, opts: opts, log: opts.Logger, secret: secret,
 		identities: ids, recipients: recipients, hasher: blob.NewHasher(secret.BlobIDKey()),
-		zenc: zenc, zdec: zdec, readMem: newReadBudget(opts.ReadMemory)}, nil
+		zenc: zenc, zdec: zdec, readMem: newReadBudget(opts.ReadMemory), idxReported: -1}, nil
 }
 
 // Open opens the repository with the identities (age identities, scrypt

@@ -756,3 +756,48 @@ func list0(ids map[blob.ID][]byte) blob.ID {
 	}
 	return blob.ID{}
 }
+
+// TestOnIndexMemory: a Repo tells Options.OnIndexMemory what its index
+// holds once it is loaded, again each time a writer's packs grew it by a
+// step, and a reopened Repo tells what it loaded; the last value told is
+// within a step of what the index holds (IndexStats).
+func TestOnIndexMemory(t *testing.T) {
+	f := initRepo(t, mem.New())
+	var mu sync.Mutex
+	var told []int64
+	opts := Options{IndexSpillDir: "-", OnIndexMemory: func(n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		told = append(told, n)
+	}}
+	r := f.reopen(t, opts)
+	var list [][]byte
+	for i := range 60_000 {
+		list = append(list, fmt.Appendf(nil, "blob %d", i))
+	}
+	writeBlobs(t, r, map[blob.Kind][][]byte{blob.KindFile: list})
+	st, err := r.IndexStats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := slices.Clone(told)
+	mu.Unlock()
+	t.Logf("told %v; the index holds %d bytes for %d blobs", got, st.MemBytes, st.Blobs)
+	if len(got) < 3 || got[0] >= indexReportStep || !slices.IsSorted(got) {
+		t.Fatalf("told %v while 60,000 blobs were added: want the loaded index, then growing steps", got)
+	}
+	if last := got[len(got)-1]; last <= st.MemBytes-indexReportStep || last >= st.MemBytes+indexReportStep {
+		t.Errorf("last told %d, the index holds %d", last, st.MemBytes)
+	}
+	told = nil
+	r2 := f.reopen(t, opts)
+	if _, err := r2.IndexStats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 1 || told[0] < st.MemBytes/2 {
+		t.Errorf("reopened: told %v, want once about %d", told, st.MemBytes)
+	}
+}

@@ -532,6 +532,7 @@ func (w *Writer) writeDelta(ctx context.Context) error {
 			shared.AddPack(up.p, up.entries)
 		}
 	}
+	w.r.reportIndexMemory()
 	w.mu.Lock()
 	for _, up := range ups {
 		for _, e := range up.entries {

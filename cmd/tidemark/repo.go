@@ -231,6 +231,9 @@ func openRepoAt(ctx context.Context, c *cli.Context, log *slog.Logger, which str
 	if opts.IndexMemory, err = indexMemory(c); err != nil {
 		return nil, err
 	}
+	if opts.OnIndexMemory == nil {
+		opts.OnIndexMemory = procLimit.indexReporter()
+	}
 	r, err := repo.Open(ctx, st, ids, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open repository %s: %w", st, err)
