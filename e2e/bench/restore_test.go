@@ -405,10 +405,15 @@ func diffPages(t *testing.T, a, b string) (differ, pages int64) {
 			defer fb.Close()
 		}
 		for off := int64(0); ; off += int64(len(bufA)) {
-			na, _ := fa.ReadAt(bufA, off)
+			na, err := fa.ReadAt(bufA, off)
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
 			nb := 0
 			if fb != nil {
-				nb, _ = fb.ReadAt(bufB, off)
+				if nb, err = fb.ReadAt(bufB, off); err != nil && !errors.Is(err, io.EOF) {
+					return err
+				}
 			}
 			if na == 0 && nb == 0 {
 				return nil
