@@ -60,8 +60,9 @@ type writer struct {
 
 	mu sync.Mutex
 	// dests are written in a first phase and xors in a second, once every
-	// base that a delta is XORed onto is on disk; a blob needed in both is
-	// fetched twice.
+	// base that a delta is XORed onto is on disk. fetch moves the other
+	// destinations of a delta blob into the second phase too, so that it
+	// is fetched once.
 	dests, xors map[blob.ID][]dest
 	// pending counts the bytes still to be written to each file, XOR
 	// passes included; the write that brings it to zero hands the file to
@@ -288,6 +289,7 @@ func (w *writer) fetch(ctx context.Context) error {
 			}
 		}()
 	}
+	w.joinPhases()
 	// ReadBlobs returns only once every callback has: the bases are all
 	// written when the second phase starts.
 	err := w.fetchPhase(ctx, w.dests)
@@ -300,6 +302,25 @@ func (w *writer) fetch(ctx context.Context) error {
 		err = context.Cause(ctx)
 	}
 	return err
+}
+
+// joinPhases moves the plain destinations of each delta blob (a patch
+// holds the changed pages of a window, some as deltas, some whole) into
+// the second phase, beside its XORs: a restore after three incrementals
+// fetched 809 MiB of its 4.7 GiB twice. Order only matters between a
+// delta's base and its XOR, and the extents of a map never overlap, so a
+// plain page may be written in either phase. A blob that is also the base
+// of a delta stays in both (bases are slots and deltas patches, so none
+// is in a repository tidemark wrote).
+func (w *writer) joinPhases() {
+	for id, xs := range w.xors {
+		ds, ok := w.dests[id]
+		if !ok || slices.ContainsFunc(ds, func(d dest) bool { return d.base }) {
+			continue
+		}
+		w.xors[id] = append(ds, xs...)
+		delete(w.dests, id)
+	}
 }
 
 // fetchPhase reads the blobs of dests and writes each destination.
