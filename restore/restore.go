@@ -564,7 +564,8 @@ func (w *writer) run(ctx context.Context, s *repo.Snapshot, settings []setting, 
 		return err
 	}
 	settleStart := now()
-	w.log.Info("restore: files written", "fetched_bytes", w.fetched.Load(), "seconds", settleStart.Sub(fetchStart).Seconds())
+	w.log.Info("restore: files written", "fetched_bytes", w.fetched.Load(), "seconds", settleStart.Sub(fetchStart).Seconds(),
+		"compare_seconds", w.compareTime.Seconds(), "fetch_seconds", w.fetchTime.Seconds(), "settle_seconds", w.settleTime.Seconds())
 	if err := w.settle(); err != nil {
 		return err
 	}

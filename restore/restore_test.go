@@ -1296,3 +1296,65 @@ func TestRestoreDeltaProvedByDeltas(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchesBoundedByMaps: batches close once their stored page maps
+// reach batchMapBytes, so that a restore of many delta-laden relations
+// holds a few of their maps and destinations at a time, not all; the
+// files restore the same.
+func TestBatchesBoundedByMaps(t *testing.T) {
+	ctx := context.Background()
+	files := sampleFiles()
+	for i := range 6 {
+		files[fmt.Sprintf("base/1/%d", 17000+i)] = deltaRelation(i%2 == 0)
+	}
+	r, a, s := setupFiles(t, files)
+	p, err := loadPlan(ctx, r, s, t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapBytes := func(e *entry) int64 {
+		if e.node.Map.IsZero() {
+			return 0
+		}
+		loc, err := r.Lookup(ctx, e.node.Map)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int64(loc.RawLength)
+	}
+	var one int64 // the largest map
+	err = p.eachBatch(ctx, r, func(files []entry) error {
+		for i := range files {
+			one = max(one, mapBytes(&files[i]))
+		}
+		return nil
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int64) { batchMapBytes = n }(batchMapBytes)
+	batchMapBytes = 2 * one
+	var batches int
+	err = p.eachBatch(ctx, r, func(files []entry) error {
+		batches++
+		var sum int64
+		for i := range files {
+			if sum >= batchMapBytes {
+				t.Errorf("batch %d goes on after %d bytes of maps, the bound is %d", batches, sum, batchMapBytes)
+			}
+			sum += mapBytes(&files[i])
+		}
+		return nil
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if batches < 3 {
+		t.Errorf("%d batches for 7 relations with maps of up to %d bytes each, bound %d", batches, one, batchMapBytes)
+	}
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	if _, err := Run(ctx, r, a, baseOpts(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	checkRestoredFiles(t, dir, s, files)
+}

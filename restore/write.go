@@ -83,6 +83,10 @@ type writer struct {
 	// cluster's thousand small files, a quarter of a delta restore's CPU.
 	compareBufs sync.Pool
 
+	// Time spent in each step of the batches, for the log: comparing
+	// (delta), fetching and writing, settling what fetching did not.
+	compareTime, fetchTime, settleTime time.Duration
+
 	fetched, fetchedBlobs, written, skipped, removed atomic.Int64
 	progress                                         *progress.Counter
 	// delta counts what a delta restore's comparison decided, page by
@@ -131,7 +135,9 @@ func (w *writer) batch(ctx context.Context, files []entry, delta bool) error {
 	w.pending = make([]atomic.Int64, len(files))
 	w.settled = make([]atomic.Bool, len(files))
 	if delta {
+		start := time.Now()
 		err := w.each(ctx, len(files), func(i int) error { return w.compare(ctx, int32(i), &files[i]) })
+		w.compareTime += time.Since(start)
 		if err != nil {
 			return err
 		}
@@ -143,15 +149,19 @@ func (w *writer) batch(ctx context.Context, files []entry, delta bool) error {
 			w.wantAll(int32(i), &files[i])
 		}
 	}
+	start := time.Now()
 	if err := w.fetch(ctx); err != nil {
 		return err
 	}
+	w.fetchTime += time.Since(start)
+	start = time.Now()
 	err := w.each(ctx, len(files), func(i int) error {
 		if w.settled[i].Load() {
 			return nil
 		}
 		return w.settleFile(int32(i))
 	})
+	w.settleTime += time.Since(start)
 	w.files, w.dests, w.xors, w.pending, w.settled = nil, nil, nil, nil, nil
 	return err
 }
