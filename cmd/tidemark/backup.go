@@ -54,7 +54,7 @@ func backupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "direct-io", EnvVars: []string{envName("direct-io")},
 				Usage: "read relation files with O_DIRECT, bypassing the page cache, which then keeps the database's cached pages (slower on the benchmark VM)"},
 			stringFlag("max-read-rate", "read at most this many bytes per second from the data directory (e.g. 200MiB)"),
-			&cli.StringFlag{Name: "pack-memory", Value: "40MiB", EnvVars: []string{envName("pack-memory")},
+			&cli.StringFlag{Name: "pack-memory", Value: "32MiB", EnvVars: []string{envName("pack-memory")},
 				Usage: "bytes of packs held while they fill and upload; packs are filled smaller than the repository's pack size when two would not fit"},
 			&cli.StringFlag{Name: "read-memory", Value: "8MiB", EnvVars: []string{envName("read-memory")},
 				Usage: "bytes of base slots (and page maps, trees) read back from the repository at once, by all workers together"},
@@ -102,7 +102,7 @@ func runBackup(c *cli.Context) error {
 	}
 	packMemory, err := bytesize.Parse(c.String("pack-memory"))
 	if err != nil || packMemory < 8<<20 {
-		return usageErrorf("--pack-memory %q: want a size of at least 8MiB, such as 40MiB", c.String("pack-memory"))
+		return usageErrorf("--pack-memory %q: want a size of at least 8MiB, such as 32MiB", c.String("pack-memory"))
 	}
 	readMem, err := readMemory(c)
 	if err != nil {
