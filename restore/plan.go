@@ -235,6 +235,35 @@ var (
 
 const batchSlots = 1 << 18
 
+// A stored extent takes at most maxExtentBytes, so a map of a file of up
+// to lookupMapAbove/maxExtentBytes pages is counted at that bound, without
+// a lookup: loadMaps looks every map up again to read it, and a million
+// one-page files would pay the index twice. (A variable for tests.)
+const maxExtentBytes = 96
+
+var lookupMapAbove = int64(64 << 10)
+
+// mapSize is what the page map of node n counts toward batchMapBytes: its
+// stored size, or the bound for a small file.
+func (p *plan) mapSize(ctx context.Context, r Repository, n *filemap.Node) int64 {
+	if n.Map.IsZero() {
+		return 0
+	}
+	bs := int64(p.snap.BlockSize)
+	if bs <= 0 {
+		bs = 1 << 10 // PostgreSQL's smallest BLCKSZ
+	}
+	if bound := (n.Size/bs + 1) * maxExtentBytes; bound <= lookupMapAbove {
+		return bound
+	}
+	// A map missing from the index fails in loadMaps, with the others of
+	// the batch.
+	if loc, err := r.Lookup(ctx, n.Map); err == nil {
+		return int64(loc.RawLength)
+	}
+	return 0
+}
+
 // treeReads is how many trees (or parts) eachBatch reads at once.
 const treeReads = 8
 
@@ -328,13 +357,7 @@ func (p *plan) eachBatch(ctx context.Context, r Repository, fn func([]entry) err
 				}
 				batch = append(batch, e)
 				slots += int((nd.Size + blob.SlotSize - 1) / blob.SlotSize)
-				if !nd.Map.IsZero() {
-					// A map missing from the index fails in loadMaps,
-					// with the others of the batch.
-					if loc, err := r.Lookup(ctx, nd.Map); err == nil {
-						mapBytes += int64(loc.RawLength)
-					}
-				}
+				mapBytes += p.mapSize(ctx, r, nd)
 				if len(batch) >= batchFiles || slots >= batchSlots || mapBytes >= batchMapBytes {
 					if err := flush(); err != nil {
 						return err

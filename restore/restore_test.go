@@ -1332,8 +1332,10 @@ func TestBatchesBoundedByMaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func(n int64) { batchMapBytes = n }(batchMapBytes)
-	batchMapBytes = 2 * one
+	defer func(n, m int64) { batchMapBytes, lookupMapAbove = n, m }(batchMapBytes, lookupMapAbove)
+	// Stored sizes, looked up: these maps are small enough to be counted
+	// at their bound otherwise, which closes batches sooner.
+	batchMapBytes, lookupMapAbove = 2*one, 0
 	var batches int
 	err = p.eachBatch(ctx, r, func(files []entry) error {
 		batches++
