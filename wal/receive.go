@@ -506,7 +506,7 @@ func (r *Receiver) setup(ctx context.Context, conn *pgconn.PgConn, server string
 			}
 			r.abort()
 		},
-		flushed: r.poke})
+		flushed: r.poke, syncByStream: r.opts.Durable == DurableLocal})
 	if err := r.recover(ctx, T); err != nil {
 		return err
 	}
@@ -905,7 +905,17 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 		stopSender()
 		<-senderDone
 	}()
+	// unsynced counts the bytes written since the last syncLocal
+	// (DurableLocal): they are synced once everything that arrived is read
+	// (the read buffer is empty), or at syncEvery while WAL keeps coming.
+	unsynced := 0
 	for {
+		if unsynced > 0 && (conn.Frontend().ReadBufferLen() == 0 || unsynced >= syncEvery) {
+			unsynced = 0
+			if _, err := r.sink.syncLocal(ctx); err != nil {
+				return 0, 0, &fatalError{err}
+			}
+		}
 		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			return 0, 0, fmt.Errorf("receive from %s: %w", server, err)
@@ -928,6 +938,9 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 							"(a copy of the cluster running as a primary on the same timeline?): check the hosts in the connection string", server, err)
 					}
 					return 0, 0, &fatalError{fmt.Errorf("from %s: %w", server, err)}
+				}
+				if r.opts.Durable == DurableLocal {
+					unsynced += len(x.WALData)
 				}
 				r.noteServer(pg.LSN(x.ServerWALEnd), x.ServerTime)
 			case pglogrepl.PrimaryKeepaliveMessageByteID:
@@ -1039,6 +1052,12 @@ func drainToReady(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 	}
 }
+
+// syncEvery bounds the WAL the stream's goroutine writes before it syncs
+// (DurableLocal) while the server keeps sending: a commit never waits
+// behind more than this, nor the segments held in memory (maxHeldSegments)
+// behind a sync that never comes.
+const syncEvery = 1 << 20
 
 // sendStatus sends standby status updates: at once when the flush
 // position moved (a synchronous commit waits for it), when the server

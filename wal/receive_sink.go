@@ -213,6 +213,11 @@ type sinkOptions struct {
 	fatal func(error)
 	// flushed is told when the durable position may have moved.
 	flushed func()
+	// syncByStream (DurableLocal): the stream's goroutine calls syncLocal
+	// once it has read all that arrived, as pg_receivewal does, so a
+	// commit's WAL is written, synced and acknowledged without waking
+	// another goroutine; write does not wake the local worker.
+	syncByStream bool
 	// poison (tests only) overwrites a segment buffer when its last
 	// reference is given back, so that a read after it shows.
 	poison bool
@@ -269,7 +274,11 @@ type sink struct {
 
 	work     chan struct{} // durability worker
 	archWake chan struct{} // archiver
-	wg       sync.WaitGroup
+	// localMu: one syncLocal at a time. spare: a zero-filled file for the
+	// next segment (DurableLocal).
+	localMu sync.Mutex
+	spare   chan string
+	wg      sync.WaitGroup
 }
 
 type sinkStats struct {
@@ -295,7 +304,8 @@ func newSink(o sinkOptions) *sink {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	s := &sink{o: o, segSize: o.cluster.SegSize, work: make(chan struct{}, 1), archWake: make(chan struct{}, 1)}
+	s := &sink{o: o, segSize: o.cluster.SegSize, work: make(chan struct{}, 1), archWake: make(chan struct{}, 1),
+		spare: make(chan string, 1)}
 	s.cond = sync.NewCond(&s.mu)
 	return s
 }
@@ -562,7 +572,9 @@ func (s *sink) write(ctx context.Context, tli pg.TimelineID, lsn pg.LSN, data []
 		s.mu.Unlock()
 		data, lsn = data[n:], lsn+pg.LSN(n)
 	}
-	wake(s.work)
+	if !s.o.syncByStream || s.o.mode != DurableLocal {
+		wake(s.work)
+	}
 	return nil
 }
 
@@ -910,10 +922,10 @@ func (s *sink) settleLocked(g *heldSeg) {
 
 // localWorker (DurableLocal) writes what arrived to the segment's local
 // file and fdatasyncs it; whatever arrives during one fdatasync is written
-// and synced by the next (group commit).
+// and synced by the next (group commit). With syncByStream it syncs only
+// what the stream left (when it ended) and what begin brought.
 func (s *sink) localWorker(ctx context.Context) {
-	spare := make(chan string, 1)
-	go s.spareFiles(ctx, spare)
+	go s.spareFiles(ctx, s.spare)
 	for {
 		select {
 		case <-ctx.Done():
@@ -921,67 +933,85 @@ func (s *sink) localWorker(ctx context.Context) {
 		case <-s.work:
 		}
 		for ctx.Err() == nil {
-			type job struct {
-				g        *heldSeg
-				buf      *segBuf
-				from, to int64
-			}
-			var jobs []job
-			s.mu.Lock()
-			for _, g := range s.segs {
-				if g.buf != nil && g.written < g.recv {
-					jobs = append(jobs, job{g, s.refLocked(g), g.written, g.recv})
-				}
-			}
-			s.mu.Unlock()
-			if len(jobs) == 0 {
-				break
-			}
-			var err error
-			for _, j := range jobs {
-				if err == nil {
-					err = s.writeLocal(ctx, j.g, j.buf.b[j.from:j.to], j.from, spare)
-					if err != nil && ctx.Err() == nil {
-						s.o.fatal(fmt.Errorf("write %s: %w", filepath.Join(s.o.dir, j.g.name+".partial"), err))
-					}
-				}
-			}
-			s.mu.Lock()
-			for _, j := range jobs {
-				s.unrefLocked(j.buf)
-			}
+			did, err := s.syncLocal(ctx)
 			if err != nil {
-				s.mu.Unlock()
+				if ctx.Err() == nil {
+					s.o.fatal(err)
+				}
 				return
 			}
-			for _, j := range jobs {
-				j.g.written = j.to
-				if j.to > j.g.durable {
-					j.g.durable = j.to
-				}
-				if j.g.durable < j.g.recv {
-					j.g.since = time.Now()
-				}
-			}
-			s.mu.Unlock()
-			s.o.flushed()
-			for _, j := range jobs {
-				if j.to == int64(s.segSize) {
-					if err := s.completeLocal(j.g); err != nil {
-						s.o.fatal(err)
-						return
-					}
-				}
+			if !did {
+				break
 			}
 		}
 	}
 }
 
+// syncLocal (DurableLocal) writes what arrived and is not yet written to
+// the local files, fdatasyncs them, and tells flushed; it reports whether
+// there was anything to write. One call at a time (localMu): the stream's
+// goroutine (syncByStream) and the local worker both call it.
+func (s *sink) syncLocal(ctx context.Context) (bool, error) {
+	s.localMu.Lock()
+	defer s.localMu.Unlock()
+	type job struct {
+		g        *heldSeg
+		buf      *segBuf
+		from, to int64
+	}
+	var jobs []job
+	s.mu.Lock()
+	for _, g := range s.segs {
+		if g.buf != nil && g.written < g.recv {
+			jobs = append(jobs, job{g, s.refLocked(g), g.written, g.recv})
+		}
+	}
+	s.mu.Unlock()
+	if len(jobs) == 0 {
+		return false, nil
+	}
+	var err error
+	for _, j := range jobs {
+		if err == nil {
+			if err = s.writeLocal(ctx, j.g, j.buf.b[j.from:j.to], j.from); err != nil {
+				err = fmt.Errorf("write %s: %w", filepath.Join(s.o.dir, j.g.name+".partial"), err)
+			}
+		}
+	}
+	s.mu.Lock()
+	for _, j := range jobs {
+		s.unrefLocked(j.buf)
+	}
+	if err != nil {
+		s.mu.Unlock()
+		return false, err
+	}
+	for _, j := range jobs {
+		j.g.written = j.to
+		if j.to > j.g.durable {
+			j.g.durable = j.to
+		}
+		if j.g.durable < j.g.recv {
+			j.g.since = time.Now()
+		}
+	}
+	s.mu.Unlock()
+	s.o.flushed()
+	for _, j := range jobs {
+		if j.to == int64(s.segSize) {
+			if err := s.completeLocal(j.g); err != nil {
+				return false, err
+			}
+		}
+	}
+	return true, nil
+}
+
 // writeLocal writes data, g's bytes from offset from on, to its file and
 // syncs it.
-func (s *sink) writeLocal(ctx context.Context, g *heldSeg, data []byte, from int64, spare chan string) error {
+func (s *sink) writeLocal(ctx context.Context, g *heldSeg, data []byte, from int64) error {
 	if g.file == nil {
-		f, err := s.openLocal(ctx, g, spare)
+		f, err := s.openLocal(ctx, g, s.spare)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,6 +343,71 @@ func TestSinkLocal(t *testing.T) {
 		_, err2 := os.Stat(filepath.Join(s.o.dir, segName(1, 3)+".partial"))
 		return os.IsNotExist(err1) && os.IsNotExist(err2)
 	})
+}
+
+// TestSinkLocalSyncByStream: with syncByStream the stream's goroutine
+// syncs (as wal-receive --durable local does): a write alone wakes no
+// worker and moves no flush position, syncLocal makes it durable at once
+// and completes a full segment, and what is left unsynced when the stream
+// stops is synced by the worker.
+func TestSinkLocalSyncByStream(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	var flushed atomic.Int64
+	s := newTestSinkWith(t, e.arch, DurableLocal, func(o *sinkOptions) {
+		o.syncByStream = true
+		o.flushed = func() { flushed.Add(1) }
+	})
+	s3, s4 := segment(1, 3, 1), segment(1, 4, 2)
+	start := pg.SegNo(3).Start(segSize)
+	if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.setConnected(true)
+	// Let the worker take the wake-ups of begin and setConnected.
+	waitFor(t, "the worker idle", func() bool { return len(s.work) == 0 })
+	time.Sleep(20 * time.Millisecond)
+	n0 := flushed.Load()
+	if err := s.write(ctx, 1, start, s3[:70000]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := s.flushPos(1); got != start {
+		t.Fatalf("flush position %s after a write alone, want %s (nothing synced)", got, start)
+	}
+	if did, err := s.syncLocal(ctx); err != nil || !did {
+		t.Fatalf("syncLocal: %v, %v", did, err)
+	}
+	if got := s.flushPos(1); got != start+70000 || flushed.Load() != n0+1 {
+		t.Fatalf("after syncLocal: flush position %s, flushed told %d times; want %s, once", got, flushed.Load()-n0, start+70000)
+	}
+	if did, err := s.syncLocal(ctx); err != nil || did {
+		t.Fatalf("syncLocal with nothing new: %v, %v", did, err)
+	}
+	if err := s.write(ctx, 1, start+70000, append(bytes.Clone(s3[70000:]), s4[:3000]...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.syncLocal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	end := pg.SegNo(4).Start(segSize) + 3000
+	if got := s.flushPos(1); got != end {
+		t.Fatalf("flush position %s, want %s", got, end)
+	}
+	waitFor(t, "segment 3 archived whole", func() bool {
+		b, _, err := e.arch.ReadFile(ctx, sys, segName(1, 3))
+		return err == nil && bytes.Equal(b, s3)
+	})
+	// Unsynced when the stream stops: the worker syncs it.
+	if err := s.write(ctx, 1, end, s4[3000:9000]); err != nil {
+		t.Fatal(err)
+	}
+	s.setConnected(false)
+	waitFor(t, "the worker's sync", func() bool { return s.flushPos(1) == end+6000 })
+	local, err := os.ReadFile(filepath.Join(s.o.dir, segName(1, 4)+".partial"))
+	if err != nil || !bytes.Equal(local[:9000], s4[:9000]) {
+		t.Fatalf("local file of segment 4: %v", err)
+	}
 }
 
 // TestSinkMerges: a segment that fills a commit at a time is stored in

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -81,12 +82,19 @@ func TestBenchReceive(t *testing.T) {
 	srv := testenv.MinIOTLS(t)
 	c := receiveBenchCluster(t)
 	testenv.PGBenchInit(t, c, receiveScale)
+	// The first run of a fresh cluster ran at a third of the TPS of the
+	// runs after it (cold caches, tables freshly loaded), whichever
+	// standby it measured: one run without a standby comes first.
+	testenv.PGBenchRun(t, c, testenv.PGBenchOptions{Clients: clients, Jobs: 2, Duration: max(load/3, 10*time.Second)})
 	floor := storeFloor(t, srv)
 
-	setups := []recvSetup{
-		{name: "pg_receivewal --synchronous", app: "pg_receivewal", start: startPGReceivewal},
-		{name: "wal-receive local", app: "tidemark", start: startWALReceive(srv, "local")},
-		{name: "wal-receive repository", app: "tidemark", start: startWALReceive(srv, "repository")},
+	setups := []recvSetup{{name: "pg_receivewal --synchronous", app: "pg_receivewal", start: startPGReceivewal}}
+	// TIDEMARK_BENCH_RECEIVE_MODES (default "local,repository") are the
+	// --durable modes measured.
+	for m := range strings.SplitSeq(cmp.Or(os.Getenv("TIDEMARK_BENCH_RECEIVE_MODES"), "local,repository"), ",") {
+		if m != "" {
+			setups = append(setups, recvSetup{name: "wal-receive " + m, app: "tidemark", start: startWALReceive(srv, m)})
+		}
 	}
 	// TIDEMARK_BENCH_RECEIVE_INFLIGHT=1,2,4 compares --durable repository
 	// with those --max-inflight against pg_receivewal instead.
@@ -98,11 +106,13 @@ func TestBenchReceive(t *testing.T) {
 		}
 	}
 	// TIDEMARK_BENCH_RECEIVE_BASELINE=<tidemark binary> adds --durable
-	// repository run by that binary (another build: before and after a
-	// change, in the same rounds).
+	// repository (or TIDEMARK_BENCH_RECEIVE_BASELINE_MODE) run by that
+	// binary (another build: before and after a change, in the same
+	// rounds).
 	if bin := os.Getenv("TIDEMARK_BENCH_RECEIVE_BASELINE"); bin != "" {
-		setups = append(setups, recvSetup{name: "repository, baseline binary", app: "tidemark",
-			start: startWALReceiveBin(srv, bin, "repository")})
+		mode := cmp.Or(os.Getenv("TIDEMARK_BENCH_RECEIVE_BASELINE_MODE"), "repository")
+		setups = append(setups, recvSetup{name: mode + ", baseline binary", app: "tidemark",
+			start: startWALReceiveBin(srv, bin, mode)})
 	}
 	runs := make([][]recvRun, len(setups))
 	n := 0
