@@ -15,52 +15,68 @@ import (
 // walLister is what ArchiveOf uses of the repository's WAL archive
 // (*walarchive.Archive).
 type walLister interface {
-	List(ctx context.Context, cluster uint64) (*walarchive.Listing, error)
+	ListFrom(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) (*walarchive.Listing, error)
+	ListDir(ctx context.Context, cluster uint64, dir string) ([]walarchive.DirEntry, error)
 	History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error)
 	ReadFile(ctx context.Context, cluster uint64, name string) ([]byte, walarchive.Meta, error)
 	ReadChain(ctx context.Context, cluster uint64, chain []walarchive.Piece, w io.Writer) (int64, error)
 }
 
 // ArchiveOf adapts the repository's WAL archive to what a restore asks. It
-// lists each cluster once per restore: the listing keeps runs of segments,
-// so it stays small however much WAL there is.
+// lists the history directory, and each timeline only from the first
+// segment the restore asks about on (the backup's start): an archive that
+// keeps weeks of WAL before the backup costs the restore nothing to list.
+// A timeline's listing is kept and reused for any segment at or after
+// where it starts.
 func ArchiveOf(a walLister) Archive {
-	return &walArchive{a: a, listings: map[uint64]*walarchive.Listing{}}
+	return &walArchive{a: a, listings: map[timelineKey]*walarchive.Listing{}, from: map[timelineKey]pg.SegNo{}}
+}
+
+type timelineKey struct {
+	cluster uint64
+	tli     pg.TimelineID
 }
 
 type walArchive struct {
 	a        walLister
 	mu       sync.Mutex
-	listings map[uint64]*walarchive.Listing
+	listings map[timelineKey]*walarchive.Listing
+	from     map[timelineKey]pg.SegNo // where each listing starts
 }
 
-func (w *walArchive) listing(ctx context.Context, cluster uint64) (*walarchive.Listing, error) {
+// listing returns a listing of timeline tli that holds every segment from
+// from on, listing again when the one kept starts later.
+func (w *walArchive) listing(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) (*walarchive.Listing, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if l, ok := w.listings[cluster]; ok {
+	k := timelineKey{cluster, tli}
+	if l, ok := w.listings[k]; ok && w.from[k] <= from {
 		return l, nil
 	}
-	l, err := w.a.List(ctx, cluster)
+	l, err := w.a.ListFrom(ctx, cluster, tli, from)
 	if err != nil {
-		return nil, fmt.Errorf("list the WAL archive of cluster %d: %w", cluster, err)
+		return nil, fmt.Errorf("list the WAL archive of cluster %d, timeline %d: %w", cluster, tli, err)
 	}
-	w.listings[cluster] = l
+	w.listings[k], w.from[k] = l, from
 	return l, nil
 }
 
+// Histories reads the history file of every timeline in the archive's
+// history directory (one short LIST).
 func (w *walArchive) Histories(ctx context.Context, cluster uint64) ([]pg.History, error) {
-	l, err := w.listing(ctx, cluster)
+	ents, err := w.a.ListDir(ctx, cluster, walarchive.HistoryDir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list the timeline history files of cluster %d: %w", cluster, err)
 	}
 	var hs []pg.History
-	for _, t := range l.Timelines {
-		if !t.History || t.Timeline <= 1 {
+	for _, e := range ents {
+		f, err := pg.ParseWALFileName(e.Name)
+		if err != nil || f.Kind != pg.WALTimelineHistory || f.Timeline <= 1 {
 			continue
 		}
-		h, err := w.a.History(ctx, cluster, t.Timeline)
+		h, err := w.a.History(ctx, cluster, f.Timeline)
 		if err != nil {
-			return nil, fmt.Errorf("history of timeline %d: %w", t.Timeline, err)
+			return nil, fmt.Errorf("history of timeline %d: %w", f.Timeline, err)
 		}
 		hs = append(hs, h)
 	}
@@ -68,7 +84,7 @@ func (w *walArchive) Histories(ctx context.Context, cluster uint64) ([]pg.Histor
 }
 
 func (w *walArchive) Segments(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) ([]pg.SegNo, error) {
-	l, err := w.listing(ctx, cluster)
+	l, err := w.listing(ctx, cluster, tli, from)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +113,7 @@ func (w *walArchive) Segments(ctx context.Context, cluster uint64, tli pg.Timeli
 // segment seg (walarchive.TimelineInfo.Tail): the WAL acknowledged past
 // the timeline's last complete segment, which wal-fetch serves.
 func (w *walArchive) Tail(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, bool, error) {
-	l, err := w.listing(ctx, cluster)
+	l, err := w.listing(ctx, cluster, tli, seg)
 	if err != nil {
 		return nil, false, err
 	}
@@ -118,7 +134,7 @@ func (w *walArchive) Tail(ctx context.Context, cluster uint64, tli pg.TimelineID
 }
 
 func (w *walArchive) ReadSegment(ctx context.Context, cluster uint64, tli pg.TimelineID, seg pg.SegNo) ([]byte, error) {
-	l, err := w.listing(ctx, cluster)
+	l, err := w.listing(ctx, cluster, tli, seg)
 	if err != nil {
 		return nil, err
 	}

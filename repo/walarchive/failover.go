@@ -50,6 +50,27 @@ func (a *Failover) List(ctx context.Context, cluster uint64) (*Listing, error) {
 	return l, err
 }
 
+// ListFrom lists one timeline from a segment's directory on (see
+// Archive.ListFrom).
+func (a *Failover) ListFrom(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) (*Listing, error) {
+	var l *Listing
+	err := a.f.Do(ctx, func(r *repo.Repo) (err error) {
+		l, err = a.of(r).ListFrom(ctx, cluster, tli, from)
+		return err
+	})
+	return l, err
+}
+
+// ListDir lists one directory of a cluster's archive (see Archive.ListDir).
+func (a *Failover) ListDir(ctx context.Context, cluster uint64, dir string) ([]DirEntry, error) {
+	var out []DirEntry
+	err := a.f.Do(ctx, func(r *repo.Repo) (err error) {
+		out, err = a.of(r).ListDir(ctx, cluster, dir)
+		return err
+	})
+	return out, err
+}
+
 // History reads a timeline's history (see Archive.History).
 func (a *Failover) History(ctx context.Context, cluster uint64, tli pg.TimelineID) (pg.History, error) {
 	var h pg.History

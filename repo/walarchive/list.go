@@ -298,68 +298,125 @@ func (a *Archive) ListDir(ctx context.Context, cluster uint64, dir string) ([]Di
 // grows with the number of gaps, not of segments. A cluster with nothing
 // archived is an empty Listing with a zero Cluster.
 func (a *Archive) List(ctx context.Context, cluster uint64) (*Listing, error) {
-	l := &Listing{Cluster: ClusterInfo{SystemID: cluster}}
+	l, _, err := a.newListing(ctx, cluster)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.fill(ctx, l, ClusterPrefix(cluster), ""); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// newListing starts a Listing of cluster with its marker's settings;
+// archived is false when there is no marker.
+func (a *Archive) newListing(ctx context.Context, cluster uint64) (l *Listing, archived bool, err error) {
+	l = &Listing{Cluster: ClusterInfo{SystemID: cluster}}
 	ci, err := a.Cluster(ctx, cluster)
 	switch {
 	case err == nil:
 		l.Cluster = ci
+		return l, true, nil
 	case errors.Is(err, ErrNotArchived):
+		return l, false, nil
 	default:
-		return nil, err
+		return nil, false, err
 	}
-	prefix := ClusterPrefix(cluster)
-	for oi, err := range a.store.List(ctx, prefix, "") {
+}
+
+// fill adds to l the keys under prefix after after.
+func (a *Archive) fill(ctx context.Context, l *Listing, prefix, after string) error {
+	for oi, err := range a.store.List(ctx, prefix, after) {
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return fmt.Errorf("list %s: %w", prefix, err)
 		}
-		if oi.Key == MarkerKey(cluster) {
-			continue
-		}
-		if _, p, ok := parsePieceKey(oi.Key); ok {
-			f, _ := pg.ParseWALFileName(p.Segment)
-			seg, err := f.SegNo(l.Cluster.SegSize)
-			if l.Cluster.SegSize == 0 || err != nil || p.End > int64(l.Cluster.SegSize) {
-				l.Foreign = append(l.Foreign, oi.Key)
-				continue
-			}
-			l.timeline(f.Timeline).addPiece(seg, p)
-			continue
-		}
-		_, f, summary, ok := parseKey(oi.Key)
-		if !ok {
-			l.Foreign = append(l.Foreign, oi.Key)
-			continue
-		}
-		if l.Cluster.SegSize == 0 {
-			return nil, corruptf(MarkerKey(cluster), "missing, but %s is archived: the cluster's segment size is unknown", oi.Key)
-		}
-		t := l.timeline(f.Timeline)
-		if summary {
-			if seg, err := f.SegNo(l.Cluster.SegSize); err == nil {
-				t.Summaries = addSeg(t.Summaries, seg)
-			}
-			continue
-		}
-		switch f.Kind {
-		case pg.WALSegment:
-			seg, err := f.SegNo(l.Cluster.SegSize)
-			if err != nil {
-				l.Foreign = append(l.Foreign, oi.Key)
-				continue
-			}
-			t.add(seg)
-		case pg.WALPartialSegment:
-			t.Partial = append(t.Partial, f.Name())
-		case pg.WALBackupHistory:
-			t.Backup = append(t.Backup, f.Name())
-		case pg.WALTimelineHistory:
-			t.History = true
+		if err := l.add(l.Cluster.SystemID, oi.Key); err != nil {
+			return err
 		}
 	}
 	for _, t := range l.Timelines {
 		t.settle(l.Cluster.SegSize)
 	}
+	return nil
+}
+
+// ListFrom lists what the archive holds of timeline tli of cluster from
+// segment from on: a Listing of that one timeline, whose earlier segments
+// it never reads. One LIST that starts after them (keys come in timeline,
+// then segment order), so what it costs grows with the WAL from there on,
+// not with all the WAL kept: a restore of last night's backup from an
+// archive of a week of a terabyte a day lists a night's WAL, not a million
+// objects.
+func (a *Archive) ListFrom(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) (*Listing, error) {
+	l, archived, err := a.newListing(ctx, cluster)
+	if err != nil || !archived {
+		return l, err
+	}
+	dir := pg.SegmentName(tli, from, l.Cluster.SegSize)[:16]
+	// Every key of the timeline starts with the timeline's 8 digits; its
+	// keys before dir's are in earlier directories, and dir itself (no
+	// "/") sorts before every key in it. Within dir, the keys of a segment
+	// are its name and suffixes that start with "."; the name of the
+	// segment before from and "~" sorts after all of them and before from's
+	// name (names are hex digits of one length).
+	after := ClusterPrefix(cluster) + dir
+	if from > 0 {
+		if prev := pg.SegmentName(tli, from-1, l.Cluster.SegSize); prev[:16] == dir {
+			after = ClusterPrefix(cluster) + dir + "/" + prev + "~"
+		}
+	}
+	if err := a.fill(ctx, l, ClusterPrefix(cluster)+dir[:8], after); err != nil {
+		return nil, err
+	}
 	return l, nil
+}
+
+// add puts one listed key of cluster into l.
+func (l *Listing) add(cluster uint64, key string) error {
+	if key == MarkerKey(cluster) {
+		return nil
+	}
+	if _, p, ok := parsePieceKey(key); ok {
+		f, _ := pg.ParseWALFileName(p.Segment)
+		seg, err := f.SegNo(l.Cluster.SegSize)
+		if l.Cluster.SegSize == 0 || err != nil || p.End > int64(l.Cluster.SegSize) {
+			l.Foreign = append(l.Foreign, key)
+			return nil
+		}
+		l.timeline(f.Timeline).addPiece(seg, p)
+		return nil
+	}
+	_, f, summary, ok := parseKey(key)
+	if !ok {
+		l.Foreign = append(l.Foreign, key)
+		return nil
+	}
+	if l.Cluster.SegSize == 0 {
+		return corruptf(MarkerKey(cluster), "missing, but %s is archived: the cluster's segment size is unknown", key)
+	}
+	t := l.timeline(f.Timeline)
+	if summary {
+		if seg, err := f.SegNo(l.Cluster.SegSize); err == nil {
+			t.Summaries = addSeg(t.Summaries, seg)
+		}
+		return nil
+	}
+	switch f.Kind {
+	case pg.WALSegment:
+		seg, err := f.SegNo(l.Cluster.SegSize)
+		if err != nil {
+			l.Foreign = append(l.Foreign, key)
+			return nil
+		}
+		t.add(seg)
+	case pg.WALPartialSegment:
+		t.Partial = append(t.Partial, f.Name())
+	case pg.WALBackupHistory:
+		t.Backup = append(t.Backup, f.Name())
+	case pg.WALTimelineHistory:
+		t.History = true
+	}
+	return nil
 }
 
 // Clusters lists the system identifiers that have WAL in the archive. It

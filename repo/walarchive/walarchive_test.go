@@ -328,8 +328,10 @@ func TestEscrowWithAgeAndZstd(t *testing.T) {
 	}
 }
 
-func TestListing(t *testing.T) {
-	fx := newRepo(t, mem.New())
+func TestListing(t *testing.T) { backends(t, testListing) }
+
+func testListing(t *testing.T, store storage.Store) {
+	fx := newRepo(t, store)
 	ctx := context.Background()
 	put := func(tli pg.TimelineID, segs ...pg.SegNo) {
 		for _, s := range segs {
@@ -413,6 +415,43 @@ func TestListing(t *testing.T) {
 	ents, err := fx.arch.ListDir(ctx, testSys, "0000000100000000")
 	if err != nil || len(ents) != 9 {
 		t.Errorf("list dir: %d entries, %v", len(ents), err)
+	}
+
+	// ListFrom: one timeline, from a segment on.
+	from := func(tli pg.TimelineID, seg pg.SegNo) *Listing {
+		t.Helper()
+		l, err := fx.arch.ListFrom(ctx, testSys, tli, seg)
+		if err != nil {
+			t.Fatalf("list timeline %d from %d: %v", tli, seg, err)
+		}
+		return l
+	}
+	// Segment 3 and on (the stray object in log 0 sorts after every
+	// segment), nothing of the other timelines.
+	if l := from(1, 3); len(l.Timelines) != 1 || !equalRanges(l.Timeline(1).Segments, []SegRange{{3, 5}, {8, 9}, {4095, 4096}}) ||
+		len(l.Timeline(1).Partial) != 1 || len(l.Foreign) != 1 || l.Cluster.SegSize != testSegSize || l.Cluster.SystemID != testSys {
+		t.Errorf("timeline 1 from 3: %+v, %+v", l, l.Timeline(1))
+	}
+	// From log 1 on: log 0 is never read.
+	if l := from(1, 4096); len(l.Timelines) != 1 || !equalRanges(l.Timeline(1).Segments, []SegRange{{4096, 4096}}) ||
+		len(l.Timeline(1).Partial) != 0 || len(l.Foreign) != 0 {
+		t.Errorf("timeline 1 from 4096: %+v, %+v", l, l.Timeline(1))
+	}
+	if l := from(2, 10); len(l.Timelines) != 1 || !equalRanges(l.Timeline(2).Segments, []SegRange{{10, 11}}) {
+		t.Errorf("timeline 2 from 10: %+v", l)
+	}
+	// From segment 9: its .partial too; from 10, not.
+	if l := from(1, 9); !equalRanges(l.Timeline(1).Segments, []SegRange{{9, 9}, {4095, 4096}}) || len(l.Timeline(1).Partial) != 1 {
+		t.Errorf("timeline 1 from 9: %+v", l.Timeline(1))
+	}
+	if l := from(1, 10); !equalRanges(l.Timeline(1).Segments, []SegRange{{4095, 4096}}) || len(l.Timeline(1).Partial) != 0 {
+		t.Errorf("timeline 1 from 10: %+v", l.Timeline(1))
+	}
+	if l := from(3, 5000); len(l.Timelines) != 0 {
+		t.Errorf("timeline 3 from 5000: %+v", l.Timelines)
+	}
+	if l, err := fx.arch.ListFrom(ctx, 43, 1, 1); err != nil || len(l.Timelines) != 0 || l.Cluster.SystemID != 43 {
+		t.Errorf("a cluster with nothing archived: %+v, %v", l, err)
 	}
 }
 
