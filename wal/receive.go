@@ -933,6 +933,11 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 					return 0, 0, fmt.Errorf("from %s: %w", server, err)
 				}
 				if err := r.sink.write(ctx, tli, pg.LSN(x.WALStart), x.WALData); err != nil {
+					if ctx.Err() != nil {
+						// Stopping (or stopped by a worker's refusal, which
+						// Run reports): not a refusal of this stream.
+						return 0, 0, fmt.Errorf("from %s: %w", server, err)
+					}
 					if errors.Is(err, ErrStreamDiffers) {
 						return 0, 0, refusef(walarchive.ErrConflict, "refusing %s: its WAL %v; it is not the server the receiver streamed from "+
 							"(a copy of the cluster running as a primary on the same timeline?): check the hosts in the connection string", server, err)

@@ -359,7 +359,23 @@ func (s *sink) curLocked() *heldSeg {
 // newSegmentLocked appends an empty segment, waiting while too many are
 // held in memory (repository durability: the archiver has not caught up).
 func (s *sink) newSegmentLocked(ctx context.Context, tli pg.TimelineID, no pg.SegNo) (*heldSeg, error) {
+	if s.inMemoryLocked() >= s.o.maxSegments {
+		// The wait below ends when ctx does, not only when the workers
+		// stop: the receiver ends a stream by its context.
+		stop := context.AfterFunc(ctx, func() {
+			s.mu.Lock()
+			s.cond.Broadcast()
+			s.mu.Unlock()
+		})
+		defer stop()
+	}
 	for s.inMemoryLocked() >= s.o.maxSegments && !s.stopping && ctx.Err() == nil {
+		if s.o.syncByStream && s.o.mode == DurableLocal {
+			// The goroutine that syncs in this mode is the one waiting
+			// here: the local worker syncs the complete segments instead
+			// (with 1 MiB segments, a sync every MiB can leave two).
+			wake(s.work)
+		}
 		s.cond.Wait()
 	}
 	if s.stopping || ctx.Err() != nil {

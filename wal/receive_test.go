@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -407,6 +408,83 @@ func TestSinkLocalSyncByStream(t *testing.T) {
 	local, err := os.ReadFile(filepath.Join(s.o.dir, segName(1, 4)+".partial"))
 	if err != nil || !bytes.Equal(local[:9000], s4[:9000]) {
 		t.Fatalf("local file of segment 4: %v", err)
+	}
+}
+
+// TestSinkSyncByStreamHeldSegments: with syncByStream, a stream that
+// writes more complete segments than the sink holds in memory without
+// syncing (1 MiB segments, the syncing goroutine behind) does not wait
+// forever for a buffer: the local worker syncs the complete ones.
+func TestSinkSyncByStreamHeldSegments(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newEnv(t)
+	s := newTestSinkWith(t, e.arch, DurableLocal, func(o *sinkOptions) { o.syncByStream, o.maxSegments = true, 2 })
+	start := pg.SegNo(3).Start(segSize)
+	if err := s.begin(ctx, 1, start, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.setConnected(true)
+	for no := pg.SegNo(3); no < 7; no++ {
+		if err := s.write(ctx, 1, no.Start(segSize), segment(1, no, 1)); err != nil {
+			t.Fatalf("write segment %d: %v", no, err)
+		}
+	}
+	if _, err := s.syncLocal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "segment 6 archived whole", func() bool {
+		b, _, err := e.arch.ReadFile(ctx, sys, segName(1, 6))
+		return err == nil && bytes.Equal(b, segment(1, 6, 1))
+	})
+}
+
+// stuckArchive finishes no upload until the upload's context ends.
+type stuckArchive struct{ sinkArchive }
+
+func (stuckArchive) PutPiece(ctx context.Context, _ walarchive.ClusterInfo, _ string, _ int64, _ []byte) (walarchive.PutResult, error) {
+	<-ctx.Done()
+	return walarchive.PutResult{}, ctx.Err()
+}
+
+func (stuckArchive) PutFrom(ctx context.Context, _ walarchive.ClusterInfo, _ string, _ io.Reader, _ int64) (walarchive.PutResult, error) {
+	<-ctx.Done()
+	return walarchive.PutResult{}, ctx.Err()
+}
+
+// TestSinkWriteWaitEndsWithContext: a write waiting for a segment buffer
+// (the store takes nothing) returns once its context ends, as when the
+// receiver stops the stream after a refusal, instead of waiting for the
+// sink's workers to stop.
+func TestSinkWriteWaitEndsWithContext(t *testing.T) {
+	e := newEnv(t)
+	s := newTestSinkWith(t, stuckArchive{e.arch}, DurableRepository, func(o *sinkOptions) { o.maxSegments = 2 })
+	ctx := context.Background()
+	if err := s.begin(ctx, 1, pg.SegNo(3).Start(segSize), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.setConnected(true)
+	for no := pg.SegNo(3); no < 5; no++ {
+		if err := s.write(ctx, 1, no.Start(segSize), segment(1, no, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.write(wctx, 1, pg.SegNo(5).Start(segSize), []byte{1}) }()
+	select {
+	case err := <-done:
+		t.Fatalf("a third segment while two are held: %v, want a wait", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the write whose context ended reported no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write still waits after its context ended")
 	}
 }
 
