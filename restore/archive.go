@@ -29,7 +29,7 @@ type walLister interface {
 // A timeline's listing is kept and reused for any segment at or after
 // where it starts.
 func ArchiveOf(a walLister) Archive {
-	return &walArchive{a: a, listings: map[timelineKey]*walarchive.Listing{}, from: map[timelineKey]pg.SegNo{}}
+	return &walArchive{a: a, listings: map[timelineKey]timelineListing{}}
 }
 
 type timelineKey struct {
@@ -37,11 +37,16 @@ type timelineKey struct {
 	tli     pg.TimelineID
 }
 
+// timelineListing is a timeline's listing and the segment it starts at.
+type timelineListing struct {
+	l    *walarchive.Listing
+	from pg.SegNo
+}
+
 type walArchive struct {
 	a        walLister
 	mu       sync.Mutex
-	listings map[timelineKey]*walarchive.Listing
-	from     map[timelineKey]pg.SegNo // where each listing starts
+	listings map[timelineKey]timelineListing
 }
 
 // listing returns a listing of timeline tli that holds every segment from
@@ -50,14 +55,14 @@ func (w *walArchive) listing(ctx context.Context, cluster uint64, tli pg.Timelin
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	k := timelineKey{cluster, tli}
-	if l, ok := w.listings[k]; ok && w.from[k] <= from {
-		return l, nil
+	if tl, ok := w.listings[k]; ok && tl.from <= from {
+		return tl.l, nil
 	}
 	l, err := w.a.ListFrom(ctx, cluster, tli, from)
 	if err != nil {
 		return nil, fmt.Errorf("list the WAL archive of cluster %d, timeline %d: %w", cluster, tli, err)
 	}
-	w.listings[k], w.from[k] = l, from
+	w.listings[k] = timelineListing{l, from}
 	return l, nil
 }
 

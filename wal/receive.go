@@ -944,7 +944,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, server strin
 					}
 					return 0, 0, &fatalError{fmt.Errorf("from %s: %w", server, err)}
 				}
-				if r.opts.Durable == DurableLocal {
+				if r.sink.o.syncByStream {
 					unsynced += len(x.WALData)
 				}
 				r.noteServer(pg.LSN(x.ServerWALEnd), x.ServerTime)

@@ -213,7 +213,7 @@ type sinkOptions struct {
 	fatal func(error)
 	// flushed is told when the durable position may have moved.
 	flushed func()
-	// syncByStream (DurableLocal): the stream's goroutine calls syncLocal
+	// syncByStream (DurableLocal only): the stream's goroutine calls syncLocal
 	// once it has read all that arrived, as pg_receivewal does, so a
 	// commit's WAL is written, synced and acknowledged without waking
 	// another goroutine; write does not wake the local worker.
@@ -304,6 +304,8 @@ func newSink(o sinkOptions) *sink {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
+	// Only the local mode syncs; in the others the workers make WAL durable.
+	o.syncByStream = o.syncByStream && o.mode == DurableLocal
 	s := &sink{o: o, segSize: o.cluster.SegSize, work: make(chan struct{}, 1), archWake: make(chan struct{}, 1),
 		spare: make(chan string, 1)}
 	s.cond = sync.NewCond(&s.mu)
@@ -370,7 +372,7 @@ func (s *sink) newSegmentLocked(ctx context.Context, tli pg.TimelineID, no pg.Se
 		defer stop()
 	}
 	for s.inMemoryLocked() >= s.o.maxSegments && !s.stopping && ctx.Err() == nil {
-		if s.o.syncByStream && s.o.mode == DurableLocal {
+		if s.o.syncByStream {
 			// The goroutine that syncs in this mode is the one waiting
 			// here: the local worker syncs the complete segments instead
 			// (with 1 MiB segments, a sync every MiB can leave two).
@@ -588,7 +590,7 @@ func (s *sink) write(ctx context.Context, tli pg.TimelineID, lsn pg.LSN, data []
 		s.mu.Unlock()
 		data, lsn = data[n:], lsn+pg.LSN(n)
 	}
-	if !s.o.syncByStream || s.o.mode != DurableLocal {
+	if !s.o.syncByStream {
 		wake(s.work)
 	}
 	return nil

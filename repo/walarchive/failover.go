@@ -50,7 +50,7 @@ func (a *Failover) List(ctx context.Context, cluster uint64) (*Listing, error) {
 	return l, err
 }
 
-// ListFrom lists one timeline from a segment's directory on (see
+// ListFrom lists one timeline from a segment on (see
 // Archive.ListFrom).
 func (a *Failover) ListFrom(ctx context.Context, cluster uint64, tli pg.TimelineID, from pg.SegNo) (*Listing, error) {
 	var l *Listing
