@@ -74,6 +74,9 @@ type Options struct {
 	// groupDeltaBytes replaces maxGroupDeltaBytes in tests of heldDeltas'
 	// groups.
 	groupDeltaBytes int64
+	// pieceWindows replaces defaultPieceWindows in tests of the first pass
+	// of a delta restore (checkPieces) over many pieces of a file.
+	pieceWindows uint32
 	// Owner, when set, receives every file; otherwise a restore run as root
 	// gives them to the owner of the data directory (or of its parent when
 	// it does not exist yet) and a restore run as another user keeps them.

@@ -224,6 +224,7 @@ func Run(ctx context.Context, r Repository, a Archive, opts Options) (*Result, e
 	w.progress = opts.Progress
 	w.openDirect = opts.openDirect
 	w.groupDeltaBytes = cmp.Or(opts.groupDeltaBytes, maxGroupDeltaBytes)
+	w.pieceWindows = cmp.Or(opts.pieceWindows, defaultPieceWindows)
 	if w.openDirect == nil {
 		w.openDirect = openDirect
 	}

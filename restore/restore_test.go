@@ -347,11 +347,20 @@ func (d *dataFailRepo) ReadBlobs(ctx context.Context, ids []blob.ID, fn func(blo
 	return d.Repo.ReadBlobs(ctx, ids, fn)
 }
 
+// TestRestoreDelta runs with the default pieces of the first pass
+// (checkPieces: one piece for this small file) and with a piece per window.
 func TestRestoreDelta(t *testing.T) {
+	for _, pw := range []uint32{0, 1} {
+		t.Run(fmt.Sprintf("piece-windows=%d", pw), func(t *testing.T) { testRestoreDelta(t, pw) })
+	}
+}
+
+func testRestoreDelta(t *testing.T, pieceWindows uint32) {
 	ctx := context.Background()
 	r, a, s := setup(t)
 	dir := filepath.Join(t.TempDir(), "pgdata")
 	opts := baseOpts(t, dir)
+	opts.pieceWindows = pieceWindows
 	if _, err := Run(ctx, r, a, opts); err != nil {
 		t.Fatal(err)
 	}

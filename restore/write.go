@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io/fs"
 	"iter"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,6 +80,8 @@ type writer struct {
 	openDirect func(p string) (directFile, error)
 	// groupDeltaBytes bounds the delta pages heldDeltas holds at once.
 	groupDeltaBytes int64
+	// pieceWindows is the windows one piece of checkPieces reads.
+	pieceWindows uint32
 	// compareBufs holds compare's read buffers (*[]byte, a slot each):
 	// a fresh slot per file compared cleared a gigabyte of memory for a
 	// cluster's thousand small files, a quarter of a delta restore's CPU.
@@ -136,7 +140,10 @@ func (w *writer) batch(ctx context.Context, files []entry, delta bool) error {
 	w.settled = make([]atomic.Bool, len(files))
 	if delta {
 		start := time.Now()
-		err := w.each(ctx, len(files), func(i int) error { return w.compare(ctx, int32(i), &files[i]) })
+		hs, err := w.checkPieces(ctx, files)
+		if err == nil {
+			err = w.each(ctx, len(files), func(i int) error { return w.compare(ctx, int32(i), &files[i], hs[i]) })
+		}
 		w.compareTime += time.Since(start)
 		if err != nil {
 			return err
@@ -903,13 +910,41 @@ func (w *writer) compareBuf() *[]byte {
 	return &b
 }
 
+// rangeReader returns how the comparison reads the existing file f (path
+// p, have bytes long): read returns n bytes at off in *bp's buffer (grown
+// as needed), or nil for a range that passes the end of the file; done
+// closes what it opened.
+func (w *writer) rangeReader(f *os.File, p string, have int64, bp *[]byte) (read func(off, n int64) ([]byte, error), done func()) {
+	mode := directio.Cached
+	if w.direct.Load() {
+		mode = directio.CacheFirst
+	}
+	cr := directio.NewReader(f, p, mode)
+	read = func(off, n int64) ([]byte, error) {
+		if off+n > have {
+			return nil, nil
+		}
+		if int64(cap(*bp)) < n {
+			*bp = make([]byte, 0, n)
+		}
+		b := (*bp)[:n]
+		if _, err := cr.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read %s: %w", p, err)
+		}
+		return b, nil
+	}
+	return read, func() { cr.Close() }
+}
+
 // compare checks one existing file against the snapshot: relation pages by
 // the keyed ID of each whole blob they should equal (a slot or a patch),
 // other files by size and mtime and then by chunk. Deltas are never equal
 // to their blob: they are fetched unless a window sum says otherwise, their
 // base too unless the file holds it. It records what differs, then sets the
-// file's length and punches holes where zero pages belong.
-func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
+// file's length and punches holes where zero pages belong. h holds what
+// checkPieces found of a relation file (windows proven by their sums,
+// whole blobs checked).
+func (w *writer) compare(ctx context.Context, i int32, e *entry, h *proven) error {
 	p := w.p.path(e)
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -931,32 +966,14 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 	var punch [][2]int64
 	bp := w.compareBuf()
 	defer w.compareBufs.Put(bp)
-	buf := (*bp)[:0]
-	mode := directio.Cached
-	if w.direct.Load() {
-		mode = directio.CacheFirst
-	}
-	cr := directio.NewReader(f, p, mode)
-	defer cr.Close()
-	read := func(off, n int64) ([]byte, error) {
-		if off+n > have {
-			return nil, nil
-		}
-		if int64(cap(buf)) < n {
-			buf = make([]byte, 0, n)
-		}
-		b := buf[:n]
-		if _, err := cr.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read %s: %w", p, err)
-		}
-		return b, nil
-	}
+	read, done := w.rangeReader(f, p, have, bp)
+	defer done()
 	same := true
 	if m := e.fmap; m != nil {
 		bs := int64(m.BlockSize)
-		windows, err := w.heldWindows(m, have, read)
-		if err != nil {
-			return err
+		var windows map[uint32]bool
+		if h != nil {
+			windows = h.windows
 		}
 		held, slots, err := w.heldSlots(ctx, m, have, windows, read)
 		if err != nil {
@@ -989,7 +1006,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 					continue
 				}
 				if x.Blob.IsZero() {
-					zero, err := zeroRange(f, p, off, min(n, max(0, have-off)), buf)
+					zero, err := zeroRange(f, p, off, min(n, max(0, have-off)), *bp)
 					if err != nil {
 						return err
 					}
@@ -1005,11 +1022,16 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry) error {
 					return fmt.Errorf("%s: %w", p, err)
 				}
 				if x.BlobPage == 0 && n == int64(loc.RawLength) {
-					b, err := read(off, n)
-					if err != nil {
-						return err
+					// The first pass checked whole extents only.
+					equal, checked := h.blob(xi)
+					if !checked || x.Page != whole.Page || x.Count != whole.Count {
+						b, err := read(off, n)
+						if err != nil {
+							return err
+						}
+						equal = b != nil && w.r.BlobID(loc.Kind, b) == x.Blob
 					}
-					if b != nil && w.r.BlobID(loc.Kind, b) == x.Blob {
+					if equal {
 						w.delta.keptBlob.Add(int64(x.Count))
 						continue
 					}
@@ -1068,28 +1090,148 @@ func (w *writer) wantDelta(i int32, x filemap.Extent, bs int64, slotPages uint32
 	}
 }
 
-// heldWindows finds the slot-sized windows that the existing file holds
-// already, by the map's window sums (filemap.SlotSum).
-func (w *writer) heldWindows(m *filemap.Map, have int64, read func(off, n int64) ([]byte, error)) (map[uint32]bool, error) {
+// proven is what the delta restore's first pass (checkPieces) found an
+// existing relation file to hold already: the windows equal to their sum,
+// and, for extents that are a whole blob outside those windows, whether
+// the file's bytes are that blob (the extent's index, present once
+// checked).
+type proven struct {
+	mu      sync.Mutex
+	windows map[uint32]bool
+	blobs   map[int]bool
+}
+
+// blob returns what the first pass found of extent xi, and whether it
+// checked it.
+func (h *proven) blob(xi int) (same, checked bool) {
+	if h == nil {
+		return false, false
+	}
+	same, checked = h.blobs[xi]
+	return same, checked
+}
+
+// defaultPieceWindows is the windows (64 MiB) one piece of the first pass
+// reads.
+// A file compared whole by one worker left the other core idle while
+// the biggest segment of a batch (1 GiB) was hashed alone: in pieces, the
+// workers hash side by side. Pieces are large enough that a cold copy's
+// reads stay sequential runs.
+const defaultPieceWindows = 64
+
+// piece is windows [from, to) of file.
+type piece struct {
+	file     int32
+	from, to uint32
+}
+
+// checkPieces reads the relation files of a batch that exist already, in
+// pieces on every worker, and hashes what can be proven whole: each
+// window with a sum, and each extent that is a whole blob in a window
+// without one. compare then decides with those answers and reads only the
+// rest (the windows whose sums differ).
+func (w *writer) checkPieces(ctx context.Context, files []entry) ([]*proven, error) {
+	hs := make([]*proven, len(files))
+	var pieces []piece
+	for i := range files {
+		m := files[i].fmap
+		if m == nil {
+			continue
+		}
+		hs[i] = &proven{}
+		for from, n := uint32(0), m.Windows(); from < n; from += w.pieceWindows {
+			pieces = append(pieces, piece{file: int32(i), from: from, to: min(from+w.pieceWindows, n)})
+		}
+	}
+	err := w.each(ctx, len(pieces), func(k int) error {
+		pc := pieces[k]
+		return w.checkPiece(ctx, &files[pc.file], pc, hs[pc.file])
+	})
+	return hs, err
+}
+
+// checkPiece checks one piece of an existing file (checkPieces); a file
+// that does not exist, or is not a regular file, is left to compare.
+func (w *writer) checkPiece(ctx context.Context, e *entry, pc piece, h *proven) error {
+	p := w.p.path(e)
+	f, err := os.Open(p)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return nil
+	}
+	bp := w.compareBuf()
+	defer w.compareBufs.Put(bp)
+	read, done := w.rangeReader(f, p, st.Size(), bp)
+	defer done()
+	m := e.fmap
 	bs := int64(m.BlockSize)
 	sp := m.SlotPages()
-	var held map[uint32]bool
-	for _, s := range m.Sums {
-		p0 := s.Slot * sp
+	windows := map[uint32]bool{}
+	for win := pc.from; win < pc.to; win++ {
+		id, ok := m.Sum(win)
+		if !ok {
+			continue
+		}
+		p0 := win * sp
 		p1 := min(p0+sp, m.Pages)
 		b, err := read(int64(p0)*bs, int64(p1-p0)*bs)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if b == nil || w.r.BlobID(blob.KindSlot, b) != s.ID {
+		if b != nil && w.r.BlobID(blob.KindSlot, b) == id {
+			windows[win] = true
+		}
+	}
+	blobs := map[int]bool{}
+	start, end := pc.from*sp, min(pc.to*sp, m.Pages)
+	first, _ := slices.BinarySearchFunc(m.Extents, start, func(x filemap.Extent, page uint32) int { return cmp.Compare(x.Page, page) })
+	for xi := first; xi < len(m.Extents) && m.Extents[xi].Page < end; xi++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		x := m.Extents[xi]
+		if x.Page+x.Count > end || x.IsDelta() || x.Blob.IsZero() || x.BlobPage != 0 || inWindows(x, windows, sp) {
 			continue
 		}
-		if held == nil {
-			held = map[uint32]bool{}
+		loc, err := w.r.Lookup(ctx, x.Blob)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
 		}
-		held[s.Slot] = true
+		off, n := int64(x.Page)*bs, int64(x.Count)*bs
+		if n != int64(loc.RawLength) {
+			continue
+		}
+		b, err := read(off, n)
+		if err != nil {
+			return err
+		}
+		if b != nil {
+			blobs[xi] = w.r.BlobID(loc.Kind, b) == x.Blob
+		}
 	}
-	return held, nil
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.windows == nil {
+		h.windows, h.blobs = windows, blobs
+		return nil
+	}
+	maps.Copy(h.windows, windows)
+	maps.Copy(h.blobs, blobs)
+	return nil
+}
+
+// inWindows reports whether any page of x lies in one of the windows.
+func inWindows(x filemap.Extent, windows map[uint32]bool, slotPages uint32) bool {
+	for win := x.Page / slotPages; win <= (x.Page+x.Count-1)/slotPages; win++ {
+		if windows[win] {
+			return true
+		}
+	}
+	return false
 }
 
 // outsideWindows appends to dst the parts of x that lie outside the held
