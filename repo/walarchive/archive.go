@@ -967,26 +967,27 @@ func (a *Archive) decode(key string, src io.Reader, want expect, w io.Writer) (M
 		return m, corruptf(key, "zstd: %v", err)
 	}
 	h := macState(&a.mac, &m)
-	buf := make([]byte, 256<<10)
+	wb := newWriteBehind(h, w, 256<<10)
+	defer wb.close()
 	var got int64
-	for {
+	for !wb.writeFailed() {
+		buf := wb.buffer()
 		k, rerr := d.Read(buf)
-		if k > 0 {
-			got += int64(k)
-			if got > m.Size {
-				return m, corruptf(key, "holds more than the %d bytes its record says", m.Size)
-			}
-			h.Write(buf[:k])
-			if _, err := w.Write(buf[:k]); err != nil {
-				return m, fmt.Errorf("write %s from %s: %w", m.Name, key, err)
-			}
+		got += int64(k)
+		if got > m.Size {
+			wb.send(buf[:0])
+			return m, corruptf(key, "holds more than the %d bytes its record says", m.Size)
 		}
+		wb.send(buf[:k])
 		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
 			return m, corruptf(key, "decompress: %v", rerr)
 		}
+	}
+	if err := wb.close(); err != nil {
+		return m, fmt.Errorf("write %s from %s: %w", m.Name, key, err)
 	}
 	if got != m.Size {
 		return m, corruptf(key, "holds %d bytes, its record says %d (truncated?)", got, m.Size)

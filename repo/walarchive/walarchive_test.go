@@ -297,6 +297,45 @@ func TestGetBrokenBodyIsNotCorrupt(t *testing.T) {
 	}
 }
 
+// fullWriter takes n bytes and then fails, as a full disk does.
+type fullWriter struct {
+	n       int
+	written int
+}
+
+var errDiskFull = errors.New("no space left on device")
+
+func (f *fullWriter) Write(p []byte) (int, error) {
+	if f.written+len(p) > f.n {
+		return 0, errDiskFull
+	}
+	f.written += len(p)
+	return len(p), nil
+}
+
+// A write that fails (the decoded file is written behind the decoding, in
+// a goroutine of its own) is returned as that error, not as corruption,
+// and nothing is written after it; a writer that takes it all gets the
+// whole file.
+func TestGetWriteFails(t *testing.T) {
+	fx := newRepo(t, mem.New())
+	name := segName(1, 3)
+	seg := fakeSegment(testSys, 1, 3, testSegSize, 1)
+	mustPut(t, fx.arch, name, seg)
+	fw := &fullWriter{n: 300 << 10}
+	_, err := fx.arch.Get(context.Background(), testSys, name, fw)
+	if !errors.Is(err, errDiskFull) || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("got %v", err)
+	}
+	if fw.written > fw.n {
+		t.Fatalf("wrote %d bytes past the failure", fw.written)
+	}
+	var buf bytes.Buffer
+	if _, err := fx.arch.Get(context.Background(), testSys, name, &buf); err != nil || !bytes.Equal(buf.Bytes(), seg) {
+		t.Fatalf("got %d bytes, %v", buf.Len(), err)
+	}
+}
+
 // An escrow holder reads any object with the stock tools.
 func TestEscrowWithAgeAndZstd(t *testing.T) {
 	agePath, err1 := exec.LookPath("age")
