@@ -1150,8 +1150,10 @@ func (w *writer) checkPieces(ctx context.Context, files []entry) ([]*proven, err
 	return hs, err
 }
 
-// checkPiece checks one piece of an existing file (checkPieces); a file
-// that does not exist, or is not a regular file, is left to compare.
+// checkPiece checks one piece of an existing file (checkPieces). A file it
+// cannot open (missing: compare creates it) or that is not a regular file
+// is left to compare, which reports what is wrong with it; so is an extent
+// that crosses the piece's end.
 func (w *writer) checkPiece(ctx context.Context, e *entry, pc piece, h *proven) error {
 	p := w.p.path(e)
 	f, err := os.Open(p)
