@@ -135,10 +135,10 @@ type FetchResult struct {
 }
 
 // Fetch delivers the archived file called name to dest: verified, written to
-// a temporary file beside dest, synced, and renamed to dest, so dest never
-// holds a partial or unverified file. A file the archive does not have is a
+// a temporary file beside dest and renamed to dest, so dest never holds a
+// partial or unverified file. A file the archive does not have is a
 // *walarchive.NotArchivedError (restore_command's exit 1); that answer comes
-// from a listing no older than ListMaxAge, never from a GET per probe.
+// from a listing no older than ListMaxAge, never from a failed GET alone.
 // .partial files are served only with FetchOptions.Partial.
 func (f *Fetcher) Fetch(ctx context.Context, name, dest string) (FetchResult, error) {
 	res := FetchResult{Name: name}
@@ -156,6 +156,20 @@ func (f *Fetcher) Fetch(ctx context.Context, name, dest string) (FetchResult, er
 		return res, &walarchive.NotArchivedError{Key: key, Name: name + " (partial files are served only with --partial)"}
 	}
 	dir := dirOf(file)
+	if f.sp == nil && file.Kind == pg.WALSegment {
+		// Without a spool there is no listing to answer from, and every
+		// call listed the directory before its GET: on the benchmark a
+		// LIST cost MinIO more than the GET did. Recovery asks for
+		// segments that are there far more often than for missing ones,
+		// so a segment is fetched by its name first; only a miss lists
+		// (for its .partial, wal-receive's pieces, or to say it is not
+		// there).
+		res.Source, res.Size, err = f.deliver(ctx, name, objInfo{}, dest)
+		var na *walarchive.NotArchivedError
+		if err == nil || !errors.As(err, &na) {
+			return res, err
+		}
+	}
 
 	l, err := f.listing(ctx, dir, false)
 	if err != nil {

@@ -404,6 +404,48 @@ func TestFetch(t *testing.T) {
 	}
 }
 
+// TestFetchNoSpool: without a spool a segment that is there costs one GET
+// and no LIST; a missing one is still answered from a listing, its
+// .partial served with Partial, and the destination left alone.
+func TestFetchNoSpool(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	seg := segment(1, 3, 1)
+	e.put(t, segName(1, 3), seg)
+	part := segment(1, 5, 1)
+	e.put(t, segName(1, 5)+".partial", part)
+	dest := filepath.Join(e.pgdata, "pg_wal", "RECOVERYXLOG")
+	f := newFetcher(t, e, FetchOptions{NoSpool: true, Partial: true})
+	gets, lists := e.store.gets.Load(), e.store.lists.Load()
+	res, err := f.Fetch(ctx, segName(1, 3), dest)
+	if err != nil || res.Source != "archive" || res.Size != int64(len(seg)) {
+		t.Fatalf("fetch: %+v %v", res, err)
+	}
+	if g, l := e.store.gets.Load()-gets, e.store.lists.Load()-lists; g != 1 || l != 0 {
+		t.Errorf("a segment that is there: %d GETs and %d LISTs, want 1 and 0", g, l)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, seg) {
+		t.Fatal("fetched bytes differ")
+	}
+	var na *walarchive.NotArchivedError
+	if _, err := f.Fetch(ctx, segName(1, 4), dest); !errors.As(err, &na) {
+		t.Fatalf("missing segment: %v", err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, seg) {
+		t.Fatal("a failed fetch touched the destination")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.pgdata, "pg_wal")); len(ents) != 2 { // archive_status and RECOVERYXLOG
+		t.Fatalf("pg_wal holds %d entries", len(ents))
+	}
+	res, err = f.Fetch(ctx, segName(1, 5), dest)
+	if err != nil || res.Name != segName(1, 5)+".partial" {
+		t.Fatalf("partial: %+v %v", res, err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, part) {
+		t.Fatal("partial bytes differ")
+	}
+}
+
 func TestFetchPartial(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
