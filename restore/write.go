@@ -943,7 +943,7 @@ func (w *writer) rangeReader(f *os.File, p string, have int64, bp *[]byte) (read
 // base too unless the file holds it. It records what differs, then sets the
 // file's length and punches holes where zero pages belong. h holds what
 // checkPieces found of a relation file (windows proven by their sums,
-// whole blobs checked).
+// whole blobs checked), for every relation file.
 func (w *writer) compare(ctx context.Context, i int32, e *entry, h *proven) error {
 	p := w.p.path(e)
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
@@ -971,10 +971,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry, h *proven) erro
 	same := true
 	if m := e.fmap; m != nil {
 		bs := int64(m.BlockSize)
-		var windows map[uint32]bool
-		if h != nil {
-			windows = h.windows
-		}
+		windows := h.windows
 		held, slots, err := w.heldSlots(ctx, m, have, windows, read)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
@@ -1023,7 +1020,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry, h *proven) erro
 				}
 				if x.BlobPage == 0 && n == int64(loc.RawLength) {
 					// The first pass checked whole extents only.
-					equal, checked := h.blob(xi)
+					equal, checked := h.blobs[xi]
 					if !checked || x.Page != whole.Page || x.Count != whole.Count {
 						b, err := read(off, n)
 						if err != nil {
@@ -1101,16 +1098,6 @@ type proven struct {
 	blobs   map[int]bool
 }
 
-// blob returns what the first pass found of extent xi, and whether it
-// checked it.
-func (h *proven) blob(xi int) (same, checked bool) {
-	if h == nil {
-		return false, false
-	}
-	same, checked = h.blobs[xi]
-	return same, checked
-}
-
 // defaultPieceWindows is the windows (64 MiB) one piece of the first pass
 // reads.
 // A file compared whole by one worker left the other core idle while
@@ -1138,7 +1125,7 @@ func (w *writer) checkPieces(ctx context.Context, files []entry) ([]*proven, err
 		if m == nil {
 			continue
 		}
-		hs[i] = &proven{}
+		hs[i] = &proven{windows: map[uint32]bool{}, blobs: map[int]bool{}}
 		for from, n := uint32(0), m.Windows(); from < n; from += w.pieceWindows {
 			pieces = append(pieces, piece{file: int32(i), from: from, to: min(from+w.pieceWindows, n)})
 		}
@@ -1217,10 +1204,6 @@ func (w *writer) checkPiece(ctx context.Context, e *entry, pc piece, h *proven) 
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.windows == nil {
-		h.windows, h.blobs = windows, blobs
-		return nil
-	}
 	maps.Copy(h.windows, windows)
 	maps.Copy(h.blobs, blobs)
 	return nil

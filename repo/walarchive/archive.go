@@ -975,7 +975,6 @@ func (a *Archive) decode(key string, src io.Reader, want expect, w io.Writer) (M
 		k, rerr := d.Read(buf)
 		got += int64(k)
 		if got > m.Size {
-			wb.send(buf[:0])
 			return m, corruptf(key, "holds more than the %d bytes its record says", m.Size)
 		}
 		wb.send(buf[:k])
