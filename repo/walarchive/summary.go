@@ -592,6 +592,12 @@ func (d *summaryDecoder) uvarint(max uint64) uint64 {
 		d.err = fmt.Errorf("%d is more than %d", v, max)
 		return 0
 	}
+	// One encoding per summary: a number in more bytes than it needs (a
+	// trailing zero byte) is refused, as the fuzzer found it decoded.
+	if n > 1 && d.b[n-1] == 0 {
+		d.err = fmt.Errorf("%d is not in its shortest form", v)
+		return 0
+	}
 	d.b = d.b[n:]
 	return v
 }
