@@ -386,7 +386,7 @@ func patchWindows(t *testing.T, r *repo.Repo, id blob.ID) (*filemap.Map, map[uin
 		if err != nil {
 			t.Fatal(err)
 		}
-		if loc.Kind != blob.KindPatch {
+		if !loc.Kind.IsPatch() {
 			continue
 		}
 		for p := e.Page; p < e.Page+e.Count; p++ {

@@ -370,8 +370,20 @@ func (m *materializer) file(ctx context.Context, n *filemap.Node, p string) erro
 			return data, nil
 		}
 		data, err := m.r.ReadBlob(ctx, id, nil)
+		if err != nil {
+			return nil, err
+		}
+		loc, err := m.r.Lookup(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if loc.Kind == blob.KindPatchRuns {
+			if data, err = filemap.ExpandPatch(nil, data); err != nil {
+				return nil, err
+			}
+		}
 		cache[id] = data
-		return data, err
+		return data, nil
 	}
 	bs := int64(fm.BlockSize)
 	for _, e := range fm.Extents {

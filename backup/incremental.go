@@ -715,7 +715,7 @@ func (wk *worker) prevPatches(f *file, s0, s1 uint32) (prevWindow, error) {
 		if err != nil {
 			return prevWindow{}, fmt.Errorf("%s: snapshot %s refers to blob %s: %w", f.slot.abs, c.ref.snap.ID, e.Blob, err)
 		}
-		if loc.Kind != blob.KindPatch {
+		if !loc.Kind.IsPatch() {
 			w.old = w.old || e.Written != 0 && e.Written < oldBefore
 			if err := candidate(e.Blob, e.Page >= s0 && e.BlobPage == e.Page-s0); err != nil {
 				return prevWindow{}, err
@@ -794,7 +794,8 @@ func (wk *worker) flushPatch(f *file) error {
 		return nil
 	}
 	c := wk.c
-	id, err := c.add(blob.KindPatch, wk.patch)
+	wk.runs = filemap.AppendPatchRuns(wk.runs[:0], c.blockSize, wk.patch)
+	id, err := c.add(blob.KindPatchRuns, wk.runs)
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.slot.abs, err)
 	}

@@ -19,6 +19,7 @@ type worker struct {
 	c          *capture
 	buf        []byte   // one slot (or chunk) of the file being read
 	patch      []byte   // changed pages waiting to be stored as one patch blob
+	runs       []byte   // the patch as filemap.AppendPatchRuns stores it
 	patchPages []uint32 // the file page of each page in patch
 	patchBases []pageBase
 	plans      []*slotPlan // incrementalItem: the windows planned ahead

@@ -13,6 +13,13 @@ import (
 // reads.
 const FormatVersion = 1
 
+// SnapshotFormat is the snapshot format this build writes and the newest
+// it reads. 2: the snapshot's pages may be in patch-runs blobs
+// (blob.KindPatchRuns), which a reader of format 1 would not know from
+// KindPatch blobs by their bytes; it refuses the snapshot instead
+// (VersionError) and so never writes their runs where pages belong.
+const SnapshotFormat = 2
+
 // ConfigKey is the object key of the config.
 const ConfigKey = "config"
 

@@ -143,8 +143,8 @@ func DecodeSnapshot(key string, b []byte) (*Snapshot, error) {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return nil, corrupt(key, "%v", err)
 	}
-	if v.Format > FormatVersion {
-		return nil, &VersionError{Key: key, Version: v.Format, Supported: FormatVersion}
+	if v.Format > SnapshotFormat {
+		return nil, &VersionError{Key: key, Version: v.Format, Supported: SnapshotFormat}
 	}
 	var s Snapshot
 	if err := json.Unmarshal(b, &s); err != nil {
@@ -161,7 +161,7 @@ func DecodeSnapshot(key string, b []byte) (*Snapshot, error) {
 
 // createSnapshot writes the snapshot object create-only. Only Commit calls it.
 func (r *Repo) createSnapshot(ctx context.Context, s *Snapshot) (string, error) {
-	s.Format = FormatVersion
+	s.Format = SnapshotFormat
 	if s.ID == "" {
 		s.ID = NewSnapshotID(r.opts.Now())
 	}

@@ -92,6 +92,9 @@ type tfile struct {
 	// window, which has no slot blob, stay plain).
 	delta  bool
 	noSums bool // relation: no window sums in the map, as before they existed
+	// oldPatch, for a relation: the patch is a KindPatch blob of whole
+	// pages, as backups wrote before KindPatchRuns.
+	oldPatch bool
 	// fmap, for a relation, builds its page map instead of storeMap
 	// (data is then only what the restore must produce).
 	fmap  func(ctx context.Context, w *repo.Writer) *filemap.Map
@@ -237,7 +240,12 @@ func storeMap(t testing.TB, ctx context.Context, w *repo.Writer, f *tfile) blob.
 			patch = append(patch, page...)
 			ups = append(ups, u)
 		}
-		id := add(t, ctx, w, blob.KindPatch, patch)
+		var id blob.ID
+		if f.oldPatch {
+			id = add(t, ctx, w, blob.KindPatch, patch)
+		} else {
+			id = add(t, ctx, w, blob.KindPatchRuns, filemap.AppendPatchRuns(nil, testBS, patch))
+		}
 		for i := range ups {
 			ups[i].Blob = id
 		}

@@ -794,10 +794,22 @@ func deltaFiles(sums bool) map[string]tfile {
 // the deltas onto them, whether the bases went through the page cache or
 // O_DIRECT; with O_DIRECT, the large runs without deltas go direct and the
 // bases under deltas, which the XOR pass reads back, never do.
+//
+// The patch is of either form a backup has written: KindPatchRuns, and
+// KindPatch before it.
 func TestRestoreFreshDeltas(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		t.Run("oldPatch="+strconv.FormatBool(old), func(t *testing.T) { testRestoreFreshDeltas(t, old) })
+	}
+}
+
+func testRestoreFreshDeltas(t *testing.T, oldPatch bool) {
 	ctx := context.Background()
 	const relPath = "base/1/16384"
 	files := deltaFiles(true)
+	rel := files[relPath]
+	rel.oldPatch = oldPatch
+	files[relPath] = rel
 	r, a, s := setupFiles(t, files)
 	for _, direct := range []bool{false, true} {
 		t.Run("direct="+strconv.FormatBool(direct), func(t *testing.T) {

@@ -86,6 +86,9 @@ type writer struct {
 	// a fresh slot per file compared cleared a gigabyte of memory for a
 	// cluster's thousand small files, a quarter of a delta restore's CPU.
 	compareBufs sync.Pool
+	// pageBufs holds readPages' buffers (*[]byte, a slot each) for the
+	// pages of patch-runs blobs.
+	pageBufs sync.Pool
 
 	// Time spent in each step of the batches, for the log: comparing
 	// (delta), fetching and writing, settling what fetching did not.
@@ -349,9 +352,7 @@ func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error
 	for id := range dests {
 		ids = append(ids, id)
 	}
-	err := w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
-		w.fetched.Add(int64(len(data)))
-		w.fetchedBlobs.Add(1)
+	err := w.readPages(ctx, ids, func(id blob.ID, data []byte) error {
 		// A patch's pages all go to one file, often one extent each:
 		// one open per file and blob, not per extent.
 		var of openFile
@@ -369,6 +370,38 @@ func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error
 		return fmt.Errorf("%s: %w", w.p.path(&w.files[dests[nf.ID][0].file]), err)
 	}
 	return err
+}
+
+// readPages reads blobs whose bytes a restore lays out as pages (slots,
+// patches, file chunks) with ReadBlobs: fn gets a patch-runs blob as the
+// pages it holds (filemap.ExpandPatch), in a buffer it must not keep, and
+// every other blob as its plaintext. It counts what it fetched.
+func (w *writer) readPages(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error {
+	return w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
+		w.fetched.Add(int64(len(data)))
+		w.fetchedBlobs.Add(1)
+		loc, err := w.r.Lookup(ctx, id)
+		if err != nil {
+			return err
+		}
+		if loc.Kind != blob.KindPatchRuns {
+			return fn(id, data)
+		}
+		bp, ok := w.pageBufs.Get().(*[]byte)
+		if !ok {
+			// A slot's worth: a patch holds no more, and a large
+			// allocation is page-aligned, as O_DIRECT writes need.
+			b := make([]byte, 0, blob.SlotSize)
+			bp = &b
+		}
+		defer w.pageBufs.Put(bp)
+		pages, err := filemap.ExpandPatch((*bp)[:0], data)
+		if err != nil {
+			return &repo.CorruptError{Key: "blob " + id.String(), Err: err}
+		}
+		*bp = pages[:0]
+		return fn(id, pages)
+	})
 }
 
 // openFile is the file the last put wrote, kept open for the next put to
@@ -1018,7 +1051,9 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry, h *proven) erro
 				if err != nil {
 					return fmt.Errorf("%s: %w", p, err)
 				}
-				if x.BlobPage == 0 && n == int64(loc.RawLength) {
+				// A patch-runs blob's plaintext is not its pages: it is
+				// never the whole of an extent's bytes.
+				if x.BlobPage == 0 && n == int64(loc.RawLength) && loc.Kind != blob.KindPatchRuns {
 					// The first pass checked whole extents only.
 					equal, checked := h.blobs[xi]
 					if !checked || x.Page != whole.Page || x.Count != whole.Count {
@@ -1191,7 +1226,7 @@ func (w *writer) checkPiece(ctx context.Context, e *entry, pc piece, h *proven) 
 			return fmt.Errorf("%s: %w", p, err)
 		}
 		off, n := int64(x.Page)*bs, int64(x.Count)*bs
-		if n != int64(loc.RawLength) {
+		if n != int64(loc.RawLength) || loc.Kind == blob.KindPatchRuns {
 			continue
 		}
 		b, err := read(off, n)
@@ -1339,11 +1374,9 @@ func (w *writer) heldDeltas(ctx context.Context, m *filemap.Map, have int64, hel
 		}
 		pages := make(map[at][]byte, len(ids))
 		var mu sync.Mutex
-		err := w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
+		err := w.readPages(ctx, ids, func(id blob.ID, data []byte) error {
 			mu.Lock()
 			defer mu.Unlock()
-			w.fetched.Add(int64(len(data)))
-			w.fetchedBlobs.Add(1)
 			for _, x := range need[id] {
 				from, n := int64(x.BlobPage)*bs, int64(x.Count)*bs
 				if from+n <= int64(len(data)) { // short: left to the fetch, which says so

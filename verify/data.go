@@ -17,6 +17,7 @@ import (
 	"github.com/tidemarkdb/tidemark/internal/bytesize"
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/repo/index"
 	"github.com/tidemarkdb/tidemark/repo/pack"
 	"github.com/tidemarkdb/tidemark/repo/refs"
@@ -193,7 +194,7 @@ func (v *run) readData(ctx context.Context, st *state) error {
 		what = fmt.Sprintf("%d packs: the share %.1f%%..%.1f%% of the pack name space, cycle %d of the rotation (%s)", len(todo),
 			100*v.rep.Subset.From, 100*v.rep.Subset.To, v.rep.Subset.Cycle, StateKey)
 	}
-	v.checked("pack contents: %s downloaded (%s): each pack's name equals the BLAKE3 of its bytes, every 64 KiB chunk authenticates (age), the trailer decodes and lists exactly the blobs the index places there, and each of %d blobs decompresses to the length recorded and hashes to its keyed ID",
+	v.checked("pack contents: %s downloaded (%s): each pack's name equals the BLAKE3 of its bytes, every 64 KiB chunk authenticates (age), the trailer decodes and lists exactly the blobs the index places there, and each of %d blobs decompresses to the length recorded and hashes to its keyed ID, and each patch-runs blob expands to whole pages",
 		what, bytesize.Format(v.rep.Stats.BytesRead), v.rep.Stats.BlobsRehashed)
 	if st != nil {
 		st.Done = hi
@@ -204,7 +205,20 @@ func (v *run) readData(ctx context.Context, st *state) error {
 // checkPack reads one pack and compares its trailer with the index. It
 // returns the number of blobs rehashed.
 func (v *run) checkPack(ctx context.Context, ip *indexedPack) (int, error) {
-	entries, err := v.r.ReadPack(ctx, ip.p, nil)
+	// A patch-runs blob must also expand to its pages: its keyed ID
+	// proves the bytes a backup wrote, not that they are runs a restore
+	// can lay out.
+	var pages []byte
+	entries, err := v.r.ReadPack(ctx, ip.p, func(e pack.Entry, plain []byte) error {
+		if e.Kind != blob.KindPatchRuns {
+			return nil
+		}
+		var err error
+		if pages, err = filemap.ExpandPatch(pages[:0], plain); err != nil {
+			return &repo.CorruptError{Key: ip.p.Key(), Err: fmt.Errorf("blob %s: %w", e.ID, err)}
+		}
+		return nil
+	})
 	if err != nil {
 		return len(entries), err
 	}

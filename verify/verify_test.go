@@ -13,6 +13,8 @@ import (
 	"github.com/tidemarkdb/tidemark/internal/repotest"
 	"github.com/tidemarkdb/tidemark/pg"
 	"github.com/tidemarkdb/tidemark/repo"
+	"github.com/tidemarkdb/tidemark/repo/blob"
+	"github.com/tidemarkdb/tidemark/repo/filemap"
 	"github.com/tidemarkdb/tidemark/repo/walarchive"
 	"github.com/tidemarkdb/tidemark/storage/mem"
 )
@@ -263,5 +265,41 @@ func TestHistoriesDisagree(t *testing.T) {
 	rep, err := verifyRun(t, f, a, Options{})
 	if !errors.Is(err, ErrProblems) || problemWith(rep, "history", "00000003.history") == nil {
 		t.Fatalf("disagreeing histories: %v %v", err, rep.Problems)
+	}
+}
+
+// TestPatchRunsThatDoNotExpand: a patch-runs blob whose keyed ID holds but
+// whose runs run past their page is a problem of --read-data, named by its
+// pack; a good one is not.
+func TestPatchRunsThatDoNotExpand(t *testing.T) {
+	f, _, a := healthy(t)
+	ctx := context.Background()
+	w, err := f.Repo.NewWriter(ctx, "patches")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := make([]byte, 8192)
+	copy(page[100:], "a changed tuple")
+	if _, err := w.Add(ctx, blob.KindPatchRuns, filemap.AppendPatchRuns(nil, 8192, page)); err != nil {
+		t.Fatal(err)
+	}
+	// One page of 8 KiB with a run of 2 bytes 8191 bytes in.
+	bad := []byte{0x80, 0x40, 1, 4, 1, 0xff, 0x3f, 2, 'x', 'y'}
+	if _, err := w.Add(ctx, blob.KindPatchRuns, bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := verifyRun(t, f, a, Options{ReadData: true})
+	if !errors.Is(err, ErrProblems) {
+		t.Fatalf("verify --read-data of runs past their page: %v", err)
+	}
+	var found bool
+	for _, p := range rep.Problems {
+		found = found || p.Kind == "pack-data" && strings.Contains(p.Message, "a run past the page")
+	}
+	if !found {
+		t.Fatalf("no problem says the runs do not expand: %+v", rep.Problems)
 	}
 }

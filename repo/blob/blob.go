@@ -63,12 +63,20 @@ type Kind uint8
 
 // Known kinds. Values are part of the on-storage format: never renumber.
 const (
-	KindSlot    Kind = 0x01 // a SlotSize slot of a relation file
-	KindPatch   Kind = 0x02 // changed pages of a slot
-	KindFile    Kind = 0x03 // a whole small file or a chunk of a big one
-	KindTree    Kind = 0x81 // a directory tree (metadata)
-	KindFileMap Kind = 0x82 // a relation file's page map (metadata)
+	KindSlot  Kind = 0x01 // a SlotSize slot of a relation file
+	KindPatch Kind = 0x02 // changed pages of a slot
+	KindFile  Kind = 0x03 // a whole small file or a chunk of a big one
+	// KindPatchRuns holds changed pages of a slot as the runs of their
+	// bytes that are not zero (repo/filemap, AppendPatchRuns); backups
+	// write it in place of KindPatch, which readers still know.
+	KindPatchRuns Kind = 0x04
+	KindTree      Kind = 0x81 // a directory tree (metadata)
+	KindFileMap   Kind = 0x82 // a relation file's page map (metadata)
 )
+
+// IsPatch reports whether k holds the changed pages of a slot, in either
+// form.
+func (k Kind) IsPatch() bool { return k == KindPatch || k == KindPatchRuns }
 
 // Class is where a kind is stored: data or meta packs.
 type Class uint8
@@ -90,7 +98,7 @@ func (k Kind) Class() Class {
 // Valid reports whether k is a kind this version knows.
 func (k Kind) Valid() bool {
 	switch k {
-	case KindSlot, KindPatch, KindFile, KindTree, KindFileMap:
+	case KindSlot, KindPatch, KindFile, KindPatchRuns, KindTree, KindFileMap:
 		return true
 	}
 	return false
@@ -104,6 +112,8 @@ func (k Kind) String() string {
 		return "patch"
 	case KindFile:
 		return "file"
+	case KindPatchRuns:
+		return "patch-runs"
 	case KindTree:
 		return "tree"
 	case KindFileMap:
