@@ -1095,7 +1095,8 @@ func TestRestoreDeltaCorrupt(t *testing.T) {
 	// deltaAt builds a map of slot with a two-page delta at page 10 on
 	// base (slot when nil) from its page basePage, stored in xorPages
 	// pages.
-	deltaAt := func(base func(ctx context.Context, w *repo.Writer) blob.ID, basePage uint32, xorPages int) tfile {
+	// With runs set, the delta is a patch-runs blob of those bytes.
+	deltaAt := func(base func(ctx context.Context, w *repo.Writer) blob.ID, basePage uint32, xorPages int, runs ...[]byte) tfile {
 		return tfile{data: slot, rel: true, fmap: func(ctx context.Context, w *repo.Writer) *filemap.Map {
 			s0 := add(t, ctx, w, blob.KindSlot, slot)
 			bid := s0
@@ -1103,6 +1104,9 @@ func TestRestoreDeltaCorrupt(t *testing.T) {
 				bid = base(ctx, w)
 			}
 			x := add(t, ctx, w, blob.KindPatch, randomBytes(42, xorPages*testBS))
+			if len(runs) > 0 {
+				x = add(t, ctx, w, blob.KindPatchRuns, runs[0])
+			}
 			return &filemap.Map{BlockSize: testBS, Pages: 128, Extents: []filemap.Extent{
 				{Page: 0, Count: 10, Blob: s0},
 				{Page: 10, Count: 2, Blob: x, Base: bid, BasePage: basePage},
@@ -1117,6 +1121,9 @@ func TestRestoreDeltaCorrupt(t *testing.T) {
 		want string
 	}{
 		{"short delta blob", deltaAt(nil, 10, 1), filemap.ErrInvalid, "delta blob"},
+		{"short patch-runs delta blob", deltaAt(nil, 10, 1, filemap.AppendPatchRuns(nil, testBS, randomBytes(45, testBS))), filemap.ErrInvalid, "delta blob"},
+		// One page with a run of 2 bytes 8191 bytes in.
+		{"patch runs past their page", deltaAt(nil, 10, 2, []byte{0x80, 0x40, 2, 5, 1, 0xff, 0x3f, 2, 0, 'x', 'y'}), repo.ErrCorrupt, "a run past the page"},
 		{"short base", deltaAt(func(ctx context.Context, w *repo.Writer) blob.ID {
 			return add(t, ctx, w, blob.KindPatch, randomBytes(43, 4*testBS))
 		}, 3, 2), filemap.ErrInvalid, "needs 16384 from 24576"},

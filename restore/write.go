@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/subtle"
@@ -86,9 +87,8 @@ type writer struct {
 	// a fresh slot per file compared cleared a gigabyte of memory for a
 	// cluster's thousand small files, a quarter of a delta restore's CPU.
 	compareBufs sync.Pool
-	// pageBufs holds readPages' buffers (*[]byte, a slot each) for the
-	// pages of patch-runs blobs.
-	pageBufs sync.Pool
+	// runs holds readPages' parsed patch-runs blobs (*filemap.PatchRuns).
+	runs sync.Pool
 
 	// Time spent in each step of the batches, for the log: comparing
 	// (delta), fetching and writing, settling what fetching did not.
@@ -352,12 +352,12 @@ func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error
 	for id := range dests {
 		ids = append(ids, id)
 	}
-	err := w.readPages(ctx, ids, func(id blob.ID, data []byte) error {
+	err := w.readPages(ctx, ids, func(id blob.ID, b *blobPages) error {
 		// A patch's pages all go to one file, often one extent each:
 		// one open per file and blob, not per extent.
 		var of openFile
 		for _, d := range dests[id] {
-			if err := w.put(id, data, d, &of); err != nil {
+			if err := w.put(id, b, d, &of); err != nil {
 				of.close()
 				return err
 			}
@@ -369,14 +369,74 @@ func (w *writer) fetchPhase(ctx context.Context, dests map[blob.ID][]dest) error
 	if errors.As(err, &nf) && len(dests[nf.ID]) > 0 {
 		return fmt.Errorf("%s: %w", w.p.path(&w.files[dests[nf.ID][0].file]), err)
 	}
+	var be *blobError
+	if errors.As(err, &be) && len(dests[be.id]) > 0 {
+		return fmt.Errorf("%s: %w", w.p.path(&w.files[dests[be.id][0].file]), err)
+	}
 	return err
 }
 
+// blobPages is a fetched blob as a restore lays it out: its plaintext, or
+// for a patch-runs blob its runs, from which the pages a destination
+// needs are read or XORed without expanding the rest.
+type blobPages struct {
+	data []byte
+	runs *filemap.PatchRuns // set for a patch-runs blob
+}
+
+// size is the bytes the blob lays out.
+func (b *blobPages) size() int64 {
+	if b.runs != nil {
+		return int64(b.runs.Pages()) * int64(b.runs.BlockSize())
+	}
+	return int64(len(b.data))
+}
+
+// bytes returns the blob's bytes [off, off+n): a slice of its plaintext,
+// or its runs' pages read into buf. off and n are whole pages for runs.
+func (b *blobPages) bytes(buf []byte, off, n int64) []byte {
+	if b.runs == nil {
+		return b.data[off : off+n]
+	}
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	b.runs.Read(buf, int(off/int64(b.runs.BlockSize())))
+	return buf
+}
+
+// clone returns a copy of the blob's bytes [off, off+n).
+func (b *blobPages) clone(off, n int64) []byte {
+	if b.runs == nil {
+		return bytes.Clone(b.data[off : off+n])
+	}
+	return b.bytes(nil, off, n)
+}
+
+// xor XORs the blob's bytes [off, off+len(dst)) onto dst.
+func (b *blobPages) xor(dst []byte, off int64) {
+	if b.runs == nil {
+		subtle.XORBytes(dst, dst, b.data[off:off+int64(len(dst))])
+		return
+	}
+	b.runs.XOR(dst, int(off/int64(b.runs.BlockSize())))
+}
+
+// blobError is an error about one blob, which the caller may place in
+// the files it was for.
+type blobError struct {
+	id  blob.ID
+	err error
+}
+
+func (e *blobError) Error() string { return e.err.Error() }
+func (e *blobError) Unwrap() error { return e.err }
+
 // readPages reads blobs whose bytes a restore lays out as pages (slots,
-// patches, file chunks) with ReadBlobs: fn gets a patch-runs blob as the
-// pages it holds (filemap.ExpandPatch), in a buffer it must not keep, and
-// every other blob as its plaintext. It counts what it fetched.
-func (w *writer) readPages(ctx context.Context, ids []blob.ID, fn func(id blob.ID, data []byte) error) error {
+// patches, file chunks) with ReadBlobs, and hands fn each as blobPages,
+// which fn must not keep. It counts what it fetched.
+func (w *writer) readPages(ctx context.Context, ids []blob.ID, fn func(id blob.ID, b *blobPages) error) error {
 	return w.r.ReadBlobs(ctx, ids, func(id blob.ID, data []byte) error {
 		w.fetched.Add(int64(len(data)))
 		w.fetchedBlobs.Add(1)
@@ -385,22 +445,17 @@ func (w *writer) readPages(ctx context.Context, ids []blob.ID, fn func(id blob.I
 			return err
 		}
 		if loc.Kind != blob.KindPatchRuns {
-			return fn(id, data)
+			return fn(id, &blobPages{data: data})
 		}
-		bp, ok := w.pageBufs.Get().(*[]byte)
+		pr, ok := w.runs.Get().(*filemap.PatchRuns)
 		if !ok {
-			// A slot's worth: a patch holds no more, and a large
-			// allocation is page-aligned, as O_DIRECT writes need.
-			b := make([]byte, 0, blob.SlotSize)
-			bp = &b
+			pr = new(filemap.PatchRuns)
 		}
-		defer w.pageBufs.Put(bp)
-		pages, err := filemap.ExpandPatch((*bp)[:0], data)
-		if err != nil {
-			return &repo.CorruptError{Key: "blob " + id.String(), Err: err}
+		defer w.runs.Put(pr)
+		if err := pr.Parse(data); err != nil {
+			return &blobError{id, &repo.CorruptError{Key: "blob " + id.String(), Err: err}}
 		}
-		*bp = pages[:0]
-		return fn(id, pages)
+		return fn(id, &blobPages{runs: pr})
 	})
 }
 
@@ -414,6 +469,7 @@ type openFile struct {
 	f    *os.File
 	d    directFile
 	buf  []byte // the pages an XOR reads back, reused
+	page []byte // pages read from a patch's runs, reused
 }
 
 // directFile is a file opened for O_DIRECT writes.
@@ -490,47 +546,50 @@ func (o *openFile) close() error {
 }
 
 // xorAt XORs b onto the bytes at off of file idx (path p).
-func (o *openFile) xorAt(idx int32, p string, b []byte, off int64) error {
+func (o *openFile) xorAt(idx int32, p string, b *blobPages, blobOff, n, off int64) error {
 	f, err := o.get(idx, p)
 	if err != nil {
 		return err
 	}
-	if cap(o.buf) < len(b) {
-		o.buf = make([]byte, len(b))
+	if int64(cap(o.buf)) < n {
+		o.buf = make([]byte, n)
 	}
-	cur := o.buf[:len(b)]
+	cur := o.buf[:n]
 	// The file has its full length since the layout: a short read (EOF)
 	// means something else truncated it, and is an error too.
 	if _, err := f.ReadAt(cur, off); err != nil {
 		return fmt.Errorf("read back %s at %d to apply a delta: %w", p, off, err)
 	}
-	subtle.XORBytes(cur, cur, b)
+	b.xor(cur, blobOff)
 	if _, err := f.WriteAt(cur, off); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return nil
 }
 
-func (w *writer) put(id blob.ID, data []byte, d dest, of *openFile) error {
+func (w *writer) put(id blob.ID, bp *blobPages, d dest, of *openFile) error {
 	e := &w.files[d.file]
 	p := w.p.path(e)
-	if (d.whole && int64(len(data)) != d.n) || d.blobOff+d.n > int64(len(data)) {
+	if (d.whole && bp.size() != d.n) || d.blobOff+d.n > bp.size() {
 		what := "blob"
 		if d.xor {
 			what = "delta blob"
 		}
-		return fmt.Errorf("%s: %s %s has %d bytes, the snapshot's map needs %d from %d: %w", p, what, id, len(data), d.n, d.blobOff, filemap.ErrInvalid)
+		return fmt.Errorf("%s: %s %s has %d bytes, the snapshot's map needs %d from %d: %w", p, what, id, bp.size(), d.n, d.blobOff, filemap.ErrInvalid)
 	}
-	b := data[d.blobOff : d.blobOff+d.n]
 	if d.xor {
 		// Through the page cache, never O_DIRECT: the read-back of the
 		// base and the write of the result touch the same pages, and
 		// deltas are small.
-		if err := of.xorAt(d.file, p, b, d.fileOff); err != nil {
+		if err := of.xorAt(d.file, p, bp, d.blobOff, d.n, d.fileOff); err != nil {
 			return err
 		}
 		w.done(d)
 		return nil
+	}
+	b := bp.bytes(of.page, d.blobOff, d.n)
+	if bp.runs != nil {
+		of.page = b[:0]
 	}
 	written := false
 	// The base under a delta goes through the page cache: the XOR pass
@@ -1374,13 +1433,13 @@ func (w *writer) heldDeltas(ctx context.Context, m *filemap.Map, have int64, hel
 		}
 		pages := make(map[at][]byte, len(ids))
 		var mu sync.Mutex
-		err := w.readPages(ctx, ids, func(id blob.ID, data []byte) error {
+		err := w.readPages(ctx, ids, func(id blob.ID, b *blobPages) error {
 			mu.Lock()
 			defer mu.Unlock()
 			for _, x := range need[id] {
 				from, n := int64(x.BlobPage)*bs, int64(x.Count)*bs
-				if from+n <= int64(len(data)) { // short: left to the fetch, which says so
-					pages[at{id, x.BlobPage}] = append([]byte(nil), data[from:from+n]...)
+				if from+n <= b.size() { // short: left to the fetch, which says so
+					pages[at{id, x.BlobPage}] = b.clone(from, n)
 				}
 			}
 			return nil

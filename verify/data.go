@@ -208,13 +208,12 @@ func (v *run) checkPack(ctx context.Context, ip *indexedPack) (int, error) {
 	// A patch-runs blob must also expand to its pages: its keyed ID
 	// proves the bytes a backup wrote, not that they are runs a restore
 	// can lay out.
-	var pages []byte
+	var runs filemap.PatchRuns
 	entries, err := v.r.ReadPack(ctx, ip.p, func(e pack.Entry, plain []byte) error {
 		if e.Kind != blob.KindPatchRuns {
 			return nil
 		}
-		var err error
-		if pages, err = filemap.ExpandPatch(pages[:0], plain); err != nil {
+		if err := runs.Parse(plain); err != nil {
 			return &repo.CorruptError{Key: ip.p.Key(), Err: fmt.Errorf("blob %s: %w", e.ID, err)}
 		}
 		return nil

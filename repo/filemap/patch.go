@@ -1,6 +1,7 @@
 package filemap
 
 import (
+	"crypto/subtle"
 	"encoding/binary"
 	"math/bits"
 	"slices"
@@ -132,56 +133,116 @@ func patchHeader(src []byte) (bs, n, off int, err error) {
 	return bs, int(v), off + k, nil
 }
 
+// PatchRuns is a patch-runs blob read for its pages: where each page's
+// runs are, so that a reader takes or XORs the pages it needs straight
+// from the runs, without expanding the blob.
+type PatchRuns struct {
+	bs    int
+	pages []runsAt
+	hdr   []byte
+	data  []byte
+}
+
+// runsAt is where page i's runs are: its run count in hdr, its first run's
+// bytes in data.
+type runsAt struct{ hdr, data int }
+
+// Parse checks src as a patch-runs blob and makes p read it: every run of
+// every page lies in its page and in src, and nothing is left over. p
+// keeps src and reuses its own memory from the last Parse.
+func (p *PatchRuns) Parse(src []byte) error {
+	bs, n, off, err := patchHeader(src)
+	if err != nil {
+		return err
+	}
+	h, k := binary.Uvarint(src[off:])
+	if k <= 0 || h > uint64(len(src)-off-k) {
+		return invalidf("patch runs: header length")
+	}
+	hdr, data := src[off+k:off+k+int(h)], src[off+k+int(h):]
+	p.bs, p.hdr, p.data, p.pages = bs, hdr, data, p.pages[:0]
+	hi, di := 0, 0
+	for pg := range n {
+		p.pages = append(p.pages, runsAt{hi, di})
+		k, m := binary.Uvarint(hdr[hi:])
+		if m <= 0 || k > uint64(bs) {
+			return invalidf("patch runs: page %d: run count", pg)
+		}
+		hi += m
+		pos := 0
+		for range k {
+			gap, m := binary.Uvarint(hdr[hi:])
+			if m <= 0 {
+				return invalidf("patch runs: page %d: gap", pg)
+			}
+			hi += m
+			ln, m := binary.Uvarint(hdr[hi:])
+			if m <= 0 || ln == 0 || gap > uint64(bs) || ln > uint64(bs) || uint64(pos)+gap+ln > uint64(bs) {
+				return invalidf("patch runs: page %d: a run past the page", pg)
+			}
+			hi += m
+			pos += int(gap + ln)
+			if int(ln) > len(data)-di {
+				return invalidf("patch runs: page %d: a run past the blob's bytes", pg)
+			}
+			di += int(ln)
+		}
+	}
+	if hi != len(hdr) || di != len(data) {
+		return invalidf("patch runs: %d header and %d run bytes left over", len(hdr)-hi, len(data)-di)
+	}
+	return nil
+}
+
+// Pages is the number of pages the blob holds, BlockSize their size.
+func (p *PatchRuns) Pages() int     { return len(p.pages) }
+func (p *PatchRuns) BlockSize() int { return p.bs }
+
+// each calls fn with each run of pages [from, from+len(dst)/bs) and the
+// offset in dst where it goes. Parse checked every number.
+func (p *PatchRuns) each(dst []byte, from int, fn func(at int, run []byte)) {
+	for i := range len(dst) / p.bs {
+		r := p.pages[from+i]
+		hdr, di := p.hdr[r.hdr:], r.data
+		k, m := binary.Uvarint(hdr)
+		hdr = hdr[m:]
+		pos := i * p.bs
+		for range k {
+			gap, m := binary.Uvarint(hdr)
+			hdr = hdr[m:]
+			ln, m := binary.Uvarint(hdr)
+			hdr = hdr[m:]
+			pos += int(gap)
+			fn(pos, p.data[di:di+int(ln)])
+			di += int(ln)
+			pos += int(ln)
+		}
+	}
+}
+
+// Read sets dst, whole pages, to pages [from, from+len(dst)/BlockSize)
+// of the blob.
+func (p *PatchRuns) Read(dst []byte, from int) {
+	clear(dst)
+	p.each(dst, from, func(at int, run []byte) { copy(dst[at:], run) })
+}
+
+// XOR XORs pages [from, from+len(dst)/BlockSize) of the blob onto dst,
+// whole pages: only the bytes of their runs, the rest being zeros.
+func (p *PatchRuns) XOR(dst []byte, from int) {
+	p.each(dst, from, func(at int, run []byte) { subtle.XORBytes(dst[at:at+len(run)], dst[at:at+len(run)], run) })
+}
+
 // ExpandPatch appends the pages a patch-runs blob holds to dst: at most
 // one slot (blob.SlotSize) of bytes, whatever src says. On an error dst
 // is returned as it was.
 func ExpandPatch(dst, src []byte) ([]byte, error) {
-	bs, n, off, err := patchHeader(src)
-	if err != nil {
+	var p PatchRuns
+	if err := p.Parse(src); err != nil {
 		return dst, err
 	}
-	h, k := binary.Uvarint(src[off:])
-	if k <= 0 || h > uint64(len(src)-off-k) {
-		return dst, invalidf("patch runs: header length")
-	}
-	hdr, data := src[off+k:off+k+int(h)], src[off+k+int(h):]
 	start := len(dst)
-	dst = slices.Grow(dst, n*bs)[:start+n*bs]
-	out := dst[start:]
-	clear(out)
-	fail := func(format string, args ...any) ([]byte, error) {
-		return dst[:start], invalidf("patch runs: "+format, args...)
-	}
-	for p := range n {
-		k, m := binary.Uvarint(hdr)
-		if m <= 0 || k > uint64(bs) {
-			return fail("page %d: run count", p)
-		}
-		hdr = hdr[m:]
-		pos := p * bs
-		end := pos + bs
-		for range k {
-			gap, m := binary.Uvarint(hdr)
-			if m <= 0 {
-				return fail("page %d: gap", p)
-			}
-			hdr = hdr[m:]
-			ln, m := binary.Uvarint(hdr)
-			if m <= 0 || ln == 0 || gap > uint64(bs) || ln > uint64(bs) || uint64(pos)+gap+ln > uint64(end) {
-				return fail("page %d: a run past the page", p)
-			}
-			hdr = hdr[m:]
-			pos += int(gap)
-			if int(ln) > len(data) {
-				return fail("page %d: a run past the blob's bytes", p)
-			}
-			copy(out[pos:pos+int(ln)], data[:ln])
-			data = data[ln:]
-			pos += int(ln)
-		}
-	}
-	if len(hdr) != 0 || len(data) != 0 {
-		return fail("%d header and %d run bytes left over", len(hdr), len(data))
-	}
+	dst = slices.Grow(dst, p.Pages()*p.bs)[:start+p.Pages()*p.bs]
+	p.Read(dst[start:], 0)
 	return dst, nil
 }

@@ -71,14 +71,73 @@ func TestPatchRunsRoundTrip(t *testing.T) {
 			if string(got[:4]) != "head" || !bytes.Equal(got[4:], pages) {
 				t.Fatalf("block size %d, %d pages: the expanded pages differ", bs, n)
 			}
-			// Stored sparsely: the encoding is smaller than the pages'
-			// bytes that are not zero plus a few bytes a run.
-			nonzero := len(pages) - bytes.Count(pages, []byte{0})
-			if len(enc) > nonzero+len(pages)/patchGapMin/2+16 {
-				t.Fatalf("%d bytes for %d pages with %d bytes that are not zero", len(enc), n, nonzero)
+			// Any run of pages, read or XORed onto other bytes, from the
+			// runs alone.
+			var pr PatchRuns
+			if err := pr.Parse(enc); err != nil || pr.Pages() != n || pr.BlockSize() != bs {
+				t.Fatalf("Parse: %v, %d pages of %d", err, pr.Pages(), pr.BlockSize())
+			}
+			from := r.IntN(n)
+			k := 1 + r.IntN(n-from)
+			want := pages[from*bs : (from+k)*bs]
+			got = bytes.Repeat([]byte{0xa5}, k*bs)
+			pr.Read(got, from)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("Read of pages [%d, %d) differs", from, from+k)
+			}
+			onto := deltaPages(r, k, bs)
+			xored := bytes.Clone(onto)
+			pr.XOR(xored, from)
+			for i := range xored {
+				if xored[i] != onto[i]^want[i] {
+					t.Fatalf("XOR of pages [%d, %d) differs at byte %d", from, from+k, i)
+				}
+			}
+			// Stored sparsely: what a run holds are the page's bytes but
+			// its leading and trailing zeros and its stretches of
+			// patchGapMin zeros or more, and each run costs at most six
+			// bytes of header.
+			data, runs := keptBytes(pages, bs)
+			if len(enc) < data || len(enc) > data+9+3*n+6*runs {
+				t.Fatalf("%d bytes for %d pages whose runs hold %d bytes in %d runs", len(enc), n, data, runs)
 			}
 		}
 	}
+}
+
+// keptBytes counts the bytes the runs of pages hold by the rule
+// AppendPatchRuns follows, and the runs.
+func keptBytes(pages []byte, bs int) (data, runs int) {
+	for p := 0; p < len(pages); p += bs {
+		page := pages[p : p+bs]
+		first, last := -1, -1
+		for i, c := range page {
+			if c != 0 {
+				if first < 0 {
+					first = i
+				}
+				last = i
+			}
+		}
+		if first < 0 {
+			continue
+		}
+		data += last + 1 - first
+		runs++
+		zeros := 0
+		for _, c := range page[first : last+1] {
+			if c == 0 {
+				zeros++
+				continue
+			}
+			if zeros >= patchGapMin {
+				data -= zeros
+				runs++
+			}
+			zeros = 0
+		}
+	}
+	return data, runs
 }
 
 func TestPatchRunsZeroPages(t *testing.T) {
