@@ -115,11 +115,12 @@ type Options struct {
 }
 
 // WorkerMemory is what one worker (Options.Parallel) holds in buffers: a
-// slot being read, a patch being filled, the base slots it fetches
+// slot being read, a patch being filled and its runs as stored
+// (filemap.AppendPatchRuns), the base slots it fetches
 // ahead of the window it reads (baseLookahead) and the stored bytes of
 // the next bases one GET read (maxBaseRun). A command's memory limit
 // counts it per worker beside the pack and read budgets.
-const WorkerMemory = (2+baseLookahead)*blob.SlotSize + maxBaseRun
+const WorkerMemory = (3+baseLookahead)*blob.SlotSize + maxBaseRun
 
 // Workers is the number of workers Parallel asks for: the number of CPUs
 // when it is 0.
