@@ -28,18 +28,11 @@ import (
 
 // patchGapMin is the shortest run of zeros that ends a run. The XOR of a
 // heap page whose tuples moved has a zero byte every few bytes: ending
-// runs at 4 zeros made 3 times the runs of 16 for 18% fewer bytes, and a
-// restore's expanding them cost more than the bytes saved (560 MiB of the
-// restore benchmark's patches: 0.64 s to decompress, hash and expand
+// runs at 4 zeros kept 18% fewer bytes than at 16, in so many more runs
+// that walking them cost a restore more than the bytes saved (560 MiB of
+// the restore benchmark's patches: 0.64 s to decompress, hash and expand
 // against 0.52 s; whole pages, 0.82 s).
 const patchGapMin = 16
-
-// PatchPages reports how many pages a patch-runs blob holds, and their
-// block size, from its first bytes.
-func PatchPages(src []byte) (pages, blockSize int, err error) {
-	bs, n, _, err := patchHeader(src)
-	return n, bs, err
-}
 
 // AppendPatchRuns appends the patch-runs encoding of pages, whole pages of
 // blockSize bytes, to dst. The same pages always encode to the same bytes.
