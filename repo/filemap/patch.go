@@ -120,7 +120,7 @@ func patchHeader(src []byte) (bs, n, off int, err error) {
 	}
 	bs, off = int(v), k
 	v, k = binary.Uvarint(src[off:])
-	if k <= 0 || v == 0 || v*uint64(bs) > blob.SlotSize {
+	if k <= 0 || v == 0 || v > uint64(blob.SlotSize/bs) {
 		return 0, 0, 0, invalidf("patch runs: page count")
 	}
 	return bs, int(v), off + k, nil

@@ -163,6 +163,8 @@ func TestExpandPatchRefuses(t *testing.T) {
 		{"block size 3000", "block size", []byte{0xb8, 0x17, 1, 0}},
 		{"no pages", "page count", []byte{0x80, 0x40, 0}},
 		{"past a slot", "page count", []byte{0x80, 0x40, 129}},
+		// 2^51 pages of 8 KiB: 2^64 bytes, 0 in 64-bit arithmetic.
+		{"a page count that overflows", "page count", []byte{0x80, 0x40, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x04, 0}},
 		{"header length past the end", "header length", []byte{0x80, 0x40, 1, 0x7f, 0}},
 		{"truncated headers", "header length", good[:6]},
 		{"a byte short", "a run past the blob's bytes", good[:len(good)-1]},
