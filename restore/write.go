@@ -26,6 +26,7 @@ import (
 	"github.com/tidemarkdb/tidemark/repo"
 	"github.com/tidemarkdb/tidemark/repo/blob"
 	"github.com/tidemarkdb/tidemark/repo/filemap"
+	"github.com/tidemarkdb/tidemark/repo/index"
 	"golang.org/x/sys/unix"
 )
 
@@ -1110,9 +1111,7 @@ func (w *writer) compare(ctx context.Context, i int32, e *entry, h *proven) erro
 				if err != nil {
 					return fmt.Errorf("%s: %w", p, err)
 				}
-				// A patch-runs blob's plaintext is not its pages: it is
-				// never the whole of an extent's bytes.
-				if x.BlobPage == 0 && n == int64(loc.RawLength) && loc.Kind != blob.KindPatchRuns {
+				if x.BlobPage == 0 && isWholeBlob(loc, n) {
 					// The first pass checked whole extents only.
 					equal, checked := h.blobs[xi]
 					if !checked || x.Page != whole.Page || x.Count != whole.Count {
@@ -1190,6 +1189,14 @@ type proven struct {
 	mu      sync.Mutex
 	windows map[uint32]bool
 	blobs   map[int]bool
+}
+
+// isWholeBlob reports whether n bytes of a file, from the first page of the
+// blob at loc, are the blob's whole plaintext, so that hashing them as
+// that kind proves them. A patch-runs blob's plaintext is its runs, not
+// its pages: never.
+func isWholeBlob(loc index.Location, n int64) bool {
+	return loc.Kind != blob.KindPatchRuns && n == int64(loc.RawLength)
 }
 
 // defaultPieceWindows is the windows (64 MiB) one piece of the first pass
@@ -1285,7 +1292,7 @@ func (w *writer) checkPiece(ctx context.Context, e *entry, pc piece, h *proven) 
 			return fmt.Errorf("%s: %w", p, err)
 		}
 		off, n := int64(x.Page)*bs, int64(x.Count)*bs
-		if n != int64(loc.RawLength) || loc.Kind == blob.KindPatchRuns {
+		if !isWholeBlob(loc, n) {
 			continue
 		}
 		b, err := read(off, n)
